@@ -1,0 +1,106 @@
+//! The CustomResourceDefinitions generated from the Rust types, and their YAML as checked in
+//! under `crds/`.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::{IMPolicy, Tenant};
+
+const HEADER: &str = "# Generated from the Rust types in crds/src by `imgate crds`. Do not edit.\n";
+
+/// Every imgate CRD, in install order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![Tenant::crd(), IMPolicy::crd()]
+}
+
+/// One CRD as YAML, with the header that marks it generated.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    let body = serde_saphyr::to_string(crd).unwrap_or_else(|error| {
+        unreachable!("a CustomResourceDefinition always serializes to YAML: {error}")
+    });
+    format!("{HEADER}{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn checked_in(crd: &CustomResourceDefinition) -> PathBuf {
+        let name = crd.metadata.name.as_deref().unwrap_or_default();
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("{name}.yaml"))
+    }
+
+    /// The YAML under `crds/` is what the types generate. Run with `IMGATE_UPDATE_CRDS=1` to
+    /// rewrite it after changing the types.
+    #[test]
+    fn checked_in_yaml_matches_types() {
+        let update = std::env::var_os("IMGATE_UPDATE_CRDS").is_some();
+        for crd in crds() {
+            let path = checked_in(&crd);
+            let generated = crd_yaml(&crd);
+            if update {
+                std::fs::write(&path, &generated).expect("write CRD YAML");
+                continue;
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == generated,
+                "{} is out of date with the types in crds/src; regenerate it with \
+                 `IMGATE_UPDATE_CRDS=1 cargo test -p imgate-crds` and commit the result",
+                path.display()
+            );
+        }
+    }
+
+    /// The schemas are structural: no `$ref`, and every property has a type unless it is
+    /// explicitly int-or-string or preserves unknown fields (what a real API server demands).
+    #[test]
+    fn schemas_are_structural() {
+        fn walk(node: &serde_json::Value, path: &str) {
+            let Some(object) = node.as_object() else { return };
+            assert!(!object.contains_key("$ref"), "$ref at {path}");
+            let exempt = object.contains_key("x-kubernetes-int-or-string")
+                || object.contains_key("x-kubernetes-preserve-unknown-fields");
+            assert!(exempt || object.contains_key("type"), "no type at {path}");
+            for (key, child) in object {
+                match key.as_str() {
+                    "properties" => {
+                        for (name, property) in child.as_object().into_iter().flatten() {
+                            walk(property, &format!("{path}.{name}"));
+                        }
+                    }
+                    "items" | "additionalProperties" => walk(child, &format!("{path}[]")),
+                    "oneOf" | "anyOf" | "allOf" => {
+                        panic!("{key} at {path}: keep schemas free of alternatives")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for crd in crds() {
+            let version = &crd.spec.versions[0];
+            assert!(version.served && version.storage);
+            let subresources = version.subresources.as_ref().expect("subresources");
+            assert!(subresources.status.is_some(), "status subresource");
+            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+            let schema = serde_json::to_value(schema.expect("schema")).expect("json");
+            walk(&schema, &crd.spec.names.kind);
+        }
+    }
+
+    #[test]
+    fn kubectl_get_is_useful() {
+        for crd in crds() {
+            let names = &crd.spec.names;
+            assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
+            assert_eq!(names.categories.as_deref(), Some(&["imgate".to_owned()][..]));
+            let columns = crd.spec.versions[0].additional_printer_columns.as_ref();
+            let columns: Vec<_> = columns.expect("printer columns").iter().map(|c| c.name.as_str()).collect();
+            assert!(columns.contains(&"Age"), "{columns:?}");
+        }
+        assert_eq!(Tenant::crd().spec.scope, "Cluster");
+        assert_eq!(IMPolicy::crd().spec.scope, "Namespaced");
+    }
+}

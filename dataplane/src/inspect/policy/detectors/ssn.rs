@@ -1,0 +1,41 @@
+//! US social security numbers written `AAA-GG-SSSS` or `AAA GG SSSS` (one separator used
+//! throughout), excluding numbers the SSA never issues: area 000, 666 or 900–999, group 00,
+//! serial 0000, and numbers made public in advertising.
+
+use super::{Span, boundary_after, boundary_before};
+
+/// Numbers that are well known and void (Woolworth's wallet card, an advertised example).
+const VOID: [&str; 3] = ["078051120", "219099999", "123456789"];
+
+/// Calls `found` for every valid SSN in `bytes`.
+pub(super) fn scan(bytes: &[u8], found: &mut impl FnMut(Span)) {
+    if bytes.len() < 11 {
+        return;
+    }
+    for start in 0..=bytes.len() - 11 {
+        let candidate = &bytes[start..start + 11];
+        if boundary_before(bytes, start) && boundary_after(bytes, start + 11) && is_valid_ssn_bytes(candidate) {
+            found(Span { start, end: start + 11 });
+        }
+    }
+}
+
+/// True for a valid, formatted SSN such as `536-22-1234`.
+pub fn is_valid_ssn(text: &str) -> bool {
+    text.len() == 11 && is_valid_ssn_bytes(text.as_bytes())
+}
+
+fn is_valid_ssn_bytes(b: &[u8]) -> bool {
+    let separator = b[3];
+    if !matches!(separator, b'-' | b' ') || b[6] != separator {
+        return false;
+    }
+    let digits: Vec<u8> = [&b[0..3], &b[4..6], &b[7..11]].concat();
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let number = |range: std::ops::Range<usize>| digits[range].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    let (area, group, serial) = (number(0..3), number(3..5), number(5..9));
+    let void = VOID.iter().any(|v| v.as_bytes() == digits.as_slice());
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0 && !void
+}
