@@ -1,1 +1,157 @@
-fn main() {}
+//! `imgate`: one binary for every part of imgate. Each subcommand is a thin shell over the
+//! library crates; exit codes: 0 success, 1 the check or test failed, 2 the command could
+//! not run (bad arguments, unreadable files).
+#![forbid(unsafe_code)]
+
+mod manifest;
+mod policy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use imgate_crds::policy::{Direction, Protocol};
+use serde::de::DeserializeOwned;
+
+use policy::event_spec::{EventSpec, FileSpec, PartySpec};
+
+/// imgate: IM security and compliance archiving for Kubernetes.
+#[derive(Parser)]
+#[command(name = "imgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check, test and explain IMPolicy and Tenant manifests before they are applied.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
+    Crds,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check every imgate resource in the files and folders given.
+    Lint {
+        /// YAML files, or folders searched for *.yaml and *.yml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Fail on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run YAML test cases against the policies in a folder.
+    Test {
+        /// Folder (or file) with the IMPolicy manifests.
+        policy_dir: PathBuf,
+        /// Test case files, or folders of them.
+        #[arg(required = true)]
+        cases: Vec<PathBuf>,
+        /// Also write a JUnit XML report here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Show which rules one message matches, where, and why the verdict is what it is.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Policy files or folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The message text.
+    #[arg(long, short = 'm', conflicts_with_all = ["file_name", "session"])]
+    text: Option<String>,
+    /// Explain a file offer with this name instead of a message.
+    #[arg(long)]
+    file_name: Option<String>,
+    /// Size of the offered file in bytes.
+    #[arg(long, requires = "file_name")]
+    file_size: Option<u64>,
+    /// Explain a session start (protocol, service and TLS decisions).
+    #[arg(long)]
+    session: bool,
+    /// The tenant, when the policies are for several.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The sender's handle.
+    #[arg(long, default_value = "user@chat.example")]
+    handle: String,
+    /// The person the handle belongs to.
+    #[arg(long)]
+    person: Option<String>,
+    /// A directory group of the sender (repeat for several).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The protocol.
+    #[arg(long, default_value = "xmpp", value_parser = parse_name::<Protocol>)]
+    protocol: Protocol,
+    /// A catalogue service recognised by TLS server name.
+    #[arg(long)]
+    service: Option<String>,
+    /// outbound or inbound.
+    #[arg(long, default_value = "outbound", value_parser = parse_name::<Direction>)]
+    direction: Direction,
+    /// A recipient handle (repeat for several).
+    #[arg(long = "recipient")]
+    recipients: Vec<String>,
+    /// The room, for a group message.
+    #[arg(long)]
+    room: Option<String>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses a manifest name (`xmpp`, `outbound`) into its enum.
+fn parse_name<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Crds => {
+            for crd in imgate_crds::crds() {
+                print!("---\n{}", imgate_crds::crd_yaml(&crd));
+            }
+            Ok(0)
+        }
+        Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
+        Command::Policy(PolicyCommand::Test { policy_dir, cases, junit }) => policy::test_cases::run(&policy_dir, &cases, junit.as_deref()),
+        Command::Policy(PolicyCommand::Explain(args)) => {
+            let event = EventSpec {
+                protocol: Some(args.protocol),
+                service: args.service,
+                direction: Some(args.direction),
+                sender: Some(PartySpec { handle: Some(args.handle), person: args.person, groups: Some(args.groups) }),
+                recipients: Some(args.recipients),
+                room: args.room,
+                text: args.text,
+                file: args.file_name.map(|name| FileSpec { name, size: args.file_size, sha256: None }),
+                feature: None,
+                session: args.session.then_some(true),
+                urls: None,
+                at: None,
+            };
+            policy::explain::run(policy::explain::Request { paths: args.paths, tenant: args.tenant, event, json: args.json })
+        }
+    }
+}

@@ -257,7 +257,7 @@ pub struct LdapDirectory {
     #[schemars(length(min = 1, max = 128))]
     pub group_attribute: Option<String>,
     /// How long a lookup is cached, e.g. `10m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "cacheTTL", skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::units::DURATION_PATTERN))]
     pub cache_ttl: Option<String>,
 }
@@ -283,7 +283,7 @@ pub struct StaticIdentity {
 pub struct TlsSpec {
     /// Secret (`tls.crt`, `tls.key`) with the CA that signs intercepted leaf certificates;
     /// the operator generates one when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "interceptionCASecretRef", skip_serializing_if = "Option::is_none")]
     pub interception_ca_secret_ref: Option<SecretRef>,
     /// Secret with extra PEM roots trusted for upstream servers, beside the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]

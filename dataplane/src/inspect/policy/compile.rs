@@ -14,6 +14,7 @@ use imgate_crds::policy::{
 use imgate_crds::units::{parse_duration, parse_size};
 
 use super::detectors::Detectors;
+use crate::inspect::event::Party;
 use super::keywords::{KeywordBuilder, KeywordIndex, RuleId};
 use super::patterns::{self, PatternIndex};
 use super::subjects::SubjectMatcher;
@@ -55,6 +56,7 @@ pub struct CompileError(pub Vec<Diagnostic>);
 pub(crate) struct PolicyEntry {
     pub name: Arc<str>,
     pub mode: PolicyMode,
+    pub priority: i32,
     pub subjects: SubjectMatcher,
     pub protocols: Option<ProtocolSettings>,
     pub file: Option<FileSettings>,
@@ -254,6 +256,16 @@ impl CompiledPolicy {
         self.policies.iter().map(|p| &*p.name)
     }
 
+    /// Each policy's name, priority and mode, in precedence order.
+    pub fn policy_summaries(&self) -> impl Iterator<Item = (&str, i32, PolicyMode)> {
+        self.policies.iter().map(|p| (&*p.name, p.priority, p.mode))
+    }
+
+    /// The policies whose subjects match `sender`, in precedence order.
+    pub fn applicable_to(&self, sender: &Party) -> Vec<&str> {
+        self.policies.iter().filter(|p| p.subjects.matches(sender)).map(|p| &*p.name).collect()
+    }
+
     /// Number of content rules.
     pub fn content_rule_count(&self) -> usize {
         self.content.len()
@@ -354,6 +366,7 @@ fn compile_sections(compiler: &mut Compiler, name: &str, spec: &IMPolicySpec) ->
     Some(PolicyEntry {
         name: name.into(),
         mode: spec.mode,
+        priority: spec.priority,
         subjects,
         protocols,
         file,

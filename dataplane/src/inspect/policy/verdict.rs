@@ -8,10 +8,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use imgate_crds::policy::{PolicyMode, Severity, TlsMode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What happens to an event. Ordered by severity: a later variant wins over an earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Deliver unchanged.
