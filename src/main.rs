@@ -55,7 +55,7 @@ enum PolicyCommand {
         junit: Option<PathBuf>,
     },
     /// Show which rules one message matches, where, and why the verdict is what it is.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 #[derive(Args)]
@@ -135,23 +135,41 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
-        Command::Policy(PolicyCommand::Test { policy_dir, cases, junit }) => policy::test_cases::run(&policy_dir, &cases, junit.as_deref()),
+        Command::Policy(PolicyCommand::Test {
+            policy_dir,
+            cases,
+            junit,
+        }) => policy::test_cases::run(&policy_dir, &cases, junit.as_deref()),
         Command::Policy(PolicyCommand::Explain(args)) => {
+            let args = *args;
             let event = EventSpec {
                 protocol: Some(args.protocol),
                 service: args.service,
                 direction: Some(args.direction),
-                sender: Some(PartySpec { handle: Some(args.handle), person: args.person, groups: Some(args.groups) }),
+                sender: Some(PartySpec {
+                    handle: Some(args.handle),
+                    person: args.person,
+                    groups: Some(args.groups),
+                }),
                 recipients: Some(args.recipients),
                 room: args.room,
                 text: args.text,
-                file: args.file_name.map(|name| FileSpec { name, size: args.file_size, sha256: None }),
+                file: args.file_name.map(|name| FileSpec {
+                    name,
+                    size: args.file_size,
+                    sha256: None,
+                }),
                 feature: None,
                 session: args.session.then_some(true),
                 urls: None,
                 at: None,
             };
-            policy::explain::run(policy::explain::Request { paths: args.paths, tenant: args.tenant, event, json: args.json })
+            policy::explain::run(policy::explain::Request {
+                paths: args.paths,
+                tenant: args.tenant,
+                event,
+                json: args.json,
+            })
         }
     }
 }

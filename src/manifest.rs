@@ -46,7 +46,11 @@ impl Document {
 
     /// `kind` and `metadata.name`, for messages.
     pub fn describe(&self) -> String {
-        let kind = self.value.get("kind").and_then(Value::as_str).unwrap_or("document");
+        let kind = self
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("document");
         match self.value.pointer("/metadata/name").and_then(Value::as_str) {
             Some(name) => format!("{kind} {name}"),
             None => kind.to_owned(),
@@ -71,7 +75,11 @@ pub struct LoadError {
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     for path in paths {
-        let metadata = std::fs::metadata(path).map_err(|e| LoadError { file: path.clone(), line: None, message: format!("cannot read: {e}") })?;
+        let metadata = std::fs::metadata(path).map_err(|e| LoadError {
+            file: path.clone(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
         if metadata.is_dir() {
             walk(path, &mut files)?;
         } else {
@@ -82,8 +90,16 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError { file: dir.to_owned(), line: None, message: format!("cannot read folder: {e}") };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).map_err(io)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io)?;
+    let io = |e: std::io::Error| LoadError {
+        file: dir.to_owned(),
+        line: None,
+        message: format!("cannot read folder: {e}"),
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
     entries.sort();
     for entry in entries {
         if entry.is_dir() {
@@ -97,17 +113,22 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 
 /// Parses every document of one file.
 pub fn load_file(file: &Path) -> Result<Vec<Document>, LoadError> {
-    let text = std::fs::read_to_string(file).map_err(|e| LoadError { file: file.to_owned(), line: None, message: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(file).map_err(|e| LoadError {
+        file: file.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
     parse(file, &text)
 }
 
 /// Parses every document of `text`, reporting errors against `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
-    let documents: Vec<Spanned<Node>> = serde_saphyr::from_multiple(text).map_err(|e| LoadError {
-        file: file.to_owned(),
-        line: e.location().map(|l| l.line()),
-        message: format!("not valid YAML: {}", first_line(&e.to_string())),
-    })?;
+    let documents: Vec<Spanned<Node>> =
+        serde_saphyr::from_multiple(text).map_err(|e| LoadError {
+            file: file.to_owned(),
+            line: e.location().map(|l| l.line()),
+            message: format!("not valid YAML: {}", first_line(&e.to_string())),
+        })?;
     Ok(documents
         .into_iter()
         .filter(|d| !matches!(d.value, Node::Null))
@@ -115,7 +136,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
             let start = document.referenced.line();
             let mut lines = HashMap::new();
             let value = to_json(document, String::new(), &mut lines);
-            Document { file: file.to_owned(), value, lines, start }
+            Document {
+                file: file.to_owned(),
+                value,
+                lines,
+                start,
+            }
         })
         .collect())
 }
@@ -133,12 +159,25 @@ fn to_json(node: Spanned<Node>, path: String, lines: &mut HashMap<String, u64>) 
         Node::UInt(u) => Value::Number(u.into()),
         Node::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
         Node::Str(s) => Value::String(s),
-        Node::Seq(items) => Value::Array(items.into_iter().enumerate().map(|(i, item)| to_json(item, format!("{path}[{i}]"), lines)).collect()),
+        Node::Seq(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| to_json(item, format!("{path}[{i}]"), lines))
+                .collect(),
+        ),
         Node::Map(entries) => {
             let mut map = Map::new();
             for (key, child) in entries {
-                let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                map.insert(key, to_json(child, child_path, lines));
+                let name = key.value;
+                let child_path = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                let value = to_json(child, child_path.clone(), lines);
+                lines.insert(child_path, key.referenced.line());
+                map.insert(name, value);
             }
             Value::Object(map)
         }
@@ -154,7 +193,8 @@ enum Node {
     Float(f64),
     Str(String),
     Seq(Vec<Spanned<Node>>),
-    Map(Vec<(String, Spanned<Node>)>),
+    /// Keys keep their own location: a field is reported at its key's line.
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -218,7 +258,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key::<Spanned<String>>()? {
             let value = map.next_value::<Spanned<Node>>()?;
             entries.push((key, value));
         }

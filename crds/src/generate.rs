@@ -59,7 +59,9 @@ mod tests {
     #[test]
     fn schemas_are_structural() {
         fn walk(node: &serde_json::Value, path: &str) {
-            let Some(object) = node.as_object() else { return };
+            let Some(object) = node.as_object() else {
+                return;
+            };
             assert!(!object.contains_key("$ref"), "$ref at {path}");
             let exempt = object.contains_key("x-kubernetes-int-or-string")
                 || object.contains_key("x-kubernetes-preserve-unknown-fields");
@@ -84,7 +86,10 @@ mod tests {
             assert!(version.served && version.storage);
             let subresources = version.subresources.as_ref().expect("subresources");
             assert!(subresources.status.is_some(), "status subresource");
-            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref());
             let schema = serde_json::to_value(schema.expect("schema")).expect("json");
             walk(&schema, &crd.spec.names.kind);
         }
@@ -95,9 +100,16 @@ mod tests {
         for crd in crds() {
             let names = &crd.spec.names;
             assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
-            assert_eq!(names.categories.as_deref(), Some(&["imgate".to_owned()][..]));
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&["imgate".to_owned()][..])
+            );
             let columns = crd.spec.versions[0].additional_printer_columns.as_ref();
-            let columns: Vec<_> = columns.expect("printer columns").iter().map(|c| c.name.as_str()).collect();
+            let columns: Vec<_> = columns
+                .expect("printer columns")
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             assert!(columns.contains(&"Age"), "{columns:?}");
         }
         assert_eq!(Tenant::crd().spec.scope, "Cluster");

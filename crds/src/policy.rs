@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The desired behaviour for a tenant's IM traffic, or for a subset of its people.
+// Printer columns repeat `type_`; clippy mistakes them for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "imgate.io",
@@ -24,9 +26,22 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenantRef"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Rules", type_ = "integer", json_path = ".status.rules", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Rules",
+        type_ = "integer",
+        json_path = ".status.rules",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     selectable = ".spec.tenantRef",
     selectable = ".spec.mode"
 )]
@@ -112,7 +127,9 @@ impl Subjects {
 }
 
 /// Protocols the dataplane identifies.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// XMPP (Jabber).
@@ -243,11 +260,17 @@ pub enum Decision {
 pub struct ServiceRules {
     /// Services this policy allows.
     #[serde(default)]
-    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")))]
+    #[schemars(
+        length(max = 256),
+        inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
+    )]
     pub allow: Vec<String>,
     /// Services this policy blocks.
     #[serde(default)]
-    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$")))]
+    #[schemars(
+        length(max = 256),
+        inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
+    )]
     pub block: Vec<String>,
 }
 
@@ -399,7 +422,20 @@ pub enum Direction {
 }
 
 /// Alert severity.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    PartialOrd,
+    Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Informational.
@@ -447,7 +483,12 @@ fn default_url_action() -> ContentAction {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct DomainList {
     /// The globs.
-    #[schemars(length(max = 10000), inner(regex(pattern = r"^(\*\.)?[A-Za-z0-9*]([A-Za-z0-9*-]*[A-Za-z0-9*])?(\.[A-Za-z0-9*]([A-Za-z0-9*-]*[A-Za-z0-9*])?)*$")))]
+    #[schemars(
+        length(max = 10000),
+        inner(regex(
+            pattern = r"^(\*\.)?[A-Za-z0-9*]([A-Za-z0-9*-]*[A-Za-z0-9*])?(\.[A-Za-z0-9*]([A-Za-z0-9*-]*[A-Za-z0-9*])?)*$"
+        ))
+    )]
     pub domains: Vec<String>,
 }
 

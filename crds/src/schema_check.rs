@@ -39,14 +39,18 @@ impl SchemaChecker {
     }
 
     fn walk(&mut self, schema: &Value, value: &Value, path: &str) {
-        let Some(schema) = schema.as_object() else { return };
+        let Some(schema) = schema.as_object() else {
+            return;
+        };
         if value.is_null() {
             if schema.get("nullable") != Some(&Value::Bool(true)) {
                 self.error(path, "must not be null");
             }
             return;
         }
-        if schema.contains_key("x-kubernetes-preserve-unknown-fields") && !schema.contains_key("properties") {
+        if schema.contains_key("x-kubernetes-preserve-unknown-fields")
+            && !schema.contains_key("properties")
+        {
             return;
         }
         if schema.contains_key("x-kubernetes-int-or-string") {
@@ -66,14 +70,27 @@ impl SchemaChecker {
             _ => true,
         };
         if !type_ok {
-            self.error(path, format!("must be {} {expected}, not {}", article(expected), describe(value)));
+            self.error(
+                path,
+                format!(
+                    "must be {} {expected}, not {}",
+                    article(expected),
+                    describe(value)
+                ),
+            );
             return;
         }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
             && !allowed.contains(value)
         {
             let names: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
-            self.error(path, format!("unsupported value {value}: supported values are {}", names.join(", ")));
+            self.error(
+                path,
+                format!(
+                    "unsupported value {value}: supported values are {}",
+                    names.join(", ")
+                ),
+            );
         }
         match value {
             Value::String(text) => self.string(schema, text, path),
@@ -132,7 +149,10 @@ impl SchemaChecker {
         {
             self.error(path, format!("must have at most {max} items"));
         }
-        if let Some(keys) = schema.get("x-kubernetes-list-map-keys").and_then(Value::as_array) {
+        if let Some(keys) = schema
+            .get("x-kubernetes-list-map-keys")
+            .and_then(Value::as_array)
+        {
             let mut seen = BTreeSet::new();
             for (index, item) in items.iter().enumerate() {
                 let key: Vec<String> = keys
@@ -141,7 +161,10 @@ impl SchemaChecker {
                     .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
                     .collect();
                 if !seen.insert(key.clone()) {
-                    self.error(&format!("{path}[{index}]"), format!("duplicate entry for key {}", key.join(",")));
+                    self.error(
+                        &format!("{path}[{index}]"),
+                        format!("duplicate entry for key {}", key.join(",")),
+                    );
                 }
             }
         }
@@ -153,8 +176,19 @@ impl SchemaChecker {
     }
 
     fn object(&mut self, schema: &Map<String, Value>, fields: &Map<String, Value>, path: &str) {
-        let join = |name: &str| if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
-        for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+        let join = |name: &str| {
+            if path.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            }
+        };
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = required.as_str()
                 && !fields.contains_key(name)
             {
@@ -177,14 +211,27 @@ impl SchemaChecker {
                     .map(|k| format!(" (did you mean {k:?}?)"))
                     .unwrap_or_default();
                 let list: Vec<&str> = known.keys().map(String::as_str).collect();
-                self.error(&join(name), format!("unknown field{hint}; known fields here: {}", list.join(", ")));
+                self.error(
+                    &join(name),
+                    format!(
+                        "unknown field{hint}; known fields here: {}",
+                        list.join(", ")
+                    ),
+                );
             }
         }
     }
 }
 
 fn article(word: &str) -> &'static str {
-    if matches!(word.as_bytes().first(), Some(b'a' | b'e' | b'i' | b'o' | b'u')) { "an" } else { "a" }
+    if matches!(
+        word.as_bytes().first(),
+        Some(b'a' | b'e' | b'i' | b'o' | b'u')
+    ) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -245,13 +292,39 @@ mod tests {
             "mode": {"type": "string", "enum": ["a", "b"]},
             "items": {"type": "array", "maxItems": 1, "items": {"type": "object", "properties": {"wholeWord": {"type": "boolean"}}}}
         }});
-        let errors = check(schema, json!({"count": 9, "mode": "c", "items": [{"wholeword": true}, {}], "name2": 1}));
-        assert!(errors.contains(&"name: required field is missing".to_owned()), "{errors:?}");
-        assert!(errors.contains(&"count: should be less than or equal to 3".to_owned()), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("mode: unsupported value \"c\"")), "{errors:?}");
-        assert!(errors.contains(&"items: must have at most 1 items".to_owned()), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("items[0].wholeword: unknown field (did you mean \"wholeWord\"?)")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("name2: unknown field (did you mean \"name\"?)")), "{errors:?}");
+        let errors = check(
+            schema,
+            json!({"count": 9, "mode": "c", "items": [{"wholeword": true}, {}], "name2": 1}),
+        );
+        assert!(
+            errors.contains(&"name: required field is missing".to_owned()),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"count: should be less than or equal to 3".to_owned()),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("mode: unsupported value \"c\"")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"items: must have at most 1 items".to_owned()),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e
+                .starts_with("items[0].wholeword: unknown field (did you mean \"wholeWord\"?)")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("name2: unknown field (did you mean \"name\"?)")),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -262,7 +335,11 @@ mod tests {
 
     #[test]
     fn type_mismatch_is_reported_once() {
-        let schema = json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}});
-        assert_eq!(check(schema, json!({"n": "x"})), vec!["n: must be an integer, not a string"]);
+        let schema =
+            json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}});
+        assert_eq!(
+            check(schema, json!({"n": "x"})),
+            vec!["n: must be an integer, not a string"]
+        );
     }
 }

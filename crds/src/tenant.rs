@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The desired state of one customer firm.
+// Printer columns repeat `type_`; clippy mistakes them for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "imgate.io",
@@ -144,7 +146,9 @@ pub struct S3Archive {
     pub credentials_secret_ref: Option<SecretRef>,
     /// IAM role for the dataplane's service account (IRSA or EKS Pod Identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"))]
+    #[schemars(regex(
+        pattern = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+    ))]
     pub role_arn: Option<String>,
     /// Server-side encryption of archived objects.
     #[serde(default)]
@@ -214,7 +218,10 @@ pub enum ArchiveFailure {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SecretRef {
     /// The Secret's name.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub name: String,
 }
 
@@ -283,7 +290,11 @@ pub struct StaticIdentity {
 pub struct TlsSpec {
     /// Secret (`tls.crt`, `tls.key`) with the CA that signs intercepted leaf certificates;
     /// the operator generates one when absent.
-    #[serde(default, rename = "interceptionCASecretRef", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "interceptionCASecretRef",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub interception_ca_secret_ref: Option<SecretRef>,
     /// Secret with extra PEM roots trusted for upstream servers, beside the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]

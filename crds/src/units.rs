@@ -16,7 +16,9 @@ pub enum UnitError {
     #[error("{0:?} is not a duration: write it as 90s, 15m, 1h30m or 7d")]
     Duration(String),
     /// Not of the form `512Ki`, `10Mi`, `1G`.
-    #[error("{0:?} is not a size: write it as a byte count with an optional suffix (k, M, G, T, Ki, Mi, Gi, Ti), e.g. 10Mi")]
+    #[error(
+        "{0:?} is not a size: write it as a byte count with an optional suffix (k, M, G, T, Ki, Mi, Gi, Ti), e.g. 10Mi"
+    )]
     Size(String),
     /// Larger than imgate can represent.
     #[error("{0:?} is too large")]
@@ -116,7 +118,11 @@ mod tests {
         let duration = regex::Regex::new(DURATION_PATTERN).expect("pattern compiles");
         let size = regex::Regex::new(SIZE_PATTERN).expect("pattern compiles");
         for text in ["90s", "1h30m", "250ms", "7d", "1x", "", "1.5h", "10"] {
-            assert_eq!(duration.is_match(text), parse_duration(text).is_ok(), "{text:?}");
+            assert_eq!(
+                duration.is_match(text),
+                parse_duration(text).is_ok(),
+                "{text:?}"
+            );
         }
         for text in ["10Mi", "64k", "512", "10mb", "Mi", "1.5Mi"] {
             assert_eq!(size.is_match(text), parse_size(text).is_ok(), "{text:?}");

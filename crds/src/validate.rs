@@ -42,7 +42,10 @@ impl ResourceKind {
         };
         cell.get_or_init(|| {
             let crd = crd();
-            let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref());
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref());
             serde_json::to_value(schema).unwrap_or_default()
         })
     }
@@ -109,7 +112,9 @@ fn metadata_errors(kind: ResourceKind, object: &Value) -> Vec<FieldError> {
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
@@ -126,39 +131,65 @@ mod tests {
 
     #[test]
     fn a_valid_policy_passes() {
-        let value = policy(json!({"tenantRef": "acme", "content": [{"name": "cards", "match": {"detector": "credit-card"}, "action": "redact"}]}));
+        let value = policy(
+            json!({"tenantRef": "acme", "content": [{"name": "cards", "match": {"detector": "credit-card"}, "action": "redact"}]}),
+        );
         assert_eq!(validate_object(ResourceKind::IMPolicy, &value), vec![]);
     }
 
     #[test]
     fn schema_errors_name_the_field() {
-        let value = policy(json!({"tenantRef": "acme", "mode": "audit", "priority": 20000, "protocols": {"allow": ["xmpp", "skype"]}}));
+        let value = policy(
+            json!({"tenantRef": "acme", "mode": "audit", "priority": 20000, "protocols": {"allow": ["xmpp", "skype"]}}),
+        );
         let errors = validate_object(ResourceKind::IMPolicy, &value);
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, vec!["spec.mode", "spec.priority", "spec.protocols.allow[1]"], "{errors:?}");
+        assert_eq!(
+            paths,
+            vec!["spec.mode", "spec.priority", "spec.protocols.allow[1]"],
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn cel_rules_are_enforced() {
-        let value = policy(json!({"tenantRef": "acme", "content": [{"name": "x", "match": {"keywords": ["a"], "regex": "b"}, "action": "block"}]}));
+        let value = policy(
+            json!({"tenantRef": "acme", "content": [{"name": "x", "match": {"keywords": ["a"], "regex": "b"}, "action": "block"}]}),
+        );
         let errors = validate_object(ResourceKind::IMPolicy, &value);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("exactly one of keywords, regex or detector"), "{errors:?}");
-        assert!(errors[0].path.starts_with("spec.content[0].match"), "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("exactly one of keywords, regex or detector"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].path.starts_with("spec.content[0].match"),
+            "{errors:?}"
+        );
 
         let tenant = json!({"apiVersion": "imgate.io/v1alpha1", "kind": "Tenant", "metadata": {"name": "acme"},
             "spec": {"dataplane": {"replicas": {"min": 5, "max": 2}},
                      "archive": {"s3": {"bucket": "acme-archive", "region": "eu-west-2"}, "retention": {"days": 2557}}}});
         let errors = validate_object(ResourceKind::Tenant, &tenant);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].message.contains("replicas.min must not exceed replicas.max"), "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("replicas.min must not exceed replicas.max"),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn metadata_is_checked() {
         let tenant = json!({"apiVersion": "imgate.io/v1alpha1", "kind": "Tenant", "metadata": {"name": "Acme", "namespace": "x"},
             "spec": {"archive": {"s3": {"bucket": "acme-archive", "region": "eu-west-2"}, "retention": {"days": 10}}}});
-        let paths: Vec<String> = validate_object(ResourceKind::Tenant, &tenant).into_iter().map(|e| e.path).collect();
+        let paths: Vec<String> = validate_object(ResourceKind::Tenant, &tenant)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         assert_eq!(paths, vec!["metadata.name", "metadata.namespace"]);
     }
 }

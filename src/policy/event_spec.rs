@@ -102,18 +102,29 @@ impl EventSpec {
 
     /// The engine event for `tenant`, at `at_ms` unless the spec gives a time.
     pub fn to_event(&self, tenant: &str, at_ms: u64) -> Result<Event, EventSpecError> {
-        let kinds = [self.text.is_some(), self.file.is_some(), self.feature.is_some(), self.session == Some(true)];
+        let kinds = [
+            self.text.is_some(),
+            self.file.is_some(),
+            self.feature.is_some(),
+            self.session == Some(true),
+        ];
         if kinds.iter().filter(|k| **k).count() > 1 {
             return Err(EventSpecError::Content);
         }
         let content = if let Some(file) = &self.file {
-            Content::File(FileOffer { name: file.name.clone(), size: file.size, sha256: file.sha256.clone() })
+            Content::File(FileOffer {
+                name: file.name.clone(),
+                size: file.size,
+                sha256: file.sha256.clone(),
+            })
         } else if let Some(feature) = self.feature {
             Content::Feature(feature)
         } else if self.session == Some(true) {
             Content::Session
         } else {
-            Content::Message { text: self.text.clone().unwrap_or_default() }
+            Content::Message {
+                text: self.text.clone().unwrap_or_default(),
+            }
         };
         let sender = self.sender.clone().unwrap_or_default();
         Ok(Event {
@@ -127,7 +138,11 @@ impl EventSpec {
                 groups: sender.groups.unwrap_or_default(),
             },
             recipients: self.recipients.clone().unwrap_or_default(),
-            conversation: if self.room.is_some() { ConversationKind::Group } else { ConversationKind::Direct },
+            conversation: if self.room.is_some() {
+                ConversationKind::Group
+            } else {
+                ConversationKind::Direct
+            },
             room: self.room.clone(),
             content,
             urls: self.urls.clone().unwrap_or_default(),
@@ -144,19 +159,41 @@ mod tests {
     fn defaults_fill_blanks_only() {
         let defaults = EventSpec {
             protocol: Some(Protocol::Irc),
-            sender: Some(PartySpec { handle: Some("a".into()), person: Some("p".into()), groups: None }),
+            sender: Some(PartySpec {
+                handle: Some("a".into()),
+                person: Some("p".into()),
+                groups: None,
+            }),
             ..EventSpec::default()
         };
-        let spec = EventSpec { sender: Some(PartySpec { handle: Some("b".into()), ..PartySpec::default() }), text: Some("hi".into()), ..EventSpec::default() };
+        let spec = EventSpec {
+            sender: Some(PartySpec {
+                handle: Some("b".into()),
+                ..PartySpec::default()
+            }),
+            text: Some("hi".into()),
+            ..EventSpec::default()
+        };
         let event = spec.or(&defaults).to_event("acme", 5).expect("valid");
-        assert_eq!((event.protocol, event.sender.handle.as_str(), event.sender.person.as_deref()), (Protocol::Irc, "b", Some("p")));
+        assert_eq!(
+            (
+                event.protocol,
+                event.sender.handle.as_str(),
+                event.sender.person.as_deref()
+            ),
+            (Protocol::Irc, "b", Some("p"))
+        );
         assert_eq!(event.at_ms, 5);
         assert_eq!(event.text(), Some("hi"));
     }
 
     #[test]
     fn one_kind_of_content() {
-        let spec = EventSpec { text: Some("x".into()), session: Some(true), ..EventSpec::default() };
+        let spec = EventSpec {
+            text: Some("x".into()),
+            session: Some(true),
+            ..EventSpec::default()
+        };
         assert_eq!(spec.to_event("acme", 0), Err(EventSpecError::Content));
     }
 }

@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use imgate_crds::policy::PolicyMode;
 use imgate_dataplane::inspect::event::Event;
 use imgate_dataplane::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
-use imgate_crds::policy::PolicyMode;
 
 use super::event_spec::{DEFAULT_START_MS, EventSpec};
 use super::lint::{Level, Workspace};
@@ -32,12 +32,33 @@ pub fn run(request: Request) -> anyhow::Result<i32> {
     }
     let tenant = match (&request.tenant, workspace.compiled.len()) {
         (Some(tenant), _) => tenant.clone(),
-        (None, 1) => workspace.compiled.keys().next().cloned().unwrap_or_default(),
+        (None, 1) => workspace
+            .compiled
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_default(),
         (None, 0) => anyhow::bail!("no IMPolicy found in the files given"),
-        (None, _) => anyhow::bail!("the policies are for several tenants ({}): choose one with --tenant", workspace.compiled.keys().cloned().collect::<Vec<_>>().join(", ")),
+        (None, _) => anyhow::bail!(
+            "the policies are for several tenants ({}): choose one with --tenant",
+            workspace
+                .compiled
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let Some(policy) = workspace.compiled.get(&tenant) else {
-        anyhow::bail!("no policies for tenant {tenant:?}; tenants with policies: {}", workspace.compiled.keys().cloned().collect::<Vec<_>>().join(", "));
+        anyhow::bail!(
+            "no policies for tenant {tenant:?}; tenants with policies: {}",
+            workspace
+                .compiled
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     };
     let event = request.event.to_event(&tenant, DEFAULT_START_MS)?;
     let verdict = policy.evaluate(&event, &mut PolicyState::default());
@@ -52,12 +73,36 @@ pub fn run(request: Request) -> anyhow::Result<i32> {
 /// The explanation as text.
 pub fn explain(policy: &CompiledPolicy, event: &Event, verdict: &Verdict) -> String {
     let mut out = String::new();
-    let mode = |m: PolicyMode| if m == PolicyMode::Monitor { "monitor" } else { "enforce" };
-    let order: Vec<String> = policy.policy_summaries().map(|(name, priority, m)| format!("{name} (priority {priority}, {})", mode(m))).collect();
-    let _ = writeln!(out, "Tenant {}: policies in precedence order: {}", policy.tenant(), order.join(", "));
+    let mode = |m: PolicyMode| {
+        if m == PolicyMode::Monitor {
+            "monitor"
+        } else {
+            "enforce"
+        }
+    };
+    let order: Vec<String> = policy
+        .policy_summaries()
+        .map(|(name, priority, m)| format!("{name} (priority {priority}, {})", mode(m)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Tenant {}: policies in precedence order: {}",
+        policy.tenant(),
+        order.join(", ")
+    );
     let applicable = policy.applicable_to(&event.sender);
-    let who = event.sender.person.as_deref().map_or(event.sender.handle.clone(), |p| format!("{} ({p})", event.sender.handle));
-    let applies = if applicable.is_empty() { "none".to_owned() } else { applicable.join(", ") };
+    let who = event
+        .sender
+        .person
+        .as_deref()
+        .map_or(event.sender.handle.clone(), |p| {
+            format!("{} ({p})", event.sender.handle)
+        });
+    let applies = if applicable.is_empty() {
+        "none".to_owned()
+    } else {
+        applicable.join(", ")
+    };
     let _ = writeln!(out, "Sender {who}: applicable policies: {applies}");
     let text = event.text().unwrap_or_default();
     if !text.is_empty() {
@@ -67,18 +112,52 @@ pub fn explain(policy: &CompiledPolicy, event: &Event, verdict: &Verdict) -> Str
         let _ = writeln!(out, "No rule matched.");
     }
     for rule in &verdict.matches {
-        let _ = writeln!(out, "  {} [{}] asks {}: {}", rule.rule, mode(rule.mode), rule.action.as_str(), rule.reason);
+        let _ = writeln!(
+            out,
+            "  {} [{}] asks {}: {}",
+            rule.rule,
+            mode(rule.mode),
+            rule.action.as_str(),
+            rule.reason
+        );
         for span in &rule.spans {
             let before = text[..span.start].chars().count();
             let width = text[span.start..span.end].chars().count().max(1);
-            let _ = writeln!(out, "         {}{} {:?} at bytes {}..{}", " ".repeat(before), "^".repeat(width), &text[span.start..span.end], span.start, span.end);
+            let _ = writeln!(
+                out,
+                "         {}{} {:?} at bytes {}..{}",
+                " ".repeat(before),
+                "^".repeat(width),
+                &text[span.start..span.end],
+                span.start,
+                span.end
+            );
         }
     }
-    let deciding: Vec<&str> = verdict.matches.iter().filter(|m| m.mode == PolicyMode::Enforce && m.action == verdict.action && m.action != Action::Allow).map(|m| &*m.rule).collect();
-    let why = if deciding.is_empty() { "no enforce-mode rule asks for more than allow".to_owned() } else { format!("the most severe action, asked by {}", deciding.join(", ")) };
-    let _ = writeln!(out, "Verdict: {} ({why})", verdict.action.as_str().to_uppercase());
+    let deciding: Vec<&str> = verdict
+        .matches
+        .iter()
+        .filter(|m| {
+            m.mode == PolicyMode::Enforce && m.action == verdict.action && m.action != Action::Allow
+        })
+        .map(|m| &*m.rule)
+        .collect();
+    let why = if deciding.is_empty() {
+        "no enforce-mode rule asks for more than allow".to_owned()
+    } else {
+        format!("the most severe action, asked by {}", deciding.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "Verdict: {} ({why})",
+        verdict.action.as_str().to_uppercase()
+    );
     if verdict.monitor != Action::Allow {
-        let _ = writeln!(out, "Monitor-mode policies would have: {} (nothing was changed for them)", verdict.monitor.as_str());
+        let _ = writeln!(
+            out,
+            "Monitor-mode policies would have: {} (nothing was changed for them)",
+            verdict.monitor.as_str()
+        );
     }
     match verdict.action {
         Action::Allow | Action::Redact if !text.is_empty() => {

@@ -48,7 +48,13 @@ impl fmt::Display for Problem {
             Level::Error => "error",
             Level::Warning => "warning",
         };
-        write!(f, "{}:{}: {level}: {}: ", self.file.display(), self.line, self.subject)?;
+        write!(
+            f,
+            "{}:{}: {level}: {}: ",
+            self.file.display(),
+            self.line,
+            self.subject
+        )?;
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
@@ -81,14 +87,23 @@ impl Workspace {
         let files = match manifest::collect_files(paths) {
             Ok(files) => files,
             Err(error) => {
-                workspace.problems.push(Problem { file: error.file, line: 0, level: Level::Error, subject: "input".into(), path: String::new(), message: error.message });
+                workspace.problems.push(Problem {
+                    file: error.file,
+                    line: 0,
+                    level: Level::Error,
+                    subject: "input".into(),
+                    path: String::new(),
+                    message: error.message,
+                });
                 return workspace;
             }
         };
         workspace.files = files.len();
         for file in &files {
             match manifest::load_file(file) {
-                Ok(documents) => documents.into_iter().for_each(|d| workspace.check_document(d)),
+                Ok(documents) => documents
+                    .into_iter()
+                    .for_each(|d| workspace.check_document(d)),
                 Err(error) => workspace.problems.push(Problem {
                     file: error.file,
                     line: error.line.unwrap_or(1),
@@ -104,7 +119,13 @@ impl Workspace {
         workspace
     }
 
-    fn problem(&mut self, document: &Document, level: Level, path: &str, message: impl Into<String>) {
+    fn problem(
+        &mut self,
+        document: &Document,
+        level: Level,
+        path: &str,
+        message: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             file: document.file.clone(),
             line: document.line_of(path),
@@ -116,23 +137,58 @@ impl Workspace {
     }
 
     fn check_document(&mut self, document: Document) {
-        let api_version = document.value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let kind = document.value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let api_version = document
+            .value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let kind = document
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if api_version.is_empty() || kind.is_empty() {
             self.skipped += 1;
-            self.problem(&document, Level::Warning, "", "skipped: not a Kubernetes object (no apiVersion and kind)");
+            if document.value.get("cases").is_some() {
+                // A `imgate policy test` case file kept beside the policies.
+                return;
+            }
+            self.problem(
+                &document,
+                Level::Warning,
+                "",
+                "skipped: not a Kubernetes object (no apiVersion and kind)",
+            );
             return;
         }
         let Some(resource) = ResourceKind::of(&api_version, &kind) else {
             if api_version.starts_with(imgate_crds::GROUP) {
-                self.problem(&document, Level::Error, "kind", format!("unknown kind {kind:?} in {}: expected Tenant or IMPolicy", imgate_crds::GROUP));
+                self.problem(
+                    &document,
+                    Level::Error,
+                    "kind",
+                    format!(
+                        "unknown kind {kind:?} in {}: expected Tenant or IMPolicy",
+                        imgate_crds::GROUP
+                    ),
+                );
             } else {
                 self.skipped += 1;
             }
             return;
         };
         if api_version != imgate_crds::API_VERSION {
-            self.problem(&document, Level::Error, "apiVersion", format!("unknown version {api_version:?}: use {}", imgate_crds::API_VERSION));
+            self.problem(
+                &document,
+                Level::Error,
+                "apiVersion",
+                format!(
+                    "unknown version {api_version:?}: use {}",
+                    imgate_crds::API_VERSION
+                ),
+            );
             return;
         }
         let errors = validate_object(resource, &document.value);
@@ -143,25 +199,41 @@ impl Workspace {
             return;
         }
         match resource {
-            ResourceKind::Tenant => match serde_json::from_value::<Tenant>(document.value.clone()) {
-                Ok(tenant) => self.tenants.push(tenant),
-                Err(error) => self.problem(&document, Level::Error, "", error.to_string()),
-            },
-            ResourceKind::IMPolicy => match serde_json::from_value::<IMPolicy>(document.value.clone()) {
-                Ok(policy) => {
-                    self.policy_documents.insert(policy_key(&policy), document);
-                    self.policies.push(policy);
+            ResourceKind::Tenant => {
+                match serde_json::from_value::<Tenant>(document.value.clone()) {
+                    Ok(tenant) => self.tenants.push(tenant),
+                    Err(error) => self.problem(&document, Level::Error, "", error.to_string()),
                 }
-                Err(error) => self.problem(&document, Level::Error, "", error.to_string()),
-            },
+            }
+            ResourceKind::IMPolicy => {
+                match serde_json::from_value::<IMPolicy>(document.value.clone()) {
+                    Ok(policy) => {
+                        self.policy_documents.insert(policy_key(&policy), document);
+                        self.policies.push(policy);
+                    }
+                    Err(error) => self.problem(&document, Level::Error, "", error.to_string()),
+                }
+            }
         }
     }
 
     fn check_references(&mut self) {
         let mut seen = BTreeSet::new();
-        let duplicates: Vec<String> = self.tenants.iter().filter_map(|t| t.metadata.name.clone()).filter(|n| !seen.insert(n.clone())).collect();
+        let duplicates: Vec<String> = self
+            .tenants
+            .iter()
+            .filter_map(|t| t.metadata.name.clone())
+            .filter(|n| !seen.insert(n.clone()))
+            .collect();
         for name in duplicates {
-            self.problems.push(Problem { file: PathBuf::new(), line: 0, level: Level::Error, subject: format!("Tenant {name}"), path: "metadata.name".into(), message: "defined more than once".into() });
+            self.problems.push(Problem {
+                file: PathBuf::new(),
+                line: 0,
+                level: Level::Error,
+                subject: format!("Tenant {name}"),
+                path: "metadata.name".into(),
+                message: "defined more than once".into(),
+            });
         }
         if self.tenants.is_empty() {
             return;
@@ -174,28 +246,47 @@ impl Workspace {
             .collect();
         for (key, tenant) in orphans {
             if let Some(document) = self.policy_documents.get(&key).cloned() {
-                self.problem(&document, Level::Warning, "spec.tenantRef", format!("no Tenant {tenant:?} among the files given"));
+                self.problem(
+                    &document,
+                    Level::Warning,
+                    "spec.tenantRef",
+                    format!("no Tenant {tenant:?} among the files given"),
+                );
             }
         }
     }
 
     fn compile(&mut self) {
-        let tenants: BTreeSet<String> = self.policies.iter().map(|p| p.spec.tenant_ref.clone()).collect();
+        let tenants: BTreeSet<String> = self
+            .policies
+            .iter()
+            .map(|p| p.spec.tenant_ref.clone())
+            .collect();
         for tenant in tenants {
             match CompiledPolicy::compile(&tenant, &self.policies) {
                 Ok(compiled) => {
                     let warnings = compiled.warnings().to_vec();
-                    warnings.iter().for_each(|w| self.diagnostic(w, Level::Warning));
+                    warnings
+                        .iter()
+                        .for_each(|w| self.diagnostic(w, Level::Warning));
                     self.compiled.insert(tenant, compiled);
                 }
-                Err(error) => error.0.iter().for_each(|d| self.diagnostic(d, Level::Error)),
+                Err(error) => error
+                    .0
+                    .iter()
+                    .for_each(|d| self.diagnostic(d, Level::Error)),
             }
         }
     }
 
     fn diagnostic(&mut self, diagnostic: &Diagnostic, level: Level) {
         match self.policy_documents.get(&diagnostic.policy).cloned() {
-            Some(document) => self.problem(&document, level, &diagnostic.path, diagnostic.message.clone()),
+            Some(document) => self.problem(
+                &document,
+                level,
+                &diagnostic.path,
+                diagnostic.message.clone(),
+            ),
             None => self.problems.push(Problem {
                 file: PathBuf::new(),
                 line: 0,
@@ -245,6 +336,7 @@ fn policy_key(policy: &IMPolicy) -> String {
 pub fn run(paths: &[PathBuf], strict: bool) -> anyhow::Result<i32> {
     let workspace = Workspace::load(paths);
     workspace.report(&mut std::io::stdout().lock())?;
-    let failed = workspace.count(Level::Error) > 0 || (strict && workspace.count(Level::Warning) > 0);
+    let failed =
+        workspace.count(Level::Error) > 0 || (strict && workspace.count(Level::Warning) > 0);
     Ok(i32::from(failed))
 }

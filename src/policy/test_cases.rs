@@ -75,7 +75,10 @@ pub fn run(policy_dir: &Path, case_paths: &[PathBuf], junit: Option<&Path>) -> a
     let workspace = Workspace::load(&[policy_dir.to_owned()]);
     if workspace.count(Level::Error) > 0 || workspace.compiled.is_empty() {
         workspace.report(&mut std::io::stdout().lock())?;
-        println!("the policies in {} must lint clean before they can be tested", policy_dir.display());
+        println!(
+            "the policies in {} must lint clean before they can be tested",
+            policy_dir.display()
+        );
         return Ok(1);
     }
     let mut outcomes = Vec::new();
@@ -84,8 +87,17 @@ pub fn run(policy_dir: &Path, case_paths: &[PathBuf], junit: Option<&Path>) -> a
     }
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
     for outcome in &outcomes {
-        let status = if outcome.failures.is_empty() { "PASS" } else { "FAIL" };
-        println!("{status}  {}:{}  {}", outcome.file.display(), outcome.line, outcome.name);
+        let status = if outcome.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        println!(
+            "{status}  {}:{}  {}",
+            outcome.file.display(),
+            outcome.line,
+            outcome.name
+        );
         for failure in &outcome.failures {
             println!("        {failure}");
         }
@@ -98,7 +110,14 @@ pub fn run(policy_dir: &Path, case_paths: &[PathBuf], junit: Option<&Path>) -> a
 }
 
 fn run_file(workspace: &Workspace, file: &Path) -> Vec<Outcome> {
-    let broken = |line: u64, message: String| vec![Outcome { file: file.to_owned(), line, name: "(case file)".into(), failures: vec![message] }];
+    let broken = |line: u64, message: String| {
+        vec![Outcome {
+            file: file.to_owned(),
+            line,
+            name: "(case file)".into(),
+            failures: vec![message],
+        }]
+    };
     let documents = match manifest::load_file(file) {
         Ok(documents) => documents,
         Err(error) => return broken(error.line.unwrap_or(1), error.message),
@@ -108,31 +127,55 @@ fn run_file(workspace: &Workspace, file: &Path) -> Vec<Outcome> {
         let cases: CaseFile = match serde_json::from_value(document.value.clone()) {
             Ok(cases) => cases,
             Err(error) => {
-                outcomes.extend(broken(document.start_line(), format!("not a test case file: {error}")));
+                outcomes.extend(broken(
+                    document.start_line(),
+                    format!("not a test case file: {error}"),
+                ));
                 continue;
             }
         };
         let tenant = match (&cases.tenant, workspace.compiled.len()) {
             (Some(tenant), _) => tenant.clone(),
-            (None, 1) => workspace.compiled.keys().next().cloned().unwrap_or_default(),
+            (None, 1) => workspace
+                .compiled
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_default(),
             (None, _) => {
-                outcomes.extend(broken(document.start_line(), "the policies are for several tenants: name one with `tenant:`".into()));
+                outcomes.extend(broken(
+                    document.start_line(),
+                    "the policies are for several tenants: name one with `tenant:`".into(),
+                ));
                 continue;
             }
         };
         let Some(policy) = workspace.compiled.get(&tenant) else {
-            outcomes.extend(broken(document.line_of("tenant"), format!("no policies for tenant {tenant:?}")));
+            outcomes.extend(broken(
+                document.line_of("tenant"),
+                format!("no policies for tenant {tenant:?}"),
+            ));
             continue;
         };
         for (index, case) in cases.cases.iter().enumerate() {
             let failures = run_case(policy, &tenant, &cases.defaults, case);
-            outcomes.push(Outcome { file: file.to_owned(), line: document.line_of(&format!("cases[{index}]")), name: case.name.clone(), failures });
+            outcomes.push(Outcome {
+                file: file.to_owned(),
+                line: document.line_of(&format!("cases[{index}]")),
+                name: case.name.clone(),
+                failures,
+            });
         }
     }
     outcomes
 }
 
-fn run_case(policy: &CompiledPolicy, tenant: &str, defaults: &EventSpec, case: &Case) -> Vec<String> {
+fn run_case(
+    policy: &CompiledPolicy,
+    tenant: &str,
+    defaults: &EventSpec,
+    case: &Case,
+) -> Vec<String> {
     let specs: Vec<&EventSpec> = case.event.iter().chain(&case.events).collect();
     if specs.is_empty() {
         return vec!["the case has neither `event` nor `events`".into()];
@@ -149,7 +192,9 @@ fn run_case(policy: &CompiledPolicy, tenant: &str, defaults: &EventSpec, case: &
             Err(error) => return vec![format!("event {}: {error}", step + 1)],
         }
     }
-    let Some((event, verdict)) = last else { return Vec::new() };
+    let Some((event, verdict)) = last else {
+        return Vec::new();
+    };
     compare(&case.expect, event.text().unwrap_or_default(), &verdict)
 }
 
@@ -161,22 +206,46 @@ fn compare(expect: &Expect, text: &str, verdict: &Verdict) -> Vec<String> {
         }
     };
     if let Some(action) = expect.action {
-        check("action", action.as_str().into(), verdict.action.as_str().into());
+        check(
+            "action",
+            action.as_str().into(),
+            verdict.action.as_str().into(),
+        );
     }
     if let Some(monitor) = expect.monitor {
-        check("monitor", monitor.as_str().into(), verdict.monitor.as_str().into());
+        check(
+            "monitor",
+            monitor.as_str().into(),
+            verdict.monitor.as_str().into(),
+        );
     }
     if let Some(rules) = &expect.rules {
-        check("rules", sorted(rules.iter().map(String::as_str)), sorted(verdict.rule_names()));
+        check(
+            "rules",
+            sorted(rules.iter().map(String::as_str)),
+            sorted(verdict.rule_names()),
+        );
     }
     if let Some(delivered) = &expect.delivered {
-        check("delivered", format!("{delivered:?}"), format!("{:?}", verdict.delivered(text)));
+        check(
+            "delivered",
+            format!("{delivered:?}"),
+            format!("{:?}", verdict.delivered(text)),
+        );
     }
     if let Some(notices) = &expect.notices {
-        check("notices", sorted(notices.iter().map(String::as_str)), sorted(verdict.notices.iter().map(String::as_str)));
+        check(
+            "notices",
+            sorted(notices.iter().map(String::as_str)),
+            sorted(verdict.notices.iter().map(String::as_str)),
+        );
     }
     if let Some(disclaimer) = &expect.disclaimer {
-        check("disclaimer", format!("{disclaimer:?}"), format!("{:?}", verdict.disclaimer.as_deref().unwrap_or_default()));
+        check(
+            "disclaimer",
+            format!("{disclaimer:?}"),
+            format!("{:?}", verdict.disclaimer.as_deref().unwrap_or_default()),
+        );
     }
     if let Some(tls) = expect.tls {
         check("tls", name_of(&Some(tls)), name_of(&verdict.tls));

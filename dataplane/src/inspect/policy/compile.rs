@@ -9,25 +9,34 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use imgate_crds::policy::{
-    ContentAction, ContentRule, Decision, Detector, Direction, Feature, IMPolicy, IMPolicySpec, PolicyMode, Protocol, Severity, TlsMode,
+    ContentAction, ContentRule, Decision, Detector, Direction, Feature, IMPolicy, IMPolicySpec,
+    PolicyMode, Protocol, Severity, TlsMode,
 };
 use imgate_crds::units::{parse_duration, parse_size};
 
 use super::detectors::Detectors;
-use crate::inspect::event::Party;
 use super::keywords::{KeywordBuilder, KeywordIndex, RuleId};
 use super::patterns::{self, PatternIndex};
 use super::subjects::SubjectMatcher;
 use super::tracker::{FanoutSpec, RateSpec};
 use super::urls::{DomainSet, UrlFinder};
 use super::verdict::Action;
+use crate::inspect::event::Party;
 
 /// Most policies one tenant may have.
 pub const MAX_POLICIES: usize = 64;
 /// Quarantine length when a policy does not say.
 pub const DEFAULT_QUARANTINE_MS: u64 = 3_600_000;
 /// Rule names reserved for a policy's own sections.
-pub const SECTION_RULES: [&str; 7] = ["protocols", "services", "features", "file-transfer", "urls", "rate-limit", "worm"];
+pub const SECTION_RULES: [&str; 7] = [
+    "protocols",
+    "services",
+    "features",
+    "file-transfer",
+    "urls",
+    "rate-limit",
+    "worm",
+];
 
 /// A problem found while compiling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,11 +154,19 @@ struct Compiler {
 
 impl Compiler {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Diagnostic { policy: self.policy.clone(), path: path.into(), message: message.into() });
+        self.errors.push(Diagnostic {
+            policy: self.policy.clone(),
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Diagnostic { policy: self.policy.clone(), path: path.into(), message: message.into() });
+        self.warnings.push(Diagnostic {
+            policy: self.policy.clone(),
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn duration_ms(&mut self, path: &str, text: &str) -> u64 {
@@ -173,12 +190,27 @@ impl CompiledPolicy {
         let mut selected: Vec<(String, String, &IMPolicySpec)> = policies
             .iter()
             .filter(|p| p.spec.tenant_ref == tenant)
-            .map(|p| (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default(), &p.spec))
+            .map(|p| {
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                    &p.spec,
+                )
+            })
             .collect();
         // Precedence: higher priority first, then namespace and name, so ties are predictable.
-        selected.sort_by(|a, b| b.2.priority.cmp(&a.2.priority).then_with(|| a.0.cmp(&b.0)).then_with(|| a.1.cmp(&b.1)));
+        selected.sort_by(|a, b| {
+            b.2.priority
+                .cmp(&a.2.priority)
+                .then_with(|| a.0.cmp(&b.0))
+                .then_with(|| a.1.cmp(&b.1))
+        });
 
-        let mut compiler = Compiler { errors: Vec::new(), warnings: Vec::new(), policy: String::new() };
+        let mut compiler = Compiler {
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            policy: String::new(),
+        };
         if selected.len() > MAX_POLICIES {
             compiler.policy = tenant.to_owned();
             compiler.error("", format!("tenant {tenant} has {} policies; at most {MAX_POLICIES} are supported: merge some", selected.len()));
@@ -190,7 +222,11 @@ impl CompiledPolicy {
         let mut content = Vec::new();
         let mut entries = Vec::new();
         for (index, (namespace, name, spec)) in selected.iter().enumerate() {
-            compiler.policy = if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") };
+            compiler.policy = if namespace.is_empty() {
+                name.clone()
+            } else {
+                format!("{namespace}/{name}")
+            };
             if !seen_names.insert(name.clone()) {
                 compiler.error("metadata.name", format!("another policy of tenant {tenant} is also named {name:?}; rule names in the archive would be ambiguous: rename one"));
             }
@@ -198,12 +234,32 @@ impl CompiledPolicy {
             for (position, rule) in spec.content.iter().enumerate() {
                 let id = content.len() as RuleId;
                 let path = format!("spec.content[{position}]");
-                compile_content_rule(&mut compiler, &path, rule, id, &mut keywords, &mut regexes, &mut detector_rules);
+                compile_content_rule(
+                    &mut compiler,
+                    &path,
+                    rule,
+                    id,
+                    &mut keywords,
+                    &mut regexes,
+                    &mut detector_rules,
+                );
                 if SECTION_RULES.contains(&rule.name.as_str()) {
-                    compiler.error(format!("{path}.name"), format!("{:?} is reserved for the policy's own {} section: choose another name", rule.name, rule.name));
+                    compiler.error(
+                        format!("{path}.name"),
+                        format!(
+                            "{:?} is reserved for the policy's own {} section: choose another name",
+                            rule.name, rule.name
+                        ),
+                    );
                 }
                 if spec.content[..position].iter().any(|r| r.name == rule.name) {
-                    compiler.error(format!("{path}.name"), format!("another content rule of this policy is also named {:?}", rule.name));
+                    compiler.error(
+                        format!("{path}.name"),
+                        format!(
+                            "another content rule of this policy is also named {:?}",
+                            rule.name
+                        ),
+                    );
                 }
                 content.push(ContentEntry {
                     policy: index,
@@ -263,7 +319,11 @@ impl CompiledPolicy {
 
     /// The policies whose subjects match `sender`, in precedence order.
     pub fn applicable_to(&self, sender: &Party) -> Vec<&str> {
-        self.policies.iter().filter(|p| p.subjects.matches(sender)).map(|p| &*p.name).collect()
+        self.policies
+            .iter()
+            .filter(|p| p.subjects.matches(sender))
+            .map(|p| &*p.name)
+            .collect()
     }
 
     /// Number of content rules.
@@ -277,23 +337,36 @@ impl CompiledPolicy {
     }
 }
 
-fn compile_sections(compiler: &mut Compiler, name: &str, spec: &IMPolicySpec) -> Option<PolicyEntry> {
+fn compile_sections(
+    compiler: &mut Compiler,
+    name: &str,
+    spec: &IMPolicySpec,
+) -> Option<PolicyEntry> {
     let rule = |section: &str| -> Arc<str> { format!("{name}/{section}").into() };
     let subjects = match SubjectMatcher::new(&spec.subjects) {
         Ok(subjects) => subjects,
         Err((index, error)) => {
-            compiler.error(format!("spec.subjects.handles[{index}]"), format!("invalid handle pattern: {error}"));
+            compiler.error(
+                format!("spec.subjects.handles[{index}]"),
+                format!("invalid handle pattern: {error}"),
+            );
             return None;
         }
     };
     let protocols = spec.protocols.as_ref().map(|p| {
         for (index, protocol) in p.allow.iter().enumerate() {
             if p.block.contains(protocol) {
-                compiler.error(format!("spec.protocols.allow[{index}]"), format!("{} is both allowed and blocked", protocol.as_str()));
+                compiler.error(
+                    format!("spec.protocols.allow[{index}]"),
+                    format!("{} is both allowed and blocked", protocol.as_str()),
+                );
             }
         }
         if p.tls == Some(TlsMode::Block) && p.allow.contains(&Protocol::Tls) {
-            compiler.warn("spec.protocols.tls", "tls: block refuses every TLS session, so allowing the tls protocol has no effect");
+            compiler.warn(
+                "spec.protocols.tls",
+                "tls: block refuses every TLS session, so allowing the tls protocol has no effect",
+            );
         }
         let services = p.services.clone().unwrap_or_default();
         ProtocolSettings {
@@ -333,35 +406,65 @@ fn compile_sections(compiler: &mut Compiler, name: &str, spec: &IMPolicySpec) ->
     });
     let urls = spec.urls.as_ref().map(|u| {
         let mut domains = |list: &Option<imgate_crds::policy::DomainList>, field: &str| {
-            list.as_ref().and_then(|l| match DomainSet::new(&l.domains) {
-                Ok(set) => Some(set),
-                Err((glob, error)) => {
-                    compiler.error(format!("spec.urls.{field}.domains"), format!("invalid domain glob {glob:?}: {error}"));
-                    None
-                }
-            })
+            list.as_ref()
+                .and_then(|l| match DomainSet::new(&l.domains) {
+                    Ok(set) => Some(set),
+                    Err((glob, error)) => {
+                        compiler.error(
+                            format!("spec.urls.{field}.domains"),
+                            format!("invalid domain glob {glob:?}: {error}"),
+                        );
+                        None
+                    }
+                })
         };
         let block = domains(&u.block, "block");
         let allow = domains(&u.allow, "allow");
         if u.block.as_ref().is_none_or(|b| b.domains.is_empty()) {
-            compiler.warn("spec.urls", "no domains under urls.block, so the URL rule never matches");
+            compiler.warn(
+                "spec.urls",
+                "no domains under urls.block, so the URL rule never matches",
+            );
         }
-        UrlSettings { block, allow, action: action_of(u.action), notify: u.notify.as_ref().map(|n| n.sender.clone()), rule: rule("urls") }
+        UrlSettings {
+            block,
+            allow,
+            action: action_of(u.action),
+            notify: u.notify.as_ref().map(|n| n.sender.clone()),
+            rule: rule("urls"),
+        }
     });
     let rate = spec.rate_limit.as_ref().map(|r| {
         let per_ms = compiler.duration_ms("spec.rateLimit.per", &r.per);
-        (RateSpec { messages: r.messages.max(1) as u32, per_ms }, action_of(r.action), rule("rate-limit"))
+        (
+            RateSpec {
+                messages: r.messages.max(1) as u32,
+                per_ms,
+            },
+            action_of(r.action),
+            rule("rate-limit"),
+        )
     });
     let worm = spec.worm.as_ref().map(|w| {
         let window_ms = compiler.duration_ms("spec.worm.window", &w.window);
-        (FanoutSpec { distinct: w.distinct_recipients.max(1) as u32, window_ms }, action_of(w.action), rule("worm"))
+        (
+            FanoutSpec {
+                distinct: w.distinct_recipients.max(1) as u32,
+                window_ms,
+            },
+            action_of(w.action),
+            rule("worm"),
+        )
     });
     let quarantine_ms = match spec.quarantine_for.as_deref() {
         Some(text) => compiler.duration_ms("spec.quarantineFor", text),
         None => DEFAULT_QUARANTINE_MS,
     };
     if spec.mode == PolicyMode::Monitor && spec.disclaimer.is_some() {
-        compiler.warn("spec.disclaimer", "a monitor-mode policy changes nothing, so its disclaimer is never injected");
+        compiler.warn(
+            "spec.disclaimer",
+            "a monitor-mode policy changes nothing, so its disclaimer is never injected",
+        );
     }
     Some(PolicyEntry {
         name: name.into(),
@@ -388,14 +491,24 @@ fn compile_content_rule(
     detectors: &mut Vec<(Detector, RuleId)>,
 ) {
     let matcher = &rule.matcher;
-    let given = [matcher.keywords.is_some(), matcher.regex.is_some(), matcher.detector.is_some()];
+    let given = [
+        matcher.keywords.is_some(),
+        matcher.regex.is_some(),
+        matcher.detector.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        compiler.error(format!("{path}.match"), "a match needs exactly one of keywords, regex or detector");
+        compiler.error(
+            format!("{path}.match"),
+            "a match needs exactly one of keywords, regex or detector",
+        );
         return;
     }
     if let Some(list) = &matcher.keywords {
         if list.is_empty() {
-            compiler.error(format!("{path}.match.keywords"), "the keyword list is empty, so the rule can never match");
+            compiler.error(
+                format!("{path}.match.keywords"),
+                "the keyword list is empty, so the rule can never match",
+            );
         }
         for (index, keyword) in list.iter().enumerate() {
             if let Err(error) = keywords.add(id, keyword, matcher.whole_word) {

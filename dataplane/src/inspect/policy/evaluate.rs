@@ -46,8 +46,24 @@ struct Gathered {
 }
 
 impl Gathered {
-    fn push(&mut self, policy: usize, rule: &Arc<str>, mode: PolicyMode, action: Action, spans: Vec<Span>, reason: String, severity: Severity) {
-        self.matches.push(RuleMatch { rule: rule.clone(), mode, action, spans, reason });
+    /// Records a match of `rule` from the policy at index `origin.0`, alerting at `origin.1`.
+    fn push(
+        &mut self,
+        origin: (usize, Severity),
+        rule: &Arc<str>,
+        mode: PolicyMode,
+        action: Action,
+        spans: Vec<Span>,
+        reason: String,
+    ) {
+        let (policy, severity) = origin;
+        self.matches.push(RuleMatch {
+            rule: rule.clone(),
+            mode,
+            action,
+            spans,
+            reason,
+        });
         self.severities.push(severity);
         self.policies.push(policy);
     }
@@ -65,39 +81,83 @@ impl CompiledPolicy {
     /// Evaluates one event. `state` must be this tenant's; it is updated (rate limits,
     /// fan-out, quarantine) only as the enforce-mode verdict and the monitor bookkeeping require.
     pub fn evaluate(&self, event: &Event, state: &mut PolicyState) -> Verdict {
-        let applicable: Vec<usize> = (0..self.policies.len()).filter(|i| self.policies[*i].subjects.matches(&event.sender)).collect();
-        let mut gathered = Gathered { matches: Vec::new(), severities: Vec::new(), notices: Vec::new(), policies: Vec::new() };
+        let applicable = self
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.subjects.matches(&event.sender))
+            .fold(0u64, |mask, (i, _)| mask | 1 << i);
+        let mut gathered = Gathered {
+            matches: Vec::new(),
+            severities: Vec::new(),
+            notices: Vec::new(),
+            policies: Vec::new(),
+        };
         let handle = event.sender.handle.as_str();
 
         if let Some((rule, until)) = state.tracker.quarantined(handle, event.at_ms) {
-            let policy = self.policies.iter().position(|p| rule.starts_with(&*p.name)).unwrap_or_default();
-            let reason = format!("sender is quarantined by {rule} for {} more seconds", (until - event.at_ms).div_ceil(1000));
-            gathered.push(policy, &rule, PolicyMode::Enforce, Action::Block, Vec::new(), reason, Severity::High);
+            let policy = self
+                .policies
+                .iter()
+                .position(|p| rule.starts_with(&*p.name))
+                .unwrap_or_default();
+            let reason = format!(
+                "sender is quarantined by {rule} for {} more seconds",
+                (until - event.at_ms).div_ceil(1000)
+            );
+            gathered.push(
+                (policy, Severity::High),
+                &rule,
+                PolicyMode::Enforce,
+                Action::Block,
+                Vec::new(),
+                reason,
+            );
         }
 
         for mode in MODES {
-            let of_mode: Vec<usize> = applicable.iter().copied().filter(|i| self.policies[*i].mode == mode).collect();
-            self.protocol_rules(event, mode, &of_mode, &mut gathered);
+            let of_mode = self.of_mode(applicable, mode);
+            self.protocol_rules(event, mode, of_mode, &mut gathered);
             match &event.content {
                 Content::Message { text } => {
-                    self.rate_rule(event, mode, &of_mode, state, &mut gathered);
-                    self.url_rules(event, text, mode, &of_mode, state, &mut gathered);
+                    self.rate_rule(event, mode, of_mode, state, &mut gathered);
+                    self.url_rules(event, text, mode, of_mode, state, &mut gathered);
                 }
-                Content::File(offer) => self.file_rules(event, offer, mode, &of_mode, state, &mut gathered),
+                Content::File(offer) => {
+                    self.file_rules(event, offer, mode, of_mode, state, &mut gathered)
+                }
                 Content::Session | Content::Feature(_) => {}
             }
         }
         if let Content::Message { text } = &event.content {
-            self.content_rules(event, text, &applicable, state, &mut gathered);
+            self.content_rules(event, text, applicable, state, &mut gathered);
         }
-        self.finish(event, &applicable, state, gathered)
+        self.finish(event, applicable, state, gathered)
     }
 
-    fn first<'a, T>(&'a self, of_mode: &[usize], section: impl Fn(&'a PolicyEntry) -> Option<T>) -> Option<(usize, T)> {
-        of_mode.iter().find_map(|i| section(&self.policies[*i]).map(|s| (*i, s)))
+    /// The policies of `mode` among `applicable`, as a bit mask.
+    fn of_mode(&self, applicable: u64, mode: PolicyMode) -> u64 {
+        members(applicable)
+            .filter(|i| self.policies[*i].mode == mode)
+            .fold(0, |mask, i| mask | 1 << i)
     }
 
-    fn protocol_rules(&self, event: &Event, mode: PolicyMode, of_mode: &[usize], gathered: &mut Gathered) {
+    /// The first policy in `policies` (in precedence order) that has the section.
+    fn first<'a, T>(
+        &'a self,
+        policies: u64,
+        section: impl Fn(&'a PolicyEntry) -> Option<T>,
+    ) -> Option<(usize, T)> {
+        members(policies).find_map(|i| section(&self.policies[i]).map(|s| (i, s)))
+    }
+
+    fn protocol_rules(
+        &self,
+        event: &Event,
+        mode: PolicyMode,
+        of_mode: u64,
+        gathered: &mut Gathered,
+    ) {
         let protocol = event.protocol;
         let decided = self.first(of_mode, |p| {
             let settings = p.protocols.as_ref()?;
@@ -111,7 +171,14 @@ impl CompiledPolicy {
             Some((decision, &settings.rule))
         });
         if let Some((policy, (Decision::Block, rule))) = decided {
-            gathered.push(policy, rule, mode, Action::Block, Vec::new(), format!("protocol {} is blocked", protocol.as_str()), Severity::Medium);
+            gathered.push(
+                (policy, Severity::Medium),
+                rule,
+                mode,
+                Action::Block,
+                Vec::new(),
+                format!("protocol {} is blocked", protocol.as_str()),
+            );
         }
         if let Some(service) = &event.service {
             let decided = self.first(of_mode, |p| {
@@ -125,48 +192,94 @@ impl CompiledPolicy {
                 }
             });
             if let Some((policy, (true, rule))) = decided {
-                gathered.push(policy, rule, mode, Action::Block, Vec::new(), format!("service {service} is blocked"), Severity::Medium);
+                gathered.push(
+                    (policy, Severity::Medium),
+                    rule,
+                    mode,
+                    Action::Block,
+                    Vec::new(),
+                    format!("service {service} is blocked"),
+                );
             }
         }
         if let Content::Feature(feature) = &event.content {
-            for &policy in of_mode {
+            for policy in members(of_mode) {
                 if let Some(settings) = &self.policies[policy].protocols
                     && settings.block_features.contains(feature)
                 {
                     let reason = format!("feature {} is blocked", feature.as_str());
-                    gathered.push(policy, &settings.features_rule, mode, Action::Block, Vec::new(), reason, Severity::Low);
+                    gathered.push(
+                        (policy, Severity::Low),
+                        &settings.features_rule,
+                        mode,
+                        Action::Block,
+                        Vec::new(),
+                        reason,
+                    );
                 }
             }
         }
     }
 
-    fn rate_rule(&self, event: &Event, mode: PolicyMode, of_mode: &[usize], state: &mut PolicyState, gathered: &mut Gathered) {
+    fn rate_rule(
+        &self,
+        event: &Event,
+        mode: PolicyMode,
+        of_mode: u64,
+        state: &mut PolicyState,
+        gathered: &mut Gathered,
+    ) {
         if let Some((policy, (spec, action, rule))) = self.first(of_mode, |p| p.rate.as_ref())
-            && state.tracker.over_rate(&event.sender.handle, mode, *spec, event.at_ms)
+            && state
+                .tracker
+                .over_rate(&event.sender.handle, mode, *spec, event.at_ms)
         {
             let reason = format!("more than {} messages in {} ms", spec.messages, spec.per_ms);
-            gathered.push(policy, rule, mode, *action, Vec::new(), reason, Severity::Low);
+            gathered.push(
+                (policy, Severity::Low),
+                rule,
+                mode,
+                *action,
+                Vec::new(),
+                reason,
+            );
         }
     }
 
-    fn url_rules(&self, event: &Event, text: &str, mode: PolicyMode, of_mode: &[usize], state: &mut PolicyState, gathered: &mut Gathered) {
+    fn url_rules(
+        &self,
+        event: &Event,
+        text: &str,
+        mode: PolicyMode,
+        of_mode: u64,
+        state: &mut PolicyState,
+        gathered: &mut Gathered,
+    ) {
         if !self.needs_urls {
             return;
         }
         let mut found: Vec<(Option<Span>, &str)> = Vec::new();
-        self.urls.find(text, &mut |span| found.push((Some(span), &text[span.start..span.end])));
+        self.urls.find(text, &mut |span| {
+            found.push((Some(span), &text[span.start..span.end]))
+        });
         found.extend(event.urls.iter().map(|u| (None, u.as_str())));
         if found.is_empty() {
             return;
         }
-        let hosts: Vec<Option<String>> = found.iter().map(|(_, url)| super::urls::host_of(url)).collect();
-        for &policy in of_mode {
-            let Some(settings) = &self.policies[policy].urls else { continue };
+        let hosts: Vec<Option<String>> = found
+            .iter()
+            .map(|(_, url)| super::urls::host_of(url))
+            .collect();
+        for policy in members(of_mode) {
+            let Some(settings) = &self.policies[policy].urls else {
+                continue;
+            };
             let mut spans = Vec::new();
             let mut out_of_band = false;
             for ((span, _), host) in found.iter().zip(&hosts) {
                 let Some(host) = host else { continue };
-                let blocked = settings.block.as_ref().is_some_and(|b| b.matches(host)) && !settings.allow.as_ref().is_some_and(|a| a.matches(host));
+                let blocked = settings.block.as_ref().is_some_and(|b| b.matches(host))
+                    && !settings.allow.as_ref().is_some_and(|a| a.matches(host));
                 if blocked {
                     match span {
                         Some(span) => spans.push(*span),
@@ -176,41 +289,92 @@ impl CompiledPolicy {
             }
             if !spans.is_empty() || out_of_band {
                 // A link outside the text cannot be masked: redaction becomes a block.
-                let action = if out_of_band && settings.action == Action::Redact { Action::Block } else { settings.action };
-                gathered.push(policy, &settings.rule, mode, action, spans, "link to a blocked domain".into(), Severity::Medium);
+                let action = if out_of_band && settings.action == Action::Redact {
+                    Action::Block
+                } else {
+                    settings.action
+                };
+                gathered.push(
+                    (policy, Severity::Medium),
+                    &settings.rule,
+                    mode,
+                    action,
+                    spans,
+                    "link to a blocked domain".into(),
+                );
                 gathered.notify(settings.notify.as_ref(), &settings.rule);
             }
         }
         if let Some((policy, (spec, action, rule))) = self.first(of_mode, |p| p.worm.as_ref()) {
             for (_, url) in &found {
                 let fingerprint = fingerprint(url.trim_end_matches('/').to_ascii_lowercase());
-                let count = state.tracker.fan_out(&event.sender.handle, mode, fingerprint, recipients(event), *spec, event.at_ms);
+                let count = state.tracker.fan_out(
+                    &event.sender.handle,
+                    mode,
+                    fingerprint,
+                    recipients(event),
+                    *spec,
+                    event.at_ms,
+                );
                 if count >= spec.distinct {
-                    let reason = format!("the same link went to {count} recipients within {} ms", spec.window_ms);
-                    gathered.push(policy, rule, mode, *action, Vec::new(), reason, Severity::Critical);
+                    let reason = format!(
+                        "the same link went to {count} recipients within {} ms",
+                        spec.window_ms
+                    );
+                    gathered.push(
+                        (policy, Severity::Critical),
+                        rule,
+                        mode,
+                        *action,
+                        Vec::new(),
+                        reason,
+                    );
                     break;
                 }
             }
         }
     }
 
-    fn file_rules(&self, event: &Event, offer: &FileOffer, mode: PolicyMode, of_mode: &[usize], state: &mut PolicyState, gathered: &mut Gathered) {
+    fn file_rules(
+        &self,
+        event: &Event,
+        offer: &FileOffer,
+        mode: PolicyMode,
+        of_mode: u64,
+        state: &mut PolicyState,
+        gathered: &mut Gathered,
+    ) {
         if let Some((policy, settings)) = self.first(of_mode, |p| p.file.as_ref()) {
-            let extension = offer.name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+            let extension = offer
+                .name
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+                .unwrap_or_default();
             let refused = if settings.action == Decision::Block {
                 Some("file transfers are blocked".to_owned())
             } else if settings.block_extensions.contains(&extension) {
                 Some(format!("files of type .{extension} are blocked"))
-            } else if !settings.allow_extensions.is_empty() && !settings.allow_extensions.contains(&extension) {
+            } else if !settings.allow_extensions.is_empty()
+                && !settings.allow_extensions.contains(&extension)
+            {
                 Some(format!("files of type .{extension} are not allowed"))
             } else {
                 match (settings.max_size, offer.size) {
-                    (Some(max), Some(size)) if size > max => Some(format!("the file is {size} bytes, over the limit of {max}")),
+                    (Some(max), Some(size)) if size > max => {
+                        Some(format!("the file is {size} bytes, over the limit of {max}"))
+                    }
                     _ => None,
                 }
             };
             if let Some(reason) = refused {
-                gathered.push(policy, &settings.rule, mode, Action::Block, Vec::new(), reason, Severity::Medium);
+                gathered.push(
+                    (policy, Severity::Medium),
+                    &settings.rule,
+                    mode,
+                    Action::Block,
+                    Vec::new(),
+                    reason,
+                );
                 gathered.notify(settings.notify.as_ref(), &settings.rule);
             }
         }
@@ -219,15 +383,39 @@ impl CompiledPolicy {
                 Some(hash) => fingerprint(hash.to_ascii_lowercase()),
                 None => fingerprint((&offer.name, offer.size)),
             };
-            let count = state.tracker.fan_out(&event.sender.handle, mode, identity, recipients(event), *spec, event.at_ms);
+            let count = state.tracker.fan_out(
+                &event.sender.handle,
+                mode,
+                identity,
+                recipients(event),
+                *spec,
+                event.at_ms,
+            );
             if count >= spec.distinct {
-                let reason = format!("the same file went to {count} recipients within {} ms", spec.window_ms);
-                gathered.push(policy, rule, mode, *action, Vec::new(), reason, Severity::Critical);
+                let reason = format!(
+                    "the same file went to {count} recipients within {} ms",
+                    spec.window_ms
+                );
+                gathered.push(
+                    (policy, Severity::Critical),
+                    rule,
+                    mode,
+                    *action,
+                    Vec::new(),
+                    reason,
+                );
             }
         }
     }
 
-    fn content_rules(&self, event: &Event, text: &str, applicable: &[usize], state: &mut PolicyState, gathered: &mut Gathered) {
+    fn content_rules(
+        &self,
+        event: &Event,
+        text: &str,
+        applicable: u64,
+        state: &mut PolicyState,
+        gathered: &mut Gathered,
+    ) {
         if self.content.is_empty() {
             return;
         }
@@ -235,9 +423,13 @@ impl CompiledPolicy {
         if !self.keywords.is_empty() {
             state.normalized.normalize(text);
             let (normalized, hits) = (&state.normalized, &mut state.hits);
-            self.keywords.scan(normalized.as_str(), &mut |rule, start, end| hits.push((rule, normalized.original_span(start, end))));
+            self.keywords
+                .scan(normalized.as_str(), &mut |rule, start, end| {
+                    hits.push((rule, normalized.original_span(start, end)))
+                });
         }
-        self.patterns.scan(text, &mut |rule, span| state.hits.push((rule, span)));
+        self.patterns
+            .scan(text, &mut |rule, span| state.hits.push((rule, span)));
         if !self.detectors.is_empty() {
             state.findings.clear();
             self.detectors.scan(text, &mut state.findings);
@@ -252,26 +444,46 @@ impl CompiledPolicy {
         if state.hits.is_empty() {
             return;
         }
-        state.hits.sort_unstable_by_key(|(rule, span)| (*rule, *span));
+        state
+            .hits
+            .sort_unstable_by_key(|(rule, span)| (*rule, *span));
         let mut index = 0;
         while index < state.hits.len() {
             let rule_id = state.hits[index].0;
-            let next = state.hits[index..].iter().position(|(r, _)| *r != rule_id).map_or(state.hits.len(), |n| index + n);
+            let next = state.hits[index..]
+                .iter()
+                .position(|(r, _)| *r != rule_id)
+                .map_or(state.hits.len(), |n| index + n);
             let rule = &self.content[rule_id as usize];
-            let direction_ok = rule.directions.is_empty() || rule.directions.contains(&event.direction);
-            if direction_ok && applicable.contains(&rule.policy) {
-                let mut spans: Vec<Span> = state.hits[index..next].iter().map(|(_, s)| *s).collect();
+            let direction_ok =
+                rule.directions.is_empty() || rule.directions.contains(&event.direction);
+            if direction_ok && applicable & (1 << rule.policy) != 0 {
+                let mut spans: Vec<Span> =
+                    state.hits[index..next].iter().map(|(_, s)| *s).collect();
                 merge_spans(&mut spans);
                 let mode = self.policies[rule.policy].mode;
                 let reason = format!("matched {} time(s)", spans.len());
-                gathered.push(rule.policy, &rule.name, mode, rule.action, spans, reason, rule.severity);
+                gathered.push(
+                    (rule.policy, rule.severity),
+                    &rule.name,
+                    mode,
+                    rule.action,
+                    spans,
+                    reason,
+                );
                 gathered.notify(rule.notify.as_ref(), &rule.name);
             }
             index = next;
         }
     }
 
-    fn finish(&self, event: &Event, applicable: &[usize], state: &mut PolicyState, gathered: Gathered) -> Verdict {
+    fn finish(
+        &self,
+        event: &Event,
+        applicable: u64,
+        state: &mut PolicyState,
+        gathered: Gathered,
+    ) -> Verdict {
         let mut verdict = Verdict::default();
         for rule in &gathered.matches {
             match rule.mode {
@@ -289,11 +501,19 @@ impl CompiledPolicy {
             merge_spans(&mut verdict.redactions);
         }
         if verdict.action == Action::Quarantine
-            && let Some(position) = gathered.matches.iter().position(|m| m.mode == PolicyMode::Enforce && m.action == Action::Quarantine)
+            && let Some(position) = gathered
+                .matches
+                .iter()
+                .position(|m| m.mode == PolicyMode::Enforce && m.action == Action::Quarantine)
         {
             let policy = &self.policies[gathered.policies[position]];
             let until = event.at_ms.saturating_add(policy.quarantine_ms);
-            state.tracker.quarantine(&event.sender.handle, until, gathered.matches[position].rule.clone(), event.at_ms);
+            state.tracker.quarantine(
+                &event.sender.handle,
+                until,
+                gathered.matches[position].rule.clone(),
+                event.at_ms,
+            );
         }
         verdict.notices = gathered
             .notices
@@ -305,26 +525,46 @@ impl CompiledPolicy {
             .matches
             .iter()
             .zip(&gathered.severities)
-            .map(|(m, severity)| Alert { rule: m.rule.clone(), severity: *severity, monitor: m.mode == PolicyMode::Monitor })
+            .map(|(m, severity)| Alert {
+                rule: m.rule.clone(),
+                severity: *severity,
+                monitor: m.mode == PolicyMode::Monitor,
+            })
             .collect();
-        let enforcing: Vec<usize> = applicable.iter().copied().filter(|i| self.policies[*i].mode == PolicyMode::Enforce).collect();
+        let enforcing = self.of_mode(applicable, PolicyMode::Enforce);
         match &event.content {
             Content::Session => {
-                let tls = self.first(&enforcing, |p| p.protocols.as_ref()?.tls);
+                let tls = self.first(enforcing, |p| p.protocols.as_ref()?.tls);
                 verdict.tls = Some(tls.map_or(TlsMode::Passthrough, |(_, mode)| mode));
-                verdict.disclaimer = self.first(&enforcing, |p| p.disclaimer.clone()).map(|(_, d)| d);
+                verdict.disclaimer = self
+                    .first(enforcing, |p| p.disclaimer.clone())
+                    .map(|(_, d)| d);
             }
             Content::Message { .. } => {
-                verdict.disclaimer = self.first(&enforcing, |p| p.disclaimer.clone()).map(|(_, d)| d);
+                verdict.disclaimer = self
+                    .first(enforcing, |p| p.disclaimer.clone())
+                    .map(|(_, d)| d);
             }
             Content::File(_) => {
-                verdict.scan = verdict.action == Action::Allow && self.first(&enforcing, |p| p.file.as_ref().map(|f| f.scan)).is_some_and(|(_, scan)| scan);
+                verdict.scan = verdict.action == Action::Allow
+                    && self
+                        .first(enforcing, |p| p.file.as_ref().map(|f| f.scan))
+                        .is_some_and(|(_, scan)| scan);
             }
             Content::Feature(_) => {}
         }
         verdict.matches = gathered.matches;
         verdict
     }
+}
+
+/// The indices set in a policy mask, lowest (highest precedence) first.
+fn members(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let index = (mask != 0).then(|| mask.trailing_zeros() as usize)?;
+        mask &= mask - 1;
+        Some(index)
+    })
 }
 
 /// Who received an event, for fan-out counting: the room counts as one recipient.

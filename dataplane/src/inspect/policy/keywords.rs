@@ -7,9 +7,12 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 use super::normalize::normalize;
+
+/// Most keywords compiled to a full DFA.
+const DFA_MAX_KEYWORDS: usize = 5_000;
 
 /// A rule index into the compiled policy's content rules.
 pub type RuleId = u32;
@@ -26,7 +29,9 @@ pub struct KeywordBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeywordError {
     /// Normalisation removed every character.
-    #[error("keyword {0:?} is empty once normalised (only spaces or invisible characters), so it can never match")]
+    #[error(
+        "keyword {0:?} is empty once normalised (only spaces or invisible characters), so it can never match"
+    )]
     Empty(String),
     /// The automaton could not be built.
     #[error("the keyword automaton could not be built: {0}")]
@@ -35,7 +40,12 @@ pub enum KeywordError {
 
 impl KeywordBuilder {
     /// Adds `keyword` for `rule`.
-    pub fn add(&mut self, rule: RuleId, keyword: &str, whole_word: bool) -> Result<(), KeywordError> {
+    pub fn add(
+        &mut self,
+        rule: RuleId,
+        keyword: &str,
+        whole_word: bool,
+    ) -> Result<(), KeywordError> {
         let normalized = normalize(keyword);
         if normalized.is_empty() {
             return Err(KeywordError::Empty(keyword.to_owned()));
@@ -54,18 +64,35 @@ impl KeywordBuilder {
     /// Builds the automaton.
     pub fn build(self) -> Result<KeywordIndex, KeywordError> {
         if self.patterns.is_empty() {
-            return Ok(KeywordIndex { automaton: None, owners: Vec::new(), edges: Vec::new() });
+            return Ok(KeywordIndex {
+                automaton: None,
+                owners: Vec::new(),
+                edges: Vec::new(),
+            });
         }
+        // A full DFA scans fastest (one transition per byte) but its size grows with the
+        // keyword count; past that bound the library's choice (a compact NFA) builds faster.
+        let kind = (self.patterns.len() <= DFA_MAX_KEYWORDS).then_some(AhoCorasickKind::DFA);
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
+            .kind(kind)
             .build(&self.patterns)
             .map_err(|e| KeywordError::Build(e.to_string()))?;
         let edges = self
             .patterns
             .iter()
-            .map(|p| (p.chars().next().is_some_and(is_word_char), p.chars().next_back().is_some_and(is_word_char)))
+            .map(|p| {
+                (
+                    p.chars().next().is_some_and(is_word_char),
+                    p.chars().next_back().is_some_and(is_word_char),
+                )
+            })
             .collect();
-        Ok(KeywordIndex { automaton: Some(automaton), owners: self.owners, edges })
+        Ok(KeywordIndex {
+            automaton: Some(automaton),
+            owners: self.owners,
+            edges,
+        })
     }
 }
 
@@ -92,7 +119,9 @@ impl KeywordIndex {
     /// Calls `found(rule, start, end)` for every rule whose keyword occurs in `normalized`,
     /// with byte offsets into `normalized`.
     pub fn scan(&self, normalized: &str, found: &mut impl FnMut(RuleId, usize, usize)) {
-        let Some(automaton) = &self.automaton else { return };
+        let Some(automaton) = &self.automaton else {
+            return;
+        };
         for hit in automaton.find_overlapping_iter(normalized) {
             let pattern = hit.pattern().as_usize();
             let (word_start, word_end) = self.edges[pattern];
@@ -143,10 +172,16 @@ mod tests {
         builder.add(2, "project falcon", true).expect("ok");
         let index = builder.build().expect("build");
         assert_eq!(index.len(), 2);
-        assert_eq!(rules_found(&index, "falconry"), vec![(1, "falcon".to_owned())]);
+        assert_eq!(
+            rules_found(&index, "falconry"),
+            vec![(1, "falcon".to_owned())]
+        );
         let found = rules_found(&index, "about PROJECT fаlcon.");
         assert!(found.contains(&(0, "fаlcon".to_owned())), "{found:?}");
-        assert!(found.contains(&(2, "PROJECT fаlcon".to_owned())), "{found:?}");
+        assert!(
+            found.contains(&(2, "PROJECT fаlcon".to_owned())),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -154,13 +189,19 @@ mod tests {
         let mut builder = KeywordBuilder::default();
         builder.add(0, "$GME", true).expect("ok");
         let index = builder.build().expect("build");
-        assert_eq!(rules_found(&index, "buy$gme now"), vec![(0, "$gme".to_owned())]);
+        assert_eq!(
+            rules_found(&index, "buy$gme now"),
+            vec![(0, "$gme".to_owned())]
+        );
         assert!(rules_found(&index, "buy $gmex").is_empty());
     }
 
     #[test]
     fn invisible_keywords_are_refused() {
         let mut builder = KeywordBuilder::default();
-        assert!(matches!(builder.add(0, " \u{200B} ", true), Err(KeywordError::Empty(_))));
+        assert!(matches!(
+            builder.add(0, " \u{200B} ", true),
+            Err(KeywordError::Empty(_))
+        ));
     }
 }

@@ -28,6 +28,8 @@ pub mod verdict;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{CompileError, CompiledPolicy, DEFAULT_QUARANTINE_MS, Diagnostic, MAX_POLICIES, SECTION_RULES};
+pub use compile::{
+    CompileError, CompiledPolicy, DEFAULT_QUARANTINE_MS, Diagnostic, MAX_POLICIES, SECTION_RULES,
+};
 pub use evaluate::PolicyState;
 pub use verdict::{Action, Alert, REDACTION_MARK, RuleMatch, Span, Verdict};

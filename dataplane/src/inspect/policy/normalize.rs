@@ -32,6 +32,9 @@ pub struct Normalized {
     starts: Vec<u32>,
     ends: Vec<u32>,
     last_was_space: bool,
+    /// The text is ASCII with single spaces only, so normalised offsets equal original ones
+    /// and the offset maps are left empty.
+    identity: bool,
 }
 
 impl Normalized {
@@ -41,6 +44,12 @@ impl Normalized {
         self.starts.clear();
         self.ends.clear();
         self.last_was_space = false;
+        self.identity = is_plain_ascii(input.as_bytes());
+        if self.identity {
+            self.text.push_str(input);
+            self.text.make_ascii_lowercase();
+            return;
+        }
         for (offset, c) in input.char_indices() {
             let start = offset as u32;
             let end = (offset + c.len_utf8()) as u32;
@@ -81,11 +90,32 @@ impl Normalized {
     /// The span of the original text that normalised bytes `start..end` came from.
     /// `start < end <= self.as_str().len()` must hold.
     pub fn original_span(&self, start: usize, end: usize) -> Span {
+        if self.identity {
+            return Span { start, end };
+        }
         Span {
             start: self.starts[start] as usize,
             end: self.ends[end - 1] as usize,
         }
     }
+}
+
+/// True for ASCII text whose only white space is single spaces: normalising it is
+/// lower-casing alone.
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    let mut previous_space = false;
+    for &byte in bytes {
+        let space = byte == b' ';
+        if !byte.is_ascii()
+            || (byte.is_ascii_whitespace() && !space)
+            || byte == 0x0b
+            || (space && previous_space)
+        {
+            return false;
+        }
+        previous_space = space;
+    }
+    true
 }
 
 /// Normalises a whole string (for keywords at compile time).

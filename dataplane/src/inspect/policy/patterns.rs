@@ -32,7 +32,9 @@ pub enum PatternError {
 
 /// Checks one expression and compiles it.
 pub fn compile(pattern: &str) -> Result<Regex, PatternError> {
-    let hir = regex_syntax::Parser::new().parse(pattern).map_err(|e| PatternError::Invalid(e.to_string()))?;
+    let hir = regex_syntax::Parser::new()
+        .parse(pattern)
+        .map_err(|e| PatternError::Invalid(e.to_string()))?;
     let properties = hir.properties();
     match (properties.minimum_len(), properties.maximum_len()) {
         (None, _) => return Err(PatternError::NeverMatches),
@@ -64,7 +66,10 @@ impl PatternIndex {
             .dfa_size_limit(DFA_SIZE_LIMIT * 4)
             .build()
             .map_err(|e| PatternError::Invalid(e.to_string()))?;
-        Ok(Self { set: Some(set), rules })
+        Ok(Self {
+            set: Some(set),
+            rules,
+        })
     }
 
     /// Number of expressions.
@@ -86,7 +91,13 @@ impl PatternIndex {
         for index in set.matches(text).iter() {
             let (rule, regex) = &self.rules[index];
             for hit in regex.find_iter(text).filter(|m| !m.is_empty()) {
-                found(*rule, Span { start: hit.start(), end: hit.end() });
+                found(
+                    *rule,
+                    Span {
+                        start: hit.start(),
+                        end: hit.end(),
+                    },
+                );
             }
         }
     }
@@ -98,18 +109,36 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_work() {
-        assert!(matches!(compile("(unclosed"), Err(PatternError::Invalid(_))));
+        assert!(matches!(
+            compile("(unclosed"),
+            Err(PatternError::Invalid(_))
+        ));
         assert_eq!(compile("[^\\s\\S]").err(), Some(PatternError::NeverMatches));
         assert_eq!(compile("^$").err(), Some(PatternError::OnlyEmpty));
-        assert!(matches!(compile("a{10000}{10000}"), Err(PatternError::Invalid(_))));
+        assert!(matches!(
+            compile("a{10000}{10000}"),
+            Err(PatternError::Invalid(_))
+        ));
         assert!(compile("(?i)wire\\s+transfer").is_ok());
     }
 
     #[test]
     fn reports_only_matching_rules_with_spans() {
-        let index = PatternIndex::new(vec![(3, compile("\\bA[0-9]{3}\\b").expect("ok")), (4, compile("zzz").expect("ok"))]).expect("index");
+        let index = PatternIndex::new(vec![
+            (3, compile("\\bA[0-9]{3}\\b").expect("ok")),
+            (4, compile("zzz").expect("ok")),
+        ])
+        .expect("index");
         let mut found = Vec::new();
-        index.scan("codes A123 and A456", &mut |rule, span| found.push((rule, span)));
-        assert_eq!(found, vec![(3, Span { start: 6, end: 10 }), (3, Span { start: 15, end: 19 })]);
+        index.scan("codes A123 and A456", &mut |rule, span| {
+            found.push((rule, span))
+        });
+        assert_eq!(
+            found,
+            vec![
+                (3, Span { start: 6, end: 10 }),
+                (3, Span { start: 15, end: 19 })
+            ]
+        );
     }
 }

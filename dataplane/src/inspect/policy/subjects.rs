@@ -42,15 +42,25 @@ impl SubjectMatcher {
         if self.everyone {
             return true;
         }
-        let person = sender.person.as_deref().is_some_and(|p| self.people.contains(&*lower(p)));
+        let person = sender
+            .person
+            .as_deref()
+            .is_some_and(|p| self.people.contains(&*lower(p)));
         person
-            || sender.groups.iter().any(|g| self.groups.contains(&*lower(g)))
+            || sender
+                .groups
+                .iter()
+                .any(|g| self.groups.contains(&*lower(g)))
             || (!self.handles.is_empty() && self.handles.is_match(&sender.handle))
     }
 }
 
 fn lower(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_uppercase) { text.to_lowercase().into() } else { text.into() }
+    if text.chars().any(char::is_uppercase) {
+        text.to_lowercase().into()
+    } else {
+        text.into()
+    }
 }
 
 #[cfg(test)]
@@ -58,7 +68,11 @@ mod tests {
     use super::*;
 
     fn party(handle: &str, person: Option<&str>, groups: &[&str]) -> Party {
-        Party { handle: handle.into(), person: person.map(Into::into), groups: groups.iter().map(|g| g.to_string()).collect() }
+        Party {
+            handle: handle.into(),
+            person: person.map(Into::into),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -72,7 +86,15 @@ mod tests {
         assert!(matcher.matches(&party("x", Some("jane.doe@ACME.example"), &[])));
         assert!(matcher.matches(&party("x", None, &["Traders"])));
         assert!(matcher.matches(&party("bob@DESK.example", None, &[])));
-        assert!(!matcher.matches(&party("bob@chat.example", Some("bob@acme.example"), &["ops"])));
-        assert!(SubjectMatcher::new(&Subjects::default()).expect("compiles").matches(&party("anyone", None, &[])));
+        assert!(!matcher.matches(&party(
+            "bob@chat.example",
+            Some("bob@acme.example"),
+            &["ops"]
+        )));
+        assert!(
+            SubjectMatcher::new(&Subjects::default())
+                .expect("compiles")
+                .matches(&party("anyone", None, &[]))
+        );
     }
 }

@@ -21,7 +21,11 @@ fn message(handle: &str, text: &str) -> Event {
         protocol: Protocol::Xmpp,
         service: None,
         direction: Direction::Outbound,
-        sender: Party { handle: handle.into(), person: None, groups: Vec::new() },
+        sender: Party {
+            handle: handle.into(),
+            person: None,
+            groups: Vec::new(),
+        },
         recipients: vec!["bob@chat.example".into()],
         room: None,
         conversation: ConversationKind::Direct,
@@ -92,13 +96,19 @@ fn clean_message_is_allowed_with_the_disclaimer() {
     let verdict = policy.evaluate(&trader("hello there"), &mut PolicyState::default());
     assert_eq!(verdict.action, Action::Allow);
     assert!(verdict.matches.is_empty());
-    assert_eq!(verdict.disclaimer.as_deref(), Some("Messages are recorded."));
+    assert_eq!(
+        verdict.disclaimer.as_deref(),
+        Some("Messages are recorded.")
+    );
 }
 
 #[test]
 fn keyword_block_names_the_rule_and_notifies() {
     let policy = compile(STRICT);
-    let verdict = policy.evaluate(&trader("any news on Project Falcon?"), &mut PolicyState::default());
+    let verdict = policy.evaluate(
+        &trader("any news on Project Falcon?"),
+        &mut PolicyState::default(),
+    );
     assert_eq!(verdict.action, Action::Block);
     assert_eq!(names(&verdict), ["strict/deals"]);
     assert_eq!(verdict.notices, ["Blocked by policy strict/deals"]);
@@ -108,7 +118,13 @@ fn keyword_block_names_the_rule_and_notifies() {
 #[test]
 fn evasions_do_not_slip_through() {
     let policy = compile(STRICT);
-    for text in ["ｐｒｏｊｅｃｔ ｆａｌｃｏｎ", "pro\u{200B}ject fal\u{200C}con", "prоject fаlcon", "PROJECT   FALCON", "próject fálcon"] {
+    for text in [
+        "ｐｒｏｊｅｃｔ ｆａｌｃｏｎ",
+        "pro\u{200B}ject fal\u{200C}con",
+        "prоject fаlcon",
+        "PROJECT   FALCON",
+        "próject fálcon",
+    ] {
         let verdict = policy.evaluate(&trader(text), &mut PolicyState::default());
         assert_eq!(verdict.action, Action::Block, "{text:?}");
     }
@@ -129,12 +145,18 @@ fn redaction_masks_only_the_card() {
 #[test]
 fn most_severe_action_wins_and_every_rule_is_named() {
     let policy = compile(STRICT);
-    let verdict = policy.evaluate(&trader("card 4111111111111111 for project falcon, ssn 536-22-1234"), &mut PolicyState::default());
+    let verdict = policy.evaluate(
+        &trader("card 4111111111111111 for project falcon, ssn 536-22-1234"),
+        &mut PolicyState::default(),
+    );
     assert_eq!(verdict.action, Action::Block);
     let mut rules = names(&verdict);
     rules.sort_unstable();
     assert_eq!(rules, ["baseline/ssn", "strict/cards", "strict/deals"]);
-    assert!(verdict.redactions.is_empty(), "nothing to redact in a blocked message");
+    assert!(
+        verdict.redactions.is_empty(),
+        "nothing to redact in a blocked message"
+    );
 }
 
 #[test]
@@ -142,7 +164,11 @@ fn subjects_limit_where_a_policy_applies() {
     let policy = compile(STRICT);
     let outsider = message("joe@chat.example", "project falcon 4111111111111111");
     let verdict = policy.evaluate(&outsider, &mut PolicyState::default());
-    assert_eq!(verdict.action, Action::Allow, "strict applies to traders only: {verdict:?}");
+    assert_eq!(
+        verdict.action,
+        Action::Allow,
+        "strict applies to traders only: {verdict:?}"
+    );
     assert_eq!(verdict.disclaimer, None);
 }
 
@@ -172,7 +198,12 @@ fn directions_restrict_rules() {
     assert_eq!(verdict.alerts.len(), 1);
     let mut inbound = trader("wire 50k today");
     inbound.direction = Direction::Inbound;
-    assert!(policy.evaluate(&inbound, &mut PolicyState::default()).matches.is_empty());
+    assert!(
+        policy
+            .evaluate(&inbound, &mut PolicyState::default())
+            .matches
+            .is_empty()
+    );
 }
 
 #[test]
@@ -181,14 +212,28 @@ fn protocol_precedence_follows_priority() {
     let mut irc = trader("hi");
     irc.protocol = Protocol::Irc;
     let verdict = policy.evaluate(&irc, &mut PolicyState::default());
-    assert_eq!((verdict.action, names(&verdict)), (Action::Block, vec!["strict/protocols"]), "strict (100) blocks irc over baseline (10)");
+    assert_eq!(
+        (verdict.action, names(&verdict)),
+        (Action::Block, vec!["strict/protocols"]),
+        "strict (100) blocks irc over baseline (10)"
+    );
     let mut outsider_irc = message("joe@chat.example", "hi");
     outsider_irc.protocol = Protocol::Irc;
-    assert_eq!(policy.evaluate(&outsider_irc, &mut PolicyState::default()).action, Action::Allow, "baseline allows irc");
+    assert_eq!(
+        policy
+            .evaluate(&outsider_irc, &mut PolicyState::default())
+            .action,
+        Action::Allow,
+        "baseline allows irc"
+    );
     let mut sip = message("joe@chat.example", "hi");
     sip.protocol = Protocol::Sip;
     let verdict = policy.evaluate(&sip, &mut PolicyState::default());
-    assert_eq!((verdict.action, names(&verdict)), (Action::Block, vec!["baseline/protocols"]), "baseline's default");
+    assert_eq!(
+        (verdict.action, names(&verdict)),
+        (Action::Block, vec!["baseline/protocols"]),
+        "baseline's default"
+    );
 }
 
 #[test]
@@ -204,10 +249,16 @@ fn services_features_and_tls() {
     session.service = None;
     session.protocol = Protocol::Xmpp;
     let verdict = policy.evaluate(&session, &mut PolicyState::default());
-    assert_eq!((verdict.action, verdict.tls), (Action::Allow, Some(TlsMode::Intercept)));
+    assert_eq!(
+        (verdict.action, verdict.tls),
+        (Action::Allow, Some(TlsMode::Intercept))
+    );
     let mut call = trader("");
     call.content = Content::Feature(Feature::Voice);
-    assert_eq!(names(&policy.evaluate(&call, &mut PolicyState::default())), ["strict/features"]);
+    assert_eq!(
+        names(&policy.evaluate(&call, &mut PolicyState::default())),
+        ["strict/features"]
+    );
 }
 
 #[test]
@@ -215,7 +266,11 @@ fn file_transfer_rules() {
     let policy = compile(STRICT);
     let offer = |name: &str, size: u64| {
         let mut event = trader("");
-        event.content = Content::File(FileOffer { name: name.into(), size: Some(size), sha256: None });
+        event.content = Content::File(FileOffer {
+            name: name.into(),
+            size: Some(size),
+            sha256: None,
+        });
         event
     };
     let ok = policy.evaluate(&offer("report.pdf", 1000), &mut PolicyState::default());
@@ -230,24 +285,55 @@ fn file_transfer_rules() {
 #[test]
 fn urls_are_blocked_by_domain_with_exceptions() {
     let policy = compile(STRICT);
-    let verdict = policy.evaluate(&trader("look https://x.bad.example/p"), &mut PolicyState::default());
-    assert_eq!((verdict.action, names(&verdict)), (Action::Block, vec!["strict/urls"]));
-    let verdict = policy.evaluate(&trader("look https://ok.bad.example/p"), &mut PolicyState::default());
+    let verdict = policy.evaluate(
+        &trader("look https://x.bad.example/p"),
+        &mut PolicyState::default(),
+    );
+    assert_eq!(
+        (verdict.action, names(&verdict)),
+        (Action::Block, vec!["strict/urls"])
+    );
+    let verdict = policy.evaluate(
+        &trader("look https://ok.bad.example/p"),
+        &mut PolicyState::default(),
+    );
     assert_eq!(verdict.action, Action::Allow);
     let mut oob = trader("see attachment");
     oob.urls = vec!["https://files.bad.example/x".into()];
-    assert_eq!(policy.evaluate(&oob, &mut PolicyState::default()).action, Action::Block);
+    assert_eq!(
+        policy.evaluate(&oob, &mut PolicyState::default()).action,
+        Action::Block
+    );
 }
 
 #[test]
 fn rate_limit_blocks_the_excess() {
     let policy = compile(STRICT);
     let mut state = PolicyState::default();
-    let actions: Vec<Action> = (0..5).map(|_| policy.evaluate(&message("joe@chat.example", "hi"), &mut state).action).collect();
-    assert_eq!(actions, [Action::Allow, Action::Allow, Action::Allow, Action::Block, Action::Block]);
+    let actions: Vec<Action> = (0..5)
+        .map(|_| {
+            policy
+                .evaluate(&message("joe@chat.example", "hi"), &mut state)
+                .action
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            Action::Allow,
+            Action::Allow,
+            Action::Allow,
+            Action::Block,
+            Action::Block
+        ]
+    );
     let mut later = message("joe@chat.example", "hi");
     later.at_ms += 20_000;
-    assert_eq!(policy.evaluate(&later, &mut state).action, Action::Allow, "refilled after 20 s");
+    assert_eq!(
+        policy.evaluate(&later, &mut state).action,
+        Action::Allow,
+        "refilled after 20 s"
+    );
 }
 
 #[test]
@@ -262,14 +348,26 @@ fn worm_fan_out_quarantines_the_sender() {
         verdicts.push(policy.evaluate(&event, &mut state));
     }
     assert_eq!(verdicts[1].action, Action::Allow);
-    assert_eq!((verdicts[2].action, names(&verdicts[2])), (Action::Quarantine, vec!["strict/worm"]));
+    assert_eq!(
+        (verdicts[2].action, names(&verdicts[2])),
+        (Action::Quarantine, vec!["strict/worm"])
+    );
     let mut after = trader("sorry, that was not me");
     after.at_ms += 60_000;
     let verdict = policy.evaluate(&after, &mut state);
     assert_eq!(verdict.action, Action::Block);
-    assert!(verdict.matches[0].reason.contains("quarantined by strict/worm"), "{verdict:?}");
+    assert!(
+        verdict.matches[0]
+            .reason
+            .contains("quarantined by strict/worm"),
+        "{verdict:?}"
+    );
     after.at_ms += 10 * 60_000;
-    assert_eq!(policy.evaluate(&after, &mut state).action, Action::Allow, "quarantine ended");
+    assert_eq!(
+        policy.evaluate(&after, &mut state).action,
+        Action::Allow,
+        "quarantine ended"
+    );
 }
 
 #[test]
@@ -288,7 +386,11 @@ spec:
   rateLimit: {messages: 1, per: 0s}
 "#;
     let error = CompiledPolicy::compile("acme", &policies(broken)).expect_err("must fail");
-    let found: Vec<(String, String)> = error.0.iter().map(|d| (d.policy.clone(), d.path.clone())).collect();
+    let found: Vec<(String, String)> = error
+        .0
+        .iter()
+        .map(|d| (d.policy.clone(), d.path.clone()))
+        .collect();
     let expected = [
         "spec.rateLimit.per",
         "spec.content[0].match.regex",
@@ -297,9 +399,15 @@ spec:
         "spec.content[3].name",
     ];
     for path in expected {
-        assert!(found.contains(&("acme/broken".to_owned(), path.to_owned())), "{path} missing from {found:?}");
+        assert!(
+            found.contains(&("acme/broken".to_owned(), path.to_owned())),
+            "{path} missing from {found:?}"
+        );
     }
-    assert!(error.0.iter().any(|d| d.message.contains("never match")), "{error:?}");
+    assert!(
+        error.0.iter().any(|d| d.message.contains("never match")),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -324,7 +432,11 @@ spec: {tenantRef: globex, protocols: {block: [xmpp]}}
     assert_eq!(policy.policy_names().collect::<Vec<_>>(), ["alpha", "zeta"]);
     let mut irc = message("x", "hi");
     irc.protocol = Protocol::Irc;
-    assert_eq!(policy.evaluate(&irc, &mut PolicyState::default()).action, Action::Block, "alpha precedes zeta");
+    assert_eq!(
+        policy.evaluate(&irc, &mut PolicyState::default()).action,
+        Action::Block,
+        "alpha precedes zeta"
+    );
 }
 
 #[test]

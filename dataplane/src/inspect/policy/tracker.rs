@@ -63,8 +63,13 @@ struct SenderState {
 
 impl SenderState {
     fn is_idle(&self, now_ms: u64) -> bool {
-        self.quarantine.as_ref().is_none_or(|(until, _)| *until <= now_ms)
-            && self.modes.iter().all(|m| m.fanout.is_empty() && m.rate_tat_us.is_none_or(|t| t <= now_ms * 1000))
+        self.quarantine
+            .as_ref()
+            .is_none_or(|(until, _)| *until <= now_ms)
+            && self
+                .modes
+                .iter()
+                .all(|m| m.fanout.is_empty() && m.rate_tat_us.is_none_or(|t| t <= now_ms * 1000))
     }
 }
 
@@ -92,7 +97,11 @@ fn slot(mode: PolicyMode) -> usize {
 impl SenderTracker {
     /// A tracker that follows at most `max_senders` senders.
     pub fn with_capacity(max_senders: usize) -> Self {
-        Self { senders: HashMap::new(), max_senders: max_senders.max(1), hasher: std::hash::RandomState::new() }
+        Self {
+            senders: HashMap::new(),
+            max_senders: max_senders.max(1),
+            hasher: std::hash::RandomState::new(),
+        }
     }
 
     /// Senders currently tracked.
@@ -136,14 +145,24 @@ impl SenderTracker {
     /// Quarantines `handle` until `until_ms` because of `rule`.
     pub fn quarantine(&mut self, handle: &str, until_ms: u64, rule: Arc<str>, now_ms: u64) {
         let state = self.sender(handle, now_ms);
-        if state.quarantine.as_ref().is_none_or(|(current, _)| *current < until_ms) {
+        if state
+            .quarantine
+            .as_ref()
+            .is_none_or(|(current, _)| *current < until_ms)
+        {
             state.quarantine = Some((until_ms, rule));
         }
     }
 
     /// Counts one message against the sender's rate limit; true when it is over the limit
     /// (a message over the limit does not consume the allowance).
-    pub fn over_rate(&mut self, handle: &str, mode: PolicyMode, spec: RateSpec, now_ms: u64) -> bool {
+    pub fn over_rate(
+        &mut self,
+        handle: &str,
+        mode: PolicyMode,
+        spec: RateSpec,
+        now_ms: u64,
+    ) -> bool {
         let now_us = now_ms.saturating_mul(1000);
         let interval_us = spec.per_ms.saturating_mul(1000) / u64::from(spec.messages.max(1));
         let tolerance_us = spec.per_ms.saturating_mul(1000).saturating_sub(interval_us);
@@ -158,23 +177,47 @@ impl SenderTracker {
 
     /// Records that `handle` sent the item `fingerprint` to `recipients`; returns how many
     /// distinct recipients received it within the window (capped at `spec.distinct`).
-    pub fn fan_out<R: Hash>(&mut self, handle: &str, mode: PolicyMode, fingerprint: u64, recipients: impl IntoIterator<Item = R>, spec: FanoutSpec, now_ms: u64) -> u32 {
-        let hashes: Vec<u64> = recipients.into_iter().map(|r| self.hasher.hash_one(r)).collect();
+    pub fn fan_out<R: Hash>(
+        &mut self,
+        handle: &str,
+        mode: PolicyMode,
+        fingerprint: u64,
+        recipients: impl IntoIterator<Item = R>,
+        spec: FanoutSpec,
+        now_ms: u64,
+    ) -> u32 {
+        let hashes: Vec<u64> = recipients
+            .into_iter()
+            .map(|r| self.hasher.hash_one(r))
+            .collect();
         let state = &mut self.sender(handle, now_ms).modes[slot(mode)];
         let horizon = now_ms.saturating_sub(spec.window_ms);
         state.fanout.retain_mut(|f| {
             f.recipients.retain(|(_, seen)| *seen > horizon);
             !f.recipients.is_empty()
         });
-        let index = match state.fanout.iter().position(|f| f.fingerprint == fingerprint) {
+        let index = match state
+            .fanout
+            .iter()
+            .position(|f| f.fingerprint == fingerprint)
+        {
             Some(index) => index,
             None => {
                 if state.fanout.len() >= MAX_FINGERPRINTS
-                    && let Some(oldest) = state.fanout.iter().enumerate().min_by_key(|(_, f)| f.last_ms).map(|(i, _)| i)
+                    && let Some(oldest) = state
+                        .fanout
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, f)| f.last_ms)
+                        .map(|(i, _)| i)
                 {
                     state.fanout.swap_remove(oldest);
                 }
-                state.fanout.push(Fanout { fingerprint, recipients: Vec::new(), last_ms: now_ms });
+                state.fanout.push(Fanout {
+                    fingerprint,
+                    recipients: Vec::new(),
+                    last_ms: now_ms,
+                });
                 state.fanout.len() - 1
             }
         };
@@ -201,37 +244,69 @@ mod tests {
     #[test]
     fn rate_limit_allows_a_burst_then_refills() {
         let mut tracker = SenderTracker::default();
-        let spec = RateSpec { messages: 3, per_ms: 3_000 };
-        let over: Vec<bool> = (0..5).map(|_| tracker.over_rate("a", ENFORCE, spec, 10_000)).collect();
+        let spec = RateSpec {
+            messages: 3,
+            per_ms: 3_000,
+        };
+        let over: Vec<bool> = (0..5)
+            .map(|_| tracker.over_rate("a", ENFORCE, spec, 10_000))
+            .collect();
         assert_eq!(over, [false, false, false, true, true]);
-        assert!(!tracker.over_rate("a", ENFORCE, spec, 11_000), "one message refilled after a second");
+        assert!(
+            !tracker.over_rate("a", ENFORCE, spec, 11_000),
+            "one message refilled after a second"
+        );
         assert!(tracker.over_rate("a", ENFORCE, spec, 11_000));
-        assert!(!tracker.over_rate("b", ENFORCE, spec, 11_000), "senders are independent");
+        assert!(
+            !tracker.over_rate("b", ENFORCE, spec, 11_000),
+            "senders are independent"
+        );
     }
 
     #[test]
     fn fan_out_counts_distinct_recipients_within_the_window() {
         let mut tracker = SenderTracker::default();
-        let spec = FanoutSpec { distinct: 3, window_ms: 60_000 };
+        let spec = FanoutSpec {
+            distinct: 3,
+            window_ms: 60_000,
+        };
         assert_eq!(tracker.fan_out("a", ENFORCE, 7, ["b"], spec, 0), 1);
-        assert_eq!(tracker.fan_out("a", ENFORCE, 7, ["b"], spec, 1_000), 1, "same recipient again");
-        assert_eq!(tracker.fan_out("a", ENFORCE, 8, ["c"], spec, 2_000), 1, "another item");
+        assert_eq!(
+            tracker.fan_out("a", ENFORCE, 7, ["b"], spec, 1_000),
+            1,
+            "same recipient again"
+        );
+        assert_eq!(
+            tracker.fan_out("a", ENFORCE, 8, ["c"], spec, 2_000),
+            1,
+            "another item"
+        );
         assert_eq!(tracker.fan_out("a", ENFORCE, 7, ["c", "d"], spec, 3_000), 3);
-        assert_eq!(tracker.fan_out("a", ENFORCE, 7, ["e"], spec, 200_000), 1, "window passed");
+        assert_eq!(
+            tracker.fan_out("a", ENFORCE, 7, ["e"], spec, 200_000),
+            1,
+            "window passed"
+        );
     }
 
     #[test]
     fn quarantine_expires() {
         let mut tracker = SenderTracker::default();
         tracker.quarantine("a", 5_000, "p/worm".into(), 0);
-        assert_eq!(tracker.quarantined("a", 4_999).map(|q| q.0), Some("p/worm".into()));
+        assert_eq!(
+            tracker.quarantined("a", 4_999).map(|q| q.0),
+            Some("p/worm".into())
+        );
         assert!(tracker.quarantined("a", 5_000).is_none());
     }
 
     #[test]
     fn memory_stays_bounded() {
         let mut tracker = SenderTracker::with_capacity(100);
-        let spec = FanoutSpec { distinct: 5, window_ms: 1_000_000 };
+        let spec = FanoutSpec {
+            distinct: 5,
+            window_ms: 1_000_000,
+        };
         for i in 0..10_000u64 {
             tracker.fan_out(&format!("sender{i}"), ENFORCE, i, [i, i + 1], spec, i);
             tracker.fan_out("one", ENFORCE, i, (0..100).map(|r| r + i), spec, i);

@@ -31,18 +31,28 @@ impl UrlFinder {
         let bytes = text.as_bytes();
         let mut resume = 0;
         for hit in self.starts.find_iter(text) {
-            if hit.start() < resume || (hit.start() > 0 && bytes[hit.start() - 1].is_ascii_alphanumeric()) {
+            if hit.start() < resume
+                || (hit.start() > 0 && bytes[hit.start() - 1].is_ascii_alphanumeric())
+            {
                 continue;
             }
             let length = text[hit.start()..]
                 .find(|c: char| c.is_whitespace() || matches!(c, '<' | '>' | '"' | '\'' | '`'))
                 .unwrap_or(text.len() - hit.start());
             let mut end = hit.start() + length;
-            while end > hit.end() && matches!(bytes[end - 1], b'.' | b',' | b')' | b';' | b':' | b'!' | b'?') {
+            while end > hit.end()
+                && matches!(
+                    bytes[end - 1],
+                    b'.' | b',' | b')' | b';' | b':' | b'!' | b'?'
+                )
+            {
                 end -= 1;
             }
             if end > hit.end() {
-                found(Span { start: hit.start(), end });
+                found(Span {
+                    start: hit.start(),
+                    end,
+                });
                 resume = end;
             }
         }
@@ -53,7 +63,9 @@ impl UrlFinder {
 pub fn host_of(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let host = if host_port.starts_with('[') {
         host_port.split_inclusive(']').next()?
     } else {
@@ -81,7 +93,9 @@ impl DomainSet {
                 .map_err(|e| (glob.clone(), e.kind().to_string()))?;
             builder.add(compiled);
         }
-        let globs = builder.build().map_err(|e| (String::new(), e.to_string()))?;
+        let globs = builder
+            .build()
+            .map_err(|e| (String::new(), e.to_string()))?;
         Ok(Self { globs })
     }
 
@@ -103,7 +117,10 @@ mod tests {
 
     #[test]
     fn finds_urls_in_chat() {
-        assert_eq!(urls("see https://x.bad.example/a?b=1, and www.ok.example."), ["https://x.bad.example/a?b=1", "www.ok.example"]);
+        assert_eq!(
+            urls("see https://x.bad.example/a?b=1, and www.ok.example."),
+            ["https://x.bad.example/a?b=1", "www.ok.example"]
+        );
         assert_eq!(urls("HTTP://LOUD.EXAMPLE/"), ["HTTP://LOUD.EXAMPLE/"]);
         assert!(urls("no links, just https:// alone").is_empty());
         assert!(urls("awww.nope").is_empty());
@@ -111,14 +128,21 @@ mod tests {
 
     #[test]
     fn hosts_are_extracted() {
-        assert_eq!(host_of("https://user:pw@Bad.Example.:8443/x").as_deref(), Some("bad.example"));
-        assert_eq!(host_of("www.ok.example/path").as_deref(), Some("www.ok.example"));
+        assert_eq!(
+            host_of("https://user:pw@Bad.Example.:8443/x").as_deref(),
+            Some("bad.example")
+        );
+        assert_eq!(
+            host_of("www.ok.example/path").as_deref(),
+            Some("www.ok.example")
+        );
         assert_eq!(host_of("http://[::1]:80/").as_deref(), Some("[::1]"));
     }
 
     #[test]
     fn domain_globs() {
-        let set = DomainSet::new(&["*.bad.example".to_owned(), "evil.example".to_owned()]).expect("globs");
+        let set = DomainSet::new(&["*.bad.example".to_owned(), "evil.example".to_owned()])
+            .expect("globs");
         assert!(set.matches("x.bad.example"));
         assert!(set.matches("a.b.bad.example"));
         assert!(!set.matches("bad.example"));

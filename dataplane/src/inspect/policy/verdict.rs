@@ -11,7 +11,9 @@ use imgate_crds::policy::{PolicyMode, Severity, TlsMode};
 use serde::{Deserialize, Serialize};
 
 /// What happens to an event. Ordered by severity: a later variant wins over an earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Deliver unchanged.
@@ -116,7 +118,10 @@ impl Verdict {
         let mut cursor = 0;
         for span in &self.redactions {
             let (start, end) = (span.start.min(original.len()), span.end.min(original.len()));
-            if start < cursor || !original.is_char_boundary(start) || !original.is_char_boundary(end) {
+            if start < cursor
+                || !original.is_char_boundary(start)
+                || !original.is_char_boundary(end)
+            {
                 continue;
             }
             out.push_str(&original[cursor..start]);
@@ -159,8 +164,16 @@ mod tests {
 
     #[test]
     fn spans_merge() {
-        let mut spans = vec![Span { start: 5, end: 9 }, Span { start: 0, end: 2 }, Span { start: 8, end: 12 }, Span { start: 2, end: 3 }];
+        let mut spans = vec![
+            Span { start: 5, end: 9 },
+            Span { start: 0, end: 2 },
+            Span { start: 8, end: 12 },
+            Span { start: 2, end: 3 },
+        ];
         merge_spans(&mut spans);
-        assert_eq!(spans, vec![Span { start: 0, end: 3 }, Span { start: 5, end: 12 }]);
+        assert_eq!(
+            spans,
+            vec![Span { start: 0, end: 3 }, Span { start: 5, end: 12 }]
+        );
     }
 }

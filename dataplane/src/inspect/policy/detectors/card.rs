@@ -3,35 +3,45 @@
 
 use super::{Span, boundary_after, boundary_before};
 
+/// Most digit groups considered in one run.
+const MAX_GROUPS: usize = 32;
+
 /// Calls `found` for every valid card number in `bytes`.
 pub(super) fn scan(bytes: &[u8], found: &mut impl FnMut(Span)) {
+    let mut groups = [(0usize, 0usize); MAX_GROUPS];
     let mut at = 0;
     while at < bytes.len() {
         if !bytes[at].is_ascii_digit() || !boundary_before(bytes, at) {
             at += 1;
             continue;
         }
-        let groups = digit_groups(bytes, at);
-        let run_end = groups.last().map_or(at + 1, |g| g.1);
-        if boundary_after(bytes, run_end) {
-            check_run(bytes, &groups, found);
+        let count = digit_groups(bytes, at, &mut groups);
+        let run = &groups[..count];
+        let run_end = run.last().map_or(at + 1, |g| g.1);
+        let digits: usize = run.iter().map(|(start, end)| end - start).sum();
+        if digits >= 12 && boundary_after(bytes, run_end) {
+            check_run(bytes, run, found);
         }
         at = run_end.max(at + 1);
     }
 }
 
-/// Digit groups `(start, end)` from `at`, separated by one space or dash.
-fn digit_groups(bytes: &[u8], mut at: usize) -> Vec<(usize, usize)> {
-    let mut groups = Vec::new();
+/// Fills `groups` with the digit groups `(start, end)` from `at`, separated by one space or
+/// dash; returns how many.
+fn digit_groups(bytes: &[u8], mut at: usize, groups: &mut [(usize, usize); MAX_GROUPS]) -> usize {
+    let mut count = 0;
     loop {
         let start = at;
         while at < bytes.len() && bytes[at].is_ascii_digit() {
             at += 1;
         }
-        groups.push((start, at));
-        let separated = at + 1 < bytes.len() && matches!(bytes[at], b' ' | b'-') && bytes[at + 1].is_ascii_digit();
-        if !separated || groups.len() == 32 {
-            return groups;
+        groups[count] = (start, at);
+        count += 1;
+        let separated = at + 1 < bytes.len()
+            && matches!(bytes[at], b' ' | b'-')
+            && bytes[at + 1].is_ascii_digit();
+        if !separated || count == MAX_GROUPS {
+            return count;
         }
         at += 1;
     }
@@ -42,20 +52,27 @@ fn digit_groups(bytes: &[u8], mut at: usize) -> Vec<(usize, usize)> {
 fn check_run(bytes: &[u8], groups: &[(usize, usize)], found: &mut impl FnMut(Span)) {
     let mut first = 0;
     while first < groups.len() {
-        let mut digits = Vec::with_capacity(19);
+        let mut digits = [0u8; 19];
+        let mut length = 0;
         let mut best = None;
         for (last, &(start, end)) in groups.iter().enumerate().skip(first) {
-            if digits.len() + (end - start) > 19 {
+            if length + (end - start) > 19 {
                 break;
             }
-            digits.extend(bytes[start..end].iter().map(|b| b - b'0'));
-            if digits.len() >= 12 && is_valid_digits(&digits) {
+            for byte in &bytes[start..end] {
+                digits[length] = byte - b'0';
+                length += 1;
+            }
+            if length >= 12 && is_valid_digits(&digits[..length]) {
                 best = Some(last);
             }
         }
         match best {
             Some(last) => {
-                found(Span { start: groups[first].0, end: groups[last].1 });
+                found(Span {
+                    start: groups[first].0,
+                    end: groups[last].1,
+                });
                 first = last + 1;
             }
             None => first += 1,
@@ -65,8 +82,14 @@ fn check_run(bytes: &[u8], groups: &[(usize, usize)], found: &mut impl FnMut(Spa
 
 /// True for a valid card number written as digits with optional spaces or dashes.
 pub fn is_valid_card(text: &str) -> bool {
-    let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
-    text.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-') && is_valid_digits(&digits)
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+        && is_valid_digits(&digits)
 }
 
 fn is_valid_digits(digits: &[u8]) -> bool {
@@ -80,24 +103,38 @@ fn luhn(digits: &[u8]) -> bool {
         .enumerate()
         .map(|(i, &d)| {
             let d = u32::from(d);
-            if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Issuer identification number ranges and the lengths each issuer uses.
 fn issuer_accepts(digits: &[u8]) -> bool {
-    let prefix = |k: usize| digits[..k].iter().fold(0u32, |acc, d| acc * 10 + u32::from(*d));
+    let prefix = |k: usize| {
+        digits[..k]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(*d))
+    };
     let n = digits.len();
     let visa = digits[0] == 4 && matches!(n, 13 | 16 | 19);
-    let mastercard = ((51..=55).contains(&prefix(2)) || (2221..=2720).contains(&prefix(4))) && n == 16;
+    let mastercard =
+        ((51..=55).contains(&prefix(2)) || (2221..=2720).contains(&prefix(4))) && n == 16;
     let amex = matches!(prefix(2), 34 | 37) && n == 15;
-    let discover = (prefix(4) == 6011 || (644..=649).contains(&prefix(3)) || prefix(2) == 65) && (16..=19).contains(&n);
+    let discover = (prefix(4) == 6011 || (644..=649).contains(&prefix(3)) || prefix(2) == 65)
+        && (16..=19).contains(&n);
     let jcb = (3528..=3589).contains(&prefix(4)) && (16..=19).contains(&n);
-    let diners = ((300..=305).contains(&prefix(3)) || matches!(prefix(2), 36 | 38 | 39)) && (14..=19).contains(&n);
+    let diners = ((300..=305).contains(&prefix(3)) || matches!(prefix(2), 36 | 38 | 39))
+        && (14..=19).contains(&n);
     let unionpay = prefix(2) == 62 && (16..=19).contains(&n);
-    let maestro = (matches!(prefix(4), 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761..=6763) || (56..=58).contains(&prefix(2)))
+    let maestro = (matches!(
+        prefix(4),
+        5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761..=6763
+    ) || (56..=58).contains(&prefix(2)))
         && (12..=19).contains(&n);
     visa || mastercard || amex || discover || jcb || diners || unionpay || maestro
 }
@@ -122,10 +159,24 @@ mod tests {
 
     #[test]
     fn known_test_numbers_validate() {
-        for number in ["4111111111111111", "5500 0000 0000 0004", "3400-000000-00009", "6011000000000004", "3530111333300000", "30569309025904", "6200000000000005", "2223000048400011"] {
+        for number in [
+            "4111111111111111",
+            "5500 0000 0000 0004",
+            "3400-000000-00009",
+            "6011000000000004",
+            "3530111333300000",
+            "30569309025904",
+            "6200000000000005",
+            "2223000048400011",
+        ] {
             assert!(is_valid_card(number), "{number}");
         }
-        for number in ["4111111111111112", "1234567812345678", "41111111111", "4111 1111 1111 1111x"] {
+        for number in [
+            "4111111111111112",
+            "1234567812345678",
+            "41111111111",
+            "4111 1111 1111 1111x",
+        ] {
             assert!(!is_valid_card(number), "{number}");
         }
     }

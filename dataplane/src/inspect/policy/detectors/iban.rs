@@ -5,22 +5,100 @@ use super::{Span, boundary_after, boundary_before};
 
 /// IBAN length by country (SWIFT IBAN registry).
 const LENGTHS: [(&[u8; 2], usize); 84] = [
-    (b"AD", 24), (b"AE", 23), (b"AL", 28), (b"AT", 20), (b"AZ", 28), (b"BA", 20), (b"BE", 16),
-    (b"BG", 22), (b"BH", 22), (b"BI", 27), (b"BR", 29), (b"BY", 28), (b"CH", 21), (b"CR", 22),
-    (b"CY", 28), (b"CZ", 24), (b"DE", 22), (b"DJ", 27), (b"DK", 18), (b"DO", 28), (b"EE", 20),
-    (b"EG", 29), (b"ES", 24), (b"FI", 18), (b"FK", 18), (b"FO", 18), (b"FR", 27), (b"GB", 22),
-    (b"GE", 22), (b"GI", 23), (b"GL", 18), (b"GR", 27), (b"GT", 28), (b"HN", 28), (b"HR", 21),
-    (b"HU", 28), (b"IE", 22), (b"IL", 23), (b"IQ", 23), (b"IS", 26), (b"IT", 27), (b"JO", 30),
-    (b"KW", 30), (b"KZ", 20), (b"LB", 28), (b"LC", 32), (b"LI", 21), (b"LT", 20), (b"LU", 20),
-    (b"LV", 21), (b"LY", 25), (b"MC", 27), (b"MD", 24), (b"ME", 22), (b"MK", 19), (b"MN", 20),
-    (b"MR", 27), (b"MT", 31), (b"MU", 30), (b"NI", 28), (b"NL", 18), (b"NO", 15), (b"OM", 23),
-    (b"PK", 24), (b"PL", 28), (b"PS", 29), (b"PT", 25), (b"QA", 29), (b"RO", 24), (b"RS", 22),
-    (b"RU", 33), (b"SA", 24), (b"SC", 31), (b"SD", 18), (b"SE", 24), (b"SI", 19), (b"SK", 24),
-    (b"SM", 27), (b"SO", 23), (b"ST", 25), (b"SV", 28), (b"TL", 23), (b"TN", 24), (b"TR", 26),
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BI", 27),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DJ", 27),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FK", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HN", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"LY", 25),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MN", 20),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NI", 28),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"OM", 23),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"RU", 33),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SD", 18),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"SO", 23),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
 ];
 
 /// Countries registered after the table above was drawn up that share its rules.
-const MORE_LENGTHS: [(&[u8; 2], usize); 5] = [(b"UA", 29), (b"VA", 22), (b"VG", 24), (b"XK", 20), (b"YE", 30)];
+const MORE_LENGTHS: [(&[u8; 2], usize); 5] = [
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+    (b"YE", 30),
+];
 
 fn expected_length(country: [u8; 2]) -> Option<usize> {
     LENGTHS
@@ -50,7 +128,10 @@ pub(super) fn scan(bytes: &[u8], found: &mut impl FnMut(Span)) {
 
 /// The end of a valid IBAN starting at `start`, if there is one.
 fn candidate_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let country = [bytes[start].to_ascii_uppercase(), bytes[start + 1].to_ascii_uppercase()];
+    let country = [
+        bytes[start].to_ascii_uppercase(),
+        bytes[start + 1].to_ascii_uppercase(),
+    ];
     let length = expected_length(country)?;
     let mut compact = Vec::with_capacity(length);
     let mut at = start;
@@ -58,7 +139,11 @@ fn candidate_end(bytes: &[u8], start: usize) -> Option<usize> {
         let byte = bytes[at];
         if byte.is_ascii_alphanumeric() {
             compact.push(byte.to_ascii_uppercase());
-        } else if byte == b' ' && compact.len() % 4 == 0 && at + 1 < bytes.len() && bytes[at + 1].is_ascii_alphanumeric() {
+        } else if byte == b' '
+            && compact.len() % 4 == 0
+            && at + 1 < bytes.len()
+            && bytes[at + 1].is_ascii_alphanumeric()
+        {
             // A single space between groups of four.
         } else {
             return None;
@@ -77,13 +162,16 @@ pub fn is_valid_iban(text: &str) -> bool {
 /// ISO 7064 MOD 97-10 over the rearranged IBAN (country and check digits moved to the end,
 /// letters as 10–35).
 fn mod97(compact: &[u8]) -> u32 {
-    compact[4..].iter().chain(&compact[..4]).fold(0u32, |acc, &byte| {
-        if byte.is_ascii_digit() {
-            (acc * 10 + u32::from(byte - b'0')) % 97
-        } else {
-            (acc * 100 + u32::from(byte - b'A') + 10) % 97
-        }
-    })
+    compact[4..]
+        .iter()
+        .chain(&compact[..4])
+        .fold(0u32, |acc, &byte| {
+            if byte.is_ascii_digit() {
+                (acc * 10 + u32::from(byte - b'0')) % 97
+            } else {
+                (acc * 100 + u32::from(byte - b'A') + 10) % 97
+            }
+        })
 }
 
 #[cfg(test)]
@@ -93,13 +181,24 @@ mod tests {
     #[test]
     fn registry_examples_validate() {
         for iban in [
-            "GB82WEST12345698765432", "DE89370400440532013000", "FR1420041010050500013M02606",
-            "NL91ABNA0417164300", "NO9386011117947", "CH9300762011623852957", "LC55HEMM000100010012001200023015",
-            "BE68 5390 0754 7034", "ES91 2100 0418 4502 0005 1332",
+            "GB82WEST12345698765432",
+            "DE89370400440532013000",
+            "FR1420041010050500013M02606",
+            "NL91ABNA0417164300",
+            "NO9386011117947",
+            "CH9300762011623852957",
+            "LC55HEMM000100010012001200023015",
+            "BE68 5390 0754 7034",
+            "ES91 2100 0418 4502 0005 1332",
         ] {
             assert!(is_valid_iban(iban), "{iban}");
         }
-        for iban in ["GB82WEST12345698765431", "GB82WEST1234569876543", "XX82WEST12345698765432", "GB82 WEST12 345698765432"] {
+        for iban in [
+            "GB82WEST12345698765431",
+            "GB82WEST1234569876543",
+            "XX82WEST12345698765432",
+            "GB82 WEST12 345698765432",
+        ] {
             assert!(!is_valid_iban(iban), "{iban}");
         }
     }

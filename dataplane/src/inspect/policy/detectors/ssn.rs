@@ -13,9 +13,18 @@ pub(super) fn scan(bytes: &[u8], found: &mut impl FnMut(Span)) {
         return;
     }
     for start in 0..=bytes.len() - 11 {
+        if !bytes[start].is_ascii_digit() {
+            continue;
+        }
         let candidate = &bytes[start..start + 11];
-        if boundary_before(bytes, start) && boundary_after(bytes, start + 11) && is_valid_ssn_bytes(candidate) {
-            found(Span { start, end: start + 11 });
+        if boundary_before(bytes, start)
+            && boundary_after(bytes, start + 11)
+            && is_valid_ssn_bytes(candidate)
+        {
+            found(Span {
+                start,
+                end: start + 11,
+            });
         }
     }
 }
@@ -30,12 +39,22 @@ fn is_valid_ssn_bytes(b: &[u8]) -> bool {
     if !matches!(separator, b'-' | b' ') || b[6] != separator {
         return false;
     }
-    let digits: Vec<u8> = [&b[0..3], &b[4..6], &b[7..11]].concat();
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return false;
+    let mut digits = [0u8; 9];
+    for (slot, byte) in digits
+        .iter_mut()
+        .zip(b[0..3].iter().chain(&b[4..6]).chain(&b[7..11]))
+    {
+        if !byte.is_ascii_digit() {
+            return false;
+        }
+        *slot = *byte;
     }
-    let number = |range: std::ops::Range<usize>| digits[range].iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+    let number = |range: std::ops::Range<usize>| {
+        digits[range]
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'))
+    };
     let (area, group, serial) = (number(0..3), number(3..5), number(5..9));
-    let void = VOID.iter().any(|v| v.as_bytes() == digits.as_slice());
+    let void = VOID.iter().any(|v| v.as_bytes() == digits);
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0 && !void
 }
