@@ -284,6 +284,20 @@ mod tests {
         assert_eq!(policy.value["spec"]["content"][0]["match"]["regex"], "(");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_input_parses_or_fails_cleanly(text in "(\\PC|\n| |:|-|\\[|\\]|\\{|\\}|&|\\*){0,200}") {
+            match parse(Path::new("f.yaml"), &text) {
+                Ok(documents) => {
+                    for document in documents {
+                        proptest::prop_assert!(document.line_of("a.b[0].c") >= 1);
+                    }
+                }
+                Err(error) => proptest::prop_assert!(!error.message.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn syntax_errors_carry_a_line() {
         let error = parse(Path::new("f.yaml"), "a: 1\nb: [unclosed\nc: 2\n").expect_err("bad YAML");

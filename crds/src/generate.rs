@@ -95,6 +95,76 @@ mod tests {
         }
     }
 
+    /// CEL rules stay within the API server's cost budget: below any node that carries rules,
+    /// every list has `maxItems` and every string in a list has `maxLength` or an `enum`
+    /// (otherwise: "estimated rule cost exceeds budget").
+    #[test]
+    fn cel_rules_have_bounded_inputs() {
+        fn bounded(node: &serde_json::Value, path: &str, in_list: bool) {
+            let Some(object) = node.as_object() else {
+                return;
+            };
+            match object.get("type").and_then(|t| t.as_str()) {
+                Some("array") => assert!(object.contains_key("maxItems"), "no maxItems at {path}"),
+                Some("string") if in_list => {
+                    // The API server bounds an enum string by its longest value.
+                    assert!(
+                        object.contains_key("maxLength") || object.contains_key("enum"),
+                        "no maxLength at {path}"
+                    )
+                }
+                _ => {}
+            }
+            for (name, property) in object
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .into_iter()
+                .flatten()
+            {
+                bounded(property, &format!("{path}.{name}"), false);
+            }
+            if let Some(items) = object.get("items") {
+                bounded(items, &format!("{path}[]"), true);
+            }
+        }
+        fn find_rules(node: &serde_json::Value, path: &str, found: &mut usize) {
+            let Some(object) = node.as_object() else {
+                return;
+            };
+            if object.contains_key("x-kubernetes-validations") {
+                *found += 1;
+                // The root rules read only `metadata.name`, which the API server bounds.
+                if path.contains('.') {
+                    bounded(node, path, false);
+                }
+            }
+            for (name, property) in object
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .into_iter()
+                .flatten()
+            {
+                find_rules(property, &format!("{path}.{name}"), found);
+            }
+            if let Some(items) = object.get("items") {
+                find_rules(items, &format!("{path}[]"), found);
+            }
+        }
+        let mut found = 0;
+        for crd in crds() {
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref());
+            let schema = serde_json::to_value(schema.expect("schema")).expect("json");
+            find_rules(&schema, &crd.spec.names.kind, &mut found);
+        }
+        assert!(
+            found >= 6,
+            "expected the CEL rules of both kinds, found {found}"
+        );
+    }
+
     #[test]
     fn kubectl_get_is_useful() {
         for crd in crds() {

@@ -262,14 +262,14 @@ pub struct ServiceRules {
     #[serde(default)]
     #[schemars(
         length(max = 256),
-        inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
+        inner(length(max = 63), regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
     )]
     pub allow: Vec<String>,
     /// Services this policy blocks.
     #[serde(default)]
     #[schemars(
         length(max = 256),
-        inner(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
+        inner(length(max = 63), regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))
     )]
     pub block: Vec<String>,
 }

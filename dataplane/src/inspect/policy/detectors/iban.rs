@@ -176,7 +176,31 @@ fn mod97(compact: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn generated_ibans_validate_and_any_single_digit_change_is_caught(
+            bban in "[0-9]{18}", at in 2usize..22, delta in 1u8..10, grouped in any::<bool>(),
+        ) {
+            let remainder = mod97(format!("DE00{bban}").as_bytes());
+            let iban = format!("DE{:02}{bban}", 98 - remainder);
+            prop_assert!(is_valid_iban(&iban), "{}", iban);
+            let text = if grouped {
+                iban.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect::<Vec<_>>().join(" ")
+            } else {
+                iban.clone()
+            };
+            let mut spans = Vec::new();
+            scan(format!("pay {text} now").as_bytes(), &mut |s| spans.push(s));
+            prop_assert_eq!(spans.len(), 1);
+            let mut bytes = iban.into_bytes();
+            bytes[at] = b'0' + (bytes[at] - b'0' + delta) % 10;
+            prop_assert!(!is_valid_iban(std::str::from_utf8(&bytes).unwrap_or_default()));
+        }
+    }
 
     #[test]
     fn registry_examples_validate() {

@@ -58,3 +58,36 @@ fn is_valid_ssn_bytes(b: &[u8]) -> bool {
     let void = VOID.iter().any(|v| v.as_bytes() == digits);
     area != 0 && area != 666 && area < 900 && group != 0 && serial != 0 && !void
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn found(text: &str) -> usize {
+        let mut count = 0;
+        scan(text.as_bytes(), &mut |_| count += 1);
+        count
+    }
+
+    proptest! {
+        #[test]
+        fn issued_ranges_are_found(area in 1u32..900, group in 1u32..100, serial in 1u32..10000, dash in any::<bool>()) {
+            prop_assume!(area != 666);
+            let separator = if dash { '-' } else { ' ' };
+            let ssn = format!("{area:03}{separator}{group:02}{separator}{serial:04}");
+            let void = VOID.contains(&ssn.replace(separator, "").as_str());
+            prop_assert_eq!(is_valid_ssn(&ssn), !void);
+            prop_assert_eq!(found(&format!("ssn: {ssn}.")), usize::from(!void));
+        }
+
+        #[test]
+        fn never_issued_ranges_are_not(area in prop_oneof![Just(0u32), Just(666u32), 900u32..1000], group in 0u32..100, serial in 0u32..10000) {
+            let never = [format!("{area:03}-{group:02}-{serial:04}"), format!("123-00-{serial:04}"), format!("123-{group:02}-0000")];
+            for ssn in never {
+                prop_assert!(!is_valid_ssn(&ssn), "{} should be invalid", ssn);
+            }
+        }
+    }
+}
