@@ -248,7 +248,10 @@ fn explain_shows_rules_spans_and_the_deciding_rule() {
 fn explain_needs_a_tenant_when_policies_name_several() {
     let (code, output) = imgate(&["policy", "explain", "examples", "-m", "hi"]);
     assert_eq!(code, 2, "{output}");
-    assert_line(&output, "choose one with --tenant");
+    assert_line(
+        &output,
+        "the policies are for several tenants (harbor-dental, meridian-capital, northwind-advisors): name one (use --tenant)",
+    );
 }
 
 #[test]

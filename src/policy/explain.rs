@@ -30,37 +30,10 @@ pub fn run(request: Request) -> anyhow::Result<i32> {
         workspace.report(&mut std::io::stdout().lock())?;
         return Ok(1);
     }
-    let tenant = match (&request.tenant, workspace.compiled.len()) {
-        (Some(tenant), _) => tenant.clone(),
-        (None, 1) => workspace
-            .compiled
-            .keys()
-            .next()
-            .cloned()
-            .unwrap_or_default(),
-        (None, 0) => anyhow::bail!("no IMPolicy found in the files given"),
-        (None, _) => anyhow::bail!(
-            "the policies are for several tenants ({}): choose one with --tenant",
-            workspace
-                .compiled
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let Some(policy) = workspace.compiled.get(&tenant) else {
-        anyhow::bail!(
-            "no policies for tenant {tenant:?}; tenants with policies: {}",
-            workspace
-                .compiled
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
-    let event = request.event.to_event(&tenant, DEFAULT_START_MS)?;
+    let (tenant, policy) = workspace
+        .policy_for(request.tenant.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
+    let event = request.event.to_event(tenant, DEFAULT_START_MS)?;
     let verdict = policy.evaluate(&event, &mut PolicyState::default());
     if request.json {
         println!("{}", serde_json::to_string_pretty(&verdict)?);

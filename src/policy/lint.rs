@@ -298,6 +298,36 @@ impl Workspace {
         }
     }
 
+    /// The compiled policy of `tenant`, or of the only tenant when none is named.
+    pub fn policy_for(&self, tenant: Option<&str>) -> Result<(&str, &CompiledPolicy), String> {
+        let known = || self.compiled.keys().cloned().collect::<Vec<_>>().join(", ");
+        let name = match (tenant, self.compiled.len()) {
+            (Some(name), _) => name,
+            (None, 1) => self
+                .compiled
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or_default(),
+            (None, 0) => return Err("no IMPolicy found in the files given".into()),
+            (None, _) => {
+                return Err(format!(
+                    "the policies are for several tenants ({}): name one",
+                    known()
+                ));
+            }
+        };
+        self.compiled
+            .get_key_value(name)
+            .map(|(name, policy)| (name.as_str(), policy))
+            .ok_or_else(|| {
+                format!(
+                    "no policies for tenant {name:?}; tenants with policies: {}",
+                    known()
+                )
+            })
+    }
+
     /// Number of problems at `level`.
     pub fn count(&self, level: Level) -> usize {
         self.problems.iter().filter(|p| p.level == level).count()

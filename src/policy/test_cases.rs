@@ -134,31 +134,18 @@ fn run_file(workspace: &Workspace, file: &Path) -> Vec<Outcome> {
                 continue;
             }
         };
-        let tenant = match (&cases.tenant, workspace.compiled.len()) {
-            (Some(tenant), _) => tenant.clone(),
-            (None, 1) => workspace
-                .compiled
-                .keys()
-                .next()
-                .cloned()
-                .unwrap_or_default(),
-            (None, _) => {
+        let (tenant, policy) = match workspace.policy_for(cases.tenant.as_deref()) {
+            Ok(found) => found,
+            Err(error) => {
                 outcomes.extend(broken(
-                    document.start_line(),
-                    "the policies are for several tenants: name one with `tenant:`".into(),
+                    document.line_of("tenant"),
+                    format!("{error} with `tenant:`"),
                 ));
                 continue;
             }
         };
-        let Some(policy) = workspace.compiled.get(&tenant) else {
-            outcomes.extend(broken(
-                document.line_of("tenant"),
-                format!("no policies for tenant {tenant:?}"),
-            ));
-            continue;
-        };
         for (index, case) in cases.cases.iter().enumerate() {
-            let failures = run_case(policy, &tenant, &cases.defaults, case);
+            let failures = run_case(policy, tenant, &cases.defaults, case);
             outcomes.push(Outcome {
                 file: file.to_owned(),
                 line: document.line_of(&format!("cases[{index}]")),

@@ -305,32 +305,55 @@ impl CompiledPolicy {
                 gathered.notify(settings.notify.as_ref(), &settings.rule);
             }
         }
-        if let Some((policy, (spec, action, rule))) = self.first(of_mode, |p| p.worm.as_ref()) {
-            for (_, url) in &found {
-                let fingerprint = fingerprint(url.trim_end_matches('/').to_ascii_lowercase());
-                let count = state.tracker.fan_out(
-                    &event.sender.handle,
-                    mode,
-                    fingerprint,
-                    recipients(event),
-                    *spec,
-                    event.at_ms,
+        let items: Vec<(u64, &str)> = found
+            .iter()
+            .map(|(_, url)| {
+                (
+                    fingerprint(url.trim_end_matches('/').to_ascii_lowercase()),
+                    "link",
+                )
+            })
+            .collect();
+        self.worm_rule(event, mode, of_mode, state, gathered, &items);
+    }
+
+    /// Counts the fan-out of each item (a link or file fingerprint and its kind) and applies
+    /// the deciding worm rule when an item reaches its threshold.
+    fn worm_rule(
+        &self,
+        event: &Event,
+        mode: PolicyMode,
+        of_mode: u64,
+        state: &mut PolicyState,
+        gathered: &mut Gathered,
+        items: &[(u64, &str)],
+    ) {
+        let Some((policy, (spec, action, rule))) = self.first(of_mode, |p| p.worm.as_ref()) else {
+            return;
+        };
+        for (item, kind) in items {
+            let count = state.tracker.fan_out(
+                &event.sender.handle,
+                mode,
+                *item,
+                recipients(event),
+                *spec,
+                event.at_ms,
+            );
+            if count >= spec.distinct {
+                let reason = format!(
+                    "the same {kind} went to {count} recipients within {} ms",
+                    spec.window_ms
                 );
-                if count >= spec.distinct {
-                    let reason = format!(
-                        "the same link went to {count} recipients within {} ms",
-                        spec.window_ms
-                    );
-                    gathered.push(
-                        (policy, Severity::Critical),
-                        rule,
-                        mode,
-                        *action,
-                        Vec::new(),
-                        reason,
-                    );
-                    break;
-                }
+                gathered.push(
+                    (policy, Severity::Critical),
+                    rule,
+                    mode,
+                    *action,
+                    Vec::new(),
+                    reason,
+                );
+                return;
             }
         }
     }
@@ -378,34 +401,11 @@ impl CompiledPolicy {
                 gathered.notify(settings.notify.as_ref(), &settings.rule);
             }
         }
-        if let Some((policy, (spec, action, rule))) = self.first(of_mode, |p| p.worm.as_ref()) {
-            let identity = match &offer.sha256 {
-                Some(hash) => fingerprint(hash.to_ascii_lowercase()),
-                None => fingerprint((&offer.name, offer.size)),
-            };
-            let count = state.tracker.fan_out(
-                &event.sender.handle,
-                mode,
-                identity,
-                recipients(event),
-                *spec,
-                event.at_ms,
-            );
-            if count >= spec.distinct {
-                let reason = format!(
-                    "the same file went to {count} recipients within {} ms",
-                    spec.window_ms
-                );
-                gathered.push(
-                    (policy, Severity::Critical),
-                    rule,
-                    mode,
-                    *action,
-                    Vec::new(),
-                    reason,
-                );
-            }
-        }
+        let identity = match &offer.sha256 {
+            Some(hash) => fingerprint(hash.to_ascii_lowercase()),
+            None => fingerprint((&offer.name, offer.size)),
+        };
+        self.worm_rule(event, mode, of_mode, state, gathered, &[(identity, "file")]);
     }
 
     fn content_rules(
