@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use imgate_crds::policy::PolicyMode;
+use imgate_crds::policy::{DisclaimerFrequency, PolicyMode};
 use imgate_dataplane::inspect::event::Event;
 use imgate_dataplane::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
 
@@ -145,7 +145,11 @@ pub fn explain(policy: &CompiledPolicy, event: &Event, verdict: &Verdict) -> Str
         let _ = writeln!(out, "Notice to sender: {notice}");
     }
     if let Some(disclaimer) = &verdict.disclaimer {
-        let _ = writeln!(out, "Disclaimer for this conversation: {disclaimer}");
+        let once = match disclaimer.once {
+            DisclaimerFrequency::PerConversation => "once per conversation",
+            DisclaimerFrequency::PerSession => "once per session",
+        };
+        let _ = writeln!(out, "Disclaimer ({once}): {}", disclaimer.text);
     }
     if let Some(tls) = verdict.tls {
         let _ = writeln!(out, "TLS: {tls:?}");

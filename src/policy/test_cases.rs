@@ -231,7 +231,7 @@ fn compare(expect: &Expect, text: &str, verdict: &Verdict) -> Vec<String> {
         check(
             "disclaimer",
             format!("{disclaimer:?}"),
-            format!("{:?}", verdict.disclaimer.as_deref().unwrap_or_default()),
+            format!("{:?}", verdict.disclaimer.as_ref().map_or("", |d| &*d.text)),
         );
     }
     if let Some(tls) = expect.tls {

@@ -20,7 +20,7 @@ use super::patterns::{self, PatternIndex};
 use super::subjects::SubjectMatcher;
 use super::tracker::{FanoutSpec, RateSpec};
 use super::urls::{DomainSet, UrlFinder};
-use super::verdict::Action;
+use super::verdict::{Action, Disclaimer};
 use crate::inspect::event::Party;
 
 /// Most policies one tenant may have.
@@ -70,7 +70,7 @@ pub(crate) struct PolicyEntry {
     pub protocols: Option<ProtocolSettings>,
     pub file: Option<FileSettings>,
     pub urls: Option<UrlSettings>,
-    pub disclaimer: Option<Arc<str>>,
+    pub disclaimer: Option<Disclaimer>,
     pub rate: Option<(RateSpec, Action, Arc<str>)>,
     pub worm: Option<(FanoutSpec, Action, Arc<str>)>,
     pub quarantine_ms: u64,
@@ -474,7 +474,10 @@ fn compile_sections(
         protocols,
         file,
         urls,
-        disclaimer: spec.disclaimer.as_ref().map(|d| d.text.as_str().into()),
+        disclaimer: spec.disclaimer.as_ref().map(|d| Disclaimer {
+            text: d.text.as_str().into(),
+            once: d.once,
+        }),
         rate,
         worm,
         quarantine_ms,

@@ -32,4 +32,4 @@ pub use compile::{
     CompileError, CompiledPolicy, DEFAULT_QUARANTINE_MS, Diagnostic, MAX_POLICIES, SECTION_RULES,
 };
 pub use evaluate::PolicyState;
-pub use verdict::{Action, Alert, REDACTION_MARK, RuleMatch, Span, Verdict};
+pub use verdict::{Action, Alert, Disclaimer, REDACTION_MARK, RuleMatch, Span, Verdict};

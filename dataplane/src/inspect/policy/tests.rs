@@ -97,7 +97,7 @@ fn clean_message_is_allowed_with_the_disclaimer() {
     assert_eq!(verdict.action, Action::Allow);
     assert!(verdict.matches.is_empty());
     assert_eq!(
-        verdict.disclaimer.as_deref(),
+        verdict.disclaimer.as_ref().map(|d| &*d.text),
         Some("Messages are recorded.")
     );
 }

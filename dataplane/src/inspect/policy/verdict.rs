@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use imgate_crds::policy::{PolicyMode, Severity, TlsMode};
+use imgate_crds::policy::{DisclaimerFrequency, PolicyMode, Severity, TlsMode};
 use serde::{Deserialize, Serialize};
 
 /// What happens to an event. Ordered by severity: a later variant wins over an earlier one.
@@ -74,6 +74,15 @@ pub struct Alert {
     pub monitor: bool,
 }
 
+/// A disclaimer and how often the session injects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Disclaimer {
+    /// The text.
+    pub text: Arc<str>,
+    /// Once per conversation or once per session.
+    pub once: DisclaimerFrequency,
+}
+
 /// The decision about one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Verdict {
@@ -89,9 +98,10 @@ pub struct Verdict {
     pub alerts: Vec<Alert>,
     /// Notices to send to the sender.
     pub notices: Vec<String>,
-    /// A disclaimer to inject into the conversation (the session decides when).
+    /// A disclaimer to inject; the session injects it once per conversation or session, as
+    /// `once` says.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub disclaimer: Option<Arc<str>>,
+    pub disclaimer: Option<Disclaimer>,
     /// TLS handling, for session events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsMode>,
