@@ -5,4 +5,5 @@
 //! so it can be tested deterministically, fuzzed and benchmarked on its own.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod inspect;

@@ -1,0 +1,207 @@
+//! The filesystem behind the write-ahead log, as a small trait so that tests can inject
+//! faults (a full disk, a failing fsync) the way Vector's disk buffer does.
+//!
+//! Invariants: [`Filesystem::write_atomic`] leaves either the old or the new content, never a
+//! mix; [`LogFile::sync`] returns only once the bytes written are durable.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A file the log appends to.
+pub trait LogFile: Send {
+    /// Appends all of `bytes`, or fails having appended a prefix of them.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// What the log needs from a filesystem.
+pub trait Filesystem: Clone + Send + Sync + 'static {
+    /// The file type for appends.
+    type File: LogFile;
+    /// Creates a folder and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The files in `dir`, sorted by name.
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Opens `path` for appending, creating it if needed.
+    fn open_append(&self, path: &Path) -> io::Result<Self::File>;
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Replaces `path` with `bytes` atomically and durably.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Cuts a file to `len` bytes, durably.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdFs;
+
+impl LogFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl Filesystem for StdFs {
+    type File = File;
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<File> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(file)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let temporary = path.with_extension("tmp");
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod faulty {
+    //! A filesystem that runs out of space or fails fsync on command.
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Faults to inject.
+    #[derive(Debug, Default)]
+    pub(crate) struct Faults {
+        /// Bytes that may still be appended before writes fail with "no space".
+        pub space_left: Option<u64>,
+        /// Make every fsync fail.
+        pub fail_sync: bool,
+    }
+
+    /// [`StdFs`] with injected faults.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct FaultyFs {
+        pub faults: Arc<Mutex<Faults>>,
+    }
+
+    pub(crate) struct FaultyFile {
+        file: File,
+        faults: Arc<Mutex<Faults>>,
+    }
+
+    fn no_space() -> io::Error {
+        io::Error::new(io::ErrorKind::StorageFull, "No space left on device")
+    }
+
+    impl LogFile for FaultyFile {
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let allowed = {
+                let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+                match faults.space_left.as_mut() {
+                    Some(left) => {
+                        let allowed = (*left).min(bytes.len() as u64);
+                        *left -= allowed;
+                        allowed as usize
+                    }
+                    None => bytes.len(),
+                }
+            };
+            self.file.write_all(&bytes[..allowed])?;
+            if allowed < bytes.len() {
+                Err(no_space())
+            } else {
+                Ok(())
+            }
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            if self
+                .faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fail_sync
+            {
+                return Err(io::Error::other("fsync failed (injected)"));
+            }
+            self.file.sync_data()
+        }
+    }
+
+    impl Filesystem for FaultyFs {
+        type File = FaultyFile;
+
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            StdFs.create_dir_all(path)
+        }
+
+        fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+            StdFs.list(dir)
+        }
+
+        fn open_append(&self, path: &Path) -> io::Result<FaultyFile> {
+            Ok(FaultyFile {
+                file: StdFs.open_append(path)?,
+                faults: self.faults.clone(),
+            })
+        }
+
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            StdFs.read(path)
+        }
+
+        fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            StdFs.write_atomic(path, bytes)
+        }
+
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            StdFs.truncate(path, len)
+        }
+
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            StdFs.remove(path)
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The shipper: seals durable log records into segments and ships them to the object store.
+//!
+//! Order of effects, so that a crash at any point loses nothing and duplicates nothing:
+//! 1. seal: write the segment and its manifest to `outbox/` (fsynced), then record in
+//!    `state.json` that those records are sealed and the chain head moved;
+//! 2. ship: put the segment, then its manifest (re-putting the same bytes to the same key
+//!    after a crash is harmless), then record in `state.json` that they are shipped;
+//! 3. only then delete the outbox files and let the log delete its files (data is deleted
+//!    only after the store acknowledged it).
+//!
+//! Invariants: segments are shipped one at a time in chain order; an outbox file not covered
+//! by `state.json` (sealed, then a crash before the state was written) is ignored and
+//! rebuilt from the log; failures are retried with exponential back-off and full jitter.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::error::ArchiveError;
+use super::fs::Filesystem;
+use super::log::ArchiveLog;
+use super::segment::{GENESIS, Layout, Manifest, SegmentInput, seal};
+use super::store::{Encryption, PutOptions, Retention, Store};
+use super::wal::Wal;
+
+/// Shipper settings.
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// Tenant, writer and key prefix.
+    pub layout: Layout,
+    /// Seal when this many unshipped bytes are in the log.
+    pub max_segment_bytes: u64,
+    /// Seal when the oldest unsealed record is this old.
+    pub max_segment_age: Duration,
+    /// Object Lock retention in days, and whether in COMPLIANCE mode.
+    pub retention: Option<(u32, bool)>,
+    /// Server-side encryption.
+    pub encryption: Option<Encryption>,
+}
+
+impl ShipperConfig {
+    /// Defaults for `layout`: 32 MiB or 20 s per segment, no retention, no encryption.
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            max_segment_bytes: 32 << 20,
+            max_segment_age: Duration::from_secs(20),
+            retention: None,
+            encryption: None,
+        }
+    }
+
+    fn put_options(&self) -> PutOptions {
+        PutOptions {
+            retention: self.retention.map(|(days, compliance)| Retention {
+                compliance,
+                until: Utc::now() + chrono::Duration::days(i64::from(days)),
+            }),
+            encryption: self.encryption.clone(),
+        }
+    }
+}
+
+/// What has been sealed and shipped, persisted in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipState {
+    /// Last record sealed into a segment.
+    pub sealed_through: u64,
+    /// Last record shipped.
+    pub shipped_through: u64,
+    /// SHA-256 of the last sealed segment.
+    pub chain_head: String,
+    /// Index the next segment gets.
+    pub next_index: u64,
+}
+
+impl Default for ShipState {
+    fn default() -> Self {
+        Self {
+            sealed_through: 0,
+            shipped_through: 0,
+            chain_head: GENESIS.into(),
+            next_index: 1,
+        }
+    }
+}
+
+/// Seals and ships one writer's log.
+pub struct Shipper<F: Filesystem> {
+    fs: F,
+    dir: PathBuf,
+    log: ArchiveLog,
+    store: Store,
+    config: ShipperConfig,
+    state: ShipState,
+    unsealed_since: Option<Instant>,
+}
+
+impl<F: Filesystem> Shipper<F> {
+    /// Opens the shipper for the log in `dir` (its `wal/`, `outbox/` and `state.json`).
+    pub fn open(
+        fs: F,
+        dir: &Path,
+        log: ArchiveLog,
+        store: Store,
+        config: ShipperConfig,
+    ) -> Result<Self, ArchiveError> {
+        let outbox = dir.join("outbox");
+        fs.create_dir_all(&outbox)
+            .map_err(|e| ArchiveError::io(&outbox, e))?;
+        let state_path = dir.join("state.json");
+        let state = match fs.read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| ArchiveError::corrupt(&state_path, 0, e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ShipState::default(),
+            Err(e) => return Err(ArchiveError::io(&state_path, e)),
+        };
+        Ok(Self {
+            fs,
+            dir: dir.to_owned(),
+            log,
+            store,
+            config,
+            state,
+            unsealed_since: None,
+        })
+    }
+
+    /// What has been sealed and shipped.
+    pub fn state(&self) -> &ShipState {
+        &self.state
+    }
+
+    fn save_state(&self) -> Result<(), ArchiveError> {
+        let path = self.dir.join("state.json");
+        let bytes = serde_json::to_vec_pretty(&self.state).unwrap_or_default();
+        self.fs
+            .write_atomic(&path, &bytes)
+            .map_err(|e| ArchiveError::io(&path, e))
+    }
+
+    fn outbox_paths(&self, first_seq: u64) -> (PathBuf, PathBuf) {
+        let outbox = self.dir.join("outbox");
+        (
+            outbox.join(format!("{first_seq:020}.jsonl.zst")),
+            outbox.join(format!("{first_seq:020}.manifest.json")),
+        )
+    }
+
+    /// Seals what is durable when a segment is due (full or old enough), or always with
+    /// `force`. Returns the number of segments sealed.
+    pub fn seal_due(&mut self, force: bool) -> Result<usize, ArchiveError> {
+        let durable = self.log.durable_seq();
+        if durable <= self.state.sealed_through {
+            self.unsealed_since = None;
+            return Ok(0);
+        }
+        let since = *self.unsealed_since.get_or_insert_with(Instant::now);
+        let full = self.log.unshipped_bytes() >= self.config.max_segment_bytes;
+        if !(force || full || since.elapsed() >= self.config.max_segment_age) {
+            return Ok(0);
+        }
+        let mut sealed = 0;
+        while self.state.sealed_through < durable {
+            self.seal_one(durable)?;
+            sealed += 1;
+        }
+        self.unsealed_since = None;
+        Ok(sealed)
+    }
+
+    fn seal_one(&mut self, durable: u64) -> Result<(), ArchiveError> {
+        let mut input = SegmentInput::default();
+        let mut failure = None;
+        let limit = self.config.max_segment_bytes as usize;
+        let wal_dir = self.log.dir().to_owned();
+        Wal::read_range(
+            &self.fs,
+            &wal_dir,
+            self.state.sealed_through + 1,
+            durable,
+            &mut |seq, payload| {
+                match serde_json::from_slice::<TimestampOnly>(payload) {
+                    Ok(record) => input.push(seq, record.ts, payload),
+                    Err(error) => {
+                        failure = Some(ArchiveError::corrupt(
+                            &wal_dir,
+                            seq,
+                            format!("record {seq} is not valid JSON: {error}"),
+                        ))
+                    }
+                }
+                failure.is_none() && input.lines.len() < limit
+            },
+        )?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        if input.records == 0 || input.first_seq != self.state.sealed_through + 1 {
+            return Err(ArchiveError::corrupt(
+                &wal_dir,
+                0,
+                format!(
+                    "record {} is missing from the log",
+                    self.state.sealed_through + 1
+                ),
+            ));
+        }
+        let sealed = seal(
+            &self.config.layout,
+            self.state.next_index,
+            &self.state.chain_head,
+            &input,
+        );
+        let (body_path, manifest_path) = self.outbox_paths(input.first_seq);
+        self.fs
+            .write_atomic(&body_path, &sealed.body)
+            .map_err(|e| ArchiveError::io(&body_path, e))?;
+        let manifest = serde_json::to_vec_pretty(&sealed.manifest).unwrap_or_default();
+        self.fs
+            .write_atomic(&manifest_path, &manifest)
+            .map_err(|e| ArchiveError::io(&manifest_path, e))?;
+        self.state.sealed_through = input.last_seq;
+        self.state.chain_head = sealed.manifest.sha256.clone();
+        self.state.next_index += 1;
+        self.save_state()
+    }
+
+    /// Ships every sealed segment not yet shipped, in order. Returns how many were shipped.
+    pub async fn ship_sealed(&mut self) -> Result<usize, ArchiveError> {
+        let mut shipped = 0;
+        while self.state.shipped_through < self.state.sealed_through {
+            let (body_path, manifest_path) = self.outbox_paths(self.state.shipped_through + 1);
+            let body = self
+                .fs
+                .read(&body_path)
+                .map_err(|e| ArchiveError::io(&body_path, e))?;
+            let manifest_bytes = self
+                .fs
+                .read(&manifest_path)
+                .map_err(|e| ArchiveError::io(&manifest_path, e))?;
+            let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+                .map_err(|e| ArchiveError::corrupt(&manifest_path, 0, e.to_string()))?;
+            let options = self.config.put_options();
+            self.store.put(&manifest.key, body, &options).await?;
+            self.store
+                .put(
+                    &self.config.layout.manifest_key(manifest.first_seq),
+                    manifest_bytes,
+                    &options,
+                )
+                .await?;
+            self.state.shipped_through = manifest.last_seq;
+            self.save_state()?;
+            for path in [&body_path, &manifest_path] {
+                self.fs
+                    .remove(path)
+                    .map_err(|e| ArchiveError::io(path, e))?;
+            }
+            self.log.release_through(manifest.last_seq);
+            tracing::debug!(key = %manifest.key, records = manifest.records, "segment shipped");
+            shipped += 1;
+        }
+        Ok(shipped)
+    }
+
+    /// Seals everything durable and ships it, retrying failures until `deadline` passes.
+    pub async fn flush(&mut self, deadline: Duration) -> Result<(), ArchiveError> {
+        let start = Instant::now();
+        let mut backoff = Backoff::default();
+        loop {
+            let result = match self.seal_due(true) {
+                Ok(_) => self.ship_sealed().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(error) if start.elapsed() < deadline && retryable(&error) => {
+                    tracing::warn!(%error, "archive shipping failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs until `stop` resolves: seals when due and ships, retrying with back-off; then
+    /// flushes for up to `drain` before returning.
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<(), ArchiveError> {
+        let mut backoff = Backoff::default();
+        tokio::pin!(stop);
+        loop {
+            let result = match self.seal_due(false) {
+                Ok(_) => self.ship_sealed().await.map(|_| ()),
+                Err(error) => Err(error),
+            };
+            let delay = match result {
+                Ok(()) => {
+                    backoff = Backoff::default();
+                    Duration::from_millis(500)
+                }
+                Err(error) if retryable(&error) => {
+                    tracing::warn!(%error, "archive shipping failed; retrying");
+                    backoff.next_delay()
+                }
+                Err(error) => return Err(error),
+            };
+            tokio::select! {
+                () = &mut stop => return self.flush(drain).await,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Only a record's timestamp, for sealing without parsing whole records.
+#[derive(Deserialize)]
+struct TimestampOnly {
+    ts: chrono::DateTime<Utc>,
+}
+
+fn retryable(error: &ArchiveError) -> bool {
+    matches!(error, ArchiveError::Store { .. } | ArchiveError::Io { .. })
+}
+
+/// Exponential back-off with full jitter, from 200 ms up to 30 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = (200u64 << self.attempt.min(8)).min(30_000);
+        self.attempt += 1;
+        Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
+    }
+}

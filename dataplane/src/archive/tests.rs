@@ -1,0 +1,417 @@
+//! Archive tests on local disk: log recovery, faults, back-pressure, sealing, shipping to a
+//! local store, crash points and verification.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::fs::faulty::FaultyFs;
+use super::fs::{Filesystem, StdFs};
+use super::record::tests::message;
+use super::segment::Layout;
+use super::store::LocalStore;
+use super::verify::verify;
+use super::wal::{Frame, Wal, decode_frame, encode_frame};
+use super::*;
+
+fn config() -> LogConfig {
+    LogConfig {
+        max_unshipped_bytes: 64 << 20,
+        max_file_bytes: 4096,
+    }
+}
+
+fn append_all(log: &ArchiveLog, texts: impl IntoIterator<Item = String>) -> u64 {
+    let mut last = 0;
+    for text in texts {
+        last = log.append(|seq| message(seq, &text)).expect("append");
+    }
+    log.wait_durable(last).expect("durable");
+    last
+}
+
+fn read_all(dir: &Path) -> Vec<(u64, Record)> {
+    let mut out = Vec::new();
+    Wal::read_range(&StdFs, dir, 1, u64::MAX, &mut |seq, payload| {
+        out.push((seq, serde_json::from_slice(payload).expect("record")));
+        true
+    })
+    .expect("readable");
+    out
+}
+
+#[test]
+fn frames_round_trip_and_detect_damage() {
+    let mut buffer = Vec::new();
+    encode_frame(9, b"hello", &mut buffer);
+    assert_eq!(
+        decode_frame(&buffer),
+        Frame::Good {
+            seq: 9,
+            payload: b"hello",
+            len: buffer.len()
+        }
+    );
+    assert_eq!(decode_frame(&buffer[..buffer.len() - 1]), Frame::Incomplete);
+    let mut damaged = buffer.clone();
+    damaged[18] ^= 1;
+    assert_eq!(decode_frame(&damaged), Frame::Bad("checksum mismatch"));
+}
+
+#[test]
+fn concurrent_appends_are_durable_in_order_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    assert_eq!(recovery.records, 0);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                append_all(&log, (0..250).map(|i| format!("thread {t} message {i}")))
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| {
+        t.join().expect("thread");
+    });
+    log.close();
+    let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("reopen");
+    assert_eq!(
+        (
+            recovery.records,
+            recovery.last_seq,
+            recovery.truncated_bytes
+        ),
+        (1000, 1000, 0)
+    );
+    let records = read_all(dir.path());
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, record))| *seq == i as u64 + 1 && record.seq == *seq)
+    );
+    assert_eq!(
+        log.append(|seq| message(seq, "next")).expect("append"),
+        1001,
+        "numbering continues"
+    );
+    log.close();
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_nothing_durable_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    append_all(&log, (0..30).map(|i| format!("m{i}")));
+    log.close();
+    let last = StdFs
+        .list(dir.path())
+        .expect("list")
+        .pop()
+        .expect("a log file");
+    let mut frame = Vec::new();
+    encode_frame(31, &message(31, "torn").to_json(), &mut frame);
+    let mut bytes = std::fs::read(&last).expect("read");
+    bytes.extend_from_slice(&frame[..frame.len() / 2]);
+    std::fs::write(&last, &bytes).expect("write");
+    let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("recovers");
+    assert_eq!(
+        (recovery.records, recovery.truncated_bytes),
+        (30, (frame.len() / 2) as u64)
+    );
+    assert_eq!(log.append(|seq| message(seq, "after")).expect("append"), 31);
+    log.close();
+}
+
+#[test]
+fn damage_inside_the_log_is_reported_with_its_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    append_all(&log, (0..200).map(|i| format!("message number {i}")));
+    log.close();
+    let files = StdFs.list(dir.path()).expect("list");
+    assert!(files.len() > 2, "rotation made several files");
+    let mut bytes = std::fs::read(&files[0]).expect("read");
+    let (_, second) = match decode_frame(&bytes) {
+        Frame::Good { len, .. } => (0, len),
+        other => panic!("{other:?}"),
+    };
+    bytes[second + 20] ^= 0xff;
+    std::fs::write(&files[0], &bytes).expect("write");
+    let error = ArchiveLog::open(StdFs, dir.path(), config())
+        .err()
+        .expect("corruption is an error");
+    match error {
+        ArchiveError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => {
+            assert_eq!((path, offset), (files[0].clone(), second as u64));
+            assert_eq!(reason, "checksum mismatch");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+#[test]
+fn a_missing_log_file_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    for i in 0..200 {
+        append_all(&log, [format!("message number {i}")]);
+    }
+    log.close();
+    let files = StdFs.list(dir.path()).expect("list");
+    assert!(files.len() > 3, "one record per batch rotates often");
+    std::fs::remove_file(&files[1]).expect("remove");
+    let error = ArchiveLog::open(StdFs, dir.path(), config())
+        .err()
+        .expect("a gap is an error");
+    assert!(
+        error.to_string().contains("a log file is missing"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_full_disk_refuses_cleanly_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let (log, _) = ArchiveLog::open(
+        fs.clone(),
+        dir.path(),
+        LogConfig {
+            max_file_bytes: 1 << 20,
+            ..config()
+        },
+    )
+    .expect("open");
+    append_all(&log, (0..10).map(|i| format!("m{i}")));
+    fs.faults.lock().expect("lock").space_left = Some(100);
+    let seq = log
+        .append(|seq| message(seq, "this record does not fit on the disk"))
+        .expect("queued");
+    let error = log.wait_durable(seq).expect_err("the write fails");
+    assert!(
+        error.to_string().contains("No space left on device"),
+        "{error}"
+    );
+    assert!(
+        matches!(
+            log.append(|seq| message(seq, "more")),
+            Err(ArchiveError::Failed(_))
+        ),
+        "nothing is acknowledged after a failed batch"
+    );
+    log.close();
+    let (_, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("recovers");
+    assert_eq!(
+        (recovery.records, recovery.truncated_bytes),
+        (10, 0),
+        "the partial frame was cut at once"
+    );
+}
+
+#[test]
+fn a_failing_fsync_is_never_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let (log, _) = ArchiveLog::open(fs.clone(), dir.path(), config()).expect("open");
+    fs.faults.lock().expect("lock").fail_sync = true;
+    let seq = log.append(|seq| message(seq, "x")).expect("queued");
+    assert!(log.wait_durable(seq).is_err());
+    assert_eq!(log.durable_seq(), 0);
+    log.close();
+}
+
+#[test]
+fn back_pressure_when_unshipped_data_reaches_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(
+        StdFs,
+        dir.path(),
+        LogConfig {
+            max_unshipped_bytes: 2000,
+            max_file_bytes: 1 << 20,
+        },
+    )
+    .expect("open");
+    let mut accepted = 0;
+    let error = loop {
+        match log.append(|seq| message(seq, "a message of ordinary length")) {
+            Ok(seq) => {
+                accepted += 1;
+                log.wait_durable(seq).expect("durable");
+            }
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(error, ArchiveError::Full { limit: 2000, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("not yet shipped"), "{error}");
+    assert!((5..20).contains(&accepted), "{accepted}");
+    log.close();
+}
+
+fn layout() -> Layout {
+    Layout {
+        prefix: String::new(),
+        tenant: "acme".into(),
+        writer: "dp-0".into(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn shipped_segments_verify_and_damage_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let store = Store::Local(LocalStore::new(bucket.path()));
+    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("open");
+    let mut shipper_config = ShipperConfig::new(layout());
+    shipper_config.max_segment_bytes = 3000;
+    let mut shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store.clone(),
+        shipper_config,
+    )
+    .expect("shipper");
+    let rt = runtime();
+    for batch in 0..5 {
+        append_all(&log, (0..40).map(|i| format!("batch {batch} message {i}")));
+        rt.block_on(shipper.flush(Duration::from_secs(5)))
+            .expect("flush");
+    }
+    assert_eq!(shipper.state().shipped_through, 200);
+    let report = rt
+        .block_on(verify(&store, "", "acme", &mut |_, _| {}))
+        .expect("verify");
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!((report.writers, report.records), (1, 200));
+    assert!(report.segments >= 5);
+    assert!(
+        StdFs
+            .list(&dir.path().join("outbox"))
+            .expect("outbox")
+            .is_empty(),
+        "outbox emptied after shipping"
+    );
+
+    let segments: Vec<String> = rt.block_on(store.list("tenant=acme/date=")).expect("list");
+    let altered = bucket.path().join(&segments[1]);
+    let mut bytes = std::fs::read(&altered).expect("read");
+    bytes[10] ^= 1;
+    std::fs::write(&altered, bytes).expect("write");
+    std::fs::remove_file(bucket.path().join(&segments[3])).expect("remove");
+    let report = rt
+        .block_on(verify(&store, "", "acme", &mut |_, _| {}))
+        .expect("verify");
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains(&format!("{}: altered", segments[1])),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("{}: segment missing", segments[3])),
+        "{problems}"
+    );
+    log.close();
+}
+
+#[test]
+fn a_crash_between_sealing_and_shipping_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let store = Store::Local(LocalStore::new(bucket.path()));
+    let rt = runtime();
+    {
+        let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("open");
+        let mut shipper = Shipper::open(
+            StdFs,
+            dir.path(),
+            log.clone(),
+            store.clone(),
+            ShipperConfig::new(layout()),
+        )
+        .expect("shipper");
+        append_all(&log, (0..50).map(|i| format!("m{i}")));
+        shipper.seal_due(true).expect("sealed");
+        log.close();
+    }
+    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("reopen");
+    let mut shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store.clone(),
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    assert_eq!(
+        (
+            shipper.state().sealed_through,
+            shipper.state().shipped_through
+        ),
+        (50, 0)
+    );
+    append_all(&log, (0..10).map(|i| format!("after restart {i}")));
+    rt.block_on(shipper.flush(Duration::from_secs(5)))
+        .expect("flush");
+    let report = rt
+        .block_on(verify(&store, "", "acme", &mut |_, _| {}))
+        .expect("verify");
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!((report.records, report.segments), (60, 2));
+    log.close();
+}
+
+#[test]
+fn an_unreachable_store_delays_shipping_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let blocked = bucket.path().join("store");
+    std::fs::write(&blocked, b"a file where the store's folder should be").expect("block");
+    let store = Store::Local(LocalStore::new(&blocked));
+    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("open");
+    let mut shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store.clone(),
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    let rt = runtime();
+    append_all(&log, (0..20).map(|i| format!("m{i}")));
+    let error = rt
+        .block_on(shipper.flush(Duration::from_millis(300)))
+        .expect_err("store down");
+    assert!(
+        matches!(error, ArchiveError::Io { .. } | ArchiveError::Store { .. }),
+        "{error}"
+    );
+    append_all(&log, (0..20).map(|i| format!("while down {i}")));
+    shipper
+        .seal_due(true)
+        .expect("sealing continues while the store is down");
+    std::fs::remove_file(&blocked).expect("store back");
+    rt.block_on(shipper.flush(Duration::from_secs(5)))
+        .expect("ships");
+    let report = rt
+        .block_on(verify(&store, "", "acme", &mut |_, _| {}))
+        .expect("verify");
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.records, 40);
+    log.close();
+}

@@ -1,0 +1,347 @@
+//! The write-ahead log: append-only files of checksummed frames on local disk.
+//!
+//! Frame: `len: u32 LE | crc32c: u32 LE | seq: u64 LE | payload (len bytes)`; the checksum
+//! covers `seq` and the payload. Files are named by the sequence number of their first frame
+//! (`00000000000000000001.wal`) and rotated at `max_file_bytes`.
+//!
+//! Invariants:
+//! - sequence numbers are consecutive across all files, from the first file's name on;
+//! - a batch is appended and then fsynced before any of its records is reported durable; a
+//!   batch that fails part-way is cut off again, so the log never holds half a frame that a
+//!   later batch would follow;
+//! - recovery cuts a torn tail (an incomplete or bad last frame of the last file) and reports
+//!   any other damage with its file and byte offset: a corrupt record is never skipped;
+//! - files are deleted only when every record in them has been shipped ([`Wal::remove_through`]).
+
+use std::path::{Path, PathBuf};
+
+use super::error::ArchiveError;
+use super::fs::{Filesystem, LogFile};
+
+/// Bytes before each payload.
+pub const FRAME_HEADER: usize = 16;
+/// Largest payload accepted.
+pub const MAX_PAYLOAD: usize = 16 << 20;
+
+/// One log file.
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    records: u64,
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Records in the log.
+    pub records: u64,
+    /// Bytes cut from a torn tail.
+    pub truncated_bytes: u64,
+    /// The last sequence number in the log (0 when empty).
+    pub last_seq: u64,
+}
+
+/// The log.
+pub struct Wal<F: Filesystem> {
+    fs: F,
+    dir: PathBuf,
+    files: Vec<Segment>,
+    current: Option<F::File>,
+    next_seq: u64,
+    max_file_bytes: u64,
+}
+
+/// Encodes one frame into `out`.
+pub fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// One decoded frame, or why decoding stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A good frame and its total length.
+    Good {
+        /// Its sequence number.
+        seq: u64,
+        /// Its payload.
+        payload: &'a [u8],
+        /// Header plus payload.
+        len: usize,
+    },
+    /// The bytes end inside the frame.
+    Incomplete,
+    /// The frame is complete but wrong.
+    Bad(&'static str),
+}
+
+/// Decodes the frame at the start of `bytes`.
+pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
+    if bytes.len() < FRAME_HEADER {
+        return Frame::Incomplete;
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let seq_bytes = &bytes[8..16];
+    if len > MAX_PAYLOAD {
+        return Frame::Bad("length field larger than any record");
+    }
+    if bytes.len() < FRAME_HEADER + len {
+        return Frame::Incomplete;
+    }
+    let payload = &bytes[FRAME_HEADER..FRAME_HEADER + len];
+    let actual = crc32c::crc32c_append(crc32c::crc32c(seq_bytes), payload);
+    if actual != crc {
+        return Frame::Bad("checksum mismatch");
+    }
+    let seq = u64::from_le_bytes(seq_bytes.try_into().unwrap_or_default());
+    Frame::Good {
+        seq,
+        payload,
+        len: FRAME_HEADER + len,
+    }
+}
+
+fn file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.wal")
+}
+
+impl<F: Filesystem> Wal<F> {
+    /// Opens (creating if needed) the log in `dir` and recovers it.
+    pub fn open(fs: F, dir: &Path, max_file_bytes: u64) -> Result<(Self, Recovery), ArchiveError> {
+        fs.create_dir_all(dir)
+            .map_err(|e| ArchiveError::io(dir, e))?;
+        let mut files = Vec::new();
+        let mut recovery = Recovery::default();
+        let paths: Vec<PathBuf> = fs
+            .list(dir)
+            .map_err(|e| ArchiveError::io(dir, e))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        let mut expected: Option<u64> = None;
+        for (index, path) in paths.iter().enumerate() {
+            let is_last = index + 1 == paths.len();
+            let first_seq: u64 = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    ArchiveError::corrupt(path, 0, "the file name is not a sequence number")
+                })?;
+            if let Some(expected) = expected
+                && first_seq != expected
+            {
+                return Err(ArchiveError::corrupt(
+                    path,
+                    0,
+                    format!(
+                        "starts at record {first_seq}, expected {expected}: a log file is missing"
+                    ),
+                ));
+            }
+            let bytes = fs.read(path).map_err(|e| ArchiveError::io(path, e))?;
+            let (records, good_len) = scan(path, &bytes, first_seq, is_last)?;
+            if good_len < bytes.len() {
+                fs.truncate(path, good_len as u64)
+                    .map_err(|e| ArchiveError::io(path, e))?;
+                recovery.truncated_bytes += (bytes.len() - good_len) as u64;
+            }
+            recovery.records += records;
+            expected = Some(first_seq + records);
+            files.push(Segment {
+                first_seq,
+                path: path.clone(),
+                bytes: good_len as u64,
+                records,
+            });
+        }
+        let next_seq = expected.unwrap_or(1);
+        recovery.last_seq = next_seq - 1;
+        let current = match files.last() {
+            Some(last) => Some(
+                fs.open_append(&last.path)
+                    .map_err(|e| ArchiveError::io(&last.path, e))?,
+            ),
+            None => None,
+        };
+        Ok((
+            Self {
+                fs,
+                dir: dir.to_owned(),
+                files,
+                current,
+                next_seq,
+                max_file_bytes: max_file_bytes.max(1),
+            },
+            recovery,
+        ))
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes on disk (records not yet released).
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+
+    /// Appends a batch of `(seq, payload)` and fsyncs. Sequence numbers must continue the log.
+    pub fn write_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<(), ArchiveError> {
+        let Some((first, _)) = batch.first() else {
+            return Ok(());
+        };
+        if *first != self.next_seq {
+            return Err(ArchiveError::Sequence {
+                expected: self.next_seq,
+                got: *first,
+            });
+        }
+        let needs_new_file = self
+            .files
+            .last()
+            .is_none_or(|f| f.bytes >= self.max_file_bytes);
+        if needs_new_file {
+            let path = self.dir.join(file_name(*first));
+            let file = self
+                .fs
+                .open_append(&path)
+                .map_err(|e| ArchiveError::io(&path, e))?;
+            self.files.push(Segment {
+                first_seq: *first,
+                path,
+                bytes: 0,
+                records: 0,
+            });
+            self.current = Some(file);
+        }
+        let mut buffer =
+            Vec::with_capacity(batch.iter().map(|(_, p)| p.len() + FRAME_HEADER).sum());
+        for (seq, payload) in batch {
+            encode_frame(*seq, payload, &mut buffer);
+        }
+        let (Some(segment), Some(file)) = (self.files.last_mut(), self.current.as_mut()) else {
+            unreachable!("a file was opened above");
+        };
+        let written = file.append(&buffer).and_then(|()| file.sync());
+        if let Err(error) = written {
+            // Leave no partial frame for the next batch to follow.
+            let path = segment.path.clone();
+            let _ = self.fs.truncate(&path, segment.bytes);
+            self.current = Some(
+                self.fs
+                    .open_append(&path)
+                    .map_err(|e| ArchiveError::io(&path, e))?,
+            );
+            return Err(ArchiveError::io(&path, error));
+        }
+        segment.bytes += buffer.len() as u64;
+        segment.records += batch.len() as u64;
+        self.next_seq += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes every file whose records are all at or below `seq` (they have been shipped).
+    pub fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError> {
+        while self.files.len() > 1 && self.files[0].first_seq + self.files[0].records <= seq + 1 {
+            let file = self.files.remove(0);
+            self.fs
+                .remove(&file.path)
+                .map_err(|e| ArchiveError::io(&file.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads records `from..=through` (both must be durable), calling `each(seq, payload)`.
+    pub fn read_range(
+        fs: &F,
+        dir: &Path,
+        from: u64,
+        through: u64,
+        each: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), ArchiveError> {
+        let paths: Vec<PathBuf> = fs
+            .list(dir)
+            .map_err(|e| ArchiveError::io(dir, e))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+            .collect();
+        for path in paths {
+            let bytes = fs.read(&path).map_err(|e| ArchiveError::io(&path, e))?;
+            let mut offset = 0;
+            while offset < bytes.len() {
+                match decode_frame(&bytes[offset..]) {
+                    Frame::Good { seq, payload, len } => {
+                        if seq > through {
+                            return Ok(());
+                        }
+                        if seq >= from && !each(seq, payload) {
+                            return Ok(());
+                        }
+                        offset += len;
+                    }
+                    // Records past the durable point may still be being written.
+                    Frame::Incomplete => break,
+                    Frame::Bad(reason) => {
+                        return Err(ArchiveError::corrupt(&path, offset as u64, reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scans one file; returns the records and the length of the good prefix.
+fn scan(
+    path: &Path,
+    bytes: &[u8],
+    first_seq: u64,
+    is_last: bool,
+) -> Result<(u64, usize), ArchiveError> {
+    let mut offset = 0;
+    let mut records = 0;
+    while offset < bytes.len() {
+        match decode_frame(&bytes[offset..]) {
+            Frame::Good { seq, len, .. } => {
+                if seq != first_seq + records {
+                    return Err(ArchiveError::corrupt(
+                        path,
+                        offset as u64,
+                        format!("record {seq} where {} was expected", first_seq + records),
+                    ));
+                }
+                records += 1;
+                offset += len;
+            }
+            Frame::Incomplete if is_last => return Ok((records, offset)),
+            Frame::Bad(_) if is_last && frame_reaches_end(&bytes[offset..]) => {
+                return Ok((records, offset));
+            }
+            Frame::Incomplete => {
+                return Err(ArchiveError::corrupt(
+                    path,
+                    offset as u64,
+                    "the file ends inside a record, and later files follow",
+                ));
+            }
+            Frame::Bad(reason) => return Err(ArchiveError::corrupt(path, offset as u64, reason)),
+        }
+    }
+    Ok((records, offset))
+}
+
+/// True when a bad frame is the last thing in the file (a torn write), not damage in the
+/// middle of the log.
+fn frame_reaches_end(bytes: &[u8]) -> bool {
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    len > MAX_PAYLOAD || FRAME_HEADER + len >= bytes.len()
+}
