@@ -3,6 +3,7 @@
 //! not run (bad arguments, unreadable files).
 #![forbid(unsafe_code)]
 
+mod archive;
 mod manifest;
 mod policy;
 
@@ -30,6 +31,13 @@ enum Command {
     Policy(PolicyCommand),
     /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
+    /// List, verify, search, show, export and hold a tenant's compliance archive.
+    Archive {
+        #[command(flatten)]
+        store: Box<archive::StoreArgs>,
+        #[command(subcommand)]
+        command: archive::ArchiveCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Archive { store, command } => archive::run(&store, command),
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
         Command::Policy(PolicyCommand::Test {
             policy_dir,

@@ -21,7 +21,10 @@ fn system(seq: u64, text: String) -> Record {
         seq,
         ts: chrono::Utc::now(),
         conv: "crash".into(),
-        body: Body::System { event: "test".into(), detail: text },
+        body: Body::System {
+            event: "test".into(),
+            detail: text,
+        },
     }
 }
 
@@ -32,7 +35,15 @@ fn system(seq: u64, text: String) -> Record {
 fn child_writer() {
     let dir = std::env::var("IMGATE_CRASH_DIR").expect("IMGATE_CRASH_DIR names the log folder");
     let round = std::env::var("IMGATE_CRASH_ROUND").unwrap_or_default();
-    let (log, _) = ArchiveLog::open(StdFs, Path::new(&dir), LogConfig { max_file_bytes: 256 << 10, ..LogConfig::default() }).expect("open");
+    let (log, _) = ArchiveLog::open(
+        StdFs,
+        Path::new(&dir),
+        LogConfig {
+            max_file_bytes: 256 << 10,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
     let threads: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let log = log.clone();
@@ -60,7 +71,14 @@ fn sigkill_during_heavy_writes_loses_and_duplicates_nothing() {
     let mut acknowledged: Vec<(u64, String)> = Vec::new();
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "child_writer", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("IMGATE_CRASH_DIR", dir.path())
             .env("IMGATE_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -82,25 +100,49 @@ fn sigkill_during_heavy_writes_loses_and_duplicates_nothing() {
             }
         }
         let _ = child.wait();
-        assert!(acks >= target, "round {round}: the child stopped early after {acks} acknowledgements");
+        assert!(
+            acks >= target,
+            "round {round}: the child stopped early after {acks} acknowledgements"
+        );
 
-        let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), LogConfig::default()).expect("recovers after SIGKILL");
+        let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), LogConfig::default())
+            .expect("recovers after SIGKILL");
         log.close();
         let mut stored: Vec<(u64, String)> = Vec::new();
         Wal::read_range(&StdFs, dir.path(), 1, u64::MAX, &mut |seq, payload| {
-            let record: Record = serde_json::from_slice(payload).expect("every stored record parses");
+            let record: Record =
+                serde_json::from_slice(payload).expect("every stored record parses");
             assert_eq!(record.seq, seq);
-            let Body::System { detail, .. } = record.body else { panic!("unexpected record") };
+            let Body::System { detail, .. } = record.body else {
+                panic!("unexpected record")
+            };
             stored.push((seq, detail));
             true
         })
         .expect("readable");
         assert_eq!(stored.len() as u64, recovery.records);
-        assert!(stored.iter().enumerate().all(|(i, (seq, _))| *seq == i as u64 + 1), "round {round}: sequence has gaps");
+        assert!(
+            stored
+                .iter()
+                .enumerate()
+                .all(|(i, (seq, _))| *seq == i as u64 + 1),
+            "round {round}: sequence has gaps"
+        );
         let texts: BTreeSet<&String> = stored.iter().map(|(_, t)| t).collect();
-        assert_eq!(texts.len(), stored.len(), "round {round}: a record was stored twice");
+        assert_eq!(
+            texts.len(),
+            stored.len(),
+            "round {round}: a record was stored twice"
+        );
         let stored: BTreeSet<&(u64, String)> = stored.iter().collect();
-        let lost: Vec<&(u64, String)> = acknowledged.iter().filter(|a| !stored.contains(a)).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged records lost: {:?}", &lost[..lost.len().min(5)]);
+        let lost: Vec<&(u64, String)> = acknowledged
+            .iter()
+            .filter(|a| !stored.contains(a))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged records lost: {:?}",
+            &lost[..lost.len().min(5)]
+        );
     }
 }

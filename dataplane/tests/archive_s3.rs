@@ -16,7 +16,9 @@ use imgate_dataplane::archive::record::{Kind, Participant, RecordedVerdict};
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::{Encryption, S3Config, S3Store};
 use imgate_dataplane::archive::verify::verify;
-use imgate_dataplane::archive::{ArchiveLog, Body, LogConfig, Record, Shipper, ShipperConfig, Store};
+use imgate_dataplane::archive::{
+    ArchiveLog, Body, LogConfig, Record, Shipper, ShipperConfig, Store,
+};
 use support::{Moto, Relay};
 
 const PEOPLE: [&str; 3] = ["ana@acme.example", "bo@acme.example", "cy@acme.example"];
@@ -32,7 +34,14 @@ async fn s3(endpoint: &str, bucket: &str) -> S3Store {
 }
 
 async fn create_bucket(store: &S3Store, locked: bool) {
-    store.client().create_bucket().bucket(store.bucket()).object_lock_enabled_for_bucket(locked).send().await.expect("bucket created");
+    store
+        .client()
+        .create_bucket()
+        .bucket(store.bucket())
+        .object_lock_enabled_for_bucket(locked)
+        .send()
+        .await
+        .expect("bucket created");
 }
 
 fn record(seq: u64, person: &str, text: String) -> Record {
@@ -41,13 +50,17 @@ fn record(seq: u64, person: &str, text: String) -> Record {
         tenant: "acme".into(),
         writer: "dp-0".into(),
         seq,
-        ts: DateTime::<Utc>::from_timestamp_millis(1_764_000_000_000 + seq as i64 * 1000).unwrap_or_default(),
+        ts: DateTime::<Utc>::from_timestamp_millis(1_764_000_000_000 + seq as i64 * 1000)
+            .unwrap_or_default(),
         conv: format!("conv-{person}"),
         body: Body::Message {
             session: "s".into(),
             dir: Direction::Outbound,
             protocol: Protocol::Xmpp,
-            from: Participant { handle: person.replace("@acme.example", "@chat.example"), person: Some(person.into()) },
+            from: Participant {
+                handle: person.replace("@acme.example", "@chat.example"),
+                person: Some(person.into()),
+            },
             to: vec!["client@chat.example".into()],
             room: None,
             kind: Kind::Direct,
@@ -63,13 +76,30 @@ fn write_messages(log: &ArchiveLog, count: usize) {
     let mut last = 0;
     for i in 0..count {
         let person = PEOPLE[i % PEOPLE.len()];
-        last = log.append(|seq| record(seq, person, format!("message {i} about the quarterly numbers"))).expect("append");
+        last = log
+            .append(|seq| {
+                record(
+                    seq,
+                    person,
+                    format!("message {i} about the quarterly numbers"),
+                )
+            })
+            .expect("append");
     }
     log.wait_durable(last).expect("durable");
 }
 
-fn shipper(dir: &Path, log: &ArchiveLog, store: Store, retention: Option<(u32, bool)>) -> Shipper<StdFs> {
-    let mut config = ShipperConfig::new(Layout { prefix: String::new(), tenant: "acme".into(), writer: "dp-0".into() });
+fn shipper(
+    dir: &Path,
+    log: &ArchiveLog,
+    store: Store,
+    retention: Option<(u32, bool)>,
+) -> Shipper<StdFs> {
+    let mut config = ShipperConfig::new(Layout {
+        prefix: String::new(),
+        tenant: "acme".into(),
+        writer: "dp-0".into(),
+    });
     config.max_segment_bytes = 8 << 10;
     config.retention = retention;
     config.encryption = Some(Encryption::S3);
@@ -82,36 +112,86 @@ async fn worm_archive_in_s3() {
     let store = s3(&moto.endpoint(), "locked").await;
     create_bucket(&store, true).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
+    let (log, _) =
+        ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
     let mut shipper = shipper(dir.path(), &log, Store::S3(store.clone()), Some((1, true)));
     write_messages(&log, 300);
-    shipper.flush(Duration::from_secs(30)).await.expect("shipped");
+    shipper
+        .flush(Duration::from_secs(30))
+        .await
+        .expect("shipped");
 
-    let keys = Store::S3(store.clone()).list("tenant=acme/").await.expect("list");
+    let keys = Store::S3(store.clone())
+        .list("tenant=acme/")
+        .await
+        .expect("list");
     let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
     assert!(segments.len() >= 2, "{keys:?}");
     for key in &keys {
-        let head = store.client().head_object().bucket("locked").key(key.as_str()).send().await.expect("head");
-        assert_eq!(head.object_lock_mode().map(|m| m.as_str()), Some("COMPLIANCE"), "{key}");
-        let until = head.object_lock_retain_until_date().expect("retain-until").secs();
-        assert!(until > Utc::now().timestamp() + 23 * 3600, "{key}: retained about a day");
-        assert_eq!(head.server_side_encryption().map(|s| s.as_str()), Some("AES256"), "{key}");
+        let head = store
+            .client()
+            .head_object()
+            .bucket("locked")
+            .key(key.as_str())
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str()),
+            Some("COMPLIANCE"),
+            "{key}"
+        );
+        let until = head
+            .object_lock_retain_until_date()
+            .expect("retain-until")
+            .secs();
+        assert!(
+            until > Utc::now().timestamp() + 23 * 3600,
+            "{key}: retained about a day"
+        );
+        assert_eq!(
+            head.server_side_encryption().map(|s| s.as_str()),
+            Some("AES256"),
+            "{key}"
+        );
         let version = head.version_id().expect("versioned").to_owned();
-        let deleted = store.client().delete_object().bucket("locked").key(key.as_str()).version_id(version).send().await;
+        let deleted = store
+            .client()
+            .delete_object()
+            .bucket("locked")
+            .key(key.as_str())
+            .version_id(version)
+            .send()
+            .await;
         let error = deleted.expect_err("a locked version cannot be deleted");
-        assert!(format!("{:?}", error).contains("AccessDenied"), "{key}: {error:?}");
+        assert!(
+            format!("{:?}", error).contains("AccessDenied"),
+            "{key}: {error:?}"
+        );
     }
 
-    let report = verify(&Store::S3(store.clone()), "", "acme", &mut |_, _| {}).await.expect("verify");
+    let report = verify(&Store::S3(store.clone()), "", "acme", &mut |_, _| {})
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "{:?}", report.problems);
     assert_eq!(report.records, 300);
 
     let output = std::process::Command::new("python3")
-        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/duckdb_count.py"), &moto.endpoint(), "locked", "acme"])
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/duckdb_count.py"),
+            &moto.endpoint(),
+            "locked",
+            "acme",
+        ])
         .output()
         .expect("python3 runs");
-    assert!(output.status.success(), "DuckDB failed: {}", String::from_utf8_lossy(&output.stderr));
-    let counts: BTreeMap<String, u64> = serde_json::from_slice(&output.stdout).expect("JSON counts");
+    assert!(
+        output.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_slice(&output.stdout).expect("JSON counts");
     let expected: BTreeMap<String, u64> = PEOPLE.iter().map(|p| (p.to_string(), 100)).collect();
     assert_eq!(counts, expected);
     log.close();
@@ -123,23 +203,55 @@ async fn verify_finds_altered_and_removed_segments() {
     let store = s3(&moto.endpoint(), "plain").await;
     create_bucket(&store, false).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
+    let (log, _) =
+        ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
     let mut shipper = shipper(dir.path(), &log, Store::S3(store.clone()), None);
     write_messages(&log, 400);
-    shipper.flush(Duration::from_secs(30)).await.expect("shipped");
+    shipper
+        .flush(Duration::from_secs(30))
+        .await
+        .expect("shipped");
     let any = Store::S3(store.clone());
-    assert!(verify(&any, "", "acme", &mut |_, _| {}).await.expect("verify").is_intact());
+    assert!(
+        verify(&any, "", "acme", &mut |_, _| {})
+            .await
+            .expect("verify")
+            .is_intact()
+    );
 
     let segments: Vec<String> = any.list("tenant=acme/date=").await.expect("list");
     assert!(segments.len() >= 3, "{segments:?}");
     let mut altered = any.get(&segments[0]).await.expect("get");
     altered[20] ^= 0x55;
-    store.client().put_object().bucket("plain").key(&segments[0]).body(altered.into()).send().await.expect("overwrite");
-    store.client().delete_object().bucket("plain").key(&segments[2]).send().await.expect("delete");
-    let report = verify(&any, "", "acme", &mut |_, _| {}).await.expect("verify");
+    store
+        .client()
+        .put_object()
+        .bucket("plain")
+        .key(&segments[0])
+        .body(altered.into())
+        .send()
+        .await
+        .expect("overwrite");
+    store
+        .client()
+        .delete_object()
+        .bucket("plain")
+        .key(&segments[2])
+        .send()
+        .await
+        .expect("delete");
+    let report = verify(&any, "", "acme", &mut |_, _| {})
+        .await
+        .expect("verify");
     let problems = report.problems.join("\n");
-    assert!(problems.contains(&format!("{}: altered", segments[0])), "{problems}");
-    assert!(problems.contains(&format!("{}: segment missing", segments[2])), "{problems}");
+    assert!(
+        problems.contains(&format!("{}: altered", segments[0])),
+        "{problems}"
+    );
+    assert!(
+        problems.contains(&format!("{}: segment missing", segments[2])),
+        "{problems}"
+    );
     log.close();
 }
 
@@ -150,21 +262,33 @@ async fn an_outage_delays_shipping_and_loses_nothing() {
     let store = s3(&relay.endpoint(), "outage").await;
     create_bucket(&store, true).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
+    let (log, _) =
+        ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
     let mut shipper = shipper(dir.path(), &log, Store::S3(store.clone()), Some((1, false)));
     write_messages(&log, 100);
-    shipper.flush(Duration::from_secs(30)).await.expect("shipped before the outage");
+    shipper
+        .flush(Duration::from_secs(30))
+        .await
+        .expect("shipped before the outage");
 
     relay.set_up(false);
     write_messages(&log, 200);
-    let error = shipper.flush(Duration::from_secs(2)).await.expect_err("store unreachable");
+    let error = shipper
+        .flush(Duration::from_secs(2))
+        .await
+        .expect_err("store unreachable");
     assert!(error.to_string().contains("object store"), "{error}");
     assert!(log.unshipped_bytes() > 0, "records wait in the log");
     relay.set_up(true);
     write_messages(&log, 100);
-    shipper.flush(Duration::from_secs(60)).await.expect("shipped after the outage");
+    shipper
+        .flush(Duration::from_secs(60))
+        .await
+        .expect("shipped after the outage");
 
-    let report = verify(&Store::S3(store.clone()), "", "acme", &mut |_, _| {}).await.expect("verify");
+    let report = verify(&Store::S3(store.clone()), "", "acme", &mut |_, _| {})
+        .await
+        .expect("verify");
     assert!(report.is_intact(), "{:?}", report.problems);
     assert_eq!(report.records, 400, "everything shipped, once");
     log.close();

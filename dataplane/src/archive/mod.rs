@@ -8,8 +8,10 @@
 //! location, never skipped. The record format is documented in `docs/archive-format.md`.
 
 pub mod error;
+pub mod export;
 pub mod fs;
 pub mod log;
+pub mod read;
 pub mod record;
 pub mod segment;
 pub mod shipper;

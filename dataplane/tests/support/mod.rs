@@ -16,7 +16,10 @@ pub struct Moto {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 impl Moto {
@@ -30,7 +33,10 @@ impl Moto {
             .expect("moto_server runs: scripts/test installs it (pip install 'moto[server]')");
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start listening on port {port} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start listening on port {port} within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Self { child, port }
@@ -56,7 +62,9 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(target: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
@@ -68,7 +76,12 @@ impl Relay {
                 }
                 let flag = flag.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], target))).await else { return };
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], target)))
+                            .await
+                    else {
+                        return;
+                    };
                     let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
                     let watch = async {
                         while flag.load(Ordering::SeqCst) {
