@@ -7,30 +7,19 @@
 //! normalisation, no regexes, no detectors), and building that bare automaton for the
 //! compile benchmark. Run: `cargo bench -p imgate-dataplane --bench policy_eval`.
 
+mod common;
+
 use std::hint::black_box;
 
 use aho_corasick::AhoCorasick;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use imgate_crds::IMPolicy;
 use imgate_crds::policy::{
-    ContentAction, ContentMatch, ContentRule, Detector, Direction, IMPolicySpec, Protocol, Severity,
+    ContentAction, ContentMatch, ContentRule, Detector, IMPolicySpec, Severity,
 };
-use imgate_dataplane::inspect::event::{Content, ConversationKind, Event, Party};
 use imgate_dataplane::inspect::policy::{CompiledPolicy, PolicyState};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, LogNormal};
 
-const MESSAGES: usize = 10_000;
-
-const CHAT_WORDS: &[&str] = &[
-    "ok", "thanks", "see", "you", "at", "the", "meeting", "call", "me", "when", "free", "can",
-    "we", "move", "to", "tomorrow", "sounds", "good", "lol", "yes", "no", "maybe", "price", "is",
-    "looking", "better", "today", "did", "send", "deck", "client", "wants", "update", "on",
-    "numbers", "lunch", "coffee", "quick", "question", "about", "report", "will", "check", "and",
-    "get", "back", "sure", "np", "great", "let", "know", "how", "it", "goes", "market", "opened",
-    "strong", "rates", "fund", "trade",
-];
+use common::{MESSAGES, corpus, keywords};
 
 const REGEXES: [&str; 20] = [
     r"(?i)\bwire\s+[0-9]+k\b",
@@ -54,77 +43,6 @@ const REGEXES: [&str; 20] = [
     r"(?i)\bcrypto\s+wallet\s+[13][a-km-zA-HJ-NP-Z1-9]{25,34}\b",
     r"(?i)\bssn\s*[:#]?\s*[0-9]{3}-?[0-9]{2}-?[0-9]{4}\b",
 ];
-
-/// Pronounceable pseudo-words, so keywords rarely collide with chat words.
-fn keyword(rng: &mut StdRng, words: usize) -> String {
-    const ONSETS: &[&str] = &[
-        "b", "br", "c", "d", "f", "g", "k", "l", "m", "n", "p", "qu", "r", "s", "st", "t", "tr",
-        "v", "z",
-    ];
-    const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ea", "ou"];
-    (0..words)
-        .map(|_| {
-            (0..rng.random_range(2..4))
-                .map(|_| {
-                    format!(
-                        "{}{}",
-                        ONSETS[rng.random_range(0..ONSETS.len())],
-                        VOWELS[rng.random_range(0..VOWELS.len())]
-                    )
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn keywords(count: usize, seed: u64) -> Vec<String> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|i| keyword(&mut rng, 1 + i % 3 / 2))
-        .collect()
-}
-
-fn corpus(keywords: &[String]) -> Vec<Event> {
-    let mut rng = StdRng::seed_from_u64(7);
-    let lengths = LogNormal::new(40f64.ln() - 0.32, 0.8).expect("valid distribution");
-    (0..MESSAGES)
-        .map(|i| {
-            let target = (lengths.sample(&mut rng) as usize).clamp(1, 2000);
-            let mut text = String::new();
-            while text.len() < target {
-                if !text.is_empty() {
-                    text.push(' ');
-                }
-                let roll = rng.random_range(0..1000);
-                match roll {
-                    0..=9 => text.push_str(&keywords[rng.random_range(0..keywords.len())]),
-                    10..=11 => text.push_str("4111 1111 1111 1111"),
-                    12..=16 => text.push_str("https://docs.example.com/q3"),
-                    17..=40 => text.push_str(&rng.random_range(1..100_000).to_string()),
-                    _ => text.push_str(CHAT_WORDS[rng.random_range(0..CHAT_WORDS.len())]),
-                }
-            }
-            Event {
-                tenant: "bench".into(),
-                protocol: Protocol::Xmpp,
-                service: None,
-                direction: Direction::Outbound,
-                sender: Party {
-                    handle: format!("user{}@chat.example", i % 500),
-                    person: None,
-                    groups: Vec::new(),
-                },
-                recipients: vec!["peer@chat.example".into()],
-                room: None,
-                conversation: ConversationKind::Direct,
-                content: Content::Message { text },
-                urls: Vec::new(),
-                at_ms: 1_700_000_000_000 + i as u64 * 10,
-            }
-        })
-        .collect()
-}
 
 fn rule(name: String, matcher: ContentMatch, action: ContentAction) -> ContentRule {
     ContentRule {

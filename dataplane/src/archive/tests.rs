@@ -29,6 +29,13 @@ fn append_all(log: &ArchiveLog, texts: impl IntoIterator<Item = String>) -> u64 
     last
 }
 
+/// Appends `count` records one batch each, so that the log rotates predictably.
+fn append_each(log: &ArchiveLog, count: usize) {
+    for i in 0..count {
+        append_all(log, [format!("message number {i}")]);
+    }
+}
+
 fn read_all(dir: &Path) -> Vec<(u64, Record)> {
     let mut out = Vec::new();
     Wal::read_range(&StdFs, dir, 1, u64::MAX, &mut |seq, payload| {
@@ -127,7 +134,7 @@ fn a_torn_tail_is_cut_and_nothing_durable_is_lost() {
 fn damage_inside_the_log_is_reported_with_its_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
-    append_all(&log, (0..200).map(|i| format!("message number {i}")));
+    append_each(&log, 200);
     log.close();
     let files = StdFs.list(dir.path()).expect("list");
     assert!(files.len() > 2, "rotation made several files");
@@ -158,9 +165,7 @@ fn damage_inside_the_log_is_reported_with_its_location() {
 fn a_missing_log_file_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
-    for i in 0..200 {
-        append_all(&log, [format!("message number {i}")]);
-    }
+    append_each(&log, 200);
     log.close();
     let files = StdFs.list(dir.path()).expect("list");
     assert!(files.len() > 3, "one record per batch rotates often");
