@@ -293,3 +293,53 @@ async fn an_outage_delays_shipping_and_loses_nothing() {
     assert_eq!(report.records, 400, "everything shipped, once");
     log.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_segments_go_up_in_parts_with_lock_and_kms() {
+    use imgate_dataplane::archive::store::{PutOptions, Retention};
+    let moto = Moto::start();
+    let store = s3(&moto.endpoint(), "large").await;
+    create_bucket(&store, true).await;
+    let body: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let key_id = "arn:aws:kms:us-east-1:123456789012:key/1f9c2d3e-0000-4000-8000-000000000001";
+    let options = PutOptions {
+        retention: Some(Retention {
+            compliance: false,
+            until: Utc::now() + chrono::Duration::days(2),
+        }),
+        encryption: Some(Encryption::Kms(key_id.into())),
+    };
+    let any = Store::S3(store.clone());
+    any.put("tenant=acme/big.jsonl.zst", body.clone(), &options)
+        .await
+        .expect("multipart put");
+    let head = store
+        .client()
+        .head_object()
+        .bucket("large")
+        .key("tenant=acme/big.jsonl.zst")
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.content_length(), Some(body.len() as i64));
+    assert_eq!(
+        head.object_lock_mode().map(|m| m.as_str()),
+        Some("GOVERNANCE")
+    );
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("aws:kms")
+    );
+    assert_eq!(head.ssekms_key_id(), Some(key_id));
+    assert!(
+        head.e_tag().is_some_and(|tag| tag.contains('-')),
+        "a multipart ETag: {:?}",
+        head.e_tag()
+    );
+    assert_eq!(
+        any.get("tenant=acme/big.jsonl.zst").await.expect("get"),
+        body
+    );
+}

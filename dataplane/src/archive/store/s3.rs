@@ -11,7 +11,8 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockLegalHold,
-    ObjectLockLegalHoldStatus, ObjectLockMode, ServerSideEncryption,
+    ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
+    ServerSideEncryption,
 };
 use aws_smithy_http_client::tls;
 
@@ -187,7 +188,8 @@ impl S3Store {
                     .build(),
             );
         }
-        self.client
+        let completed = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -198,8 +200,46 @@ impl S3Store {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| store_error(key, e))?;
+            .await;
+        if let Err(error) = completed {
+            // Some S3-compatible stores complete the upload but answer in a shape the SDK does
+            // not parse; the object itself is the proof.
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await;
+            let complete = head.is_ok_and(|h| {
+                h.content_length() == Some(body.len() as i64)
+                    && h.e_tag().is_some_and(|t| t.contains('-'))
+            });
+            if !complete {
+                return Err(store_error(key, error));
+            }
+            tracing::warn!(key, error = %DisplayErrorContext(&error), "the store's answer to completing a multipart upload was unreadable, but the object is complete");
+        }
+        // Not every store carries the retention given at creation over to the completed object;
+        // setting it again (the same date) is allowed even in COMPLIANCE mode.
+        if let Some(retention) = &options.retention {
+            self.client
+                .put_object_retention()
+                .bucket(&self.bucket)
+                .key(key)
+                .retention(
+                    ObjectLockRetention::builder()
+                        .mode(retention_mode(retention.compliance))
+                        .retain_until_date(AwsDateTime::from_millis(
+                            retention.until.timestamp_millis(),
+                        ))
+                        .build(),
+                )
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(|e| store_error(key, e))?;
+        }
         Ok(())
     }
 
@@ -260,6 +300,14 @@ impl S3Store {
             .await
             .map_err(|e| store_error(key, e))?;
         Ok(())
+    }
+}
+
+fn retention_mode(compliance: bool) -> ObjectLockRetentionMode {
+    if compliance {
+        ObjectLockRetentionMode::Compliance
+    } else {
+        ObjectLockRetentionMode::Governance
     }
 }
 
