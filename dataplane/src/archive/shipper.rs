@@ -117,7 +117,18 @@ impl<F: Filesystem> Shipper<F> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ShipState::default(),
             Err(e) => return Err(ArchiveError::io(&state_path, e)),
         };
-        Ok(Self {
+        let durable = log.durable_seq();
+        if durable < state.sealed_through {
+            return Err(ArchiveError::corrupt(
+                &state_path,
+                0,
+                format!(
+                    "segments up to record {} were sealed but the log ends at record {durable}: the log was lost or replaced; restore it, or give this dataplane a new writer name",
+                    state.sealed_through
+                ),
+            ));
+        }
+        let shipper = Self {
             fs,
             dir: dir.to_owned(),
             log,
@@ -125,7 +136,35 @@ impl<F: Filesystem> Shipper<F> {
             config,
             state,
             unsealed_since: None,
-        })
+        };
+        shipper.remove_stale_outbox()?;
+        Ok(shipper)
+    }
+
+    /// Removes outbox files left by a crash: already shipped, or sealed but never recorded.
+    fn remove_stale_outbox(&self) -> Result<(), ArchiveError> {
+        let outbox = self.dir.join("outbox");
+        for path in self
+            .fs
+            .list(&outbox)
+            .map_err(|e| ArchiveError::io(&outbox, e))?
+        {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let first_seq: u64 = name
+                .split('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if first_seq <= self.state.shipped_through || first_seq > self.state.sealed_through {
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| ArchiveError::io(&path, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// What has been sealed and shipped.

@@ -420,3 +420,66 @@ fn an_unreachable_store_delays_shipping_and_loses_nothing() {
     assert_eq!(report.records, 40);
     log.close();
 }
+
+#[test]
+fn leftovers_of_a_crash_are_cleaned_and_a_lost_log_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let store = Store::Local(LocalStore::new(bucket.path()));
+    let rt = runtime();
+    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("open");
+    let mut shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store.clone(),
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    append_all(&log, (0..10).map(|i| format!("m{i}")));
+    rt.block_on(shipper.flush(Duration::from_secs(5)))
+        .expect("flush");
+    let outbox = dir.path().join("outbox");
+    std::fs::write(
+        outbox.join("00000000000000000001.jsonl.zst"),
+        b"shipped before a crash",
+    )
+    .expect("leftover");
+    std::fs::write(
+        outbox.join("00000000000000000011.jsonl.zst"),
+        b"sealed, never recorded",
+    )
+    .expect("leftover");
+    drop(shipper);
+    let _shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store.clone(),
+        ShipperConfig::new(layout()),
+    )
+    .expect("reopen");
+    assert!(
+        StdFs.list(&outbox).expect("outbox").is_empty(),
+        "stale outbox files removed"
+    );
+    log.close();
+
+    std::fs::remove_dir_all(dir.path().join("wal")).expect("lose the log");
+    let (fresh, _) =
+        ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("a new, empty log");
+    let error = Shipper::open(
+        StdFs,
+        dir.path(),
+        fresh.clone(),
+        store,
+        ShipperConfig::new(layout()),
+    )
+    .err()
+    .expect("refused");
+    assert!(
+        error.to_string().contains("the log was lost or replaced"),
+        "{error}"
+    );
+    fresh.close();
+}
