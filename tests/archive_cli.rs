@@ -33,6 +33,13 @@ fn imgate(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// `imgate archive --tenant acme --dir DIR ARGS...`
+fn archive(dir: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["archive", "--tenant", "acme", "--dir", dir];
+    all.extend_from_slice(args);
+    imgate(&all, &[])
+}
+
 fn message(
     seq: u64,
     conv: &str,
@@ -157,7 +164,7 @@ fn local_archive() -> (tempfile::TempDir, PathBuf) {
 fn list_verify_search_and_show_a_local_archive() {
     let (_root, bucket) = local_archive();
     let dir = bucket.to_str().expect("utf-8");
-    let (code, out) = imgate(&["archive", "--tenant", "acme", "--dir", dir, "ls"], &[]);
+    let (code, out) = archive(dir, &["ls"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("4 segment(s), 4 record(s) in local directory")
@@ -165,83 +172,42 @@ fn list_verify_search_and_show_a_local_archive() {
         "{out}"
     );
 
-    let (code, out) = imgate(
-        &["archive", "--tenant", "acme", "--dir", dir, "verify"],
-        &[],
-    );
+    let (code, out) = archive(dir, &["verify"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("intact: 1 writer(s), 4 segment(s), 4 record(s)"),
         "{out}"
     );
 
-    let (code, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "search",
-            "--rule",
-            "firm-wide",
-        ],
-        &[],
-    );
+    let (code, out) = archive(dir, &["search", "--rule", "firm-wide"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("conv-jane  [2025-11-24 16:02:00Z] jane.doe@acme.example (surferdood124@chat.example) -> client@chat.example: card 4111 1111 1111 1111  [redact: firm-wide/card-numbers]  [delivered as: card ███████████████████]"), "{out}");
     assert!(out.contains("1 record(s) found"), "{out}");
 
-    let (_, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "search",
-            "--person",
-            "SAM.LEE@acme.example",
-            "--json",
-        ],
-        &[],
+    let (_, out) = archive(
+        dir,
+        &["search", "--person", "SAM.LEE@acme.example", "--json"],
     );
     let record: Record =
         serde_json::from_str(out.lines().next().expect("a line")).expect("a JSON record");
     assert_eq!(record.conv, "conv-sam");
 
-    let (_, out) = imgate(
+    let (_, out) = archive(
+        dir,
         &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
             "search",
             "--text",
             "TALK SOON",
             "--from",
             "2025-11-24T16:03:00Z",
         ],
-        &[],
     );
     assert!(
         out.contains("1 record(s) found") && out.contains("thanks, talk soon"),
         "{out}"
     );
 
-    let (code, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "show",
-            "conv-jane",
-        ],
-        &[],
-    );
+    let (code, out) = archive(dir, &["show", "conv-jane"]);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "Conversation conv-jane (3 records)");
@@ -250,18 +216,7 @@ fn list_verify_search_and_show_a_local_archive() {
         "{out}"
     );
 
-    let (code, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "show",
-            "conv-nobody",
-        ],
-        &[],
-    );
+    let (code, out) = archive(dir, &["show", "conv-nobody"]);
     assert_eq!(code, 2, "{out}");
 }
 
@@ -298,20 +253,15 @@ fn exports_eml_rsmf_and_json_lines() {
     let out_dir = root.path().join("export");
     for format in ["eml", "rsmf", "jsonl"] {
         let target = out_dir.join(format);
-        let (code, out) = imgate(
+        let (code, out) = archive(
+            dir,
             &[
-                "archive",
-                "--tenant",
-                "acme",
-                "--dir",
-                dir,
                 "export",
                 "--format",
                 format,
                 "--out",
                 target.to_str().expect("utf-8"),
             ],
-            &[],
         );
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("exported 4 record(s)"), "{out}");
@@ -378,20 +328,7 @@ print(message["X-RSMF-Version"], message["X-RSMF-EventCount"], len(manifest["eve
 fn legal_hold_marks_the_segments_of_a_conversation() {
     let (_root, bucket) = local_archive();
     let dir = bucket.to_str().expect("utf-8");
-    let (code, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "hold",
-            "set",
-            "--conversation",
-            "conv-jane",
-        ],
-        &[],
-    );
+    let (code, out) = archive(dir, &["hold", "set", "--conversation", "conv-jane"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("legal hold placed on 3 segment(s)"), "{out}");
     let holds = walk(&bucket)
@@ -399,20 +336,7 @@ fn legal_hold_marks_the_segments_of_a_conversation() {
         .filter(|p| p.to_string_lossy().ends_with(".legal-hold"))
         .count();
     assert_eq!(holds, 6, "three segments and their manifests");
-    let (code, out) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "hold",
-            "clear",
-            "--conversation",
-            "conv-jane",
-        ],
-        &[],
-    );
+    let (code, out) = archive(dir, &["hold", "clear", "--conversation", "conv-jane"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         walk(&bucket)
@@ -421,20 +345,7 @@ fn legal_hold_marks_the_segments_of_a_conversation() {
             .count(),
         0
     );
-    let (code, _) = imgate(
-        &[
-            "archive",
-            "--tenant",
-            "acme",
-            "--dir",
-            dir,
-            "hold",
-            "set",
-            "--conversation",
-            "conv-nobody",
-        ],
-        &[],
-    );
+    let (code, _) = archive(dir, &["hold", "set", "--conversation", "conv-nobody"]);
     assert_eq!(code, 1, "nothing matched");
 }
 

@@ -99,28 +99,20 @@ impl S3Store {
         if body.len() > MULTIPART_THRESHOLD {
             return self.put_multipart(key, body, options).await;
         }
-        let mut request = self
-            .client
+        let headers = Headers::from(options);
+        self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .body(ByteStream::from(body))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256);
-        if let Some(retention) = &options.retention {
-            request = request
-                .object_lock_mode(lock_mode(retention.compliance))
-                .object_lock_retain_until_date(AwsDateTime::from_millis(
-                    retention.until.timestamp_millis(),
-                ));
-        }
-        request = match &options.encryption {
-            Some(Encryption::S3) => request.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Encryption::Kms(key_id)) => request
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(key_id),
-            None => request,
-        };
-        request.send().await.map_err(|e| store_error(key, e))?;
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_object_lock_mode(headers.mode)
+            .set_object_lock_retain_until_date(headers.until)
+            .set_server_side_encryption(headers.encryption)
+            .set_ssekms_key_id(headers.kms_key)
+            .send()
+            .await
+            .map_err(|e| store_error(key, e))?;
         Ok(())
     }
 
@@ -130,27 +122,20 @@ impl S3Store {
         body: Vec<u8>,
         options: &PutOptions,
     ) -> Result<(), ArchiveError> {
-        let mut create = self
+        let headers = Headers::from(options);
+        let upload = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256);
-        if let Some(retention) = &options.retention {
-            create = create
-                .object_lock_mode(lock_mode(retention.compliance))
-                .object_lock_retain_until_date(AwsDateTime::from_millis(
-                    retention.until.timestamp_millis(),
-                ));
-        }
-        create = match &options.encryption {
-            Some(Encryption::S3) => create.server_side_encryption(ServerSideEncryption::Aes256),
-            Some(Encryption::Kms(key_id)) => create
-                .server_side_encryption(ServerSideEncryption::AwsKms)
-                .ssekms_key_id(key_id),
-            None => create,
-        };
-        let upload = create.send().await.map_err(|e| store_error(key, e))?;
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_object_lock_mode(headers.mode)
+            .set_object_lock_retain_until_date(headers.until)
+            .set_server_side_encryption(headers.encryption)
+            .set_ssekms_key_id(headers.kms_key)
+            .send()
+            .await
+            .map_err(|e| store_error(key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let mut parts = Vec::new();
         for (index, chunk) in body.chunks(PART_SIZE).enumerate() {
@@ -300,6 +285,33 @@ impl S3Store {
             .await
             .map_err(|e| store_error(key, e))?;
         Ok(())
+    }
+}
+
+/// The Object Lock and encryption headers of a put.
+struct Headers {
+    mode: Option<ObjectLockMode>,
+    until: Option<AwsDateTime>,
+    encryption: Option<ServerSideEncryption>,
+    kms_key: Option<String>,
+}
+
+impl From<&PutOptions> for Headers {
+    fn from(options: &PutOptions) -> Self {
+        let (encryption, kms_key) = match &options.encryption {
+            Some(Encryption::S3) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Encryption::Kms(key)) => (Some(ServerSideEncryption::AwsKms), Some(key.clone())),
+            None => (None, None),
+        };
+        Self {
+            mode: options.retention.as_ref().map(|r| lock_mode(r.compliance)),
+            until: options
+                .retention
+                .as_ref()
+                .map(|r| AwsDateTime::from_millis(r.until.timestamp_millis())),
+            encryption,
+            kms_key,
+        }
     }
 }
 
