@@ -7,3 +7,4 @@
 
 pub mod archive;
 pub mod inspect;
+pub mod proxy;

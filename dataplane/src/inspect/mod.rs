@@ -1,5 +1,8 @@
 //! The inspection core: pure code with no I/O, clocks or global state. Time enters only as
-//! the timestamp carried by each [`event::Event`].
+//! the timestamp carried by each [`event::Event`]; bytes enter as slices.
 
+pub mod detect;
 pub mod event;
 pub mod policy;
+pub mod services;
+pub mod tls_hello;
