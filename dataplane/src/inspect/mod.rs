@@ -3,6 +3,7 @@
 
 pub mod detect;
 pub mod event;
+pub mod irc;
 pub mod policy;
 pub mod services;
 pub mod tls_hello;
