@@ -7,3 +7,4 @@ pub mod irc;
 pub mod policy;
 pub mod services;
 pub mod tls_hello;
+pub mod xmpp;
