@@ -1,0 +1,288 @@
+//! The front ends a client reaches the dataplane through: SOCKS5 (RFC 1928, with the
+//! username/password method of RFC 1929, whose user names the person) and HTTP CONNECT
+//! (with optional `Proxy-Authorization: Basic`). Fixed port-forwards need no handshake.
+//!
+//! Invariants: handshakes read at most [`MAX_HANDSHAKE`] bytes and answer every request they
+//! refuse with the protocol's own error before closing; a client is told "succeeded" only
+//! after the upstream connection is up (see [`Frontend::succeed`]).
+
+use std::io;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Most bytes a handshake may take.
+pub const MAX_HANDSHAKE: usize = 8192;
+
+/// Where the client wants to go, and who it says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The user named in the handshake, if any.
+    pub user: Option<String>,
+}
+
+/// Which handshake a listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frontend {
+    /// SOCKS5.
+    Socks5,
+    /// HTTP CONNECT.
+    HttpConnect,
+    /// A fixed upstream.
+    Forward {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// Why a handshake failed (the client has been told, where the protocol allows).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The client broke the protocol.
+    #[error("bad {protocol} handshake: {reason}")]
+    Protocol {
+        /// SOCKS5 or HTTP CONNECT.
+        protocol: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn bad(protocol: &'static str, reason: impl Into<String>) -> HandshakeError {
+    HandshakeError::Protocol { protocol, reason: reason.into() }
+}
+
+/// How a refused or failed upstream is reported to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Policy refused the connection.
+    NotAllowed,
+    /// The upstream could not be reached.
+    Unreachable,
+    /// The upstream did not answer in time.
+    TimedOut,
+}
+
+impl Frontend {
+    /// Reads the client's handshake and returns the target.
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut S) -> Result<Target, HandshakeError> {
+        match self {
+            Frontend::Socks5 => socks5(client).await,
+            Frontend::HttpConnect => http_connect(client).await,
+            Frontend::Forward { host, port } => Ok(Target { host: host.clone(), port: *port, user: None }),
+        }
+    }
+
+    /// Tells the client its tunnel is up.
+    pub async fn succeed<S: AsyncWrite + Unpin>(&self, client: &mut S) -> io::Result<()> {
+        match self {
+            Frontend::Socks5 => client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await,
+            Frontend::HttpConnect => client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await,
+            Frontend::Forward { .. } => Ok(()),
+        }
+    }
+
+    /// Tells the client why there is no tunnel.
+    pub async fn refuse<S: AsyncWrite + Unpin>(&self, client: &mut S, why: Refusal) -> io::Result<()> {
+        match self {
+            Frontend::Socks5 => {
+                let code = match why {
+                    Refusal::NotAllowed => 2,
+                    Refusal::Unreachable => 4,
+                    Refusal::TimedOut => 6,
+                };
+                client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
+            }
+            Frontend::HttpConnect => {
+                let status = match why {
+                    Refusal::NotAllowed => "403 Forbidden by policy",
+                    Refusal::Unreachable => "502 Bad Gateway",
+                    Refusal::TimedOut => "504 Gateway Timeout",
+                };
+                client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await
+            }
+            Frontend::Forward { .. } => Ok(()),
+        }
+    }
+}
+
+async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Target, HandshakeError> {
+    const P: &str = "SOCKS5";
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await?;
+    if head[0] != 5 {
+        return Err(bad(P, format!("version {} is not 5", head[0])));
+    }
+    let mut methods = vec![0u8; usize::from(head[1])];
+    client.read_exact(&mut methods).await?;
+    let user = if methods.contains(&2) {
+        client.write_all(&[5, 2]).await?;
+        let mut version = [0u8; 2];
+        client.read_exact(&mut version).await?;
+        let mut name = vec![0u8; usize::from(version[1])];
+        client.read_exact(&mut name).await?;
+        let mut length = [0u8; 1];
+        client.read_exact(&mut length).await?;
+        let mut password = vec![0u8; usize::from(length[0])];
+        client.read_exact(&mut password).await?;
+        client.write_all(&[1, 0]).await?;
+        Some(String::from_utf8_lossy(&name).into_owned())
+    } else if methods.contains(&0) {
+        client.write_all(&[5, 0]).await?;
+        None
+    } else {
+        client.write_all(&[5, 0xff]).await?;
+        return Err(bad(P, "no acceptable authentication method"));
+    };
+    let mut request = [0u8; 4];
+    client.read_exact(&mut request).await?;
+    if request[1] != 1 {
+        client.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+        return Err(bad(P, format!("command {} is not CONNECT", request[1])));
+    }
+    let host = match request[3] {
+        1 => {
+            let mut address = [0u8; 4];
+            client.read_exact(&mut address).await?;
+            std::net::Ipv4Addr::from(address).to_string()
+        }
+        3 => {
+            let mut length = [0u8; 1];
+            client.read_exact(&mut length).await?;
+            let mut name = vec![0u8; usize::from(length[0])];
+            client.read_exact(&mut name).await?;
+            String::from_utf8(name).map_err(|_| bad(P, "host name is not UTF-8"))?
+        }
+        4 => {
+            let mut address = [0u8; 16];
+            client.read_exact(&mut address).await?;
+            std::net::Ipv6Addr::from(address).to_string()
+        }
+        other => {
+            client.write_all(&[5, 8, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+            return Err(bad(P, format!("address type {other}")));
+        }
+    };
+    let mut port = [0u8; 2];
+    client.read_exact(&mut port).await?;
+    Ok(Target { host, port: u16::from_be_bytes(port), user })
+}
+
+async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Target, HandshakeError> {
+    const P: &str = "HTTP CONNECT";
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
+        if head.len() >= MAX_HANDSHAKE {
+            client.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n").await?;
+            return Err(bad(P, "request head too large"));
+        }
+        if client.read(&mut byte).await? == 0 {
+            return Err(bad(P, "connection closed during the request"));
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.lines();
+    let request = lines.next().unwrap_or_default();
+    let mut words = request.split_whitespace();
+    let (method, authority) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    if !method.eq_ignore_ascii_case("CONNECT") {
+        client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: CONNECT\r\nContent-Length: 0\r\n\r\n").await?;
+        return Err(bad(P, format!("method {method} is not CONNECT")));
+    }
+    let Some((host, port)) = authority.rsplit_once(':').and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?))) else {
+        client.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await?;
+        return Err(bad(P, format!("{authority:?} is not host:port")));
+    };
+    let user = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("proxy-authorization"))
+        .and_then(|(_, value)| value.trim().strip_prefix("Basic ").map(str::to_owned))
+        .and_then(|encoded| BASE64.decode(encoded.trim()).ok())
+        .map(|decoded| String::from_utf8_lossy(&decoded).split(':').next().unwrap_or_default().to_owned());
+    Ok(Target { host, port, user })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::duplex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn socks5_with_a_user_name() {
+        let (mut client, mut server) = duplex(1024);
+        let handshake = tokio::spawn(async move { Frontend::Socks5.accept(&mut server).await.map(|t| (t, server)) });
+        client.write_all(&[5, 2, 0, 2]).await.expect("greeting");
+        let mut choice = [0u8; 2];
+        client.read_exact(&mut choice).await.expect("choice");
+        assert_eq!(choice, [5, 2]);
+        client.write_all(&[1, 4]).await.expect("auth");
+        client.write_all(b"jane").await.expect("auth");
+        client.write_all(&[2]).await.expect("auth");
+        client.write_all(b"pw").await.expect("auth");
+        let mut status = [0u8; 2];
+        client.read_exact(&mut status).await.expect("status");
+        assert_eq!(status, [1, 0]);
+        client.write_all(&[5, 1, 0, 3, 12]).await.expect("request");
+        client.write_all(b"chat.example").await.expect("request");
+        client.write_all(&5222u16.to_be_bytes()).await.expect("request");
+        let (target, mut server) = handshake.await.expect("task").expect("handshake");
+        assert_eq!(target, Target { host: "chat.example".into(), port: 5222, user: Some("jane".into()) });
+        Frontend::Socks5.succeed(&mut server).await.expect("reply");
+        let mut reply = [0u8; 10];
+        client.read_exact(&mut reply).await.expect("reply");
+        assert_eq!(reply[..2], [5, 0]);
+    }
+
+    #[tokio::test]
+    async fn socks5_refuses_other_commands_in_protocol() {
+        let (mut client, mut server) = duplex(1024);
+        let handshake = tokio::spawn(async move { Frontend::Socks5.accept(&mut server).await });
+        client.write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80]).await.expect("bind request");
+        let error = handshake.await.expect("task").expect_err("BIND is refused");
+        assert!(error.to_string().contains("not CONNECT"), "{error}");
+        let mut replies = [0u8; 4];
+        client.read_exact(&mut replies).await.expect("replies");
+        assert_eq!(replies, [5, 0, 5, 7], "method chosen, then 'command not supported'");
+    }
+
+    #[tokio::test]
+    async fn http_connect_with_basic_auth() {
+        let (mut client, mut server) = duplex(4096);
+        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await });
+        client
+            .write_all(b"CONNECT irc.example:6697 HTTP/1.1\r\nHost: irc.example:6697\r\nProxy-Authorization: Basic amFuZTpwdw==\r\n\r\n")
+            .await
+            .expect("request");
+        let target = handshake.await.expect("task").expect("handshake");
+        assert_eq!(target, Target { host: "irc.example".into(), port: 6697, user: Some("jane".into()) });
+    }
+
+    #[tokio::test]
+    async fn http_connect_refuses_other_methods_and_huge_heads() {
+        let (mut client, mut server) = duplex(1 << 16);
+        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) });
+        client.write_all(b"GET http://x/ HTTP/1.1\r\n\r\n").await.expect("request");
+        assert!(handshake.await.expect("task").is_err());
+        let mut answer = vec![0u8; 12];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"HTTP/1.1 405");
+
+        let (mut client, mut server) = duplex(1 << 16);
+        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) });
+        let _ = client.write_all(&vec![b'a'; MAX_HANDSHAKE + 10]).await;
+        assert!(handshake.await.expect("task").is_err());
+    }
+}
