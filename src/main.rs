@@ -6,6 +6,7 @@
 mod archive;
 mod manifest;
 mod policy;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     /// Check, test and explain IMPolicy and Tenant manifests before they are applied.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run a dataplane on this machine with embedded defaults (SOCKS5, HTTP CONNECT, a local archive).
+    Up(Box<up::UpArgs>),
     /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
     /// List, verify, search, show, export and hold a tenant's compliance archive.
@@ -121,8 +124,11 @@ fn parse_name<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 }
 
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("imgate::session=info,warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
+        .with_target(false)
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -143,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Archive { store, command } => archive::run(&store, command),
+        Command::Up(args) => up::run(*args),
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
         Command::Policy(PolicyCommand::Test {
             policy_dir,

@@ -59,7 +59,10 @@ pub enum HandshakeError {
 }
 
 fn bad(protocol: &'static str, reason: impl Into<String>) -> HandshakeError {
-    HandshakeError::Protocol { protocol, reason: reason.into() }
+    HandshakeError::Protocol {
+        protocol,
+        reason: reason.into(),
+    }
 }
 
 /// How a refused or failed upstream is reported to the client.
@@ -75,11 +78,18 @@ pub enum Refusal {
 
 impl Frontend {
     /// Reads the client's handshake and returns the target.
-    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, client: &mut S) -> Result<Target, HandshakeError> {
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut S,
+    ) -> Result<Target, HandshakeError> {
         match self {
             Frontend::Socks5 => socks5(client).await,
             Frontend::HttpConnect => http_connect(client).await,
-            Frontend::Forward { host, port } => Ok(Target { host: host.clone(), port: *port, user: None }),
+            Frontend::Forward { host, port } => Ok(Target {
+                host: host.clone(),
+                port: *port,
+                user: None,
+            }),
         }
     }
 
@@ -87,13 +97,21 @@ impl Frontend {
     pub async fn succeed<S: AsyncWrite + Unpin>(&self, client: &mut S) -> io::Result<()> {
         match self {
             Frontend::Socks5 => client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await,
-            Frontend::HttpConnect => client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await,
+            Frontend::HttpConnect => {
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+            }
             Frontend::Forward { .. } => Ok(()),
         }
     }
 
     /// Tells the client why there is no tunnel.
-    pub async fn refuse<S: AsyncWrite + Unpin>(&self, client: &mut S, why: Refusal) -> io::Result<()> {
+    pub async fn refuse<S: AsyncWrite + Unpin>(
+        &self,
+        client: &mut S,
+        why: Refusal,
+    ) -> io::Result<()> {
         match self {
             Frontend::Socks5 => {
                 let code = match why {
@@ -109,14 +127,18 @@ impl Frontend {
                     Refusal::Unreachable => "502 Bad Gateway",
                     Refusal::TimedOut => "504 Gateway Timeout",
                 };
-                client.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await
+                client
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await
             }
             Frontend::Forward { .. } => Ok(()),
         }
     }
 }
 
-async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Target, HandshakeError> {
+async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+) -> Result<Target, HandshakeError> {
     const P: &str = "SOCKS5";
     let mut head = [0u8; 2];
     client.read_exact(&mut head).await?;
@@ -175,16 +197,26 @@ async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Tar
     };
     let mut port = [0u8; 2];
     client.read_exact(&mut port).await?;
-    Ok(Target { host, port: u16::from_be_bytes(port), user })
+    Ok(Target {
+        host,
+        port: u16::from_be_bytes(port),
+        user,
+    })
 }
 
-async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Result<Target, HandshakeError> {
+async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+) -> Result<Target, HandshakeError> {
     const P: &str = "HTTP CONNECT";
     let mut head = Vec::with_capacity(512);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && !head.ends_with(b"\n\n") {
         if head.len() >= MAX_HANDSHAKE {
-            client.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n").await?;
+            client
+                .write_all(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n\r\n",
+                )
+                .await?;
             return Err(bad(P, "request head too large"));
         }
         if client.read(&mut byte).await? == 0 {
@@ -196,13 +228,27 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Resu
     let mut lines = text.lines();
     let request = lines.next().unwrap_or_default();
     let mut words = request.split_whitespace();
-    let (method, authority) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let (method, authority) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
     if !method.eq_ignore_ascii_case("CONNECT") {
-        client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: CONNECT\r\nContent-Length: 0\r\n\r\n").await?;
+        client
+            .write_all(
+                b"HTTP/1.1 405 Method Not Allowed\r\nAllow: CONNECT\r\nContent-Length: 0\r\n\r\n",
+            )
+            .await?;
         return Err(bad(P, format!("method {method} is not CONNECT")));
     }
-    let Some((host, port)) = authority.rsplit_once(':').and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()?))) else {
-        client.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await?;
+    let Some((host, port)) = authority.rsplit_once(':').and_then(|(h, p)| {
+        Some((
+            h.trim_matches(['[', ']']).to_owned(),
+            p.parse::<u16>().ok()?,
+        ))
+    }) else {
+        client
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await?;
         return Err(bad(P, format!("{authority:?} is not host:port")));
     };
     let user = lines
@@ -210,7 +256,13 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) -> Resu
         .find(|(name, _)| name.trim().eq_ignore_ascii_case("proxy-authorization"))
         .and_then(|(_, value)| value.trim().strip_prefix("Basic ").map(str::to_owned))
         .and_then(|encoded| BASE64.decode(encoded.trim()).ok())
-        .map(|decoded| String::from_utf8_lossy(&decoded).split(':').next().unwrap_or_default().to_owned());
+        .map(|decoded| {
+            String::from_utf8_lossy(&decoded)
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        });
     Ok(Target { host, port, user })
 }
 
@@ -223,7 +275,12 @@ mod tests {
     #[tokio::test]
     async fn socks5_with_a_user_name() {
         let (mut client, mut server) = duplex(1024);
-        let handshake = tokio::spawn(async move { Frontend::Socks5.accept(&mut server).await.map(|t| (t, server)) });
+        let handshake = tokio::spawn(async move {
+            Frontend::Socks5
+                .accept(&mut server)
+                .await
+                .map(|t| (t, server))
+        });
         client.write_all(&[5, 2, 0, 2]).await.expect("greeting");
         let mut choice = [0u8; 2];
         client.read_exact(&mut choice).await.expect("choice");
@@ -237,9 +294,19 @@ mod tests {
         assert_eq!(status, [1, 0]);
         client.write_all(&[5, 1, 0, 3, 12]).await.expect("request");
         client.write_all(b"chat.example").await.expect("request");
-        client.write_all(&5222u16.to_be_bytes()).await.expect("request");
+        client
+            .write_all(&5222u16.to_be_bytes())
+            .await
+            .expect("request");
         let (target, mut server) = handshake.await.expect("task").expect("handshake");
-        assert_eq!(target, Target { host: "chat.example".into(), port: 5222, user: Some("jane".into()) });
+        assert_eq!(
+            target,
+            Target {
+                host: "chat.example".into(),
+                port: 5222,
+                user: Some("jane".into())
+            }
+        );
         Frontend::Socks5.succeed(&mut server).await.expect("reply");
         let mut reply = [0u8; 10];
         client.read_exact(&mut reply).await.expect("reply");
@@ -250,38 +317,62 @@ mod tests {
     async fn socks5_refuses_other_commands_in_protocol() {
         let (mut client, mut server) = duplex(1024);
         let handshake = tokio::spawn(async move { Frontend::Socks5.accept(&mut server).await });
-        client.write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80]).await.expect("bind request");
+        client
+            .write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80])
+            .await
+            .expect("bind request");
         let error = handshake.await.expect("task").expect_err("BIND is refused");
         assert!(error.to_string().contains("not CONNECT"), "{error}");
         let mut replies = [0u8; 4];
         client.read_exact(&mut replies).await.expect("replies");
-        assert_eq!(replies, [5, 0, 5, 7], "method chosen, then 'command not supported'");
+        assert_eq!(
+            replies,
+            [5, 0, 5, 7],
+            "method chosen, then 'command not supported'"
+        );
     }
 
     #[tokio::test]
     async fn http_connect_with_basic_auth() {
         let (mut client, mut server) = duplex(4096);
-        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await });
+        let handshake =
+            tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await });
         client
             .write_all(b"CONNECT irc.example:6697 HTTP/1.1\r\nHost: irc.example:6697\r\nProxy-Authorization: Basic amFuZTpwdw==\r\n\r\n")
             .await
             .expect("request");
         let target = handshake.await.expect("task").expect("handshake");
-        assert_eq!(target, Target { host: "irc.example".into(), port: 6697, user: Some("jane".into()) });
+        assert_eq!(
+            target,
+            Target {
+                host: "irc.example".into(),
+                port: 6697,
+                user: Some("jane".into())
+            }
+        );
     }
 
     #[tokio::test]
     async fn http_connect_refuses_other_methods_and_huge_heads() {
         let (mut client, mut server) = duplex(1 << 16);
-        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) });
-        client.write_all(b"GET http://x/ HTTP/1.1\r\n\r\n").await.expect("request");
+        let handshake =
+            tokio::spawn(
+                async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) },
+            );
+        client
+            .write_all(b"GET http://x/ HTTP/1.1\r\n\r\n")
+            .await
+            .expect("request");
         assert!(handshake.await.expect("task").is_err());
         let mut answer = vec![0u8; 12];
         client.read_exact(&mut answer).await.expect("answer");
         assert_eq!(&answer, b"HTTP/1.1 405");
 
         let (mut client, mut server) = duplex(1 << 16);
-        let handshake = tokio::spawn(async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) });
+        let handshake =
+            tokio::spawn(
+                async move { Frontend::HttpConnect.accept(&mut server).await.map(|_| ()) },
+            );
         let _ = client.write_all(&vec![b'a'; MAX_HANDSHAKE + 10]).await;
         assert!(handshake.await.expect("task").is_err());
     }

@@ -1,5 +1,10 @@
-//! The proxy: everything that moves bytes between clients and IM servers. Today it holds the
-//! protocol-identification step that every session starts with.
+//! The proxy: everything that moves bytes between clients and IM servers: the front ends
+//! (SOCKS5, HTTP CONNECT, port-forwards), protocol identification, the per-session pipeline
+//! and the protocol relays.
 
 pub mod frontend;
+pub mod irc_relay;
 pub mod peek;
+pub mod server;
+pub mod session;
+pub mod shared;

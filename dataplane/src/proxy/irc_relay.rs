@@ -1,0 +1,425 @@
+//! An inspected IRC session: lines in both directions are framed and parsed; messages and
+//! DCC offers go through policy and into the archive before their effect reaches the other
+//! side (forwarded, rewritten, or dropped with a NOTICE to the sender); everything else is
+//! relayed unchanged.
+//!
+//! Invariants: lines are forwarded in the order received in each direction; no line is
+//! buffered beyond [`MAX_LINE`] (an oversized line is answered with `417 ERR_INPUTTOOLONG`,
+//! recorded and dropped); the disclaimer goes out once per conversation per session, before
+//! the first message of that conversation.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use imgate_crds::policy::{Direction, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+
+use super::shared::{Shared, now_ms};
+use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
+use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
+use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
+use crate::inspect::policy::{Action, Verdict};
+
+/// Who a session is, for events and records.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session: String,
+    /// The server, `host:port`.
+    pub server: String,
+    /// The user the front end named (SOCKS user), taken as the person.
+    pub user: Option<String>,
+}
+
+struct State {
+    nick: String,
+    disclaimed: HashSet<String>,
+}
+
+type ClientWriter<C> = Arc<tokio::sync::Mutex<WriteHalf<C>>>;
+
+/// Relays an IRC session between `client` and `upstream` until either side closes.
+pub async fn relay<C, U>(
+    shared: Arc<Shared>,
+    client: C,
+    upstream: U,
+    info: SessionInfo,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let client_write: ClientWriter<C> = Arc::new(tokio::sync::Mutex::new(client_write));
+    let state = Arc::new(Mutex::new(State {
+        nick: "*".into(),
+        disclaimed: HashSet::new(),
+    }));
+    let outbound = pump(
+        shared.clone(),
+        info.clone(),
+        state.clone(),
+        Direction::Outbound,
+        client_read,
+        Sink::Upstream(upstream_write),
+        client_write.clone(),
+    );
+    let inbound = pump(
+        shared,
+        info,
+        state,
+        Direction::Inbound,
+        upstream_read,
+        Sink::<U>::Client,
+        client_write,
+    );
+    tokio::select! {
+        result = outbound => result,
+        result = inbound => result,
+    }
+}
+
+enum Sink<U> {
+    Upstream(WriteHalf<U>),
+    Client,
+}
+
+async fn pump<R, U, C>(
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    state: Arc<Mutex<State>>,
+    direction: Direction,
+    mut reader: R,
+    mut sink: Sink<U>,
+    client: ClientWriter<C>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    U: AsyncWrite + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        loop {
+            match next_line(&buffer) {
+                Frame::Line { line, consumed } => {
+                    let output =
+                        handle_line(&shared, &info, &state, direction, line, &client).await?;
+                    if let Some(bytes) = output {
+                        match &mut sink {
+                            Sink::Upstream(upstream) => upstream.write_all(&bytes).await?,
+                            Sink::Client => client.lock().await.write_all(&bytes).await?,
+                        }
+                    }
+                    buffer.drain(..consumed);
+                }
+                Frame::Oversized { consumed } => {
+                    let nick = state.lock().unwrap_or_else(|p| p.into_inner()).nick.clone();
+                    let _ = shared.archive(
+                        &info.session,
+                        Body::System {
+                            event: "irc-line-too-long".into(),
+                            detail: format!("{direction:?} line over {MAX_LINE} bytes dropped"),
+                        },
+                    );
+                    if direction == Direction::Outbound {
+                        client
+                            .lock()
+                            .await
+                            .write_all(
+                                format!(":imgate 417 {nick} :Input line was too long\r\n")
+                                    .as_bytes(),
+                            )
+                            .await?;
+                    }
+                    buffer.drain(..consumed);
+                }
+                Frame::NeedMore => break,
+            }
+        }
+        let read = tokio::time::timeout(shared.limits.idle, reader.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Err(error)) => return Err(error),
+        }
+    }
+}
+
+fn is_channel(target: &str) -> bool {
+    target.starts_with(['#', '&', '+', '!'])
+}
+
+fn conversation(
+    server: &str,
+    me: &str,
+    targets: &[String],
+) -> (String, Option<String>, Vec<String>) {
+    match targets.iter().find(|t| is_channel(t)) {
+        Some(room) => (
+            format!("irc:{server}:{}", room.to_lowercase()),
+            Some(room.clone()),
+            Vec::new(),
+        ),
+        None => {
+            let mut pair = [
+                me.to_lowercase(),
+                targets.first().cloned().unwrap_or_default().to_lowercase(),
+            ];
+            pair.sort();
+            (
+                format!("irc:{server}:{}", pair.join("/")),
+                None,
+                targets.to_vec(),
+            )
+        }
+    }
+}
+
+/// Handles one line; returns the bytes to pass on, if any.
+async fn handle_line<C: AsyncWrite + Unpin>(
+    shared: &Shared,
+    info: &SessionInfo,
+    state: &Mutex<State>,
+    direction: Direction,
+    line: &[u8],
+    client: &ClientWriter<C>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let pass = |bytes: &[u8]| Some([bytes, b"\r\n"].concat());
+    let Ok(message) = Message::parse(line) else {
+        return Ok(pass(line));
+    };
+    let me = state.lock().unwrap_or_else(|p| p.into_inner()).nick.clone();
+    let sender_nick = match direction {
+        Direction::Outbound => me.clone(),
+        Direction::Inbound => message
+            .source
+            .map(|s| {
+                String::from_utf8_lossy(s.split(|b| *b == b'!').next().unwrap_or(s)).into_owned()
+            })
+            .unwrap_or_default(),
+    };
+    let host = info.server.split(':').next().unwrap_or_default();
+    let sender = Party {
+        handle: format!("{sender_nick}@{host}"),
+        person: (direction == Direction::Outbound)
+            .then(|| info.user.clone())
+            .flatten(),
+        groups: Vec::new(),
+    };
+    match message.event() {
+        IrcEvent::Nick(nick) if direction == Direction::Outbound => {
+            state.lock().unwrap_or_else(|p| p.into_inner()).nick = nick;
+            Ok(pass(line))
+        }
+        IrcEvent::Text { targets, text, .. } => {
+            let (conv, room, recipients) = conversation(
+                host,
+                if direction == Direction::Outbound {
+                    &me
+                } else {
+                    &sender_nick
+                },
+                &targets,
+            );
+            let event = event(
+                shared,
+                direction,
+                sender.clone(),
+                recipients.clone(),
+                room.clone(),
+                Content::Message { text: text.clone() },
+            );
+            let verdict = shared.evaluate(&event);
+            let delivered = verdict.delivered(&text).into_owned();
+            let body = Body::Message {
+                session: info.session.clone(),
+                dir: direction,
+                protocol: Protocol::Irc,
+                from: participant(&sender),
+                to: recipients,
+                room: room.clone(),
+                kind: if room.is_some() {
+                    Kind::Group
+                } else {
+                    Kind::Direct
+                },
+                text: text.clone(),
+                delivered: (delivered != text).then(|| delivered.clone()),
+                verdict: RecordedVerdict::from(&verdict),
+            };
+            let action = shared.archive_verdict(&conv, body, &verdict);
+            report(
+                info,
+                direction,
+                &sender.handle,
+                &conv,
+                &text,
+                &verdict,
+                action,
+            );
+            match action {
+                Action::Allow | Action::Redact => {
+                    let mut out = Vec::new();
+                    if direction == Direction::Outbound
+                        && let Some(disclaimer) = &verdict.disclaimer
+                        && state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .disclaimed
+                            .insert(conv.clone())
+                    {
+                        let target = room
+                            .clone()
+                            .unwrap_or_else(|| targets.first().cloned().unwrap_or_default());
+                        out.extend_from_slice(
+                            format!("NOTICE {target} :{}\r\n", disclaimer.text).as_bytes(),
+                        );
+                    }
+                    let rewritten = if action == Action::Redact {
+                        with_text(&message, &delivered)
+                    } else {
+                        line.to_vec()
+                    };
+                    out.extend_from_slice(&rewritten);
+                    out.extend_from_slice(b"\r\n");
+                    Ok(Some(out))
+                }
+                Action::Block | Action::Quarantine => {
+                    if direction == Direction::Outbound {
+                        tell(client, &me, &verdict).await?;
+                    }
+                    Ok(None)
+                }
+            }
+        }
+        IrcEvent::Dcc { targets, offer } => {
+            let (conv, room, recipients) = conversation(host, &me, &targets);
+            let file = FileOffer {
+                name: offer
+                    .file
+                    .clone()
+                    .unwrap_or_else(|| format!("dcc-{}", offer.kind.to_lowercase())),
+                size: offer.size,
+                sha256: None,
+            };
+            let event = event(
+                shared,
+                direction,
+                sender.clone(),
+                recipients.clone(),
+                room,
+                Content::File(file.clone()),
+            );
+            let verdict = shared.evaluate(&event);
+            let body = Body::FileOffer {
+                session: info.session.clone(),
+                dir: direction,
+                protocol: Protocol::Irc,
+                from: participant(&sender),
+                to: recipients,
+                name: file.name.clone(),
+                size: file.size,
+                sha256: None,
+                verdict: RecordedVerdict::from(&verdict),
+            };
+            let action = shared.archive_verdict(&conv, body, &verdict);
+            report(
+                info,
+                direction,
+                &sender.handle,
+                &conv,
+                &format!("offers {}", file.name),
+                &verdict,
+                action,
+            );
+            if matches!(action, Action::Block | Action::Quarantine) {
+                if direction == Direction::Outbound {
+                    tell(client, &me, &verdict).await?;
+                }
+                return Ok(None);
+            }
+            Ok(pass(line))
+        }
+        _ => Ok(pass(line)),
+    }
+}
+
+fn event(
+    shared: &Shared,
+    direction: Direction,
+    sender: Party,
+    recipients: Vec<String>,
+    room: Option<String>,
+    content: Content,
+) -> Event {
+    Event {
+        tenant: shared.tenant.clone(),
+        protocol: Protocol::Irc,
+        service: None,
+        direction,
+        sender,
+        recipients,
+        conversation: if room.is_some() {
+            ConversationKind::Group
+        } else {
+            ConversationKind::Direct
+        },
+        room,
+        content,
+        urls: Vec::new(),
+        at_ms: now_ms(),
+    }
+}
+
+fn participant(party: &Party) -> Participant {
+    Participant {
+        handle: party.handle.clone(),
+        person: party.person.clone(),
+    }
+}
+
+/// Tells the sender, in a NOTICE from imgate, why their message did not go out.
+async fn tell<C: AsyncWrite + Unpin>(
+    client: &ClientWriter<C>,
+    nick: &str,
+    verdict: &Verdict,
+) -> std::io::Result<()> {
+    let mut notices = verdict.notices.clone();
+    if notices.is_empty() {
+        let rules: Vec<&str> = verdict.rule_names().collect();
+        notices.push(format!(
+            "Your message was not delivered: blocked by policy ({})",
+            rules.join(", ")
+        ));
+    }
+    let mut client = client.lock().await;
+    for notice in notices {
+        client
+            .write_all(format!(":imgate NOTICE {nick} :{notice}\r\n").as_bytes())
+            .await?;
+    }
+    Ok(())
+}
+
+fn report(
+    info: &SessionInfo,
+    direction: Direction,
+    from: &str,
+    conv: &str,
+    text: &str,
+    verdict: &Verdict,
+    action: Action,
+) {
+    let rules: Vec<&str> = verdict.rule_names().collect();
+    tracing::info!(
+        target: "imgate::session",
+        session = %info.session,
+        "{} {from} in {conv}: {text:?} -> {}{}",
+        if direction == Direction::Outbound { "out" } else { "in " },
+        action.as_str(),
+        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) }
+    );
+}

@@ -1,0 +1,41 @@
+//! The listeners: each accepts connections and serves every one in a task of its own.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+
+use super::frontend::Frontend;
+use super::session::serve;
+use super::shared::Shared;
+
+/// Accepts on every listener until `shutdown` resolves.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, Frontend)>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let next_id = Arc::new(AtomicU64::new(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (listener, frontend) in listeners {
+        let (shared, next_id) = (shared.clone(), next_id.clone());
+        tasks.spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((client, peer)) => {
+                        let _ = client.set_nodelay(true);
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(serve(shared.clone(), frontend.clone(), client, peer, id));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    shutdown.await;
+    tasks.abort_all();
+}

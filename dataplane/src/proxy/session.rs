@@ -1,0 +1,194 @@
+//! One client connection from accept to close: the front-end handshake, the upstream
+//! connection, protocol identification, the session-level policy decision, and then the
+//! protocol's relay (inspected for IRC; relayed unread, with its metadata archived, for
+//! everything else until its parser lands).
+//!
+//! Invariants: every session that reaches identification gets a `session_start` record and a
+//! `session_end` record; a session refused by policy is closed before any byte reaches the
+//! server; each session runs in its own task, so one misbehaving peer affects no other.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use imgate_crds::policy::{Direction, Protocol, TlsMode};
+use tokio::net::TcpStream;
+
+use super::frontend::{Frontend, HandshakeError, Refusal};
+use super::irc_relay::{self, SessionInfo};
+use super::peek::{Prefixed, identify};
+use super::shared::{Shared, now_ms};
+use crate::archive::record::Body;
+use crate::inspect::detect::Detected;
+use crate::inspect::event::{Content, ConversationKind, Event, Party};
+use crate::inspect::policy::Action;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The client did not finish its handshake in time.
+    #[error("the client did not complete its handshake in time")]
+    HandshakeTimeout,
+    /// The upstream could not be reached.
+    #[error("cannot reach {server}: {reason}")]
+    Upstream {
+        /// `host:port`.
+        server: String,
+        /// Why.
+        reason: String,
+    },
+    /// A connection failed mid-session.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves one accepted connection; errors are logged, never propagated.
+pub async fn serve(
+    shared: Arc<Shared>,
+    frontend: Frontend,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) {
+    if let Err(error) = serve_session(&shared, &frontend, client, peer, id).await {
+        tracing::info!(target: "imgate::session", session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+    }
+}
+
+async fn serve_session(
+    shared: &Arc<Shared>,
+    frontend: &Frontend,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Result<(), SessionError> {
+    let target = tokio::time::timeout(shared.limits.handshake, frontend.accept(&mut client))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout)??;
+    let server = format!("{}:{}", target.host, target.port);
+    let connected = tokio::time::timeout(
+        shared.limits.connect,
+        TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await;
+    let mut upstream = match connected {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(error)) => {
+            frontend.refuse(&mut client, Refusal::Unreachable).await?;
+            return Err(SessionError::Upstream {
+                server,
+                reason: error.to_string(),
+            });
+        }
+        Err(_) => {
+            frontend.refuse(&mut client, Refusal::TimedOut).await?;
+            return Err(SessionError::Upstream {
+                server,
+                reason: "timed out".into(),
+            });
+        }
+    };
+    frontend.succeed(&mut client).await?;
+    let peeked = identify(&mut client, shared.limits.handshake).await?;
+    let session = format!("{}-{id}", shared.writer);
+    let (service, sni) = match &peeked.detected {
+        Detected::Tls(hello) => (
+            hello
+                .sni
+                .as_deref()
+                .and_then(|s| shared.services.classify(s))
+                .map(str::to_owned),
+            hello.sni.clone(),
+        ),
+        _ => (None, None),
+    };
+    let protocol = peeked.detected.protocol();
+    let handle = target.user.clone().unwrap_or_else(|| peer.ip().to_string());
+    let event = Event {
+        tenant: shared.tenant.clone(),
+        protocol,
+        service: service.clone(),
+        direction: Direction::Outbound,
+        sender: Party {
+            handle: handle.clone(),
+            person: target.user.clone(),
+            groups: Vec::new(),
+        },
+        recipients: Vec::new(),
+        room: None,
+        conversation: ConversationKind::Direct,
+        content: Content::Session,
+        urls: Vec::new(),
+        at_ms: now_ms(),
+    };
+    let verdict = shared.evaluate(&event);
+    let tls = match (&peeked.detected, verdict.tls) {
+        (Detected::Tls(_), Some(TlsMode::Intercept | TlsMode::Passthrough) | None) => {
+            Some("passthrough".to_owned())
+        }
+        _ => None,
+    };
+    let start = Body::SessionStart {
+        session: session.clone(),
+        connector: None,
+        client: peer.to_string(),
+        server: server.clone(),
+        protocol,
+        handle: target.user.clone(),
+        tls,
+    };
+    let action = shared.archive_verdict(&session, start, &verdict);
+    let rules: Vec<&str> = verdict.rule_names().collect();
+    let what = match (&service, &sni) {
+        (Some(service), _) => format!("{} ({service})", protocol.as_str()),
+        (None, Some(sni)) => format!("{} ({sni})", protocol.as_str()),
+        _ => protocol.as_str().to_owned(),
+    };
+    tracing::info!(target: "imgate::session", %session, "{peer} -> {server}: {what}, {}{}", action.as_str(), if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) });
+    if matches!(action, Action::Block | Action::Quarantine)
+        || verdict.tls == Some(TlsMode::Block) && matches!(peeked.detected, Detected::Tls(_))
+    {
+        let _ = shared.archive(
+            &session,
+            Body::SessionEnd {
+                session: session.clone(),
+                reason: format!("refused by policy ({})", rules.join(", ")),
+            },
+        );
+        return Ok(());
+    }
+    let client = Prefixed::new(peeked.prefix, client);
+    let outcome = if protocol == Protocol::Irc {
+        irc_relay::relay(
+            shared.clone(),
+            client,
+            upstream,
+            SessionInfo {
+                session: session.clone(),
+                server,
+                user: target.user,
+            },
+        )
+        .await
+    } else {
+        let mut client = client;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map(|_| ())
+    };
+    let reason = match &outcome {
+        Ok(()) => "closed".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    let _ = shared.archive(
+        &session,
+        Body::SessionEnd {
+            session: session.clone(),
+            reason,
+        },
+    );
+    tracing::info!(target: "imgate::session", %session, "ended");
+    outcome.map_err(Into::into)
+}

@@ -1,0 +1,137 @@
+//! What every session of one tenant's dataplane shares: the compiled policy (swapped whole
+//! on reload, so a session sees either the old or the new policy, never a mix), the sender
+//! tracker, the archive log and the timeouts.
+//!
+//! Invariants: a record is appended for every event before the event's effect is forwarded,
+//! and with `fail_closed` the effect waits until the record is durable; an archive failure in
+//! fail-closed mode blocks the event instead of forwarding it unrecorded.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+
+use crate::archive::record::{Body, Record};
+use crate::archive::{ArchiveError, ArchiveLog};
+use crate::inspect::event::Event;
+use crate::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
+use crate::inspect::services::ServiceCatalogue;
+
+/// Timeouts and limits of a dataplane.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connecting upstream.
+    pub connect: Duration,
+    /// Waiting for a client's handshake and first bytes.
+    pub handshake: Duration,
+    /// A session with no traffic either way is closed after this.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(900),
+        }
+    }
+}
+
+/// One tenant's shared dataplane state.
+pub struct Shared {
+    /// The tenant.
+    pub tenant: String,
+    /// This dataplane's writer name in the archive.
+    pub writer: String,
+    policy: RwLock<Arc<CompiledPolicy>>,
+    state: Mutex<PolicyState>,
+    /// The archive log.
+    pub archive: ArchiveLog,
+    /// Forward nothing that is not durably archived (`onArchiveFailure: block`).
+    pub fail_closed: bool,
+    /// Services recognised by TLS server name.
+    pub services: ServiceCatalogue,
+    /// Timeouts.
+    pub limits: Limits,
+}
+
+impl Shared {
+    /// Shared state for `tenant` enforcing `policy`.
+    pub fn new(
+        tenant: &str,
+        writer: &str,
+        policy: CompiledPolicy,
+        archive: ArchiveLog,
+        fail_closed: bool,
+    ) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            writer: writer.to_owned(),
+            policy: RwLock::new(Arc::new(policy)),
+            state: Mutex::new(PolicyState::default()),
+            archive,
+            fail_closed,
+            services: ServiceCatalogue::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Replaces the policy; sessions pick it up with their next event.
+    pub fn reload(&self, policy: CompiledPolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// Evaluates one event against the current policy.
+    pub fn evaluate(&self, event: &Event) -> Verdict {
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        policy.evaluate(event, &mut state)
+    }
+
+    /// Archives one record of conversation `conv`; in fail-closed mode, waits until it is
+    /// durable.
+    pub fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
+        let seq = self.archive.append(|seq| Record {
+            v: crate::archive::record::FORMAT_VERSION,
+            tenant: self.tenant.clone(),
+            writer: self.writer.clone(),
+            seq,
+            ts: Utc::now(),
+            conv: conv.to_owned(),
+            body,
+        })?;
+        if self.fail_closed {
+            self.archive.wait_durable(seq)?;
+        }
+        Ok(seq)
+    }
+
+    /// Archives an event's record and returns the action to take: the verdict's, or `block`
+    /// when the record could not be made durable in fail-closed mode.
+    pub fn archive_verdict(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
+        match self.archive(conv, body) {
+            Ok(_) => verdict.action,
+            Err(error) if self.fail_closed => {
+                tracing::error!(%error, "archive failed; blocking (fail closed)");
+                Action::Block
+            }
+            Err(error) => {
+                tracing::error!(%error, "archive failed; forwarding (fail open)");
+                verdict.action
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for event timestamps.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,147 @@
+//! `imgate up`: imgate's main job on this machine with embedded defaults: a dataplane
+//! enforcing an example policy (or yours), SOCKS5 and HTTP CONNECT on loopback, optional
+//! fixed port-forwards, the archive in a local directory, and a live view of sessions and
+//! verdicts in the terminal. Ctrl-C stops it after the archive is flushed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use imgate_crds::IMPolicy;
+use imgate_dataplane::archive::fs::StdFs;
+use imgate_dataplane::archive::segment::Layout;
+use imgate_dataplane::archive::store::LocalStore;
+use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
+use imgate_dataplane::inspect::policy::CompiledPolicy;
+use imgate_dataplane::proxy::frontend::Frontend;
+use imgate_dataplane::proxy::server;
+use imgate_dataplane::proxy::shared::Shared;
+use tokio::net::TcpListener;
+
+use crate::policy::lint::{Level, Workspace};
+
+const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
+
+/// `imgate up` options.
+#[derive(Args)]
+pub struct UpArgs {
+    /// SOCKS5 listener (`off` for none).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    socks: String,
+    /// HTTP CONNECT listener (`off` for none).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// A fixed port-forward, `LISTEN=HOST:PORT` (repeat for several).
+    #[arg(long = "forward", value_name = "LISTEN=HOST:PORT")]
+    forwards: Vec<String>,
+    /// Policy files or folders (default: the embedded example policy).
+    #[arg(long)]
+    policy: Vec<PathBuf>,
+    /// The tenant the policies are for.
+    #[arg(long, default_value = "local")]
+    tenant: String,
+    /// Where the log and the archive live.
+    #[arg(long, default_value = "imgate-data")]
+    data: PathBuf,
+    /// Seal a segment at least this often (seconds).
+    #[arg(long, default_value_t = 20)]
+    seal_seconds: u64,
+}
+
+fn compile(args: &UpArgs) -> anyhow::Result<CompiledPolicy> {
+    if args.policy.is_empty() {
+        let policies: Vec<IMPolicy> =
+            serde_saphyr::from_multiple(DEFAULT_POLICY).context("the embedded policy")?;
+        return CompiledPolicy::compile(&args.tenant, &policies)
+            .map_err(|e| anyhow::anyhow!("the embedded policy: {e}"));
+    }
+    let workspace = Workspace::load(&args.policy);
+    if workspace.count(Level::Error) > 0 {
+        workspace.report(&mut std::io::stderr().lock())?;
+        anyhow::bail!("the policies do not lint clean; fix them first (imgate policy lint)");
+    }
+    let (_, policy) = workspace
+        .policy_for(Some(&args.tenant))
+        .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
+    Ok(policy.clone())
+}
+
+async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListener, Frontend)>> {
+    if spec == "off" {
+        return Ok(None);
+    }
+    let address: SocketAddr = spec
+        .parse()
+        .with_context(|| format!("{spec:?} is not an address like 127.0.0.1:1080"))?;
+    let listener = TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} (in use? choose another with the option)")
+    })?;
+    Ok(Some((listener, frontend)))
+}
+
+/// Runs the dataplane until Ctrl-C or SIGTERM.
+pub fn run(args: UpArgs) -> anyhow::Result<i32> {
+    let policy = compile(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut listeners = Vec::new();
+        listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
+        listeners.extend(bind(&args.http, Frontend::HttpConnect).await?);
+        for forward in &args.forwards {
+            let (listen, upstream) = forward.split_once('=').with_context(|| format!("{forward:?}: write a forward as LISTEN=HOST:PORT"))?;
+            let (host, port) = upstream.rsplit_once(':').with_context(|| format!("{upstream:?} is not HOST:PORT"))?;
+            let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
+            listeners.extend(bind(listen, Frontend::Forward { host: host.to_owned(), port }).await?);
+        }
+        anyhow::ensure!(!listeners.is_empty(), "nothing to listen on: give --socks, --http or --forward");
+
+        let wal = args.data.join("wal");
+        let archive_dir = args.data.join("archive");
+        let (log, recovery) = ArchiveLog::open(StdFs, &wal, LogConfig::default()).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
+        let layout = Layout { prefix: String::new(), tenant: args.tenant.clone(), writer: "local-0".into() };
+        let mut shipper_config = ShipperConfig::new(layout);
+        shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
+        let shipper = Shipper::open(StdFs, &args.data, log.clone(), Store::Local(LocalStore::new(&archive_dir)), shipper_config)?;
+        let shared = Arc::new(Shared::new(&args.tenant, "local-0", policy, log.clone(), true));
+
+        println!("imgate is up for tenant {}", args.tenant);
+        for (listener, frontend) in &listeners {
+            let kind = match frontend {
+                Frontend::Socks5 => "SOCKS5".to_owned(),
+                Frontend::HttpConnect => "HTTP CONNECT".to_owned(),
+                Frontend::Forward { host, port } => format!("forward to {host}:{port}"),
+            };
+            println!("  {kind:<28} {}", listener.local_addr()?);
+        }
+        println!("  archive                      {} (a local directory: not WORM storage; {} records recovered)", archive_dir.display(), recovery.records);
+        println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
+        println!("Point an IM client's proxy setting at the SOCKS5 address. Ctrl-C stops.");
+
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let shipping = {
+            let stop = stop.clone();
+            tokio::spawn(async move { shipper.run(async move { stop.notified().await }, Duration::from_secs(30)).await })
+        };
+        server::run(shared, listeners, shutdown_signal()).await;
+        println!("stopping: flushing the archive");
+        stop.notify_one();
+        shipping.await.context("the shipper")??;
+        log.close();
+        println!("archive flushed to {}", archive_dir.display());
+        Ok(0)
+    })
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
