@@ -8,3 +8,4 @@ pub mod peek;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod tls;
