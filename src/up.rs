@@ -19,6 +19,8 @@ use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::server;
 use imgate_dataplane::proxy::shared::Shared;
+use imgate_dataplane::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
+use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
@@ -46,6 +48,9 @@ pub struct UpArgs {
     /// Where the log and the archive live.
     #[arg(long, default_value = "imgate-data")]
     data: PathBuf,
+    /// Extra PEM roots trusted for upstream servers, beside the system's (repeat for several).
+    #[arg(long = "extra-roots", value_name = "PEM")]
+    extra_roots: Vec<PathBuf>,
     /// Seal a segment at least this often (seconds).
     #[arg(long, default_value_t = 20)]
     seal_seconds: u64,
@@ -107,7 +112,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let mut shipper_config = ShipperConfig::new(layout);
         shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
         let shipper = Shipper::open(StdFs, &args.data, log.clone(), Store::Local(LocalStore::new(&archive_dir)), shipper_config)?;
-        let shared = Arc::new(Shared::new(&args.tenant, "local-0", policy, log.clone(), true));
+        let ca = Arc::new(InterceptionCa::load_or_generate(&args.data.join("ca")).context("the local interception CA")?);
+        let mut roots = Vec::new();
+        for path in &args.extra_roots {
+            roots.extend(load_certificates(path)?);
+        }
+        let mut shared = Shared::new(&args.tenant, "local-0", policy, log.clone(), true);
+        shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
+        let shared = Arc::new(shared);
 
         println!("imgate is up for tenant {}", args.tenant);
         for (listener, frontend) in &listeners {
@@ -120,6 +132,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         println!("  archive                      {} (a local directory: not WORM storage; {} records recovered)", archive_dir.display(), recovery.records);
         println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
+        println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
         println!("Point an IM client's proxy setting at the SOCKS5 address. Ctrl-C stops.");
 
         let stop = Arc::new(tokio::sync::Notify::new());

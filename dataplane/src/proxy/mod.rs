@@ -9,3 +9,4 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tls;
+pub mod xmpp_relay;

@@ -1,7 +1,7 @@
 //! One client connection from accept to close: the front-end handshake, the upstream
 //! connection, protocol identification, the session-level policy decision, and then the
-//! protocol's relay (inspected for IRC; relayed unread, with its metadata archived, for
-//! everything else until its parser lands).
+//! protocol's relay (inspected for IRC and XMPP; relayed unread, with its metadata archived,
+//! for everything else).
 //!
 //! Invariants: every session that reaches identification gets a `session_start` record and a
 //! `session_end` record; a session refused by policy is closed before any byte reaches the
@@ -17,6 +17,7 @@ use super::frontend::{Frontend, HandshakeError, Refusal};
 use super::irc_relay::{self, SessionInfo};
 use super::peek::{Prefixed, identify};
 use super::shared::{Shared, now_ms};
+use super::xmpp_relay;
 use crate::archive::record::Body;
 use crate::inspect::detect::Detected;
 use crate::inspect::event::{Content, ConversationKind, Event, Party};
@@ -160,16 +161,22 @@ async fn serve_session(
         return Ok(());
     }
     let client = Prefixed::new(peeked.prefix, client);
+    let info = SessionInfo {
+        session: session.clone(),
+        server,
+        user: target.user,
+    };
     let outcome = if protocol == Protocol::Irc {
-        irc_relay::relay(
+        irc_relay::relay(shared.clone(), client, upstream, info).await
+    } else if protocol == Protocol::Xmpp {
+        let intercept = verdict.tls == Some(TlsMode::Intercept);
+        xmpp_relay::relay(
             shared.clone(),
             client,
             upstream,
-            SessionInfo {
-                session: session.clone(),
-                server,
-                user: target.user,
-            },
+            info,
+            shared.tls.clone(),
+            intercept,
         )
         .await
     } else {

@@ -54,6 +54,8 @@ pub struct Shared {
     pub services: ServiceCatalogue,
     /// Timeouts.
     pub limits: Limits,
+    /// TLS interception, when configured.
+    pub tls: Option<Arc<super::xmpp_relay::TlsContext>>,
 }
 
 impl Shared {
@@ -74,6 +76,7 @@ impl Shared {
             fail_closed,
             services: ServiceCatalogue::default(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 

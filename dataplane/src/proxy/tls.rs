@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::client::ClientConfig;
 use rustls::crypto::ring::default_provider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
@@ -60,7 +63,11 @@ fn ca_params() -> CertificateParams {
     name.push(DnType::OrganizationName, "imgate");
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params
 }
 
@@ -81,28 +88,47 @@ impl InterceptionCa {
         }
         let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        Ok(Self { issuer: Issuer::new(ca_params(), key), cert_pem, cert_path, leaves: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            issuer: Issuer::new(ca_params(), key),
+            cert_pem,
+            cert_path,
+            leaves: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The leaf certificate for `name`, minted on first use.
     pub fn leaf(&self, name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
         let name = name.to_ascii_lowercase();
-        if let Some(leaf) = self.leaves.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+        if let Some(leaf) = self
+            .leaves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+        {
             return Ok(leaf.clone());
         }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![name.clone()])?;
-        params.distinguished_name.push(DnType::CommonName, name.clone());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.clone());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let now = std::time::SystemTime::now();
         params.not_before = (now - std::time::Duration::from_secs(3600)).into();
         params.not_after = (now + std::time::Duration::from_secs(90 * 86_400)).into();
         let cert = params.signed_by(&key, &self.issuer)?;
-        let private = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| rustls::Error::General(e.to_owned()))?;
+        let private = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| rustls::Error::General(e.to_owned()))?;
         let signing = default_provider().key_provider.load_private_key(private)?;
         let leaf = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        self.leaves.lock().unwrap_or_else(|p| p.into_inner()).insert(name, leaf.clone());
+        self.leaves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, leaf.clone());
         Ok(leaf)
     }
 
@@ -129,7 +155,11 @@ impl ResolvesServerCert for Fixed {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -137,7 +167,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Certificates from a PEM file (extra roots for upstream servers).
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::Io { path: path.to_owned(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(|e| TlsError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
         .filter_map(Result::ok)
         .collect();
     if certificates.is_empty() {
@@ -147,7 +180,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 /// The upstream client configuration: the system's roots plus `extra_roots`, always verified.
-pub fn upstream_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn upstream_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(certificate);
@@ -175,13 +210,20 @@ mod tests {
         let ca = InterceptionCa::load_or_generate(dir.path()).expect("CA");
         let again = InterceptionCa::load_or_generate(dir.path()).expect("reloaded");
         assert_eq!(ca.cert_pem, again.cert_pem, "the CA is generated once");
-        assert!(Arc::ptr_eq(&ca.leaf("chat.example").expect("leaf"), &ca.leaf("CHAT.example").expect("leaf")), "leaves are cached");
+        assert!(
+            Arc::ptr_eq(
+                &ca.leaf("chat.example").expect("leaf"),
+                &ca.leaf("CHAT.example").expect("leaf")
+            ),
+            "leaves are cached"
+        );
         let roots = load_certificates(&ca.cert_path).expect("CA certificate");
         let trusting = upstream_config(&roots).expect("client config");
         let untrusting = upstream_config(&[]).expect("client config");
         for (client_config, should_work) in [(trusting, true), (untrusting, false)] {
             let (client, server) = tokio::io::duplex(1 << 16);
-            let acceptor = TlsAcceptor::from(ca.server_config("chat.example").expect("server config"));
+            let acceptor =
+                TlsAcceptor::from(ca.server_config("chat.example").expect("server config"));
             let server = tokio::spawn(async move {
                 let mut tls = acceptor.accept(server).await?;
                 tls.write_all(b"hello").await?;
@@ -189,14 +231,20 @@ mod tests {
                 Ok::<_, std::io::Error>(())
             });
             let name = rustls_pki_types::ServerName::try_from("chat.example").expect("name");
-            let connected = TlsConnector::from(client_config).connect(name, client).await;
+            let connected = TlsConnector::from(client_config)
+                .connect(name, client)
+                .await;
             match (connected, should_work) {
                 (Ok(mut tls), true) => {
                     let mut greeting = [0u8; 5];
                     tls.read_exact(&mut greeting).await.expect("read");
                     assert_eq!(&greeting, b"hello");
                 }
-                (Err(error), false) => assert!(error.to_string().contains("UnknownIssuer") || error.to_string().contains("invalid peer certificate"), "{error}"),
+                (Err(error), false) => assert!(
+                    error.to_string().contains("UnknownIssuer")
+                        || error.to_string().contains("invalid peer certificate"),
+                    "{error}"
+                ),
                 (result, _) => panic!("unexpected: {:?}", result.map(|_| ())),
             }
             let _ = server.await;

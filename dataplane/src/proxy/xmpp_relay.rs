@@ -1,0 +1,650 @@
+//! An inspected XMPP client session. Stream negotiation is followed step by step: the
+//! headers and features are relayed (with stream management removed from the features, so
+//! that dropping a stanza never desynchronises its counters), and when the client asks for
+//! STARTTLS and policy says `intercept`, imgate connects to the server over verified TLS
+//! first and only then completes TLS with the client using a leaf minted from the tenant's
+//! CA; with `passthrough` the encrypted stream is relayed unread. Over the readable stream,
+//! messages and file offers go through policy and into the archive before their effect
+//! reaches the other side (forwarded, body rewritten, or bounced to the sender as a
+//! `<policy-violation/>` error); SASL is passed through.
+//!
+//! Invariants: an upstream certificate that does not verify ends the session with a
+//! STARTTLS `<failure/>` to the client and a record of why, before any client data flows;
+//! oversized or malformed input ends the session with a stream error and a record; the
+//! disclaimer is sent once per conversation per session.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use imgate_crds::policy::{Direction, Protocol};
+use rustls::client::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::irc_relay::SessionInfo;
+use super::shared::{Shared, now_ms};
+use super::tls::InterceptionCa;
+use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
+use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
+use crate::inspect::policy::{Action, Verdict};
+use crate::inspect::xmpp::{Framer, Item, MAX_STANZA, Stanza, policy_error, stream_error};
+
+/// What interception needs.
+pub struct TlsContext {
+    /// The tenant's interception CA.
+    pub ca: Arc<InterceptionCa>,
+    /// How upstream servers are verified.
+    pub upstream: Arc<ClientConfig>,
+}
+
+/// A direction's unread bytes and framer.
+#[derive(Default)]
+struct Side {
+    buffer: Vec<u8>,
+    framer: Framer,
+}
+
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    side: &mut Side,
+    shared: &Shared,
+) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 8192];
+    match tokio::time::timeout(shared.limits.idle, reader.read(&mut chunk)).await {
+        Ok(Ok(0)) | Err(_) => Ok(false),
+        Ok(Ok(n)) => {
+            side.buffer.extend_from_slice(&chunk[..n]);
+            Ok(true)
+        }
+        Ok(Err(error)) => Err(error),
+    }
+}
+
+/// The next item's bytes, consumed; `None` at end of stream or on a framing problem (reported).
+async fn next_item<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    side: &mut Side,
+    shared: &Shared,
+) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
+    loop {
+        let (consumed, to) = match side.framer.next(&side.buffer) {
+            Item::Header { consumed, to } => (consumed, to),
+            Item::Element { consumed, .. }
+            | Item::Whitespace { consumed }
+            | Item::Close { consumed } => (consumed, None),
+            Item::NeedMore => {
+                if !fill(reader, side, shared).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Item::TooLarge | Item::Malformed { .. } => return Ok(None),
+        };
+        let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
+        return Ok(Some((bytes, to)));
+    }
+}
+
+/// Removes stream-management offers from a features element.
+fn strip_stream_management(features: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(features);
+    let mut out = text.into_owned();
+    for version in ["2", "3"] {
+        for quote in ['\'', '"'] {
+            out = out.replace(
+                &format!("<sm xmlns={quote}urn:xmpp:sm:{version}{quote}/>"),
+                "",
+            );
+            let open = format!("<sm xmlns={quote}urn:xmpp:sm:{version}{quote}>");
+            while let Some(start) = out.find(&open) {
+                let Some(end) = out[start..].find("</sm>") else {
+                    break;
+                };
+                out.replace_range(start..start + end + 5, "");
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+/// Relays an XMPP client session.
+pub async fn relay<C, U>(
+    shared: Arc<Shared>,
+    mut client: C,
+    mut upstream: U,
+    info: SessionInfo,
+    tls: Option<Arc<TlsContext>>,
+    intercept: bool,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut from_client, mut from_server) = (Side::default(), Side::default());
+    let Some((header, to)) = next_item(&mut client, &mut from_client, &shared).await? else {
+        return Ok(());
+    };
+    let domain = to.unwrap_or_else(|| info.server.split(':').next().unwrap_or_default().to_owned());
+    upstream.write_all(&header).await?;
+    let Some((server_header, _)) = next_item(&mut upstream, &mut from_server, &shared).await?
+    else {
+        return Ok(());
+    };
+    client.write_all(&server_header).await?;
+    let Some((features, _)) = next_item(&mut upstream, &mut from_server, &shared).await? else {
+        return Ok(());
+    };
+    let offered = Stanza::parse(&features)
+        .map(|f| {
+            String::from_utf8_lossy(&features).contains("urn:ietf:params:xml:ns:xmpp-tls")
+                && f.name == "features"
+        })
+        .unwrap_or(false);
+    client
+        .write_all(&strip_stream_management(&features))
+        .await?;
+    if offered {
+        let Some((request, _)) = next_item(&mut client, &mut from_client, &shared).await? else {
+            return Ok(());
+        };
+        let starttls = Stanza::parse(&request).is_ok_and(|s| s.starttls);
+        upstream.write_all(&request).await?;
+        if starttls {
+            let Some((answer, _)) = next_item(&mut upstream, &mut from_server, &shared).await?
+            else {
+                return Ok(());
+            };
+            let proceed = Stanza::parse(&answer).is_ok_and(|s| s.starttls);
+            if !proceed {
+                client.write_all(&answer).await?;
+                return inspect(shared, info, client, upstream, from_client, from_server).await;
+            }
+            return match (tls, intercept) {
+                (Some(tls), true) => {
+                    intercept_tls(shared, info, client, upstream, &domain, &answer, &tls).await
+                }
+                _ => {
+                    client.write_all(&answer).await?;
+                    tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                        .await
+                        .map(|_| ())
+                }
+            };
+        }
+    }
+    inspect(shared, info, client, upstream, from_client, from_server).await
+}
+
+async fn intercept_tls<C, U>(
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    mut client: C,
+    upstream: U,
+    domain: &str,
+    proceed: &[u8],
+    tls: &TlsContext,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(name) = ServerName::try_from(domain.to_owned()) else {
+        client
+            .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+            .await?;
+        return Ok(());
+    };
+    let upstream = match TlsConnector::from(tls.upstream.clone())
+        .connect(name, upstream)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(target: "imgate::session", session = %info.session, "the server's certificate for {domain} was refused: {error}");
+            let _ = shared.archive(
+                &info.session,
+                Body::System {
+                    event: "tls-upstream-refused".into(),
+                    detail: format!("{domain}: {error}"),
+                },
+            );
+            client
+                .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
+                .await?;
+            return Ok(());
+        }
+    };
+    let config = tls
+        .ca
+        .server_config(domain)
+        .map_err(std::io::Error::other)?;
+    client.write_all(proceed).await?;
+    let client = TlsAcceptor::from(config).accept(client).await?;
+    tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
+    inspect(
+        shared,
+        info,
+        client,
+        upstream,
+        Side::default(),
+        Side::default(),
+    )
+    .await
+}
+
+struct State {
+    jid: Option<String>,
+    domain: String,
+    disclaimed: HashSet<String>,
+    restart_client: bool,
+}
+
+type ClientWriter<C> = Arc<tokio::sync::Mutex<WriteHalf<C>>>;
+
+async fn inspect<C, U>(
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    client: C,
+    upstream: U,
+    from_client: Side,
+    from_server: Side,
+) -> std::io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let client_write: ClientWriter<C> = Arc::new(tokio::sync::Mutex::new(client_write));
+    let domain = info.server.split(':').next().unwrap_or_default().to_owned();
+    let state = Arc::new(Mutex::new(State {
+        jid: None,
+        domain,
+        disclaimed: HashSet::new(),
+        restart_client: false,
+    }));
+    let outbound = outbound(
+        shared.clone(),
+        info.clone(),
+        state.clone(),
+        client_read,
+        upstream_write,
+        client_write.clone(),
+        from_client,
+    );
+    let inbound = inbound(
+        shared,
+        info,
+        state,
+        upstream_read,
+        client_write,
+        from_server,
+    );
+    tokio::select! {
+        result = outbound => result,
+        result = inbound => result,
+    }
+}
+
+async fn outbound<R, W, C>(
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    state: Arc<Mutex<State>>,
+    mut reader: R,
+    mut upstream: W,
+    client: ClientWriter<C>,
+    mut side: Side,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    loop {
+        if std::mem::take(
+            &mut state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restart_client,
+        ) {
+            side.framer.restart();
+        }
+        match side.framer.next(&side.buffer) {
+            Item::NeedMore => {
+                if !fill(&mut reader, &mut side, &shared).await? {
+                    return Ok(());
+                }
+            }
+            Item::TooLarge | Item::Malformed { .. } => {
+                let reason = if side.buffer.len() > MAX_STANZA {
+                    "stanza too large"
+                } else {
+                    "malformed XML"
+                };
+                let _ = shared.archive(
+                    &info.session,
+                    Body::System {
+                        event: "xmpp-stream-error".into(),
+                        detail: format!("client sent a {reason}; session ended"),
+                    },
+                );
+                client
+                    .lock()
+                    .await
+                    .write_all(&stream_error("policy-violation", reason))
+                    .await?;
+                return Ok(());
+            }
+            Item::Element { bytes, consumed } => {
+                let bytes = bytes.to_vec();
+                side.buffer.drain(..consumed);
+                if let Some(out) =
+                    judge(&shared, &info, &state, Direction::Outbound, &bytes, &client).await?
+                {
+                    upstream.write_all(&out).await?;
+                }
+            }
+            Item::Header { consumed, .. }
+            | Item::Whitespace { consumed }
+            | Item::Close { consumed } => {
+                let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
+                upstream.write_all(&bytes).await?;
+            }
+        }
+    }
+}
+
+async fn inbound<R, C>(
+    shared: Arc<Shared>,
+    info: SessionInfo,
+    state: Arc<Mutex<State>>,
+    mut reader: R,
+    client: ClientWriter<C>,
+    mut side: Side,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    loop {
+        match side.framer.next(&side.buffer) {
+            Item::NeedMore => {
+                if !fill(&mut reader, &mut side, &shared).await? {
+                    return Ok(());
+                }
+            }
+            Item::TooLarge | Item::Malformed { .. } => {
+                let _ = shared.archive(
+                    &info.session,
+                    Body::System {
+                        event: "xmpp-stream-error".into(),
+                        detail: "the server sent an oversized or malformed element; session ended"
+                            .into(),
+                    },
+                );
+                client
+                    .lock()
+                    .await
+                    .write_all(&stream_error(
+                        "undefined-condition",
+                        "the server's stream could not be read",
+                    ))
+                    .await?;
+                return Ok(());
+            }
+            Item::Element { bytes, consumed } => {
+                let bytes = bytes.to_vec();
+                side.buffer.drain(..consumed);
+                let stanza = Stanza::parse(&bytes).ok();
+                if let Some(stanza) = &stanza {
+                    if stanza.sasl && stanza.name == "success" {
+                        // Both sides start new streams after SASL success.
+                        state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .restart_client = true;
+                        side.framer.restart();
+                    }
+                    if stanza.name == "iq"
+                        && let Some(jid) = bound_jid(&bytes)
+                    {
+                        state.lock().unwrap_or_else(|p| p.into_inner()).jid = Some(bare(&jid));
+                    }
+                }
+                let out = if stanza.as_ref().is_some_and(|s| s.name == "features") {
+                    Some(strip_stream_management(&bytes))
+                } else {
+                    judge(&shared, &info, &state, Direction::Inbound, &bytes, &client).await?
+                };
+                if let Some(out) = out {
+                    client.lock().await.write_all(&out).await?;
+                }
+            }
+            Item::Header { consumed, .. }
+            | Item::Whitespace { consumed }
+            | Item::Close { consumed } => {
+                let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
+                client.lock().await.write_all(&bytes).await?;
+            }
+        }
+    }
+}
+
+/// The full JID the server bound for this session, from a resource-binding result.
+fn bound_jid(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    if !text.contains("urn:ietf:params:xml:ns:xmpp-bind") {
+        return None;
+    }
+    let start = text.find("<jid>")? + 5;
+    let end = text[start..].find("</jid>")? + start;
+    Some(text[start..end].to_owned())
+}
+
+fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or(jid).to_lowercase()
+}
+
+/// Applies policy to one element; returns the bytes to pass on, if any.
+async fn judge<C: AsyncWrite + Unpin>(
+    shared: &Shared,
+    info: &SessionInfo,
+    state: &Mutex<State>,
+    direction: Direction,
+    bytes: &[u8],
+    client: &ClientWriter<C>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let Ok(stanza) = Stanza::parse(bytes) else {
+        return Ok(Some(bytes.to_vec()));
+    };
+    if stanza.sasl || stanza.starttls || (stanza.body.is_none() && stanza.file.is_none()) {
+        return Ok(Some(bytes.to_vec()));
+    }
+    let (me, domain) = {
+        let state = state.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            state
+                .jid
+                .clone()
+                .unwrap_or_else(|| format!("unknown@{}", state.domain)),
+            state.domain.clone(),
+        )
+    };
+    let group = stanza.kind.as_deref() == Some("groupchat");
+    let (sender, peer) = match direction {
+        Direction::Outbound => (
+            me.clone(),
+            stanza
+                .to
+                .as_deref()
+                .map(bare)
+                .unwrap_or_else(|| domain.clone()),
+        ),
+        Direction::Inbound => (
+            stanza
+                .from
+                .as_deref()
+                .map(|f| if group { f.to_owned() } else { bare(f) })
+                .unwrap_or_else(|| domain.clone()),
+            me.clone(),
+        ),
+    };
+    let room = group.then(|| {
+        bare(if direction == Direction::Outbound {
+            stanza.to.as_deref().unwrap_or_default()
+        } else {
+            stanza.from.as_deref().unwrap_or_default()
+        })
+    });
+    let conv = match &room {
+        Some(room) => format!("xmpp:{room}"),
+        None => {
+            let mut pair = [bare(&sender), peer.clone()];
+            pair.sort();
+            format!("xmpp:{}", pair.join("/"))
+        }
+    };
+    let party = Party {
+        handle: sender.clone(),
+        person: (direction == Direction::Outbound)
+            .then(|| info.user.clone())
+            .flatten(),
+        groups: Vec::new(),
+    };
+    let recipients = if room.is_some() {
+        Vec::new()
+    } else {
+        vec![peer.clone()]
+    };
+    let content = match (&stanza.body, &stanza.file) {
+        (Some(text), _) => Content::Message { text: text.clone() },
+        (None, Some(file)) => Content::File(FileOffer {
+            name: file
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("({} transfer)", file.mechanism)),
+            size: file.size,
+            sha256: None,
+        }),
+        (None, None) => return Ok(Some(bytes.to_vec())),
+    };
+    let event = Event {
+        tenant: shared.tenant.clone(),
+        protocol: Protocol::Xmpp,
+        service: None,
+        direction,
+        sender: party.clone(),
+        recipients: recipients.clone(),
+        conversation: if room.is_some() {
+            ConversationKind::Group
+        } else {
+            ConversationKind::Direct
+        },
+        room: room.clone(),
+        content: content.clone(),
+        urls: stanza.urls.clone(),
+        at_ms: now_ms(),
+    };
+    let verdict = shared.evaluate(&event);
+    let from = Participant {
+        handle: party.handle.clone(),
+        person: party.person.clone(),
+    };
+    let (body, text) = match &content {
+        Content::Message { text } => {
+            let delivered = verdict.delivered(text).into_owned();
+            let record = Body::Message {
+                session: info.session.clone(),
+                dir: direction,
+                protocol: Protocol::Xmpp,
+                from,
+                to: recipients,
+                room: room.clone(),
+                kind: if room.is_some() {
+                    Kind::Group
+                } else {
+                    Kind::Direct
+                },
+                text: text.clone(),
+                delivered: (delivered != *text).then_some(delivered),
+                verdict: RecordedVerdict::from(&verdict),
+            };
+            (record, text.clone())
+        }
+        Content::File(file) => {
+            let record = Body::FileOffer {
+                session: info.session.clone(),
+                dir: direction,
+                protocol: Protocol::Xmpp,
+                from,
+                to: recipients,
+                name: file.name.clone(),
+                size: file.size,
+                sha256: None,
+                verdict: RecordedVerdict::from(&verdict),
+            };
+            (record, format!("offers {}", file.name))
+        }
+        _ => return Ok(Some(bytes.to_vec())),
+    };
+    let action = shared.archive_verdict(&conv, body, &verdict);
+    let rules: Vec<&str> = verdict.rule_names().collect();
+    tracing::info!(
+        target: "imgate::session",
+        session = %info.session,
+        "{} {sender} in {conv}: {text:?} -> {}{}",
+        if direction == Direction::Outbound { "out" } else { "in " },
+        action.as_str(),
+        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) }
+    );
+    match action {
+        Action::Allow | Action::Redact => {
+            let mut out = Vec::new();
+            if direction == Direction::Outbound
+                && let (Some(disclaimer), Some(to)) = (&verdict.disclaimer, &stanza.to)
+                && state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .disclaimed
+                    .insert(conv.clone())
+            {
+                let kind = stanza.kind.as_deref().unwrap_or("chat");
+                out.extend_from_slice(
+                    format!(
+                        "<message to='{}' type='{}'><body>{}</body></message>",
+                        quick_xml::escape::escape(to.as_str()),
+                        quick_xml::escape::escape(kind),
+                        quick_xml::escape::escape(&*disclaimer.text)
+                    )
+                    .as_bytes(),
+                );
+            }
+            match (&stanza.body, action) {
+                (Some(text), Action::Redact) => {
+                    out.extend_from_slice(&stanza.with_body(bytes, &verdict.delivered(text)))
+                }
+                _ => out.extend_from_slice(bytes),
+            }
+            Ok(Some(out))
+        }
+        Action::Block | Action::Quarantine => {
+            if direction == Direction::Outbound {
+                client
+                    .lock()
+                    .await
+                    .write_all(&policy_error(&stanza, &notice(&verdict)))
+                    .await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn notice(verdict: &Verdict) -> String {
+    verdict.notices.first().cloned().unwrap_or_else(|| {
+        let rules: Vec<&str> = verdict.rule_names().collect();
+        format!("Blocked by policy ({})", rules.join(", "))
+    })
+}

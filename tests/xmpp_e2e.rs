@@ -1,0 +1,300 @@
+//! XMPP through `imgate up` between a real server (Prosody, STARTTLS required) and real
+//! clients (slixmpp) that trust imgate's interception CA: STARTTLS is intercepted, chat is
+//! delivered and archived, a card number is redacted for the recipient while the archive
+//! keeps the original, a deal name is bounced to the sender as a policy violation, the
+//! disclaimer goes out once; and when the server's certificate does not verify, imgate
+//! refuses to intercept and the client cannot log in.
+
+#[path = "../dataplane/tests/support/mod.rs"]
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("command runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Prosody on a free port with a self-signed certificate for localhost; returns the server,
+/// its port and its certificate.
+fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
+    let port = support::free_port();
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs");
+    std::fs::create_dir_all(dir.join("data")).expect("data");
+    let (crt, key) = (certs.join("localhost.crt"), certs.join("localhost.key"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,DNS:conference.localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt));
+    std::fs::copy(&crt, certs.join("conference.localhost.crt")).expect("copy");
+    std::fs::copy(&key, certs.join("conference.localhost.key")).expect("copy");
+    let config = dir.join("prosody.cfg.lua");
+    std::fs::write(
+        &config,
+        format!(
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\n",
+            d = dir.display()
+        ),
+    )
+    .expect("config");
+    for (user, password) in [("alice", "alicepw"), ("bob", "bobpw")] {
+        run(Command::new("prosodyctl")
+            .arg("--config")
+            .arg(&config)
+            .args(["register", user, "localhost", password]));
+    }
+    let child = Command::new("prosody")
+        .arg("-F")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prosody runs: scripts/test installs it (apt-get install prosody)");
+    let server = Killed(child);
+    wait_for_port(port, "prosody");
+    (server, port, crt)
+}
+
+fn imgate_up(front: u16, upstream: u16, data: &Path, extra_roots: Option<&Path>) -> Killed {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
+    command
+        .args([
+            "up",
+            "--socks",
+            "off",
+            "--http",
+            "off",
+            "--forward",
+            &format!("127.0.0.1:{front}=127.0.0.1:{upstream}"),
+            "--seal-seconds",
+            "1",
+            "--data",
+        ])
+        .arg(data);
+    if let Some(roots) = extra_roots {
+        command.arg("--extra-roots").arg(roots);
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("imgate up runs");
+    let imgate = Killed(child);
+    wait_for_port(front, "imgate up");
+    imgate
+}
+
+fn clients(front: u16, ca: &Path, mode: &str) -> Value {
+    let output = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp_clients.py"),
+            "127.0.0.1",
+            &front.to_string(),
+        ])
+        .arg(ca)
+        .arg(mode)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "XMPP clients failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "JSON from the clients: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn stop(imgate: Killed) {
+    let mut imgate = imgate;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &imgate.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while imgate.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "imgate up did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn archived(data: &Path) -> Vec<Value> {
+    let archive = data.join("archive");
+    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["archive", "--tenant", "local", "--dir"])
+        .arg(&archive)
+        .args(["search", "--json"])
+        .output()
+        .expect("imgate archive runs");
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    String::from_utf8_lossy(&search.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+#[test]
+fn xmpp_chat_is_intercepted_inspected_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data-ok");
+    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let received = clients(front, &data.join("ca/ca.pem"), "chat");
+    let bodies = |who: &str, kind: &str| -> Vec<String> {
+        received[who]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["type"] == kind)
+            .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        bodies("bob", "chat"),
+        [
+            "This conversation is inspected and archived by imgate.",
+            "hello bob",
+            "card ███████████████████ please",
+            "bye"
+        ],
+        "bob gets the disclaimer once, the redacted card and not the deal: {received}"
+    );
+    let errors: Vec<&Value> = received["alice"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{received}");
+    let raw = errors[0]["raw"].as_str().unwrap_or_default();
+    assert!(
+        raw.contains("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""),
+        "a stanza error with the policy-violation condition: {raw}"
+    );
+    assert!(
+        raw.contains("Blocked by policy local-defaults/deal-names: deal names stay on the desk."),
+        "{raw}"
+    );
+    stop(imgate);
+
+    let records = archived(&data);
+    let outbound = |text: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == text)
+            .unwrap_or_else(|| panic!("no archived {text:?}: {records:?}"))
+    };
+    let card = outbound("card 4111 1111 1111 1111 please");
+    assert_eq!(
+        (
+            card["verdict"]["action"].as_str(),
+            card["delivered"].as_str()
+        ),
+        (Some("redact"), Some("card ███████████████████ please"))
+    );
+    assert_eq!(card["from"]["handle"], "alice@localhost");
+    assert_eq!(card["to"][0], "bob@localhost");
+    assert_eq!(
+        outbound("project falcon is go")["verdict"]["action"],
+        "block"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello bob"),
+        "bob's copy archived too"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "session_start" && r["protocol"] == "xmpp")
+    );
+}
+
+#[test]
+fn a_server_certificate_that_does_not_verify_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, _server_cert) = prosody(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data-refused");
+    let imgate = imgate_up(front, port, &data, None);
+    let outcome = clients(front, &data.join("ca/ca.pem"), "login");
+    assert_eq!(outcome["logged_in"], false, "{outcome}");
+    stop(imgate);
+    let records = archived(&data);
+    let refusal = records
+        .iter()
+        .find(|r| r["type"] == "system" && r["event"] == "tls-upstream-refused")
+        .unwrap_or_else(|| panic!("no refusal archived: {records:?}"));
+    assert!(
+        refusal["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("localhost:"),
+        "{refusal}"
+    );
+}
