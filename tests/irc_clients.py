@@ -1,8 +1,8 @@
 """Two real IRC clients (the Python `irc` library) talking through imgate.
 
-Usage: irc_clients.py HOST PORT  ->  prints what each client received, as JSON.
-alice and bob join #desk; alice sends a greeting, a card number, a deal name and a direct
-message to bob.
+Usage: irc_clients.py HOST PORT [chat|dcc]  ->  prints what each client received, as JSON.
+chat: alice and bob join #desk; alice sends a greeting, a card number, a deal name and a
+direct message to bob. dcc: alice offers bob two files over DCC.
 """
 import json
 import sys
@@ -11,6 +11,7 @@ import time
 import irc.client
 
 host, port = sys.argv[1], int(sys.argv[2])
+mode = sys.argv[3] if len(sys.argv) > 3 else "chat"
 reactor = irc.client.Reactor()
 received = {"alice": [], "bob": []}
 
@@ -18,12 +19,12 @@ received = {"alice": [], "bob": []}
 def record(kind):
     def handler(connection, event):
         received[connection.get_nickname()].append(
-            {"kind": kind, "from": event.source.nick if event.source else "", "target": event.target, "text": event.arguments[0] if event.arguments else ""}
+            {"kind": kind, "from": event.source.nick if event.source else "", "target": event.target, "text": " ".join(event.arguments)}
         )
     return handler
 
 
-for kind in ("pubmsg", "privmsg", "pubnotice", "privnotice"):
+for kind in ("pubmsg", "privmsg", "pubnotice", "privnotice", "ctcp"):
     reactor.add_global_handler(kind, record(kind))
 
 
@@ -39,9 +40,15 @@ pump(1.5)
 alice.join("#desk")
 bob.join("#desk")
 pump(1.5)
-for text in ("hello team", "card 4111 1111 1111 1111 please", "project falcon is go"):
-    alice.privmsg("#desk", text)
+if mode == "dcc":
+    alice.ctcp("DCC", "bob", "SEND setup.exe 2130706433 5000 1024")
     pump(0.6)
-alice.privmsg("bob", "direct hi")
-pump(2.5)
+    alice.ctcp("DCC", "bob", "SEND report.pdf 2130706433 5001 2048")
+    pump(2.5)
+else:
+    for text in ("hello team", "card 4111 1111 1111 1111 please", "project falcon is go"):
+        alice.privmsg("#desk", text)
+        pump(0.6)
+    alice.privmsg("bob", "direct hi")
+    pump(2.5)
 print(json.dumps(received))

@@ -55,13 +55,10 @@ fn ngircd(dir: &Path) -> (Killed, u16) {
     (server, port)
 }
 
-#[test]
-fn irc_chat_is_inspected_redacted_blocked_and_archived() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, irc_port) = ngircd(dir.path());
+/// `imgate up` forwarding a free port to `irc_port`, with the given extra arguments.
+fn imgate_up(irc_port: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
     let front = support::free_port();
-    let data = dir.path().join("data");
-    let imgate = Command::new(env!("CARGO_BIN_EXE_imgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
         .args([
             "up",
             "--socks",
@@ -70,41 +67,92 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
             "off",
             "--forward",
             &format!("127.0.0.1:{front}=127.0.0.1:{irc_port}"),
-            "--data",
-            data.to_str().expect("utf-8"),
             "--seal-seconds",
             "1",
+            "--data",
         ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("imgate up runs");
-    let imgate = Killed(imgate);
+    let imgate = Killed(child);
     wait_for_port(front, "imgate up");
+    (imgate, front)
+}
 
-    let clients = Command::new("python3")
+fn clients(front: u16, mode: &str) -> Value {
+    let output = Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/irc_clients.py"),
             "127.0.0.1",
             &front.to_string(),
+            mode,
         ])
         .output()
         .expect("python3 runs");
     assert!(
-        clients.status.success(),
+        output.status.success(),
         "IRC clients failed: {}",
-        String::from_utf8_lossy(&clients.stderr)
+        String::from_utf8_lossy(&output.stderr)
     );
-    let received: Value = serde_json::from_slice(&clients.stdout).expect("JSON");
-    let texts = |who: &str, kind: &str| -> Vec<String> {
-        received[who]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["kind"] == kind)
-            .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
+    serde_json::from_slice(&output.stdout).expect("JSON")
+}
+
+/// Stops `imgate up` with SIGTERM (which flushes the archive) and returns the archive.
+fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
+    let mut imgate = imgate;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &imgate.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while imgate.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "imgate up did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["archive", "--tenant", "local", "--dir"])
+        .arg(data.join("archive"))
+        .args(["search", "--json"])
+        .output()
+        .expect("imgate archive runs");
+    assert!(
+        search.status.success(),
+        "{}",
+        String::from_utf8_lossy(&search.stderr)
+    );
+    String::from_utf8_lossy(&search.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
+}
+
+fn texts(received: &Value, who: &str, kind: &str) -> Vec<String> {
+    received[who]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["kind"] == kind)
+        .map(|m| m["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn irc_chat_is_inspected_redacted_blocked_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let received = clients(front, "chat");
+    let texts = |who: &str, kind: &str| texts(&received, who, kind);
     let channel = texts("bob", "pubmsg");
     assert_eq!(
         channel,
@@ -129,46 +177,7 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
         "{received}"
     );
 
-    let pid = imgate.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let mut imgate = imgate;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while imgate.0.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "imgate up did not stop within 30 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let archive = data.join("archive");
-    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "archive",
-            "--tenant",
-            "local",
-            "--dir",
-            archive.to_str().expect("utf-8"),
-            "search",
-            "--json",
-        ])
-        .output()
-        .expect("imgate archive runs");
-    assert!(
-        search.status.success(),
-        "{}",
-        String::from_utf8_lossy(&search.stderr)
-    );
-    let records: Vec<Value> = String::from_utf8_lossy(&search.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect();
+    let records = stop_and_read(imgate, &data);
     let messages: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "message" && r["dir"] == "outbound")
@@ -208,19 +217,126 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
     );
 
     let verify = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "archive",
-            "--tenant",
-            "local",
-            "--dir",
-            archive.to_str().expect("utf-8"),
-            "verify",
-        ])
+        .args(["archive", "--tenant", "local", "--dir"])
+        .arg(data.join("archive"))
+        .arg("verify")
         .output()
         .expect("imgate archive runs");
     assert!(
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn dcc_file_offers_follow_the_file_transfer_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let received = clients(front, "dcc");
+    let offers = texts(&received, "bob", "ctcp");
+    assert!(
+        offers.iter().any(|o| o.contains("report.pdf")),
+        "the PDF offer arrives: {received}"
+    );
+    assert!(
+        !offers.iter().any(|o| o.contains("setup.exe")),
+        "the executable does not: {received}"
+    );
+    let notices = texts(&received, "alice", "privnotice");
+    assert_eq!(notices.len(), 1, "{received}");
+    assert!(
+        notices[0].contains("local-defaults/file-transfer"),
+        "{received}"
+    );
+    let records = stop_and_read(imgate, &data);
+    let offer = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "file_offer" && r["name"] == name)
+            .unwrap_or_else(|| panic!("no archived offer of {name}: {records:?}"))
+    };
+    assert_eq!(offer("setup.exe")["verdict"]["action"], "block");
+    assert_eq!(offer("report.pdf")["verdict"]["action"], "allow");
+}
+
+#[test]
+fn monitor_mode_changes_nothing_but_records_what_would_have_happened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/monitor");
+    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", policy]);
+    let received = clients(front, "chat");
+    assert_eq!(
+        texts(&received, "bob", "pubmsg"),
+        [
+            "hello team",
+            "card 4111 1111 1111 1111 please",
+            "project falcon is go"
+        ],
+        "nothing is changed: {received}"
+    );
+    assert!(
+        texts(&received, "alice", "privnotice").is_empty()
+            && texts(&received, "bob", "pubnotice").is_empty(),
+        "no notices, no disclaimer: {received}"
+    );
+    let records = stop_and_read(imgate, &data);
+    let outbound = |text: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == text)
+            .unwrap_or_else(|| panic!("no archived {text:?}"))
+    };
+    let card = outbound("card 4111 1111 1111 1111 please");
+    assert_eq!(
+        (
+            card["verdict"]["action"].as_str(),
+            card["verdict"]["monitor"].as_str()
+        ),
+        (Some("allow"), Some("redact"))
+    );
+    assert!(card.get("delivered").is_none(), "delivered as sent");
+    assert_eq!(
+        outbound("project falcon is go")["verdict"]["monitor"],
+        "block"
+    );
+}
+
+#[test]
+fn a_blocked_protocol_never_reaches_the_server() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    peer.write_all(b"\x13BitTorrent protocol\0\0\0\0\0\0\0\0")
+        .expect("handshake");
+    let mut answer = Vec::new();
+    let _ = peer.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "the connection is closed without a byte from the server: {answer:?}"
+    );
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "session_start" && r["protocol"] == "bittorrent"),
+        "{records:?}"
+    );
+    let end = records
+        .iter()
+        .find(|r| r["type"] == "session_end")
+        .expect("session end archived");
+    assert_eq!(
+        end["reason"],
+        "refused by policy (local-defaults/protocols)"
     );
 }
