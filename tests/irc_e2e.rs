@@ -340,3 +340,42 @@ fn a_blocked_protocol_never_reaches_the_server() {
         "refused by policy (local-defaults/protocols)"
     );
 }
+
+#[test]
+fn an_oversized_line_is_refused_in_protocol_and_recorded() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.write_all(b"NICK tester\r\nUSER tester 0 * :Tester\r\n")
+        .expect("register");
+    let mut line = b"PRIVMSG #desk :".to_vec();
+    line.extend(std::iter::repeat_n(b'a', 9000));
+    line.extend_from_slice(b"\r\n");
+    peer.write_all(&line).expect("oversized line");
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains(" 417 ") {
+        if let Ok(n) = peer.read(&mut chunk) {
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).contains(":imgate 417 tester :Input line was too long"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    drop(peer);
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "system" && r["event"] == "irc-line-too-long"),
+        "{records:?}"
+    );
+}

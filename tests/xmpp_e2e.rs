@@ -298,3 +298,72 @@ fn a_server_certificate_that_does_not_verify_is_refused() {
         "{refusal}"
     );
 }
+
+/// Reads from `peer` until `needle` appears or 10 s pass; returns what was read.
+fn read_until(peer: &mut TcpStream, needle: &str) -> String {
+    use std::io::Read;
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains(needle) {
+        match peer.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data-broken");
+    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    let cases: [(Vec<u8>, &str); 2] = [
+        (
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'></message>".to_vec(),
+            "<not-well-formed",
+        ),
+        (
+            [
+                b"<message to='bob@localhost'><body>".as_slice(),
+                &vec![b'a'; 300 * 1024],
+            ]
+            .concat(),
+            "<policy-violation",
+        ),
+    ];
+    for (payload, condition) in cases {
+        let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+        peer.write_all(header.as_bytes()).expect("header");
+        let features = read_until(&mut peer, "</stream:features>");
+        assert!(features.contains("starttls"), "{features}");
+        let _ = peer.write_all(&payload);
+        let answer = read_until(&mut peer, "</stream:stream>");
+        assert!(
+            answer.contains("<stream:error>") && answer.contains(condition),
+            "expected {condition} in {answer}"
+        );
+    }
+    stop(imgate);
+    let records = archived(&data);
+    let errors: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "system" && r["event"] == "xmpp-stream-error")
+        .collect();
+    assert_eq!(errors.len(), 2, "{records:?}");
+    assert!(
+        errors.iter().any(|e| e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stanza too large")),
+        "{errors:?}"
+    );
+}

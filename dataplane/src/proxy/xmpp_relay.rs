@@ -28,7 +28,7 @@ use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::policy::{Action, Verdict};
-use crate::inspect::xmpp::{Framer, Item, MAX_STANZA, Stanza, policy_error, stream_error};
+use crate::inspect::xmpp::{Framer, Item, Stanza, policy_error, stream_error};
 
 /// What interception needs.
 pub struct TlsContext {
@@ -61,28 +61,102 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-/// The next item's bytes, consumed; `None` at end of stream or on a framing problem (reported).
+/// What a negotiation read produced.
+enum Next {
+    /// An item's bytes (and a header's `to`).
+    Item(Vec<u8>, Option<String>),
+    /// The peer closed, or went quiet past the idle limit.
+    End,
+    /// The stream cannot be read: the stream-error condition and why.
+    Broken(&'static str, &'static str),
+}
+
+/// The stream-error condition and reason for an unreadable item.
+fn broken(item: &Item<'_>) -> Option<(&'static str, &'static str)> {
+    match item {
+        Item::TooLarge => Some(("policy-violation", "stanza too large")),
+        Item::Malformed { .. } => Some(("not-well-formed", "malformed XML")),
+        _ => None,
+    }
+}
+
+/// The next item's bytes, consumed.
 async fn next_item<R: AsyncRead + Unpin>(
     reader: &mut R,
     side: &mut Side,
     shared: &Shared,
-) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
+) -> std::io::Result<Next> {
     loop {
-        let (consumed, to) = match side.framer.next(&side.buffer) {
+        let item = side.framer.next(&side.buffer);
+        if let Some((condition, reason)) = broken(&item) {
+            return Ok(Next::Broken(condition, reason));
+        }
+        let (consumed, to) = match item {
             Item::Header { consumed, to } => (consumed, to),
             Item::Element { consumed, .. }
             | Item::Whitespace { consumed }
             | Item::Close { consumed } => (consumed, None),
-            Item::NeedMore => {
+            _ => {
                 if !fill(reader, side, shared).await? {
-                    return Ok(None);
+                    return Ok(Next::End);
                 }
                 continue;
             }
-            Item::TooLarge | Item::Malformed { .. } => return Ok(None),
         };
         let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
-        return Ok(Some((bytes, to)));
+        return Ok(Next::Item(bytes, to));
+    }
+}
+
+/// Reads the client's next negotiation item; an unreadable one ends the stream with a stream
+/// error and a record. `opened` says whether the client already has a stream header from us.
+async fn client_item<C: AsyncWrite + AsyncRead + Unpin>(
+    client: &mut C,
+    side: &mut Side,
+    shared: &Shared,
+    info: &SessionInfo,
+    opened: bool,
+) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
+    match next_item(client, side, shared).await? {
+        Next::Item(bytes, to) => Ok(Some((bytes, to))),
+        Next::End => Ok(None),
+        Next::Broken(condition, reason) => {
+            let _ = shared.archive(
+                &info.session,
+                Body::System {
+                    event: "xmpp-stream-error".into(),
+                    detail: format!("client sent {reason}; session ended with <{condition}/>"),
+                },
+            );
+            if !opened {
+                client.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").await?;
+            }
+            client.write_all(&stream_error(condition, reason)).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Reads the server's next negotiation item; an unreadable one ends the session with a record.
+async fn server_item<U: AsyncRead + Unpin>(
+    upstream: &mut U,
+    side: &mut Side,
+    shared: &Shared,
+    info: &SessionInfo,
+) -> std::io::Result<Option<(Vec<u8>, Option<String>)>> {
+    match next_item(upstream, side, shared).await? {
+        Next::Item(bytes, to) => Ok(Some((bytes, to))),
+        Next::End => Ok(None),
+        Next::Broken(_, reason) => {
+            let _ = shared.archive(
+                &info.session,
+                Body::System {
+                    event: "xmpp-stream-error".into(),
+                    detail: format!("the server sent {reason}; session ended"),
+                },
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -122,17 +196,21 @@ where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut from_client, mut from_server) = (Side::default(), Side::default());
-    let Some((header, to)) = next_item(&mut client, &mut from_client, &shared).await? else {
+    let Some((header, to)) =
+        client_item(&mut client, &mut from_client, &shared, &info, false).await?
+    else {
         return Ok(());
     };
     let domain = to.unwrap_or_else(|| info.server.split(':').next().unwrap_or_default().to_owned());
     upstream.write_all(&header).await?;
-    let Some((server_header, _)) = next_item(&mut upstream, &mut from_server, &shared).await?
+    let Some((server_header, _)) =
+        server_item(&mut upstream, &mut from_server, &shared, &info).await?
     else {
         return Ok(());
     };
     client.write_all(&server_header).await?;
-    let Some((features, _)) = next_item(&mut upstream, &mut from_server, &shared).await? else {
+    let Some((features, _)) = server_item(&mut upstream, &mut from_server, &shared, &info).await?
+    else {
         return Ok(());
     };
     let offered = Stanza::parse(&features)
@@ -145,13 +223,16 @@ where
         .write_all(&strip_stream_management(&features))
         .await?;
     if offered {
-        let Some((request, _)) = next_item(&mut client, &mut from_client, &shared).await? else {
+        let Some((request, _)) =
+            client_item(&mut client, &mut from_client, &shared, &info, true).await?
+        else {
             return Ok(());
         };
         let starttls = Stanza::parse(&request).is_ok_and(|s| s.starttls);
         upstream.write_all(&request).await?;
         if starttls {
-            let Some((answer, _)) = next_item(&mut upstream, &mut from_server, &shared).await?
+            let Some((answer, _)) =
+                server_item(&mut upstream, &mut from_server, &shared, &info).await?
             else {
                 return Ok(());
             };
@@ -317,23 +398,20 @@ where
                     return Ok(());
                 }
             }
-            Item::TooLarge | Item::Malformed { .. } => {
-                let reason = if side.buffer.len() > MAX_STANZA {
-                    "stanza too large"
-                } else {
-                    "malformed XML"
-                };
+            item @ (Item::TooLarge | Item::Malformed { .. }) => {
+                let (condition, reason) =
+                    broken(&item).unwrap_or(("not-well-formed", "malformed XML"));
                 let _ = shared.archive(
                     &info.session,
                     Body::System {
                         event: "xmpp-stream-error".into(),
-                        detail: format!("client sent a {reason}; session ended"),
+                        detail: format!("client sent {reason}; session ended with <{condition}/>"),
                     },
                 );
                 client
                     .lock()
                     .await
-                    .write_all(&stream_error("policy-violation", reason))
+                    .write_all(&stream_error(condition, reason))
                     .await?;
                 return Ok(());
             }
