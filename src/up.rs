@@ -1,7 +1,8 @@
 //! `imgate up`: imgate's main job on this machine with embedded defaults: a dataplane
 //! enforcing an example policy (or yours), SOCKS5 and HTTP CONNECT on loopback, optional
 //! fixed port-forwards, the archive in a local directory, and a live view of sessions and
-//! verdicts in the terminal. Ctrl-C stops it after the archive is flushed.
+//! verdicts in the terminal. SIGHUP reloads `--policy` files without dropping sessions;
+//! Ctrl-C stops it after the archive is flushed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use crate::policy::lint::{Level, Workspace};
 const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
 
 /// `imgate up` options.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct UpArgs {
     /// SOCKS5 listener (`off` for none).
     #[arg(long, default_value = "127.0.0.1:1080")]
@@ -135,12 +136,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
         println!("Point an IM client's proxy setting at the SOCKS5 address. Ctrl-C stops.");
 
+        let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let shipping = {
             let stop = stop.clone();
             tokio::spawn(async move { shipper.run(async move { stop.notified().await }, Duration::from_secs(30)).await })
         };
         server::run(shared, listeners, shutdown_signal()).await;
+        reloads.abort();
         println!("stopping: flushing the archive");
         stop.notify_one();
         shipping.await.context("the shipper")??;
@@ -148,6 +151,28 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("archive flushed to {}", archive_dir.display());
         Ok(0)
     })
+}
+
+/// Recompiles the policies on SIGHUP and swaps them in; sessions keep running and pick the
+/// new policy up with their next event. A policy set that does not compile is refused and the
+/// last good one stays in force.
+async fn reload_on_hangup(shared: Arc<Shared>, args: UpArgs) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match compile(&args) {
+            Ok(policy) => {
+                let rules = policy.content_rule_count();
+                shared.reload(policy);
+                tracing::info!(target: "imgate::session", "policy reloaded ({rules} content rules)");
+            }
+            Err(error) => {
+                tracing::error!(target: "imgate::session", "policy not reloaded, the last good one stays in force: {error:#}")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -379,3 +379,83 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
         "{records:?}"
     );
 }
+
+const POLICY_V1: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadata: {name: cards, namespace: imgate}\nspec:\n  tenantRef: local\n  content:\n    - {name: card-numbers, match: {detector: credit-card}, action: redact}\n";
+const POLICY_V2: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadata: {name: cards, namespace: imgate}\nspec:\n  tenantRef: local\n  content:\n    - {name: card-numbers, match: {detector: credit-card}, action: block, notify: {sender: cards are blocked now}}\n";
+const POLICY_BROKEN: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadata: {name: cards, namespace: imgate}\nspec:\n  tenantRef: local\n  content:\n    - {name: card-numbers, match: {regex: \"(unclosed\"}, action: alert}\n";
+
+#[test]
+fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies");
+    std::fs::write(policies.join("cards.yaml"), POLICY_V1).expect("v1");
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(
+        irc_port,
+        &data,
+        &["--policy", policies.to_str().expect("utf-8")],
+    );
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut seen = Vec::new();
+    let mut read_for = |peer: &mut TcpStream, wait: Duration| {
+        let deadline = Instant::now() + wait;
+        let mut chunk = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = peer.read(&mut chunk) {
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    };
+    peer.write_all(b"NICK reloader\r\nUSER reloader 0 * :R\r\nJOIN #desk\r\n")
+        .expect("register");
+    read_for(&mut peer, Duration::from_secs(1));
+    let hangup = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        )
+    };
+    peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
+        .expect("first");
+    std::fs::write(policies.join("cards.yaml"), POLICY_V2).expect("v2");
+    hangup(imgate.0.id());
+    read_for(&mut peer, Duration::from_millis(1500));
+    peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
+        .expect("second");
+    std::fs::write(policies.join("cards.yaml"), POLICY_BROKEN).expect("broken");
+    hangup(imgate.0.id());
+    read_for(&mut peer, Duration::from_millis(1500));
+    peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
+        .expect("third");
+    let seen = read_for(&mut peer, Duration::from_secs(1));
+    assert_eq!(
+        seen.matches(":imgate NOTICE reloader :cards are blocked now")
+            .count(),
+        2,
+        "blocked after the reload, still blocked after the broken one: {seen}"
+    );
+    drop(peer);
+    let records = stop_and_read(imgate, &data);
+    let cards: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "message" && r["dir"] == "outbound")
+        .collect();
+    let actions: Vec<&str> = cards
+        .iter()
+        .map(|r| r["verdict"]["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actions, ["redact", "block", "block"], "{cards:?}");
+    assert!(
+        cards.iter().all(|r| r["session"] == cards[0]["session"]),
+        "one session throughout"
+    );
+}
