@@ -49,6 +49,9 @@ pub struct UpArgs {
     /// Where the log and the archive live.
     #[arg(long, default_value = "imgate-data")]
     data: PathBuf,
+    /// Prometheus metrics and health endpoint (`/metrics`, `/healthz`; `off` for none).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics: String,
     /// Extra PEM roots trusted for upstream servers, beside the system's (repeat for several).
     #[arg(long = "extra-roots", value_name = "PEM")]
     extra_roots: Vec<PathBuf>,
@@ -134,8 +137,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("  archive                      {} (a local directory: not WORM storage; {} records recovered)", archive_dir.display(), recovery.records);
         println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
-        println!("Point an IM client's proxy setting at the SOCKS5 address. Ctrl-C stops.");
 
+        if args.metrics != "off" {
+            let address: SocketAddr = args.metrics.parse().with_context(|| format!("{:?} is not an address like 127.0.0.1:9464", args.metrics))?;
+            let listener = TcpListener::bind(address).await.with_context(|| format!("cannot serve metrics on {address} (in use? choose another with --metrics)"))?;
+            println!("  metrics                      http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(serve_metrics(listener, shared.clone()));
+        }
+        println!("Point an IM client's proxy setting at the SOCKS5 address. SIGHUP reloads --policy; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
         let stop = Arc::new(tokio::sync::Notify::new());
         let shipping = {
@@ -151,6 +160,28 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("archive flushed to {}", archive_dir.display());
         Ok(0)
     })
+}
+
+/// Serves `/metrics` (Prometheus text format) and `/healthz`.
+async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    let metrics = move || {
+        let shared = shared.clone();
+        async move {
+            (
+                [(
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                shared.metrics.render(&shared.archive),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "the metrics endpoint stopped");
+    }
 }
 
 /// Recompiles the policies on SIGHUP and swaps them in; sessions keep running and pick the

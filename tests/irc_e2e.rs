@@ -72,6 +72,11 @@ fn imgate_up(irc_port: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
             "--data",
         ])
         .arg(data)
+        .args(if extra.contains(&"--metrics") {
+            &[][..]
+        } else {
+            &["--metrics", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -135,6 +140,19 @@ fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// GET /metrics from `imgate up`.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut connection = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    connection
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    connection.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 fn texts(received: &Value, who: &str, kind: &str) -> Vec<String> {
     received[who]
         .as_array()
@@ -150,8 +168,27 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, irc_port) = ngircd(dir.path());
     let data = dir.path().join("data");
-    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let metrics_port = support::free_port();
+    let metrics_address = format!("127.0.0.1:{metrics_port}");
+    let (imgate, front) = imgate_up(irc_port, &data, &["--metrics", &metrics_address]);
     let received = clients(front, "chat");
+    let metrics = scrape(metrics_port);
+    assert!(
+        metrics.contains("imgate_sessions_total{protocol=\"irc\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgate_verdicts_total{action=\"redact\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgate_verdicts_total{action=\"block\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgate_archive_unshipped_bytes"),
+        "{metrics}"
+    );
     let texts = |who: &str, kind: &str| texts(&received, who, kind);
     let channel = texts("bob", "pubmsg");
     assert_eq!(
@@ -331,9 +368,13 @@ fn a_blocked_protocol_never_reaches_the_server() {
             .any(|r| r["type"] == "session_start" && r["protocol"] == "bittorrent"),
         "{records:?}"
     );
+    let start = records
+        .iter()
+        .find(|r| r["type"] == "session_start" && r["protocol"] == "bittorrent")
+        .expect("the session start is archived");
     let end = records
         .iter()
-        .find(|r| r["type"] == "session_end")
+        .find(|r| r["type"] == "session_end" && r["session"] == start["session"])
         .expect("session end archived");
     assert_eq!(
         end["reason"],

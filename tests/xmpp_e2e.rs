@@ -121,6 +121,7 @@ fn imgate_up(front: u16, upstream: u16, data: &Path, extra_roots: Option<&Path>)
             "--data",
         ])
         .arg(data);
+    command.args(["--metrics", "127.0.0.1:0"]);
     if let Some(roots) = extra_roots {
         command.arg("--extra-roots").arg(roots);
     }

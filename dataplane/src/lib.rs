@@ -8,3 +8,4 @@
 pub mod archive;
 pub mod inspect;
 pub mod proxy;
+pub mod telemetry;

@@ -106,6 +106,7 @@ async fn serve_session(
         _ => (None, None),
     };
     let protocol = peeked.detected.protocol();
+    shared.metrics.session(protocol.as_str());
     let handle = target.user.clone().unwrap_or_else(|| peer.ip().to_string());
     let event = Event {
         tenant: shared.tenant.clone(),

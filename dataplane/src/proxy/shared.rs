@@ -56,6 +56,8 @@ pub struct Shared {
     pub limits: Limits,
     /// TLS interception, when configured.
     pub tls: Option<Arc<super::xmpp_relay::TlsContext>>,
+    /// Prometheus metrics.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
             services: ServiceCatalogue::default(),
             limits: Limits::default(),
             tls: None,
+            metrics: crate::telemetry::Metrics::default(),
         }
     }
 
@@ -117,6 +120,12 @@ impl Shared {
     /// Archives an event's record and returns the action to take: the verdict's, or `block`
     /// when the record could not be made durable in fail-closed mode.
     pub fn archive_verdict(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
+        let action = self.archive_then_act(conv, body, verdict);
+        self.metrics.verdict(action.as_str());
+        action
+    }
+
+    fn archive_then_act(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
         match self.archive(conv, body) {
             Ok(_) => verdict.action,
             Err(error) if self.fail_closed => {
