@@ -3,35 +3,18 @@
 //! recipient sees while the archive keeps the original, a deal name blocked with a notice to
 //! the sender, and the disclaimer injected once per conversation.
 
+mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
+use common::{Killed, stop_and_read, wait_for_port};
+
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn ngircd(dir: &Path) -> (Killed, u16) {
     let port = support::free_port();
@@ -103,41 +86,6 @@ fn clients(front: u16, mode: &str) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("JSON")
-}
-
-/// Stops `imgate up` with SIGTERM (which flushes the archive) and returns the archive.
-fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
-    let mut imgate = imgate;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &imgate.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while imgate.0.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "imgate up did not stop within 30 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["archive", "--tenant", "local", "--dir"])
-        .arg(data.join("archive"))
-        .args(["search", "--json"])
-        .output()
-        .expect("imgate archive runs");
-    assert!(
-        search.status.success(),
-        "{}",
-        String::from_utf8_lossy(&search.stderr)
-    );
-    String::from_utf8_lossy(&search.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
 }
 
 /// GET /metrics from `imgate up`.

@@ -5,35 +5,18 @@
 //! disclaimer goes out once; and when the server's certificate does not verify, imgate
 //! refuses to intercept and the client cannot log in.
 
+mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
+use common::{Killed, stop_and_read, wait_for_port};
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn run(command: &mut Command) {
     let output = command.output().expect("command runs");
@@ -159,44 +142,6 @@ fn clients(front: u16, ca: &Path, mode: &str) -> Value {
     })
 }
 
-fn stop(imgate: Killed) {
-    let mut imgate = imgate;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &imgate.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while imgate.0.try_wait().expect("wait").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "imgate up did not stop within 30 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn archived(data: &Path) -> Vec<Value> {
-    let archive = data.join("archive");
-    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["archive", "--tenant", "local", "--dir"])
-        .arg(&archive)
-        .args(["search", "--json"])
-        .output()
-        .expect("imgate archive runs");
-    assert!(
-        search.status.success(),
-        "{}",
-        String::from_utf8_lossy(&search.stderr)
-    );
-    String::from_utf8_lossy(&search.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("record"))
-        .collect()
-}
-
 #[test]
 fn xmpp_chat_is_intercepted_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -240,9 +185,7 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
         raw.contains("Blocked by policy local-defaults/deal-names: deal names stay on the desk."),
         "{raw}"
     );
-    stop(imgate);
-
-    let records = archived(&data);
+    let records = stop_and_read(imgate, &data);
     let outbound = |text: &str| {
         records
             .iter()
@@ -285,8 +228,7 @@ fn a_server_certificate_that_does_not_verify_is_refused() {
     let imgate = imgate_up(front, port, &data, None);
     let outcome = clients(front, &data.join("ca/ca.pem"), "login");
     assert_eq!(outcome["logged_in"], false, "{outcome}");
-    stop(imgate);
-    let records = archived(&data);
+    let records = stop_and_read(imgate, &data);
     let refusal = records
         .iter()
         .find(|r| r["type"] == "system" && r["event"] == "tls-upstream-refused")
@@ -353,8 +295,7 @@ fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
             "expected {condition} in {answer}"
         );
     }
-    stop(imgate);
-    let records = archived(&data);
+    let records = stop_and_read(imgate, &data);
     let errors: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "system" && r["event"] == "xmpp-stream-error")
