@@ -16,6 +16,7 @@ use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::LocalStore;
 use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
+use imgate_dataplane::identity::Directory;
 use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::server;
@@ -40,7 +41,8 @@ pub struct UpArgs {
     /// A fixed port-forward, `LISTEN=HOST:PORT` (repeat for several).
     #[arg(long = "forward", value_name = "LISTEN=HOST:PORT")]
     forwards: Vec<String>,
-    /// Policy files or folders (default: the embedded example policy).
+    /// Policy files or folders (default: the embedded example policy); a Tenant among them
+    /// supplies its static identities.
     #[arg(long)]
     policy: Vec<PathBuf>,
     /// The tenant the policies are for.
@@ -60,12 +62,14 @@ pub struct UpArgs {
     seal_seconds: u64,
 }
 
-fn compile(args: &UpArgs) -> anyhow::Result<CompiledPolicy> {
+/// The compiled policy, and the tenant's static identities when a Tenant is among the files.
+fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
     if args.policy.is_empty() {
         let policies: Vec<IMPolicy> =
             serde_saphyr::from_multiple(DEFAULT_POLICY).context("the embedded policy")?;
-        return CompiledPolicy::compile(&args.tenant, &policies)
-            .map_err(|e| anyhow::anyhow!("the embedded policy: {e}"));
+        let policy = CompiledPolicy::compile(&args.tenant, &policies)
+            .map_err(|e| anyhow::anyhow!("the embedded policy: {e}"))?;
+        return Ok((policy, Directory::default()));
     }
     let workspace = Workspace::load(&args.policy);
     if workspace.count(Level::Error) > 0 {
@@ -75,7 +79,14 @@ fn compile(args: &UpArgs) -> anyhow::Result<CompiledPolicy> {
     let (_, policy) = workspace
         .policy_for(Some(&args.tenant))
         .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
-    Ok(policy.clone())
+    let directory = workspace
+        .tenants
+        .iter()
+        .find(|t| t.metadata.name.as_deref() == Some(args.tenant.as_str()))
+        .and_then(|t| t.spec.identity.as_ref())
+        .map(|identity| Directory::from_static(&identity.static_entries))
+        .unwrap_or_default();
+    Ok((policy.clone(), directory))
 }
 
 async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListener, Frontend)>> {
@@ -93,7 +104,7 @@ async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListe
 
 /// Runs the dataplane until Ctrl-C or SIGTERM.
 pub fn run(args: UpArgs) -> anyhow::Result<i32> {
-    let policy = compile(&args)?;
+    let (policy, directory) = compile(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -122,6 +133,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             roots.extend(load_certificates(path)?);
         }
         let mut shared = Shared::new(&args.tenant, "local-0", policy, log.clone(), true);
+        shared.directory = directory;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
 
@@ -194,7 +206,7 @@ async fn reload_on_hangup(shared: Arc<Shared>, args: UpArgs) {
     };
     while hangups.recv().await.is_some() {
         match compile(&args) {
-            Ok(policy) => {
+            Ok((policy, _)) => {
                 let rules = policy.content_rule_count();
                 shared.reload(policy);
                 tracing::info!(target: "imgate::session", "policy reloaded ({rules} content rules)");

@@ -448,3 +448,40 @@ fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
         "one session throughout"
     );
 }
+
+#[test]
+fn identities_come_from_the_tenant_and_subjects_apply_to_people() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity");
+    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", policy]);
+    let received = clients(front, "chat");
+    assert!(
+        !texts(&received, "bob", "pubmsg").contains(&"hello team".to_owned()),
+        "alice is a trader: {received}"
+    );
+    assert!(
+        texts(&received, "bob", "pubmsg").contains(&"card 4111 1111 1111 1111 please".to_owned()),
+        "{received}"
+    );
+    let records = stop_and_read(imgate, &data);
+    let greeting = records
+        .iter()
+        .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == "hello team")
+        .expect("archived");
+    assert_eq!(greeting["from"]["person"], "alice.smith@acme.example");
+    assert_eq!(greeting["verdict"]["rules"][0], "desk/trader-greetings");
+    let inbound = records
+        .iter()
+        .find(|r| {
+            r["type"] == "message"
+                && r["dir"] == "inbound"
+                && r["text"] == "card 4111 1111 1111 1111 please"
+        })
+        .expect("bob's copy archived");
+    assert_eq!(
+        inbound["from"]["person"], "alice.smith@acme.example",
+        "resolved in both directions"
+    );
+}

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod identity;
 pub mod inspect;
 pub mod proxy;
 pub mod telemetry;

@@ -202,13 +202,10 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             .unwrap_or_default(),
     };
     let host = info.server.split(':').next().unwrap_or_default();
-    let sender = Party {
-        handle: format!("{sender_nick}@{host}"),
-        person: (direction == Direction::Outbound)
-            .then(|| info.user.clone())
-            .flatten(),
-        groups: Vec::new(),
-    };
+    let named = (direction == Direction::Outbound)
+        .then(|| info.user.clone())
+        .flatten();
+    let sender = shared.party(format!("{sender_nick}@{host}"), named);
     match message.event() {
         IrcEvent::Nick(nick) if direction == Direction::Outbound => {
             state.lock().unwrap_or_else(|p| p.into_inner()).nick = nick;

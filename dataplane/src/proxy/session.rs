@@ -20,7 +20,7 @@ use super::shared::{Shared, now_ms};
 use super::xmpp_relay;
 use crate::archive::record::Body;
 use crate::inspect::detect::Detected;
-use crate::inspect::event::{Content, ConversationKind, Event, Party};
+use crate::inspect::event::{Content, ConversationKind, Event};
 use crate::inspect::policy::Action;
 
 /// Why a session ended early.
@@ -113,11 +113,7 @@ async fn serve_session(
         protocol,
         service: service.clone(),
         direction: Direction::Outbound,
-        sender: Party {
-            handle: handle.clone(),
-            person: target.user.clone(),
-            groups: Vec::new(),
-        },
+        sender: shared.party(handle.clone(), target.user.clone()),
         recipients: Vec::new(),
         room: None,
         conversation: ConversationKind::Direct,

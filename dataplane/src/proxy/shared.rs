@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use crate::archive::record::{Body, Record};
 use crate::archive::{ArchiveError, ArchiveLog};
-use crate::inspect::event::Event;
+use crate::inspect::event::{Event, Party};
 use crate::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
 use crate::inspect::services::ServiceCatalogue;
 
@@ -58,6 +58,8 @@ pub struct Shared {
     pub tls: Option<Arc<super::xmpp_relay::TlsContext>>,
     /// Prometheus metrics.
     pub metrics: crate::telemetry::Metrics,
+    /// Who handles are.
+    pub directory: crate::identity::Directory,
 }
 
 impl Shared {
@@ -80,6 +82,24 @@ impl Shared {
             limits: Limits::default(),
             tls: None,
             metrics: crate::telemetry::Metrics::default(),
+            directory: crate::identity::Directory::default(),
+        }
+    }
+
+    /// The sender `handle`, resolved through the directory; without an entry, the person is
+    /// the user the front end named, if any.
+    pub fn party(&self, handle: String, named: Option<String>) -> Party {
+        match self.directory.resolve(&handle) {
+            Some(identity) => Party {
+                person: Some(identity.person.clone()),
+                groups: identity.groups.clone(),
+                handle,
+            },
+            None => Party {
+                handle,
+                person: named,
+                groups: Vec::new(),
+            },
         }
     }
 

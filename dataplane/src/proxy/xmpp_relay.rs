@@ -26,7 +26,7 @@ use super::irc_relay::SessionInfo;
 use super::shared::{Shared, now_ms};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
-use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
+use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
 use crate::inspect::policy::{Action, Verdict};
 use crate::inspect::xmpp::{Framer, Item, Stanza, policy_error, stream_error};
 
@@ -584,13 +584,10 @@ async fn judge<C: AsyncWrite + Unpin>(
             format!("xmpp:{}", pair.join("/"))
         }
     };
-    let party = Party {
-        handle: sender.clone(),
-        person: (direction == Direction::Outbound)
-            .then(|| info.user.clone())
-            .flatten(),
-        groups: Vec::new(),
-    };
+    let named = (direction == Direction::Outbound)
+        .then(|| info.user.clone())
+        .flatten();
+    let party = shared.party(sender.clone(), named);
     let recipients = if room.is_some() {
         Vec::new()
     } else {
