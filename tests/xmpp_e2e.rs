@@ -9,84 +9,14 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, stop_and_read, wait_for_port};
+use common::{Killed, prosody, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn run(command: &mut Command) {
-    let output = command.output().expect("command runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Prosody on a free port with a self-signed certificate for localhost; returns the server,
-/// its port and its certificate.
-fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
-    let port = support::free_port();
-    let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs).expect("certs");
-    std::fs::create_dir_all(dir.join("data")).expect("data");
-    let (crt, key) = (certs.join("localhost.crt"), certs.join("localhost.key"));
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,DNS:conference.localhost",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "extendedKeyUsage=serverAuth",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt));
-    std::fs::copy(&crt, certs.join("conference.localhost.crt")).expect("copy");
-    std::fs::copy(&key, certs.join("conference.localhost.key")).expect("copy");
-    let config = dir.join("prosody.cfg.lua");
-    std::fs::write(
-        &config,
-        format!(
-            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\n",
-            d = dir.display()
-        ),
-    )
-    .expect("config");
-    for (user, password) in [("alice", "alicepw"), ("bob", "bobpw")] {
-        run(Command::new("prosodyctl")
-            .arg("--config")
-            .arg(&config)
-            .args(["register", user, "localhost", password]));
-    }
-    let child = Command::new("prosody")
-        .arg("-F")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prosody runs: scripts/test installs it (apt-get install prosody)");
-    let server = Killed(child);
-    wait_for_port(port, "prosody");
-    (server, port, crt)
-}
 
 fn imgate_up(front: u16, upstream: u16, data: &Path, extra_roots: Option<&Path>) -> Killed {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -66,4 +66,83 @@ pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("record"))
         .collect()
+}
+
+/// Runs a command that must succeed.
+pub fn run(command: &mut Command) {
+    let output = command.output().expect("command runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Prosody on a free port with a self-signed certificate for localhost; returns the server,
+/// its port and its certificate.
+pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
+    let port = free_port();
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs");
+    std::fs::create_dir_all(dir.join("data")).expect("data");
+    let (crt, key) = (certs.join("localhost.crt"), certs.join("localhost.key"));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,DNS:conference.localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt));
+    std::fs::copy(&crt, certs.join("conference.localhost.crt")).expect("copy");
+    std::fs::copy(&key, certs.join("conference.localhost.key")).expect("copy");
+    let config = dir.join("prosody.cfg.lua");
+    std::fs::write(
+        &config,
+        format!(
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\n",
+            d = dir.display()
+        ),
+    )
+    .expect("config");
+    for (user, password) in [("alice", "alicepw"), ("bob", "bobpw")] {
+        run(Command::new("prosodyctl")
+            .arg("--config")
+            .arg(&config)
+            .args(["register", user, "localhost", password]));
+    }
+    let child = Command::new("prosody")
+        .arg("-F")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prosody runs: scripts/test installs it (apt-get install prosody)");
+    let server = Killed(child);
+    wait_for_port(port, "prosody");
+    (server, port, crt)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
