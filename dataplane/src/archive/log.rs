@@ -160,6 +160,11 @@ impl ArchiveLog {
         }
     }
 
+    /// The highest sequence number assigned so far (durable or not).
+    pub fn last_seq(&self) -> u64 {
+        self.shared.lock().next_seq - 1
+    }
+
     /// The highest sequence number that is durable.
     pub fn durable_seq(&self) -> u64 {
         self.shared.lock().durable_seq

@@ -102,16 +102,16 @@ where
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = vec![0u8; 4096];
     loop {
+        // Every complete line in the buffer is judged and recorded first; the batch is
+        // forwarded once its records are durable (one fsync for all of them).
+        let mut batch = Vec::new();
         loop {
             match next_line(&buffer) {
                 Frame::Line { line, consumed } => {
                     let output =
                         handle_line(&shared, &info, &state, direction, line, &client).await?;
                     if let Some(bytes) = output {
-                        match &mut sink {
-                            Sink::Upstream(upstream) => upstream.write_all(&bytes).await?,
-                            Sink::Client => client.lock().await.write_all(&bytes).await?,
-                        }
+                        batch.extend_from_slice(&bytes);
                     }
                     buffer.drain(..consumed);
                 }
@@ -137,6 +137,16 @@ where
                     buffer.drain(..consumed);
                 }
                 Frame::NeedMore => break,
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = shared.settle().await {
+                tracing::error!(%error, "archive failed; not forwarding (fail closed)");
+                return Ok(());
+            }
+            match &mut sink {
+                Sink::Upstream(upstream) => upstream.write_all(&batch).await?,
+                Sink::Client => client.lock().await.write_all(&batch).await?,
             }
         }
         let read = tokio::time::timeout(shared.limits.idle, reader.read(&mut chunk)).await;

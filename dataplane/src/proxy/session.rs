@@ -137,7 +137,11 @@ async fn serve_session(
         handle: target.user.clone(),
         tls,
     };
-    let action = shared.archive_verdict(&session, start, &verdict);
+    let mut action = shared.archive_verdict(&session, start, &verdict);
+    if let Err(error) = shared.settle().await {
+        tracing::error!(%error, "archive failed; refusing the session (fail closed)");
+        action = Action::Block;
+    }
     let rules: Vec<&str> = verdict.rule_names().collect();
     let what = match (&service, &sni) {
         (Some(service), _) => format!("{} ({service})", protocol.as_str()),

@@ -3,8 +3,9 @@
 //! tracker, the archive log and the timeouts.
 //!
 //! Invariants: a record is appended for every event before the event's effect is forwarded,
-//! and with `fail_closed` the effect waits until the record is durable; an archive failure in
-//! fail-closed mode blocks the event instead of forwarding it unrecorded.
+//! and with `fail_closed` the effect waits (in [`Shared::settle`]) until the record is
+//! durable; an archive failure in fail-closed mode blocks the event instead of forwarding it
+//! unrecorded.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -122,7 +123,15 @@ impl Shared {
     /// Archives one record of conversation `conv`; in fail-closed mode, waits until it is
     /// durable.
     pub fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
-        let seq = self.archive.append(|seq| Record {
+        let seq = self.append(conv, body)?;
+        if self.fail_closed {
+            self.archive.wait_durable(seq)?;
+        }
+        Ok(seq)
+    }
+
+    fn append(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
+        self.archive.append(|seq| Record {
             v: crate::archive::record::FORMAT_VERSION,
             tenant: self.tenant.clone(),
             writer: self.writer.clone(),
@@ -130,15 +139,26 @@ impl Shared {
             ts: Utc::now(),
             conv: conv.to_owned(),
             body,
-        })?;
-        if self.fail_closed {
-            self.archive.wait_durable(seq)?;
-        }
-        Ok(seq)
+        })
     }
 
-    /// Archives an event's record and returns the action to take: the verdict's, or `block`
-    /// when the record could not be made durable in fail-closed mode.
+    /// In fail-closed mode, waits until every record appended so far is durable; relays call
+    /// it once per batch of stanzas or lines, before forwarding the batch, so that one fsync
+    /// covers all the messages in flight.
+    pub async fn settle(&self) -> Result<(), ArchiveError> {
+        if !self.fail_closed {
+            return Ok(());
+        }
+        let (log, seq) = (self.archive.clone(), self.archive.last_seq());
+        // Waiting for the fsync must not hold a runtime worker that other sessions need.
+        tokio::task::spawn_blocking(move || log.wait_durable(seq))
+            .await
+            .unwrap_or(Err(ArchiveError::Closed))
+    }
+
+    /// Appends an event's record and returns the action to take: the verdict's, or `block`
+    /// when the record could not be appended in fail-closed mode. The caller forwards the
+    /// effect only after [`settle`](Self::settle).
     pub fn archive_verdict(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
         let action = self.archive_then_act(conv, body, verdict);
         self.metrics.verdict(action.as_str());
@@ -146,7 +166,7 @@ impl Shared {
     }
 
     fn archive_then_act(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
-        match self.archive(conv, body) {
+        match self.append(conv, body) {
             Ok(_) => verdict.action,
             Err(error) if self.fail_closed => {
                 tracing::error!(%error, "archive failed; blocking (fail closed)");

@@ -383,6 +383,9 @@ where
     W: AsyncWrite + Unpin,
     C: AsyncWrite + Unpin,
 {
+    // Complete elements are judged and recorded as they are framed; the batch is forwarded
+    // once its records are durable (one fsync for everything in flight).
+    let mut batch = Vec::new();
     loop {
         if std::mem::take(
             &mut state
@@ -394,6 +397,13 @@ where
         }
         match side.framer.next(&side.buffer) {
             Item::NeedMore => {
+                if !batch.is_empty() {
+                    if let Err(error) = shared.settle().await {
+                        tracing::error!(%error, "archive failed; not forwarding (fail closed)");
+                        return Ok(());
+                    }
+                    upstream.write_all(&std::mem::take(&mut batch)).await?;
+                }
                 if !fill(&mut reader, &mut side, &shared).await? {
                     return Ok(());
                 }
@@ -421,14 +431,13 @@ where
                 if let Some(out) =
                     judge(&shared, &info, &state, Direction::Outbound, &bytes, &client).await?
                 {
-                    upstream.write_all(&out).await?;
+                    batch.extend_from_slice(&out);
                 }
             }
             Item::Header { consumed, .. }
             | Item::Whitespace { consumed }
             | Item::Close { consumed } => {
-                let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
-                upstream.write_all(&bytes).await?;
+                batch.extend(side.buffer.drain(..consumed));
             }
         }
     }
@@ -446,9 +455,21 @@ where
     R: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
+    let mut batch = Vec::new();
     loop {
         match side.framer.next(&side.buffer) {
             Item::NeedMore => {
+                if !batch.is_empty() {
+                    if let Err(error) = shared.settle().await {
+                        tracing::error!(%error, "archive failed; not forwarding (fail closed)");
+                        return Ok(());
+                    }
+                    client
+                        .lock()
+                        .await
+                        .write_all(&std::mem::take(&mut batch))
+                        .await?;
+                }
                 if !fill(&mut reader, &mut side, &shared).await? {
                     return Ok(());
                 }
@@ -497,14 +518,13 @@ where
                     judge(&shared, &info, &state, Direction::Inbound, &bytes, &client).await?
                 };
                 if let Some(out) = out {
-                    client.lock().await.write_all(&out).await?;
+                    batch.extend_from_slice(&out);
                 }
             }
             Item::Header { consumed, .. }
             | Item::Whitespace { consumed }
             | Item::Close { consumed } => {
-                let bytes: Vec<u8> = side.buffer.drain(..consumed).collect();
-                client.lock().await.write_all(&bytes).await?;
+                batch.extend(side.buffer.drain(..consumed));
             }
         }
     }
