@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use imgate_crds::policy::{Direction, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 
-use super::shared::{Shared, now_ms};
+use super::shared::{ClientWriter, Shared, now_ms};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
@@ -35,8 +35,6 @@ struct State {
     nick: String,
     disclaimed: HashSet<String>,
 }
-
-type ClientWriter<C> = Arc<tokio::sync::Mutex<WriteHalf<C>>>;
 
 /// Relays an IRC session between `client` and `upstream` until either side closes.
 pub async fn relay<C, U>(
@@ -117,13 +115,15 @@ where
                 }
                 Frame::Oversized { consumed } => {
                     let nick = state.lock().unwrap_or_else(|p| p.into_inner()).nick.clone();
-                    let _ = shared.archive(
-                        &info.session,
-                        Body::System {
-                            event: "irc-line-too-long".into(),
-                            detail: format!("{direction:?} line over {MAX_LINE} bytes dropped"),
-                        },
-                    );
+                    let _ = shared
+                        .archive(
+                            &info.session,
+                            Body::System {
+                                event: "irc-line-too-long".into(),
+                                detail: format!("{direction:?} line over {MAX_LINE} bytes dropped"),
+                            },
+                        )
+                        .await;
                     if direction == Direction::Outbound {
                         client
                             .lock()

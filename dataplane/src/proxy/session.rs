@@ -152,13 +152,15 @@ async fn serve_session(
     if matches!(action, Action::Block | Action::Quarantine)
         || verdict.tls == Some(TlsMode::Block) && matches!(peeked.detected, Detected::Tls(_))
     {
-        let _ = shared.archive(
-            &session,
-            Body::SessionEnd {
-                session: session.clone(),
-                reason: format!("refused by policy ({})", rules.join(", ")),
-            },
-        );
+        let _ = shared
+            .archive(
+                &session,
+                Body::SessionEnd {
+                    session: session.clone(),
+                    reason: format!("refused by policy ({})", rules.join(", ")),
+                },
+            )
+            .await;
         return Ok(());
     }
     let client = Prefixed::new(peeked.prefix, client);
@@ -190,13 +192,15 @@ async fn serve_session(
         Ok(()) => "closed".to_owned(),
         Err(error) => error.to_string(),
     };
-    let _ = shared.archive(
-        &session,
-        Body::SessionEnd {
-            session: session.clone(),
-            reason,
-        },
-    );
+    let _ = shared
+        .archive(
+            &session,
+            Body::SessionEnd {
+                session: session.clone(),
+                reason,
+            },
+        )
+        .await;
     tracing::info!(target: "imgate::session", %session, "ended");
     outcome.map_err(Into::into)
 }

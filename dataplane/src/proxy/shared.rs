@@ -122,11 +122,9 @@ impl Shared {
 
     /// Archives one record of conversation `conv`; in fail-closed mode, waits until it is
     /// durable.
-    pub fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
+    pub async fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
         let seq = self.append(conv, body)?;
-        if self.fail_closed {
-            self.archive.wait_durable(seq)?;
-        }
+        self.settle().await?;
         Ok(seq)
     }
 
@@ -187,3 +185,6 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
 }
+
+/// The client's write half, shared by a relay's two directions (both may write to the client).
+pub type ClientWriter<C> = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<C>>>;

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use imgate_crds::policy::{Direction, Protocol};
 use rustls::client::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::irc_relay::SessionInfo;
-use super::shared::{Shared, now_ms};
+use super::shared::{ClientWriter, Shared, now_ms};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
@@ -121,13 +121,15 @@ async fn client_item<C: AsyncWrite + AsyncRead + Unpin>(
         Next::Item(bytes, to) => Ok(Some((bytes, to))),
         Next::End => Ok(None),
         Next::Broken(condition, reason) => {
-            let _ = shared.archive(
-                &info.session,
-                Body::System {
-                    event: "xmpp-stream-error".into(),
-                    detail: format!("client sent {reason}; session ended with <{condition}/>"),
-                },
-            );
+            let _ = shared
+                .archive(
+                    &info.session,
+                    Body::System {
+                        event: "xmpp-stream-error".into(),
+                        detail: format!("client sent {reason}; session ended with <{condition}/>"),
+                    },
+                )
+                .await;
             if !opened {
                 client.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").await?;
             }
@@ -148,13 +150,15 @@ async fn server_item<U: AsyncRead + Unpin>(
         Next::Item(bytes, to) => Ok(Some((bytes, to))),
         Next::End => Ok(None),
         Next::Broken(_, reason) => {
-            let _ = shared.archive(
-                &info.session,
-                Body::System {
-                    event: "xmpp-stream-error".into(),
-                    detail: format!("the server sent {reason}; session ended"),
-                },
-            );
+            let _ = shared
+                .archive(
+                    &info.session,
+                    Body::System {
+                        event: "xmpp-stream-error".into(),
+                        detail: format!("the server sent {reason}; session ended"),
+                    },
+                )
+                .await;
             Ok(None)
         }
     }
@@ -284,13 +288,15 @@ where
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::warn!(target: "imgate::session", session = %info.session, "the server's certificate for {domain} was refused: {error}");
-            let _ = shared.archive(
-                &info.session,
-                Body::System {
-                    event: "tls-upstream-refused".into(),
-                    detail: format!("{domain}: {error}"),
-                },
-            );
+            let _ = shared
+                .archive(
+                    &info.session,
+                    Body::System {
+                        event: "tls-upstream-refused".into(),
+                        detail: format!("{domain}: {error}"),
+                    },
+                )
+                .await;
             client
                 .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
                 .await?;
@@ -321,8 +327,6 @@ struct State {
     disclaimed: HashSet<String>,
     restart_client: bool,
 }
-
-type ClientWriter<C> = Arc<tokio::sync::Mutex<WriteHalf<C>>>;
 
 async fn inspect<C, U>(
     shared: Arc<Shared>,
@@ -411,13 +415,17 @@ where
             item @ (Item::TooLarge | Item::Malformed { .. }) => {
                 let (condition, reason) =
                     broken(&item).unwrap_or(("not-well-formed", "malformed XML"));
-                let _ = shared.archive(
-                    &info.session,
-                    Body::System {
-                        event: "xmpp-stream-error".into(),
-                        detail: format!("client sent {reason}; session ended with <{condition}/>"),
-                    },
-                );
+                let _ = shared
+                    .archive(
+                        &info.session,
+                        Body::System {
+                            event: "xmpp-stream-error".into(),
+                            detail: format!(
+                                "client sent {reason}; session ended with <{condition}/>"
+                            ),
+                        },
+                    )
+                    .await;
                 client
                     .lock()
                     .await
@@ -475,14 +483,17 @@ where
                 }
             }
             Item::TooLarge | Item::Malformed { .. } => {
-                let _ = shared.archive(
-                    &info.session,
-                    Body::System {
-                        event: "xmpp-stream-error".into(),
-                        detail: "the server sent an oversized or malformed element; session ended"
-                            .into(),
-                    },
-                );
+                let _ = shared
+                    .archive(
+                        &info.session,
+                        Body::System {
+                            event: "xmpp-stream-error".into(),
+                            detail:
+                                "the server sent an oversized or malformed element; session ended"
+                                    .into(),
+                        },
+                    )
+                    .await;
                 client
                     .lock()
                     .await
