@@ -1,6 +1,7 @@
 //! XMPP message throughput and added latency, side by side in one run: a client talking to
 //! Prosody directly, through HAProxy as a plain TCP relay, and through `imgate up` with the
-//! embedded policy (every message inspected and archived, fail-closed, in both directions).
+//! embedded policy (every message inspected and archived, fail-closed, in both directions),
+//! once forwarding when a record is written to the log and once when it is fsynced.
 //! The client logs in (STARTTLS, SASL PLAIN, bind) and sends chat messages to its own full
 //! JID, so each message crosses the relay twice.
 //! Run: `cargo bench --bench xmpp_relay` (needs prosody, haproxy and openssl installed).
@@ -24,6 +25,8 @@ use tokio_rustls::client::TlsStream;
 
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 const MESSAGES: usize = 20_000;
+/// Messages per second of the light-load latency run.
+const LIGHT_RATE: f64 = 500.0;
 
 async fn read_until<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
@@ -150,6 +153,36 @@ async fn run(
     (count as f64 / elapsed, latencies)
 }
 
+/// Runs each path for 5 s at `rate` messages per second and prints the latencies.
+fn latency(
+    runtime: &tokio::runtime::Runtime,
+    paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
+    rate: f64,
+    what: &str,
+) {
+    println!("latency at {rate:.0} messages/s ({what}), 5 s each:");
+    let mut p99 = Vec::new();
+    for (name, port, roots) in paths {
+        let (_, mut latencies) = runtime.block_on(run(*port, roots, (rate * 5.0) as usize, rate));
+        let (p50, tail) = (
+            percentile(&mut latencies, 0.5),
+            percentile(&mut latencies, 0.99),
+        );
+        println!(
+            "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms",
+            p50.as_secs_f64() * 1e3,
+            tail.as_secs_f64() * 1e3
+        );
+        p99.push(tail);
+    }
+    println!(
+        "  p99 added over direct: by HAProxy {:.3} ms; by imgate {:.3} ms ({:.3} ms forwarding after fsync)",
+        p99[1].saturating_sub(p99[0]).as_secs_f64() * 1e3,
+        p99[2].saturating_sub(p99[0]).as_secs_f64() * 1e3,
+        p99[3].saturating_sub(p99[0]).as_secs_f64() * 1e3
+    );
+}
+
 fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
     latencies.sort();
     latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
@@ -172,17 +205,17 @@ fn haproxy(dir: &Path, upstream: u16) -> (Killed, u16) {
     (relay, port)
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        println!("xmpp_relay: bench");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, prosody_port, server_cert) = prosody(dir.path());
-    let (_haproxy, haproxy_port) = haproxy(dir.path(), prosody_port);
+/// Starts `imgate up` forwarding to Prosody, forwarding messages once their records are
+/// `forward_after` (written or synced); returns it, its port and its data folder.
+fn imgate(
+    dir: &Path,
+    forward_after: &str,
+    prosody_port: u16,
+    server_cert: &Path,
+) -> (Killed, u16, std::path::PathBuf) {
     let front = free_port();
-    let data = dir.path().join("imgate");
-    let imgate = Command::new(env!("CARGO_BIN_EXE_imgate"))
+    let data = dir.join(format!("imgate-{forward_after}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
         .args([
             "up",
             "--socks",
@@ -191,28 +224,46 @@ fn main() {
             "off",
             "--metrics",
             "off",
+            "--forward-after",
+            forward_after,
             "--forward",
             &format!("127.0.0.1:{front}=127.0.0.1:{prosody_port}"),
             "--extra-roots",
         ])
-        .arg(&server_cert)
+        .arg(server_cert)
         .arg("--data")
         .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("imgate up runs");
-    let _imgate = Killed(imgate);
+    let imgate = Killed(child);
     wait_for_port(front, "imgate up");
+    (imgate, front, data)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("xmpp_relay: bench");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, prosody_port, server_cert) = prosody(dir.path());
+    let (_haproxy, haproxy_port) = haproxy(dir.path(), prosody_port);
+    let (_imgate, front, data) = imgate(dir.path(), "written", prosody_port, &server_cert);
+    let (_synced, synced_front, synced_data) =
+        imgate(dir.path(), "synced", prosody_port, &server_cert);
     let server_roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&server_cert)
         .expect("pem")
         .filter_map(Result::ok)
         .collect();
-    let imgate_roots: Vec<CertificateDer<'static>> =
+    let ca = |data: &Path| -> Vec<CertificateDer<'static>> {
         CertificateDer::pem_file_iter(data.join("ca/ca.pem"))
             .expect("pem")
             .filter_map(Result::ok)
-            .collect();
+            .collect()
+    };
+    let (imgate_roots, synced_roots) = (ca(&data), ca(&synced_data));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -222,34 +273,29 @@ fn main() {
         ("direct to Prosody", prosody_port, &server_roots),
         ("through HAProxy (TCP relay)", haproxy_port, &server_roots),
         ("through imgate (policy + archive)", front, &imgate_roots),
+        (
+            "through imgate, forwarding after fsync",
+            synced_front,
+            &synced_roots,
+        ),
     ];
     println!("XMPP, {MESSAGES} messages to the own JID (each crosses the relay twice):");
     let mut rates = Vec::new();
     for (name, port, roots) in paths {
         let (rate, _) = runtime.block_on(run(port, roots, MESSAGES, 0.0));
-        println!("  {name:<36} {rate:>9.0} messages/s");
+        println!("  {name:<40} {rate:>9.0} messages/s");
         rates.push(rate);
     }
-    println!("  imgate / HAProxy: {:.2}", rates[2] / rates[1]);
-    let half = rates[2].min(rates[1]) / 2.0;
-    println!("latency at {half:.0} messages/s (half of the slower relay's rate), 5 s each:");
-    let mut p99 = Vec::new();
-    for (name, port, roots) in paths {
-        let (_, mut latencies) = runtime.block_on(run(port, roots, (half * 5.0) as usize, half));
-        let (p50, tail) = (
-            percentile(&mut latencies, 0.5),
-            percentile(&mut latencies, 0.99),
-        );
-        println!(
-            "  {name:<36} p50 {:>7.3} ms  p99 {:>7.3} ms",
-            p50.as_secs_f64() * 1e3,
-            tail.as_secs_f64() * 1e3
-        );
-        p99.push(tail);
-    }
     println!(
-        "  p99 added by imgate over direct: {:.3} ms; by HAProxy: {:.3} ms",
-        p99[2].saturating_sub(p99[0]).as_secs_f64() * 1e3,
-        p99[1].saturating_sub(p99[0]).as_secs_f64() * 1e3
+        "  imgate / HAProxy: {:.2} ({:.2} forwarding after fsync)",
+        rates[2] / rates[1],
+        rates[3] / rates[1]
     );
+    let half = rates[2].min(rates[1]) / 2.0;
+    for (rate, what) in [
+        (half, "half of the slower relay's rate"),
+        (LIGHT_RATE, "light load"),
+    ] {
+        latency(&runtime, &paths, rate, what);
+    }
 }

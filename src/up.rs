@@ -20,7 +20,7 @@ use imgate_dataplane::identity::Directory;
 use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::server;
-use imgate_dataplane::proxy::shared::Shared;
+use imgate_dataplane::proxy::shared::{ForwardAfter, Shared};
 use imgate_dataplane::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
 use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use tokio::net::TcpListener;
@@ -57,9 +57,20 @@ pub struct UpArgs {
     /// Extra PEM roots trusted for upstream servers, beside the system's (repeat for several).
     #[arg(long = "extra-roots", value_name = "PEM")]
     extra_roots: Vec<PathBuf>,
+    /// When a message may be forwarded: once its record is `written` to the log file, or
+    /// `synced` (fsynced; survives power loss, costs an fsync each way per message).
+    #[arg(long, value_enum, default_value = "written")]
+    forward_after: ForwardAfterArg,
     /// Seal a segment at least this often (seconds).
     #[arg(long, default_value_t = 20)]
     seal_seconds: u64,
+}
+
+/// `--forward-after` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ForwardAfterArg {
+    Written,
+    Synced,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
@@ -134,6 +145,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         let mut shared = Shared::new(&args.tenant, "local-0", policy, log.clone(), true);
         shared.directory = directory;
+        shared.forward_after = match args.forward_after {
+            ForwardAfterArg::Written => ForwardAfter::Written,
+            ForwardAfterArg::Synced => ForwardAfter::Synced,
+        };
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
 
@@ -161,13 +176,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let stop = Arc::new(tokio::sync::Notify::new());
         let shipping = {
             let stop = stop.clone();
-            tokio::spawn(async move { shipper.run(async move { stop.notified().await }, Duration::from_secs(30)).await })
+            shipper.spawn(async move { stop.notified().await }, Duration::from_secs(30)).context("cannot start the archive shipper")?
         };
         server::run(shared, listeners, shutdown_signal()).await;
         reloads.abort();
         println!("stopping: flushing the archive");
         stop.notify_one();
-        shipping.await.context("the shipper")??;
+        tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))??;
         log.close();
         println!("archive flushed to {}", archive_dir.display());
         Ok(0)

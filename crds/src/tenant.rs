@@ -120,6 +120,23 @@ pub struct ArchiveSpec {
     /// `block` (fail closed: nothing is forwarded unarchived) or `pass` (fail open).
     #[serde(default)]
     pub on_archive_failure: ArchiveFailure,
+    /// With `block`, when a message may be forwarded: `written` (its record is in the
+    /// dataplane's log file, which survives a crash or restart of the dataplane; a node that
+    /// loses power can lose the last fsync window, about a millisecond) or `synced` (its
+    /// record is fsynced; adds an fsync in each direction to every message).
+    #[serde(default)]
+    pub forward_after: ForwardAfter,
+}
+
+/// How far a record must get before its message is forwarded (fail-closed mode).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardAfter {
+    /// Written to the log file: survives a crash of the dataplane.
+    #[default]
+    Written,
+    /// Fsynced: survives the node losing power.
+    Synced,
 }
 
 /// An S3 bucket.
@@ -207,7 +224,7 @@ pub enum RetentionMode {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ArchiveFailure {
-    /// Fail closed: hold messages until their records are durable.
+    /// Fail closed: hold messages until their records are in the log (see `forwardAfter`).
     #[default]
     Block,
     /// Fail open: forward and keep trying to archive.

@@ -14,6 +14,11 @@ pub trait LogFile: Send {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// A second handle to the same file, so that another thread can sync it while appends
+    /// continue on this one.
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 /// What the log needs from a filesystem.
@@ -47,6 +52,10 @@ impl LogFile for File {
 
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        File::try_clone(self)
     }
 }
 
@@ -167,6 +176,13 @@ pub(crate) mod faulty {
                 return Err(io::Error::other("fsync failed (injected)"));
             }
             self.file.sync_data()
+        }
+
+        fn try_clone(&self) -> io::Result<Self> {
+            Ok(Self {
+                file: self.file.try_clone()?,
+                faults: self.faults.clone(),
+            })
         }
     }
 

@@ -1,24 +1,30 @@
-//! The archive log: many producers, one committer thread, group commit.
+//! The archive log: many producers, a writer thread and a syncer thread, group commit.
 //!
 //! Producers call [`ArchiveLog::append`], which assigns the next sequence number, encodes the
-//! record and queues it; the committer writes everything queued in one batch and one fsync,
-//! then wakes the producers waiting in [`ArchiveLog::wait_durable`]. While one fsync runs, the
-//! next batch accumulates, so throughput grows with concurrency instead of paying an fsync
-//! per record.
+//! record and queues it. The writer appends everything queued in one write and reports it
+//! *written* (in the log file: it survives a crash or kill of the process); the syncer
+//! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it
+//! survives the machine losing power). Sessions wait without holding a thread in
+//! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks. While one fsync runs, writes continue and the next fsync
+//! covers them all, so throughput grows with concurrency instead of paying an fsync per
+//! record, and waiting for a write never waits behind an fsync.
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued
-//! and written in that order; `durable_seq` only grows and never passes what was fsynced;
-//! when the unshipped bytes plus the queue would exceed the limit, `append` refuses with
-//! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write
-//! error the log refuses everything ([`ArchiveError::Failed`]) until it is reopened, because
-//! what follows a failed batch must not be acknowledged.
+//! and written in that order; `durable_seq <= written_seq`, both only grow, and neither
+//! passes what was written or synced; the syncer's file handle and its target are published
+//! together, so a target is never claimed durable by syncing another file (the writer syncs
+//! a full file itself before moving to the next); when the unshipped bytes plus the queue
+//! would exceed the limit, `append` refuses with [`ArchiveError::Full`] (back-pressure)
+//! instead of growing without bound; after a write or sync error the log refuses everything
+//! ([`ArchiveError::Failed`]) until it is reopened, because what follows a failed batch must
+//! not be acknowledged.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::error::ArchiveError;
-use super::fs::Filesystem;
+use super::fs::{Filesystem, LogFile};
 use super::record::Record;
 use super::wal::{FRAME_HEADER, Recovery, Wal};
 
@@ -45,16 +51,29 @@ struct State {
     queue: Vec<(u64, Vec<u8>)>,
     queued_bytes: u64,
     next_seq: u64,
+    written_seq: u64,
     durable_seq: u64,
+    /// What the syncer should sync next: a handle to the file holding `written_seq`.
+    sync_file: Option<Box<dyn LogFile>>,
     on_disk_bytes: u64,
     release_through: Option<u64>,
     failed: Option<String>,
     closing: bool,
 }
 
+/// What async waiters watch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    written: u64,
+    durable: u64,
+    failed: bool,
+}
+
 struct Shared {
     state: Mutex<State>,
+    progress: tokio::sync::watch::Sender<Progress>,
     queued: Condvar,
+    written: Condvar,
     committed: Condvar,
     limit: u64,
 }
@@ -71,7 +90,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct ArchiveLog {
     shared: Arc<Shared>,
-    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     dir: PathBuf,
 }
 
@@ -83,27 +102,43 @@ impl ArchiveLog {
         config: LogConfig,
     ) -> Result<(Self, Recovery), ArchiveError> {
         let (wal, recovery) = Wal::open(fs, dir, config.max_file_bytes)?;
+        let last = wal.next_seq() - 1;
         let state = State {
             next_seq: wal.next_seq(),
-            durable_seq: wal.next_seq() - 1,
+            written_seq: last,
+            durable_seq: last,
+            sync_file: wal.sync_handle()?.map(|f| Box::new(f) as Box<dyn LogFile>),
             on_disk_bytes: wal.bytes(),
             ..State::default()
         };
+        let progress = tokio::sync::watch::Sender::new(Progress {
+            written: last,
+            durable: last,
+            failed: false,
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            progress,
             queued: Condvar::new(),
+            written: Condvar::new(),
             committed: Condvar::new(),
             limit: config.max_unshipped_bytes,
         });
-        let worker = shared.clone();
-        let committer = std::thread::Builder::new()
-            .name("archive-commit".into())
-            .spawn(move || commit_loop(&worker, wal))
-            .map_err(|e| ArchiveError::io(dir, e))?;
+        let (writer, syncer) = (shared.clone(), shared.clone());
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("archive-write".into())
+                .spawn(move || write_loop(&writer, wal))
+                .map_err(|e| ArchiveError::io(dir, e))?,
+            std::thread::Builder::new()
+                .name("archive-sync".into())
+                .spawn(move || sync_loop(&syncer))
+                .map_err(|e| ArchiveError::io(dir, e))?,
+        ];
         Ok((
             Self {
                 shared,
-                committer: Arc::new(Mutex::new(Some(committer))),
+                threads: Arc::new(Mutex::new(threads)),
                 dir: dir.to_owned(),
             },
             recovery,
@@ -160,6 +195,32 @@ impl ArchiveLog {
         }
     }
 
+    /// Waits, without blocking a thread, until record `seq` is written to the log file.
+    pub async fn written(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.reached(seq, |p| p.written).await
+    }
+
+    /// Waits, without blocking a thread, until record `seq` is durable on local disk.
+    pub async fn synced(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.reached(seq, |p| p.durable).await
+    }
+
+    async fn reached(&self, seq: u64, mark: impl Fn(&Progress) -> u64) -> Result<(), ArchiveError> {
+        let mut progress = self.shared.progress.subscribe();
+        let reached = progress
+            .wait_for(|p| p.failed || mark(p) >= seq)
+            .await
+            .map(|p| mark(&p) >= seq)
+            .unwrap_or(false);
+        if reached {
+            return Ok(());
+        }
+        match &self.shared.lock().failed {
+            Some(reason) => Err(ArchiveError::Failed(reason.clone())),
+            None => Err(ArchiveError::Closed),
+        }
+    }
+
     /// The highest sequence number assigned so far (durable or not).
     pub fn last_seq(&self) -> u64 {
         self.shared.lock().next_seq - 1
@@ -182,22 +243,39 @@ impl ArchiveLog {
         self.shared.queued.notify_one();
     }
 
-    /// Writes what is queued, stops the committer and waits for it.
+    /// Writes and syncs what is queued, stops the writer and the syncer and waits for them.
     pub fn close(&self) {
         self.shared.lock().closing = true;
         self.shared.queued.notify_all();
-        let handle = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
+        self.shared.written.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in threads {
             let _ = handle.join();
         }
     }
 }
 
-fn commit_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
+/// Publishes the log's progress to every waiter, blocking or async.
+fn notify(shared: &Shared, state: MutexGuard<'_, State>) {
+    let progress = Progress {
+        written: state.written_seq,
+        durable: state.durable_seq,
+        failed: state.failed.is_some(),
+    };
+    drop(state);
+    shared.progress.send_replace(progress);
+    shared.committed.notify_all();
+    shared.written.notify_all();
+}
+
+/// Records a failure: the log refuses everything from now on, and every waiter is woken.
+fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError) {
+    tracing::error!(%error, "archive log failed; refusing further records");
+    state.failed = Some(error.to_string());
+    notify(shared, state);
+}
+
+fn write_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
     loop {
         let (batch, release) = {
             let mut state = shared.lock();
@@ -208,6 +286,15 @@ fn commit_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             if state.queue.is_empty() && state.release_through.is_none() && state.closing {
+                // Everything written becomes durable before the log closes.
+                drop(state);
+                let synced = wal.sync();
+                let mut state = shared.lock();
+                match synced {
+                    Ok(()) => state.durable_seq = state.written_seq,
+                    Err(error) => return fail(shared, state, &error),
+                }
+                notify(shared, state);
                 return;
             }
             state.queued_bytes = 0;
@@ -216,25 +303,74 @@ fn commit_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
                 state.release_through.take(),
             )
         };
-        let written = wal.write_batch(&batch);
+        let appended = wal.append_batch(&batch);
+        let handle = match &appended {
+            Ok(true) => wal.sync_handle(),
+            _ => Ok(None),
+        };
         let released = match release {
             Some(seq) => wal.remove_through(seq),
             None => Ok(()),
         };
         let mut state = shared.lock();
-        match written.and(released) {
-            Ok(()) => {
+        match appended
+            .and(handle)
+            .and_then(|handle| released.map(|()| handle))
+        {
+            Ok(handle) => {
+                if let Some(handle) = handle {
+                    // A new file: the previous one was synced whole before it.
+                    state.durable_seq = state.written_seq;
+                    state.sync_file = Some(Box::new(handle));
+                }
                 if let Some((last, _)) = batch.last() {
-                    state.durable_seq = *last;
+                    state.written_seq = *last;
                 }
                 state.on_disk_bytes = wal.bytes();
             }
+            Err(error) => return fail(shared, state, &error),
+        }
+        notify(shared, state);
+    }
+}
+
+fn sync_loop(shared: &Shared) {
+    loop {
+        let (target, mut file) = {
+            let mut state = shared.lock();
+            loop {
+                if state.failed.is_some() {
+                    return;
+                }
+                if state.written_seq > state.durable_seq && state.sync_file.is_some() {
+                    break;
+                }
+                if state.closing {
+                    return;
+                }
+                state = shared
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            let file = state.sync_file.take();
+            (state.written_seq, file)
+        };
+        let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
+        let mut state = shared.lock();
+        if state.sync_file.is_none() {
+            state.sync_file = file;
+        }
+        match synced {
+            Ok(()) => state.durable_seq = state.durable_seq.max(target),
             Err(error) => {
-                tracing::error!(%error, "archive log write failed; refusing further records");
-                state.failed = Some(error.to_string());
+                return fail(
+                    shared,
+                    state,
+                    &ArchiveError::Failed(format!("fsync failed: {error}")),
+                );
             }
         }
-        drop(state);
-        shared.committed.notify_all();
+        notify(shared, state);
     }
 }

@@ -325,6 +325,21 @@ impl<F: Filesystem> Shipper<F> {
         }
     }
 
+    /// Runs [`run`](Self::run) on a thread of its own with its own runtime, so that sealing
+    /// (reading the log, compressing, fsyncing) never holds a worker that sessions need.
+    pub fn spawn(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+        drain: Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<Result<(), ArchiveError>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("archive-ship".into())
+            .spawn(move || runtime.block_on(self.run(stop, drain)))
+    }
+
     /// Runs until `stop` resolves: seals when due and ships, retrying with back-off; then
     /// flushes for up to `drain` before returning.
     pub async fn run(

@@ -231,6 +231,69 @@ fn a_failing_fsync_is_never_acknowledged() {
 }
 
 #[test]
+fn written_is_reported_before_the_fsync_and_a_failed_fsync_stops_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let (log, _) = ArchiveLog::open(fs.clone(), dir.path(), config()).expect("open");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let first = log.append(|seq| message(seq, "synced")).expect("queued");
+    rt.block_on(log.synced(first)).expect("synced");
+    fs.faults.lock().expect("lock").fail_sync = true;
+    let second = log
+        .append(|seq| message(seq, "written only"))
+        .expect("queued");
+    rt.block_on(log.written(second))
+        .expect("in the file, though its fsync fails");
+    assert!(matches!(
+        rt.block_on(log.synced(second)),
+        Err(ArchiveError::Failed(_))
+    ));
+    assert_eq!(log.durable_seq(), first);
+    assert!(
+        matches!(
+            log.append(|seq| message(seq, "after")),
+            Err(ArchiveError::Failed(_))
+        ),
+        "nothing is accepted after a failed fsync"
+    );
+    log.close();
+    let (_, recovery) = Wal::open(StdFs, dir.path(), 1 << 20).expect("reopen");
+    assert_eq!(recovery.records, 2, "the written record is in the file");
+}
+
+#[test]
+fn records_in_rotated_files_are_durable_and_async_waits_see_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(
+        StdFs,
+        dir.path(),
+        LogConfig {
+            max_unshipped_bytes: 1 << 30,
+            max_file_bytes: 600,
+        },
+    )
+    .expect("open");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut last = 0;
+    for i in 0..50 {
+        last = log
+            .append(|seq| message(seq, &format!("message {i}")))
+            .expect("queued");
+        rt.block_on(log.written(last)).expect("written");
+    }
+    rt.block_on(log.synced(last)).expect("synced");
+    assert_eq!(log.durable_seq(), last);
+    log.close();
+    let files = StdFs.list(dir.path()).expect("list").len();
+    assert!(files > 5, "the log rotated ({files} files)");
+    assert_eq!(read_all(dir.path()).len(), 50);
+}
+
+#[test]
 fn back_pressure_when_unshipped_data_reaches_the_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(

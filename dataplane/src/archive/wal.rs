@@ -6,9 +6,10 @@
 //!
 //! Invariants:
 //! - sequence numbers are consecutive across all files, from the first file's name on;
-//! - a batch is appended and then fsynced before any of its records is reported durable; a
-//!   batch that fails part-way is cut off again, so the log never holds half a frame that a
-//!   later batch would follow;
+//! - a batch is appended ([`Wal::append_batch`]) and becomes durable only when a sync of its
+//!   file returns; a file is synced before the log moves on to the next one, so every record
+//!   in an earlier file is durable; a batch that fails part-way is cut off again, so the log
+//!   never holds half a frame that a later batch would follow;
 //! - recovery cuts a torn tail (an incomplete or bad last frame of the last file) and reports
 //!   any other damage with its file and byte offset: a corrupt record is never skipped;
 //! - files are deleted only when every record in them has been shipped ([`Wal::remove_through`]).
@@ -194,10 +195,14 @@ impl<F: Filesystem> Wal<F> {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
-    /// Appends a batch of `(seq, payload)` and fsyncs. Sequence numbers must continue the log.
-    pub fn write_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<(), ArchiveError> {
+    /// Appends a batch of `(seq, payload)` without syncing it (see [`sync_handle`]); when the
+    /// current file is full, it is synced and a new one started. Sequence numbers must
+    /// continue the log. Returns whether a new file was started.
+    ///
+    /// [`sync_handle`]: Self::sync_handle
+    pub fn append_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<bool, ArchiveError> {
         let Some((first, _)) = batch.first() else {
-            return Ok(());
+            return Ok(false);
         };
         if *first != self.next_seq {
             return Err(ArchiveError::Sequence {
@@ -210,6 +215,10 @@ impl<F: Filesystem> Wal<F> {
             .last()
             .is_none_or(|f| f.bytes >= self.max_file_bytes);
         if needs_new_file {
+            if let (Some(file), Some(segment)) = (self.current.as_mut(), self.files.last()) {
+                file.sync()
+                    .map_err(|e| ArchiveError::io(&segment.path, e))?;
+            }
             let path = self.dir.join(file_name(*first));
             let file = self
                 .fs
@@ -231,8 +240,7 @@ impl<F: Filesystem> Wal<F> {
         let (Some(segment), Some(file)) = (self.files.last_mut(), self.current.as_mut()) else {
             unreachable!("a file was opened above");
         };
-        let written = file.append(&buffer).and_then(|()| file.sync());
-        if let Err(error) = written {
+        if let Err(error) = file.append(&buffer) {
             // Leave no partial frame for the next batch to follow.
             let path = segment.path.clone();
             let _ = self.fs.truncate(&path, segment.bytes);
@@ -246,7 +254,29 @@ impl<F: Filesystem> Wal<F> {
         segment.bytes += buffer.len() as u64;
         segment.records += batch.len() as u64;
         self.next_seq += batch.len() as u64;
-        Ok(())
+        Ok(needs_new_file)
+    }
+
+    /// A handle that syncs the current file from another thread (none before the first
+    /// append).
+    pub fn sync_handle(&self) -> Result<Option<F::File>, ArchiveError> {
+        match (self.current.as_ref(), self.files.last()) {
+            (Some(file), Some(segment)) => file
+                .try_clone()
+                .map(Some)
+                .map_err(|e| ArchiveError::io(&segment.path, e)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Syncs the current file.
+    pub fn sync(&mut self) -> Result<(), ArchiveError> {
+        match (self.current.as_mut(), self.files.last()) {
+            (Some(file), Some(segment)) => {
+                file.sync().map_err(|e| ArchiveError::io(&segment.path, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Deletes every file whose records are all at or below `seq` (they have been shipped).

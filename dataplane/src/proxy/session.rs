@@ -75,7 +75,11 @@ async fn serve_session(
     )
     .await;
     let mut upstream = match connected {
-        Ok(Ok(upstream)) => upstream,
+        Ok(Ok(upstream)) => {
+            // Messages are small and forwarded as soon as they are judged: no Nagle delay.
+            let _ = upstream.set_nodelay(true);
+            upstream
+        }
         Ok(Err(error)) => {
             frontend.refuse(&mut client, Refusal::Unreachable).await?;
             return Err(SessionError::Upstream {

@@ -4,13 +4,15 @@
 //!
 //! Invariants: a record is appended for every event before the event's effect is forwarded,
 //! and with `fail_closed` the effect waits (in [`Shared::settle`]) until the record is
-//! durable; an archive failure in fail-closed mode blocks the event instead of forwarding it
-//! unrecorded.
+//! written to the log file, or fsynced with [`ForwardAfter::Synced`]; an archive failure in
+//! fail-closed mode blocks the event instead of forwarding it unrecorded.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
+
+pub use imgate_crds::tenant::ForwardAfter;
 
 use crate::archive::record::{Body, Record};
 use crate::archive::{ArchiveError, ArchiveLog};
@@ -51,6 +53,8 @@ pub struct Shared {
     pub archive: ArchiveLog,
     /// Forward nothing that is not durably archived (`onArchiveFailure: block`).
     pub fail_closed: bool,
+    /// In fail-closed mode, how far a record must get before its effect is forwarded.
+    pub forward_after: ForwardAfter,
     /// Services recognised by TLS server name.
     pub services: ServiceCatalogue,
     /// Timeouts.
@@ -79,6 +83,7 @@ impl Shared {
             state: Mutex::new(PolicyState::default()),
             archive,
             fail_closed,
+            forward_after: ForwardAfter::default(),
             services: ServiceCatalogue::default(),
             limits: Limits::default(),
             tls: None,
@@ -140,18 +145,19 @@ impl Shared {
         })
     }
 
-    /// In fail-closed mode, waits until every record appended so far is durable; relays call
-    /// it once per batch of stanzas or lines, before forwarding the batch, so that one fsync
-    /// covers all the messages in flight.
+    /// In fail-closed mode, waits until every record appended so far is written (or synced,
+    /// per [`ForwardAfter`]); relays call it once per batch of stanzas or lines, before
+    /// forwarding the batch, so that one write (or fsync) covers all the messages in flight.
+    /// The wait holds no thread.
     pub async fn settle(&self) -> Result<(), ArchiveError> {
         if !self.fail_closed {
             return Ok(());
         }
-        let (log, seq) = (self.archive.clone(), self.archive.last_seq());
-        // Waiting for the fsync must not hold a runtime worker that other sessions need.
-        tokio::task::spawn_blocking(move || log.wait_durable(seq))
-            .await
-            .unwrap_or(Err(ArchiveError::Closed))
+        let seq = self.archive.last_seq();
+        match self.forward_after {
+            ForwardAfter::Written => self.archive.written(seq).await,
+            ForwardAfter::Synced => self.archive.synced(seq).await,
+        }
     }
 
     /// Appends an event's record and returns the action to take: the verdict's, or `block`
