@@ -6,97 +6,19 @@
 //! JID, so each message crosses the relay twice.
 //! Run: `cargo bench --bench xmpp_relay` (needs prosody, haproxy and openssl installed).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{Killed, free_port, prosody, wait_for_port};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
+use support::common::prosody;
+use support::{haproxy, imgate, imgate_roots, login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
-const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 const MESSAGES: usize = 20_000;
 /// Messages per second of the light-load latency run.
 const LIGHT_RATE: f64 = 500.0;
-
-async fn read_until<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    buffer: &mut Vec<u8>,
-    needle: &str,
-) -> String {
-    let mut chunk = [0u8; 8192];
-    loop {
-        let text = String::from_utf8_lossy(buffer).into_owned();
-        if let Some(at) = text.find(needle) {
-            let end = text[at..].find('>').map_or(text.len(), |e| at + e + 1);
-            buffer.drain(..end.min(buffer.len()));
-            return text;
-        }
-        let n = stream.read(&mut chunk).await.expect("read");
-        assert!(
-            n > 0,
-            "the server closed while waiting for {needle}: {text}"
-        );
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Logs alice in through `port`, trusting `roots`; returns the stream and the bound JID.
-async fn login(port: u16, roots: &[CertificateDer<'static>]) -> (TlsStream<TcpStream>, String) {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let mut buffer = Vec::new();
-    tcp.write_all(HEADER).await.expect("write");
-    read_until(&mut tcp, &mut buffer, "</stream:features>").await;
-    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        .await
-        .expect("write");
-    read_until(&mut tcp, &mut buffer, "<proceed").await;
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(root.clone()).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    let name = ServerName::try_from("localhost").expect("name");
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS");
-    let mut buffer = Vec::new();
-    tls.write_all(HEADER).await.expect("write");
-    read_until(&mut tls, &mut buffer, "</stream:features>").await;
-    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0alice\0alicepw");
-    tls.write_all(
-        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>")
-            .as_bytes(),
-    )
-    .await
-    .expect("write");
-    read_until(&mut tls, &mut buffer, "<success").await;
-    tls.write_all(HEADER).await.expect("write");
-    read_until(&mut tls, &mut buffer, "</stream:features>").await;
-    tls.write_all(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource></bind></iq>").await.expect("write");
-    let text = read_until(&mut tls, &mut buffer, "</iq>").await;
-    let start = text.find("<jid>").expect("bound JID") + 5;
-    let jid = text[start..start + text[start..].find("</jid>").expect("jid end")].to_owned();
-    (tls, jid)
-}
 
 /// Sends `count` messages to the own JID, at most `rate` per second (0: as fast as
 /// possible); returns messages per second and the latencies.
@@ -106,7 +28,7 @@ async fn run(
     count: usize,
     rate: f64,
 ) -> (f64, Vec<Duration>) {
-    let (tls, jid) = login(port, roots).await;
+    let (tls, jid) = login(port, roots, "bench").await;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let start = Instant::now();
     let sender = tokio::spawn(async move {
@@ -188,60 +110,6 @@ fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
     latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
 }
 
-fn haproxy(dir: &Path, upstream: u16) -> (Killed, u16) {
-    let port = free_port();
-    let config = dir.join("haproxy.cfg");
-    std::fs::write(&config, format!("global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:{upstream}\n")).expect("config");
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy runs (apt-get install haproxy)");
-    let relay = Killed(child);
-    wait_for_port(port, "haproxy");
-    (relay, port)
-}
-
-/// Starts `imgate up` forwarding to Prosody, forwarding messages once their records are
-/// `forward_after` (written or synced); returns it, its port and its data folder.
-fn imgate(
-    dir: &Path,
-    forward_after: &str,
-    prosody_port: u16,
-    server_cert: &Path,
-) -> (Killed, u16, std::path::PathBuf) {
-    let front = free_port();
-    let data = dir.join(format!("imgate-{forward_after}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "up",
-            "--socks",
-            "off",
-            "--http",
-            "off",
-            "--metrics",
-            "off",
-            "--forward-after",
-            forward_after,
-            "--forward",
-            &format!("127.0.0.1:{front}=127.0.0.1:{prosody_port}"),
-            "--extra-roots",
-        ])
-        .arg(server_cert)
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("imgate up runs");
-    let imgate = Killed(child);
-    wait_for_port(front, "imgate up");
-    (imgate, front, data)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("xmpp_relay: bench");
@@ -249,21 +117,26 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, prosody_port, server_cert) = prosody(dir.path());
-    let (_haproxy, haproxy_port) = haproxy(dir.path(), prosody_port);
-    let (_imgate, front, data) = imgate(dir.path(), "written", prosody_port, &server_cert);
-    let (_synced, synced_front, synced_data) =
-        imgate(dir.path(), "synced", prosody_port, &server_cert);
+    let (_haproxy, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
+    let (_imgate, front, data) = imgate(
+        dir.path(),
+        "written",
+        &["--forward-after", "written"],
+        prosody_port,
+        &server_cert,
+    );
+    let (_synced, synced_front, synced_data) = imgate(
+        dir.path(),
+        "synced",
+        &["--forward-after", "synced"],
+        prosody_port,
+        &server_cert,
+    );
     let server_roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&server_cert)
         .expect("pem")
         .filter_map(Result::ok)
         .collect();
-    let ca = |data: &Path| -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_file_iter(data.join("ca/ca.pem"))
-            .expect("pem")
-            .filter_map(Result::ok)
-            .collect()
-    };
-    let (imgate_roots, synced_roots) = (ca(&data), ca(&synced_data));
+    let (imgate_roots, synced_roots) = (imgate_roots(&data), imgate_roots(&synced_data));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

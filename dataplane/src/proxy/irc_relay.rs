@@ -12,8 +12,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use imgate_crds::policy::{Direction, Protocol};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 
+use super::lean_io::read_into;
 use super::shared::{ClientWriter, Shared, now_ms};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
@@ -97,8 +98,7 @@ where
     U: AsyncWrite + Unpin,
     C: AsyncWrite + Unpin,
 {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = vec![0u8; 4096];
+    let mut buffer = Vec::new();
     loop {
         // Every complete line in the buffer is judged and recorded first; the batch is
         // forwarded once its records are durable (one fsync for all of them).
@@ -149,10 +149,10 @@ where
                 Sink::Client => client.lock().await.write_all(&batch).await?,
             }
         }
-        let read = tokio::time::timeout(shared.limits.idle, reader.read(&mut chunk)).await;
-        match read {
+        let read = tokio::time::timeout(shared.limits.idle, read_into(&mut reader, &mut buffer));
+        match read.await {
             Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Ok(Err(error)) => return Err(error),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod frontend;
 pub mod irc_relay;
+pub mod lean_io;
 pub mod peek;
 pub mod server;
 pub mod session;

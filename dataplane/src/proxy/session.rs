@@ -65,16 +65,20 @@ async fn serve_session(
     peer: SocketAddr,
     id: u64,
 ) -> Result<(), SessionError> {
-    let target = tokio::time::timeout(shared.limits.handshake, frontend.accept(&mut client))
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout)??;
+    // Every stage is boxed, so that an idle session's task holds only the stage it is in.
+    let target = tokio::time::timeout(
+        shared.limits.handshake,
+        Box::pin(frontend.accept(&mut client)),
+    )
+    .await
+    .map_err(|_| SessionError::HandshakeTimeout)??;
     let server = format!("{}:{}", target.host, target.port);
     let connected = tokio::time::timeout(
         shared.limits.connect,
         TcpStream::connect((target.host.as_str(), target.port)),
     )
     .await;
-    let mut upstream = match connected {
+    let upstream = match connected {
         Ok(Ok(upstream)) => {
             // Messages are small and forwarded as soon as they are judged: no Nagle delay.
             let _ = upstream.set_nodelay(true);
@@ -96,7 +100,7 @@ async fn serve_session(
         }
     };
     frontend.succeed(&mut client).await?;
-    let peeked = identify(&mut client, shared.limits.handshake).await?;
+    let peeked = Box::pin(identify(&mut client, shared.limits.handshake)).await?;
     let session = format!("{}-{id}", shared.writer);
     let (service, sni) = match &peeked.detected {
         Detected::Tls(hello) => (
@@ -174,23 +178,25 @@ async fn serve_session(
         user: target.user,
     };
     let outcome = if protocol == Protocol::Irc {
-        irc_relay::relay(shared.clone(), client, upstream, info).await
+        Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await
     } else if protocol == Protocol::Xmpp {
         let intercept = verdict.tls == Some(TlsMode::Intercept);
-        xmpp_relay::relay(
+        Box::pin(xmpp_relay::relay(
             shared.clone(),
             client,
             upstream,
             info,
             shared.tls.clone(),
             intercept,
-        )
+        ))
         .await
     } else {
-        let mut client = client;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream)
-            .await
-            .map(|_| ())
+        Box::pin(super::lean_io::relay_unread(
+            client,
+            upstream,
+            shared.limits.idle,
+        ))
+        .await
     };
     let reason = match &outcome {
         Ok(()) => "closed".to_owned(),

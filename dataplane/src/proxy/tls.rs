@@ -3,8 +3,10 @@
 //! configuration that verifies the real server against the system roots plus configured
 //! extra roots.
 //!
-//! Invariants: the CA's private key never leaves its file (mode 0600) and memory; a leaf is
-//! minted once per name and reused; upstream certificates are always verified (no option
+//! Invariants: the CA's private key never leaves its file (mode 0600) and memory; a leaf and
+//! the server configuration presenting it are made once per name and shared by every
+//! session for that name (a configuration carries a session cache of its own, too large to
+//! make per session); upstream certificates are always verified (no option
 //! turns verification off); one crypto provider (ring) is used explicitly.
 
 use std::collections::HashMap;
@@ -54,6 +56,7 @@ pub struct InterceptionCa {
     /// Where the CA certificate is.
     pub cert_path: PathBuf,
     leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
 }
 
 fn ca_params() -> CertificateParams {
@@ -93,6 +96,7 @@ impl InterceptionCa {
             cert_pem,
             cert_path,
             leaves: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,12 +138,27 @@ impl InterceptionCa {
 
     /// A server configuration presenting the leaf for `name` to the client.
     pub fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
-        let leaf = self.leaf(name)?;
-        let config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(leaf)));
-        Ok(Arc::new(config))
+        let name = name.to_ascii_lowercase();
+        if let Some(config) = self
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+        {
+            return Ok(config.clone());
+        }
+        let leaf = self.leaf(&name)?;
+        let config = Arc::new(
+            ServerConfig::builder_with_provider(Arc::new(default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Fixed(leaf))),
+        );
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, config.clone());
+        Ok(config)
     }
 }
 
@@ -216,6 +235,13 @@ mod tests {
                 &ca.leaf("CHAT.example").expect("leaf")
             ),
             "leaves are cached"
+        );
+        assert!(
+            Arc::ptr_eq(
+                &ca.server_config("chat.example").expect("config"),
+                &ca.server_config("Chat.Example").expect("config")
+            ),
+            "sessions for one name share one server configuration"
         );
         let roots = load_certificates(&ca.cert_path).expect("CA certificate");
         let trusting = upstream_config(&roots).expect("client config");

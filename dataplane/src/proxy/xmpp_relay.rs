@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use imgate_crds::policy::{Direction, Protocol};
 use rustls::client::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::irc_relay::SessionInfo;
+use super::lean_io::{read_into, relay_unread};
 use super::shared::{ClientWriter, Shared, now_ms};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
@@ -50,13 +51,9 @@ async fn fill<R: AsyncRead + Unpin>(
     side: &mut Side,
     shared: &Shared,
 ) -> std::io::Result<bool> {
-    let mut chunk = [0u8; 8192];
-    match tokio::time::timeout(shared.limits.idle, reader.read(&mut chunk)).await {
+    match tokio::time::timeout(shared.limits.idle, read_into(reader, &mut side.buffer)).await {
         Ok(Ok(0)) | Err(_) => Ok(false),
-        Ok(Ok(n)) => {
-            side.buffer.extend_from_slice(&chunk[..n]);
-            Ok(true)
-        }
+        Ok(Ok(_)) => Ok(true),
         Ok(Err(error)) => Err(error),
     }
 }
@@ -243,23 +240,40 @@ where
             let proceed = Stanza::parse(&answer).is_ok_and(|s| s.starttls);
             if !proceed {
                 client.write_all(&answer).await?;
-                return inspect(shared, info, client, upstream, from_client, from_server).await;
+                return Box::pin(inspect(
+                    shared,
+                    info,
+                    client,
+                    upstream,
+                    from_client,
+                    from_server,
+                ))
+                .await;
             }
             return match (tls, intercept) {
                 (Some(tls), true) => {
-                    intercept_tls(shared, info, client, upstream, &domain, &answer, &tls).await
+                    Box::pin(intercept_tls(
+                        shared, info, client, upstream, &domain, &answer, &tls,
+                    ))
+                    .await
                 }
                 _ => {
                     client.write_all(&answer).await?;
                     tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                        .await
-                        .map(|_| ())
+                    Box::pin(relay_unread(client, upstream, shared.limits.idle)).await
                 }
             };
         }
     }
-    inspect(shared, info, client, upstream, from_client, from_server).await
+    Box::pin(inspect(
+        shared,
+        info,
+        client,
+        upstream,
+        from_client,
+        from_server,
+    ))
+    .await
 }
 
 async fn intercept_tls<C, U>(
@@ -281,8 +295,9 @@ where
             .await?;
         return Ok(());
     };
-    let upstream = match TlsConnector::from(tls.upstream.clone())
-        .connect(name, upstream)
+    // Handshakes and the inspected relay are boxed: a session's task then holds only the
+    // stage it is in, which keeps idle sessions small.
+    let upstream = match Box::pin(TlsConnector::from(tls.upstream.clone()).connect(name, upstream))
         .await
     {
         Ok(upstream) => upstream,
@@ -308,16 +323,16 @@ where
         .server_config(domain)
         .map_err(std::io::Error::other)?;
     client.write_all(proceed).await?;
-    let client = TlsAcceptor::from(config).accept(client).await?;
+    let client = Box::pin(TlsAcceptor::from(config).accept(client)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
-    inspect(
+    Box::pin(inspect(
         shared,
         info,
         client,
         upstream,
         Side::default(),
         Side::default(),
-    )
+    ))
     .await
 }
 

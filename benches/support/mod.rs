@@ -1,0 +1,170 @@
+//! What the dataplane benchmarks share: an XMPP client that logs in through a relay, and the
+//! relays to compare (HAProxy as a plain TCP relay, `imgate up` in front of Prosody).
+
+#![allow(dead_code)]
+
+#[path = "../../tests/common/mod.rs"]
+pub mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use common::{Killed, free_port, wait_for_port};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// The interception CA of the `imgate up` whose data folder is `data`.
+pub fn imgate_roots(data: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(data.join("ca/ca.pem"))
+        .expect("pem")
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+pub async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+    needle: &str,
+) -> String {
+    let mut chunk = [0u8; 8192];
+    loop {
+        let text = String::from_utf8_lossy(buffer).into_owned();
+        if let Some(at) = text.find(needle) {
+            let end = text[at..].find('>').map_or(text.len(), |e| at + e + 1);
+            buffer.drain(..end.min(buffer.len()));
+            return text;
+        }
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(
+            n > 0,
+            "the server closed while waiting for {needle}: {text}"
+        );
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Logs alice in through `port` with `resource`, trusting `roots`; returns the stream and
+/// the bound JID.
+pub async fn login(
+    port: u16,
+    roots: &[CertificateDer<'static>],
+    resource: &str,
+) -> (TlsStream<TcpStream>, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut buffer = Vec::new();
+    tcp.write_all(HEADER).await.expect("write");
+    read_until(&mut tcp, &mut buffer, "</stream:features>").await;
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .expect("write");
+    read_until(&mut tcp, &mut buffer, "<proceed").await;
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let mut buffer = Vec::new();
+    tls.write_all(HEADER).await.expect("write");
+    read_until(&mut tls, &mut buffer, "</stream:features>").await;
+    let plain = base64::engine::general_purpose::STANDARD.encode(b"\0alice\0alicepw");
+    tls.write_all(
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    read_until(&mut tls, &mut buffer, "<success").await;
+    tls.write_all(HEADER).await.expect("write");
+    read_until(&mut tls, &mut buffer, "</stream:features>").await;
+    tls.write_all(format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>").as_bytes()).await.expect("write");
+    let text = read_until(&mut tls, &mut buffer, "</iq>").await;
+    let start = text.find("<jid>").expect("bound JID") + 5;
+    let jid = text[start..start + text[start..].find("</jid>").expect("jid end")].to_owned();
+    (tls, jid)
+}
+
+/// Starts HAProxy as a plain TCP relay to `upstream`, accepting up to `maxconn` connections.
+pub fn haproxy(dir: &Path, upstream: u16, maxconn: usize) -> (Killed, u16) {
+    let port = free_port();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(&config, format!("global\n  maxconn {maxconn}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:{upstream}\n")).expect("config");
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy runs (apt-get install haproxy)");
+    let relay = Killed(child);
+    wait_for_port(port, "haproxy");
+    (relay, port)
+}
+
+/// Starts `imgate up` (named `name`, with `extra` options) forwarding to Prosody; returns it,
+/// its port and its data folder.
+pub fn imgate(
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    prosody_port: u16,
+    server_cert: &Path,
+) -> (Killed, u16, std::path::PathBuf) {
+    let front = free_port();
+    let data = dir.join(format!("imgate-{name}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args([
+            "up",
+            "--socks",
+            "off",
+            "--http",
+            "off",
+            "--metrics",
+            "off",
+            "--forward",
+            &format!("127.0.0.1:{front}=127.0.0.1:{prosody_port}"),
+            "--extra-roots",
+        ])
+        .arg(server_cert)
+        .args(extra)
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("imgate up runs");
+    let imgate = Killed(child);
+    wait_for_port(front, "imgate up");
+    (imgate, front, data)
+}
