@@ -10,8 +10,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use support::common::prosody;
 use support::{haproxy, imgate, imgate_roots, login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
