@@ -12,11 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use imgate_crds::IMPolicy;
+use imgate_crds::tenant::LdapDirectory;
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::LocalStore;
 use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
 use imgate_dataplane::identity::Directory;
+use imgate_dataplane::identity::ldap::{Bind, LdapSource};
 use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::server;
@@ -90,14 +92,36 @@ fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
     let (_, policy) = workspace
         .policy_for(Some(&args.tenant))
         .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
-    let directory = workspace
+    let identity = workspace
         .tenants
         .iter()
         .find(|t| t.metadata.name.as_deref() == Some(args.tenant.as_str()))
-        .and_then(|t| t.spec.identity.as_ref())
-        .map(|identity| Directory::from_static(&identity.static_entries))
-        .unwrap_or_default();
+        .and_then(|t| t.spec.identity.as_ref());
+    let Some(identity) = identity else {
+        return Ok((policy.clone(), Directory::default()));
+    };
+    let mut directory = Directory::from_static(&identity.static_entries);
+    if let Some(ldap) = &identity.ldap {
+        directory = directory.with_ldap(LdapSource::new(ldap, ldap_bind(ldap)?)?);
+    }
     Ok((policy.clone(), directory))
+}
+
+/// The LDAP bind for `imgate up`: the Tenant's `bindSecretRef` names a Kubernetes Secret,
+/// which a local run reads from `IMGATE_LDAP_BIND_DN` and `IMGATE_LDAP_PASSWORD` instead.
+fn ldap_bind(ldap: &LdapDirectory) -> anyhow::Result<Option<Bind>> {
+    if ldap.bind_secret_ref.is_none() {
+        return Ok(None);
+    }
+    match (
+        std::env::var("IMGATE_LDAP_BIND_DN"),
+        std::env::var("IMGATE_LDAP_PASSWORD"),
+    ) {
+        (Ok(dn), Ok(password)) => Ok(Some(Bind { dn, password })),
+        _ => anyhow::bail!(
+            "the Tenant's identity.ldap has a bindSecretRef: set IMGATE_LDAP_BIND_DN and IMGATE_LDAP_PASSWORD to the Secret's bindDN and password"
+        ),
+    }
 }
 
 async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListener, Frontend)>> {

@@ -1,13 +1,14 @@
 //! IRC through `imgate up` between a real server (ngIRCd) and real clients (the Python `irc`
 //! library): group and direct chat delivered and archived, a card number redacted in what the
 //! recipient sees while the archive keeps the original, a deal name blocked with a notice to
-//! the sender, and the disclaimer injected once per conversation.
+//! the sender, and the disclaimer injected once per conversation; people and groups resolved
+//! from the Tenant's static map and from a real LDAP directory (OpenLDAP slapd).
 
 mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, stop_and_read, wait_for_port};
+use common::{Killed, slapd, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -449,13 +450,10 @@ fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
     );
 }
 
-#[test]
-fn identities_come_from_the_tenant_and_subjects_apply_to_people() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, irc_port) = ngircd(dir.path());
-    let data = dir.path().join("data");
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity");
-    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", policy]);
+/// Alice and Bob chat through `imgate up` enforcing `tests/fixtures/identity/policy.yaml`
+/// (a greeting blocked for traders only): checks that Alice was resolved as Alice Smith, a
+/// trader, and returns the archive.
+fn alice_is_held_to_the_traders_policy(front: u16, imgate: Killed, data: &Path) -> Vec<Value> {
     let received = clients(front, "chat");
     assert!(
         !texts(&received, "bob", "pubmsg").contains(&"hello team".to_owned()),
@@ -465,13 +463,24 @@ fn identities_come_from_the_tenant_and_subjects_apply_to_people() {
         texts(&received, "bob", "pubmsg").contains(&"card 4111 1111 1111 1111 please".to_owned()),
         "{received}"
     );
-    let records = stop_and_read(imgate, &data);
+    let records = stop_and_read(imgate, data);
     let greeting = records
         .iter()
         .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == "hello team")
         .expect("archived");
     assert_eq!(greeting["from"]["person"], "alice.smith@acme.example");
     assert_eq!(greeting["verdict"]["rules"][0], "desk/trader-greetings");
+    records
+}
+
+#[test]
+fn identities_come_from_the_tenant_and_subjects_apply_to_people() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity");
+    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", policy]);
+    let records = alice_is_held_to_the_traders_policy(front, imgate, &data);
     let inbound = records
         .iter()
         .find(|r| {
@@ -483,5 +492,58 @@ fn identities_come_from_the_tenant_and_subjects_apply_to_people() {
     assert_eq!(
         inbound["from"]["person"], "alice.smith@acme.example",
         "resolved in both directions"
+    );
+}
+
+#[test]
+fn identities_come_from_the_ldap_directory_and_are_archived_once_per_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_directory, ldap_port) = slapd(dir.path());
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).expect("policy folder");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/identity/policy.yaml"
+        ),
+        policy.join("policy.yaml"),
+    )
+    .expect("policy");
+    std::fs::write(
+        policy.join("tenant.yaml"),
+        format!(
+            "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {{name: local}}\nspec:\n  archive:\n    s3: {{bucket: local-archive, region: eu-west-2}}\n    retention: {{days: 30}}\n  identity:\n    ldap:\n      url: ldap://127.0.0.1:{ldap_port}\n      baseDN: ou=people,dc=acme,dc=example\n      handleAttributes: {{irc: imHandle}}\n      groupAttribute: departmentNumber\n"
+        ),
+    )
+    .expect("tenant");
+    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", &policy.to_string_lossy()]);
+    let records = alice_is_held_to_the_traders_policy(front, imgate, &data);
+    let identities: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "identity" && r["handle"] == "alice@127.0.0.1")
+        .collect();
+    assert!(!identities.is_empty(), "who alice was is archived");
+    for identity in &identities {
+        assert_eq!(identity["person"], "alice.smith@acme.example");
+        assert_eq!(identity["groups"][0], "traders");
+        assert_eq!(identity["source"], "ldap");
+    }
+    let sessions: std::collections::HashSet<&str> = identities
+        .iter()
+        .map(|r| r["conv"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        identities.len(),
+        "once per session: {identities:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["type"] == "identity")
+            .all(|r| r["handle"] != "bob@127.0.0.1"),
+        "bob is not in the directory, so he is not resolved"
     );
 }

@@ -146,3 +146,69 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// The directory the identity tests use: Alice Smith (`alice@127.0.0.1` on IRC), a trader.
+const PEOPLE: &str = "dn: dc=acme,dc=example
+objectClass: dcObject
+objectClass: organization
+dc: acme
+o: Acme
+
+dn: ou=people,dc=acme,dc=example
+objectClass: organizationalUnit
+ou: people
+
+dn: uid=alice,ou=people,dc=acme,dc=example
+objectClass: inetOrgPerson
+objectClass: imUser
+uid: alice
+cn: Alice Smith
+sn: Smith
+mail: alice.smith@acme.example
+departmentNumber: traders
+imHandle: alice@127.0.0.1
+";
+
+/// Starts OpenLDAP's slapd on a free port with a small IM-handle schema (`imHandle`, class
+/// `imUser`) and loads [`PEOPLE`] under `dc=acme,dc=example` (anonymous reads allowed).
+pub fn slapd(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let db = dir.join("ldap-db");
+    std::fs::create_dir_all(&db).expect("ldap db");
+    let schema = dir.join("im.schema");
+    std::fs::write(
+        &schema,
+        "attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'imHandle' DESC 'An IM handle' EQUALITY caseIgnoreMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 )\nobjectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'imUser' DESC 'A person with IM handles' AUXILIARY MAY imHandle )\n",
+    )
+    .expect("schema");
+    let config = dir.join("slapd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\ninclude /etc/ldap/schema/inetorgperson.schema\ninclude {schema}\npidfile {d}/slapd.pid\nmodulepath /usr/lib/ldap\nmoduleload back_mdb\ndatabase mdb\nsuffix \"dc=acme,dc=example\"\nrootdn \"cn=admin,dc=acme,dc=example\"\nrootpw secret\ndirectory {db}\nindex mail,uid,imHandle eq\n",
+            schema = schema.display(),
+            d = dir.display(),
+            db = db.display(),
+        ),
+    )
+    .expect("slapd.conf");
+    let child = Command::new("slapd")
+        .arg("-h")
+        .arg(format!("ldap://127.0.0.1:{port}/"))
+        .arg("-f")
+        .arg(&config)
+        .args(["-d", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("slapd runs (apt-get install slapd ldap-utils)");
+    let server = Killed(child);
+    wait_for_port(port, "slapd");
+    let people = dir.join("people.ldif");
+    std::fs::write(&people, PEOPLE).expect("ldif");
+    run(Command::new("ldapadd")
+        .args(["-x", "-H", &format!("ldap://127.0.0.1:{port}/")])
+        .args(["-D", "cn=admin,dc=acme,dc=example", "-w", "secret", "-f"])
+        .arg(&people));
+    (server, port)
+}

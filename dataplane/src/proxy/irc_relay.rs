@@ -15,22 +15,11 @@ use imgate_crds::policy::{Direction, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 
 use super::lean_io::read_into;
-use super::shared::{ClientWriter, Shared, now_ms};
+use super::shared::{ClientWriter, SessionInfo, Shared, now_ms};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
 use crate::inspect::policy::{Action, Verdict};
-
-/// Who a session is, for events and records.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    /// Session id.
-    pub session: String,
-    /// The server, `host:port`.
-    pub server: String,
-    /// The user the front end named (SOCKS user), taken as the person.
-    pub user: Option<String>,
-}
 
 struct State {
     nick: String,
@@ -215,7 +204,9 @@ async fn handle_line<C: AsyncWrite + Unpin>(
     let named = (direction == Direction::Outbound)
         .then(|| info.user.clone())
         .flatten();
-    let sender = shared.party(format!("{sender_nick}@{host}"), named);
+    let sender = shared
+        .party(info, Protocol::Irc, format!("{sender_nick}@{host}"), named)
+        .await;
     match message.event() {
         IrcEvent::Nick(nick) if direction == Direction::Outbound => {
             state.lock().unwrap_or_else(|p| p.into_inner()).nick = nick;

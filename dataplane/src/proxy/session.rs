@@ -14,8 +14,9 @@ use imgate_crds::policy::{Direction, Protocol, TlsMode};
 use tokio::net::TcpStream;
 
 use super::frontend::{Frontend, HandshakeError, Refusal};
-use super::irc_relay::{self, SessionInfo};
+use super::irc_relay;
 use super::peek::{Prefixed, identify};
+use super::shared::SessionInfo;
 use super::shared::{Shared, now_ms};
 use super::xmpp_relay;
 use crate::archive::record::Body;
@@ -116,12 +117,16 @@ async fn serve_session(
     let protocol = peeked.detected.protocol();
     shared.metrics.session(protocol.as_str());
     let handle = target.user.clone().unwrap_or_else(|| peer.ip().to_string());
+    let info = SessionInfo::new(session.clone(), server.clone(), target.user.clone());
+    let sender = shared
+        .party(&info, protocol, handle.clone(), target.user.clone())
+        .await;
     let event = Event {
         tenant: shared.tenant.clone(),
         protocol,
         service: service.clone(),
         direction: Direction::Outbound,
-        sender: shared.party(handle.clone(), target.user.clone()),
+        sender,
         recipients: Vec::new(),
         room: None,
         conversation: ConversationKind::Direct,
@@ -172,11 +177,6 @@ async fn serve_session(
         return Ok(());
     }
     let client = Prefixed::new(peeked.prefix, client);
-    let info = SessionInfo {
-        session: session.clone(),
-        server,
-        user: target.user,
-    };
     let outcome = if protocol == Protocol::Irc {
         Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await
     } else if protocol == Protocol::Xmpp {

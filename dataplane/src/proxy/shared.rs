@@ -7,6 +7,7 @@
 //! written to the log file, or fsynced with [`ForwardAfter::Synced`]; an archive failure in
 //! fail-closed mode blocks the event instead of forwarding it unrecorded.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ use crate::archive::{ArchiveError, ArchiveLog};
 use crate::inspect::event::{Event, Party};
 use crate::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
 use crate::inspect::services::ServiceCatalogue;
+use imgate_crds::policy::Protocol;
 
 /// Timeouts and limits of a dataplane.
 #[derive(Debug, Clone)]
@@ -92,20 +94,43 @@ impl Shared {
         }
     }
 
-    /// The sender `handle`, resolved through the directory; without an entry, the person is
-    /// the user the front end named, if any.
-    pub fn party(&self, handle: String, named: Option<String>) -> Party {
-        match self.directory.resolve(&handle) {
-            Some(identity) => Party {
-                person: Some(identity.person.clone()),
-                groups: identity.groups.clone(),
-                handle,
-            },
-            None => Party {
+    /// The sender `handle` of `protocol`, resolved through the directory; without an entry,
+    /// the person is the user the front end named, if any. The first time a handle is
+    /// resolved in a session, who it was is archived (`identity` record).
+    pub async fn party(
+        &self,
+        info: &SessionInfo,
+        protocol: Protocol,
+        handle: String,
+        named: Option<String>,
+    ) -> Party {
+        let Some((identity, source)) = self.directory.resolve(protocol, &handle).await else {
+            return Party {
                 handle,
                 person: named,
                 groups: Vec::new(),
-            },
+            };
+        };
+        let first = info
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handle.to_lowercase());
+        if first {
+            let record = Body::Identity {
+                handle: handle.clone(),
+                person: identity.person.clone(),
+                groups: identity.groups.clone(),
+                source: source.as_str().into(),
+            };
+            if let Err(error) = self.append(&info.session, record) {
+                tracing::warn!(%error, "the identity record could not be archived");
+            }
+        }
+        Party {
+            person: Some(identity.person),
+            groups: identity.groups,
+            handle,
         }
     }
 
@@ -180,6 +205,31 @@ impl Shared {
                 tracing::error!(%error, "archive failed; forwarding (fail open)");
                 verdict.action
             }
+        }
+    }
+}
+
+/// Who a session is, for events and records.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session: String,
+    /// The server, `host:port`.
+    pub server: String,
+    /// The user the front end named (SOCKS user), taken as the person.
+    pub user: Option<String>,
+    /// Handles resolved so far in this session (lower case), each archived once.
+    pub resolved: Arc<Mutex<HashSet<String>>>,
+}
+
+impl SessionInfo {
+    /// A session with nothing resolved yet.
+    pub fn new(session: String, server: String, user: Option<String>) -> Self {
+        Self {
+            session,
+            server,
+            user,
+            resolved: Arc::default(),
         }
     }
 }

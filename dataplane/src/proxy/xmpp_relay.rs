@@ -22,9 +22,8 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::irc_relay::SessionInfo;
 use super::lean_io::{read_into, relay_unread};
-use super::shared::{ClientWriter, Shared, now_ms};
+use super::shared::{ClientWriter, SessionInfo, Shared, now_ms};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
@@ -633,7 +632,9 @@ async fn judge<C: AsyncWrite + Unpin>(
     let named = (direction == Direction::Outbound)
         .then(|| info.user.clone())
         .flatten();
-    let party = shared.party(sender.clone(), named);
+    let party = shared
+        .party(info, Protocol::Xmpp, sender.clone(), named)
+        .await;
     let recipients = if room.is_some() {
         Vec::new()
     } else {
