@@ -115,7 +115,7 @@ impl Filesystem for StdFs {
 
 #[cfg(test)]
 pub(crate) mod faulty {
-    //! A filesystem that runs out of space or fails fsync on command.
+    //! A filesystem that runs out of space, or fails or slows fsync, on command.
 
     use std::sync::{Arc, Mutex};
 
@@ -128,6 +128,8 @@ pub(crate) mod faulty {
         pub space_left: Option<u64>,
         /// Make every fsync fail.
         pub fail_sync: bool,
+        /// Make every fsync take this long.
+        pub sync_delay: Option<std::time::Duration>,
     }
 
     /// [`StdFs`] with injected faults.
@@ -167,12 +169,14 @@ pub(crate) mod faulty {
         }
 
         fn sync(&mut self) -> io::Result<()> {
-            if self
-                .faults
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .fail_sync
-            {
+            let (fail, delay) = {
+                let faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+                (faults.fail_sync, faults.sync_delay)
+            };
+            if let Some(delay) = delay {
+                std::thread::sleep(delay);
+            }
+            if fail {
                 return Err(io::Error::other("fsync failed (injected)"));
             }
             self.file.sync_data()

@@ -305,9 +305,13 @@ impl<F: Filesystem> Shipper<F> {
         Ok(shipped)
     }
 
-    /// Seals everything durable and ships it, retrying failures until `deadline` passes.
+    /// Waits until every record appended so far is durable, then seals everything durable
+    /// and ships it, retrying failures until `deadline` passes.
     pub async fn flush(&mut self, deadline: Duration) -> Result<(), ArchiveError> {
         let start = Instant::now();
+        if let Err(error) = self.log.synced(self.log.last_seq()).await {
+            tracing::error!(%error, "the archive log failed; shipping what is durable");
+        }
         let mut backoff = Backoff::default();
         loop {
             let result = match self.seal_due(true) {

@@ -340,6 +340,35 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
+fn a_flush_ships_records_written_but_not_yet_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let fs = FaultyFs::default();
+    fs.faults.lock().expect("lock").sync_delay = Some(Duration::from_millis(300));
+    let (log, _) = ArchiveLog::open(fs.clone(), &dir.path().join("wal"), config()).expect("open");
+    let mut shipper = Shipper::open(
+        fs,
+        dir.path(),
+        log.clone(),
+        Store::Local(LocalStore::new(bucket.path())),
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    let last = log
+        .append(|seq| message(seq, "just before shutdown"))
+        .expect("queued");
+    runtime()
+        .block_on(shipper.flush(Duration::from_secs(5)))
+        .expect("flush");
+    assert_eq!(
+        shipper.state().shipped_through,
+        last,
+        "a flush covers everything appended before it"
+    );
+    log.close();
+}
+
+#[test]
 fn shipped_segments_verify_and_damage_is_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bucket = tempfile::tempdir().expect("bucket");
