@@ -2,8 +2,9 @@
 //! clients (slixmpp) that trust imgate's interception CA: STARTTLS is intercepted, chat is
 //! delivered and archived, a card number is redacted for the recipient while the archive
 //! keeps the original, a deal name is bounced to the sender as a policy violation, the
-//! disclaimer goes out once; and when the server's certificate does not verify, imgate
-//! refuses to intercept and the client cannot log in.
+//! disclaimer goes out once, in 1:1 chat and in a multi-user chat room on Prosody's MUC
+//! component; and when the server's certificate does not verify, imgate refuses to intercept
+//! and the client cannot log in.
 
 mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
@@ -238,4 +239,79 @@ fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
             .contains("stanza too large")),
         "{errors:?}"
     );
+}
+
+#[test]
+fn group_chat_in_a_muc_room_is_inspected_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data");
+    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let received = clients(front, &data.join("ca/ca.pem"), "muc");
+    let room_messages = |who: &str| -> Vec<String> {
+        received[who]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["type"] == "groupchat" && m["from"] == "desk@conference.localhost/alice")
+            .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let expected = [
+        "This conversation is inspected and archived by imgate.",
+        "hello room",
+        "card ███████████████████ please",
+        "bye room",
+    ];
+    assert_eq!(
+        room_messages("bob"),
+        expected,
+        "the room gets the disclaimer once, the redacted card and not the deal: {received}"
+    );
+    assert_eq!(room_messages("alice"), expected, "the room echoes to alice");
+    let errors: Vec<&str> = received["alice"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "error")
+        .filter_map(|m| m["raw"].as_str())
+        .collect();
+    assert_eq!(errors.len(), 1, "{received}");
+    assert!(
+        errors[0].contains("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"")
+            && errors[0].contains("from=\"desk@conference.localhost\""),
+        "the block is reported to alice as coming from the room: {}",
+        errors[0]
+    );
+    let records = stop_and_read(imgate, &data);
+    let sent = |text: &str| {
+        records
+            .iter()
+            .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == text)
+            .unwrap_or_else(|| panic!("no archived {text:?}: {records:?}"))
+    };
+    let card = sent("card 4111 1111 1111 1111 please");
+    assert_eq!(
+        (
+            card["kind"].as_str(),
+            card["room"].as_str(),
+            card["conv"].as_str(),
+            card["verdict"]["action"].as_str(),
+            card["delivered"].as_str(),
+        ),
+        (
+            Some("group"),
+            Some("desk@conference.localhost"),
+            Some("xmpp:desk@conference.localhost"),
+            Some("redact"),
+            Some("card ███████████████████ please")
+        )
+    );
+    assert_eq!(sent("project falcon is go")["verdict"]["action"], "block");
+    let copies = records
+        .iter()
+        .filter(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello room")
+        .count();
+    assert_eq!(copies, 2, "each member's copy is archived with its session");
 }

@@ -115,7 +115,7 @@ pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\n",
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
             d = dir.display()
         ),
     )
