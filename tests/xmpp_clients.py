@@ -4,6 +4,7 @@ Usage: xmpp_clients.py HOST PORT CA_FILE chat   -> alice sends bob messages; pri
        xmpp_clients.py HOST PORT CA_FILE muc    -> alice and bob join desk@conference.localhost and
                                                   alice talks in the room; prints what each received
        xmpp_clients.py HOST PORT CA_FILE login  -> prints whether alice could log in at all
+       xmpp_clients.py HOST PORT CA_FILE direct -> chat, over direct TLS (XEP-0368, ALPN xmpp-client) only
 """
 import asyncio
 import json
@@ -21,6 +22,10 @@ class Client(slixmpp.ClientXMPP):
         super().__init__(f"{name}@localhost", f"{name}pw")
         self.name = name
         self.ssl_context = ssl.create_default_context(cafile=cafile)
+        if mode == "direct":
+            self.enable_starttls = False
+            self.enable_plaintext = False
+            self.ssl_context.set_alpn_protocols(["xmpp-client"])
         self.ready = asyncio.Event()
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("message", self.on_message)
@@ -89,4 +94,4 @@ async def login():
     alice.disconnect()
 
 
-asyncio.run({"chat": chat, "muc": muc, "login": login}[mode]())
+asyncio.run({"chat": chat, "direct": chat, "muc": muc, "login": login}[mode]())

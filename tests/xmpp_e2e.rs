@@ -2,15 +2,15 @@
 //! clients (slixmpp) that trust imgate's interception CA: STARTTLS is intercepted, chat is
 //! delivered and archived, a card number is redacted for the recipient while the archive
 //! keeps the original, a deal name is bounced to the sender as a policy violation, the
-//! disclaimer goes out once, in 1:1 chat and in a multi-user chat room on Prosody's MUC
-//! component; and when the server's certificate does not verify, imgate refuses to intercept
-//! and the client cannot log in.
+//! disclaimer goes out once, in 1:1 chat (over STARTTLS and over direct TLS) and in a
+//! multi-user chat room on Prosody's MUC component; and when the server's certificate does
+//! not verify, imgate refuses to intercept and the client cannot log in.
 
 mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, prosody, stop_and_read, wait_for_port};
+use common::{Killed, prosody, prosody_with_direct_tls, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -73,14 +73,10 @@ fn clients(front: u16, ca: &Path, mode: &str) -> Value {
     })
 }
 
-#[test]
-fn xmpp_chat_is_intercepted_inspected_and_archived() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, port, server_cert) = prosody(dir.path());
-    let front = support::free_port();
-    let data = dir.path().join("data-ok");
-    let imgate = imgate_up(front, port, &data, Some(&server_cert));
-    let received = clients(front, &data.join("ca/ca.pem"), "chat");
+/// Checks what alice and bob received in `chat` mode and what was archived: the disclaimer
+/// once, the card redacted for bob and kept whole in the archive, the deal name bounced to
+/// alice as a policy violation, bob's copies archived.
+fn check_inspected_chat(received: &Value, records: &[Value]) {
     let bodies = |who: &str, kind: &str| -> Vec<String> {
         received[who]
             .as_array()
@@ -116,7 +112,6 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
         raw.contains("Blocked by policy local-defaults/deal-names: deal names stay on the desk."),
         "{raw}"
     );
-    let records = stop_and_read(imgate, &data);
     let outbound = |text: &str| {
         records
             .iter()
@@ -143,6 +138,18 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
             .any(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello bob"),
         "bob's copy archived too"
     );
+}
+
+#[test]
+fn xmpp_chat_is_intercepted_inspected_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data-ok");
+    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let received = clients(front, &data.join("ca/ca.pem"), "chat");
+    let records = stop_and_read(imgate, &data);
+    check_inspected_chat(&received, &records);
     assert!(
         records
             .iter()
@@ -314,4 +321,34 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
         .filter(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello room")
         .count();
     assert_eq!(copies, 2, "each member's copy is archived with its session");
+}
+
+#[test]
+fn xmpp_over_direct_tls_is_intercepted_inspected_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, _, tls_port, server_cert) = prosody_with_direct_tls(dir.path());
+    let front = support::free_port();
+    let data = dir.path().join("data");
+    let imgate = imgate_up(front, tls_port, &data, Some(&server_cert));
+    let received = clients(front, &data.join("ca/ca.pem"), "direct");
+    let records = stop_and_read(imgate, &data);
+    check_inspected_chat(&received, &records);
+    let intercepted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "session_start" && r["tls"] == "intercept")
+        .collect();
+    assert_eq!(
+        intercepted.len(),
+        2,
+        "alice's and bob's sessions: {records:?}"
+    );
+    assert!(intercepted.iter().all(|r| r["protocol"] == "tls"));
+    let card = records
+        .iter()
+        .find(|r| r["type"] == "message" && r["text"] == "card 4111 1111 1111 1111 please")
+        .expect("archived");
+    assert!(
+        intercepted.iter().any(|r| r["session"] == card["session"]),
+        "the message was read inside the intercepted TLS session"
+    );
 }

@@ -82,7 +82,15 @@ pub fn run(command: &mut Command) {
 /// Prosody on a free port with a self-signed certificate for localhost; returns the server,
 /// its port and its certificate.
 pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
+    let (server, port, _, certificate) = prosody_with_direct_tls(dir);
+    (server, port, certificate)
+}
+
+/// [`prosody`], also listening for XMPP over direct TLS (XEP-0368); returns the server, its
+/// STARTTLS port, its direct-TLS port and its certificate.
+pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
     let port = free_port();
+    let tls_port = free_port();
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).expect("certs");
     std::fs::create_dir_all(dir.join("data")).expect("data");
@@ -115,7 +123,7 @@ pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nc2s_direct_tls_ports = {{ {tls_port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
             d = dir.display()
         ),
     )
@@ -136,7 +144,8 @@ pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
         .expect("prosody runs: scripts/test installs it (apt-get install prosody)");
     let server = Killed(child);
     wait_for_port(port, "prosody");
-    (server, port, crt)
+    wait_for_port(tls_port, "prosody (direct TLS)");
+    (server, port, tls_port, crt)
 }
 
 /// A free loopback port.

@@ -10,4 +10,5 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tls;
+pub mod xmpp_direct_tls;
 pub mod xmpp_relay;

@@ -14,11 +14,11 @@ use imgate_crds::policy::{Direction, Protocol, TlsMode};
 use tokio::net::TcpStream;
 
 use super::frontend::{Frontend, HandshakeError, Refusal};
-use super::irc_relay;
 use super::peek::{Prefixed, identify};
 use super::shared::SessionInfo;
 use super::shared::{Shared, now_ms};
 use super::xmpp_relay;
+use super::{irc_relay, xmpp_direct_tls};
 use crate::archive::record::Body;
 use crate::inspect::detect::Detected;
 use crate::inspect::event::{Content, ConversationKind, Event};
@@ -135,7 +135,16 @@ async fn serve_session(
         at_ms: now_ms(),
     };
     let verdict = shared.evaluate(&event);
+    // XMPP over direct TLS is intercepted like STARTTLS when policy says so.
+    let direct_xmpp = match (&peeked.detected, verdict.tls, &shared.tls) {
+        (Detected::Tls(hello), Some(TlsMode::Intercept), Some(context)) => {
+            xmpp_direct_tls::xmpp_server_name(hello, target.port)
+                .map(|name| (name.to_owned(), context.clone()))
+        }
+        _ => None,
+    };
     let tls = match (&peeked.detected, verdict.tls) {
+        (Detected::Tls(_), _) if direct_xmpp.is_some() => Some("intercept".to_owned()),
         (Detected::Tls(_), Some(TlsMode::Intercept | TlsMode::Passthrough) | None) => {
             Some("passthrough".to_owned())
         }
@@ -177,7 +186,17 @@ async fn serve_session(
         return Ok(());
     }
     let client = Prefixed::new(peeked.prefix, client);
-    let outcome = if protocol == Protocol::Irc {
+    let outcome = if let Some((domain, context)) = direct_xmpp {
+        Box::pin(xmpp_direct_tls::relay(
+            shared.clone(),
+            client,
+            upstream,
+            info,
+            domain,
+            context,
+        ))
+        .await
+    } else if protocol == Protocol::Irc {
         Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await
     } else if protocol == Protocol::Xmpp {
         let intercept = verdict.tls == Some(TlsMode::Intercept);

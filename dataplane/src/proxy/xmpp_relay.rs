@@ -275,6 +275,42 @@ where
     .await
 }
 
+/// Connects to the server over TLS, verifying its certificate for `domain` against the
+/// trusted roots; a refusal is logged and archived, and gives `None`.
+pub(super) async fn connect_verified<U>(
+    shared: &Shared,
+    info: &SessionInfo,
+    upstream: U,
+    domain: &str,
+    tls: &TlsContext,
+) -> Option<tokio_rustls::client::TlsStream<U>>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let connected = match ServerName::try_from(domain.to_owned()) {
+        Ok(name) => Box::pin(TlsConnector::from(tls.upstream.clone()).connect(name, upstream))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(_) => Err("not a server name".to_owned()),
+    };
+    match connected {
+        Ok(upstream) => Some(upstream),
+        Err(error) => {
+            tracing::warn!(target: "imgate::session", session = %info.session, "the server's certificate for {domain} was refused: {error}");
+            let _ = shared
+                .archive(
+                    &info.session,
+                    Body::System {
+                        event: "tls-upstream-refused".into(),
+                        detail: format!("{domain}: {error}"),
+                    },
+                )
+                .await;
+            None
+        }
+    }
+}
+
 async fn intercept_tls<C, U>(
     shared: Arc<Shared>,
     info: SessionInfo,
@@ -288,34 +324,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(name) = ServerName::try_from(domain.to_owned()) else {
+    // Handshakes and the inspected relay are boxed: a session's task then holds only the
+    // stage it is in, which keeps idle sessions small.
+    let Some(upstream) = connect_verified(&shared, &info, upstream, domain, tls).await else {
         client
             .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
             .await?;
         return Ok(());
-    };
-    // Handshakes and the inspected relay are boxed: a session's task then holds only the
-    // stage it is in, which keeps idle sessions small.
-    let upstream = match Box::pin(TlsConnector::from(tls.upstream.clone()).connect(name, upstream))
-        .await
-    {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(target: "imgate::session", session = %info.session, "the server's certificate for {domain} was refused: {error}");
-            let _ = shared
-                .archive(
-                    &info.session,
-                    Body::System {
-                        event: "tls-upstream-refused".into(),
-                        detail: format!("{domain}: {error}"),
-                    },
-                )
-                .await;
-            client
-                .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
-                .await?;
-            return Ok(());
-        }
     };
     let config = tls
         .ca
