@@ -80,7 +80,9 @@ impl Directory {
         if let Some(identity) = self.entries.get(&handle.to_lowercase()) {
             return Some((identity.clone(), Source::Static));
         }
-        let identity = self.ldap.as_ref()?.lookup(protocol, handle).await?;
+        // Boxed: a directory lookup is a large future, and every session's relay would
+        // otherwise carry its size while idle.
+        let identity = Box::pin(self.ldap.as_ref()?.lookup(protocol, handle)).await?;
         Some((identity, Source::Ldap))
     }
 
