@@ -95,8 +95,11 @@ where
         loop {
             match next_line(&buffer) {
                 Frame::Line { line, consumed } => {
-                    let output =
-                        handle_line(&shared, &info, &state, direction, line, &client).await?;
+                    // Boxed: an idle relay then does not carry a line's handling state.
+                    let output = Box::pin(handle_line(
+                        &shared, &info, &state, direction, line, &client,
+                    ))
+                    .await?;
                     if let Some(bytes) = output {
                         batch.extend_from_slice(&bytes);
                     }

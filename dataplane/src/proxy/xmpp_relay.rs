@@ -465,8 +465,16 @@ where
             Item::Element { bytes, consumed } => {
                 let bytes = bytes.to_vec();
                 side.buffer.drain(..consumed);
-                if let Some(out) =
-                    judge(&shared, &info, &state, Direction::Outbound, &bytes, &client).await?
+                // Judging is boxed: an idle relay then does not carry its state.
+                if let Some(out) = Box::pin(judge(
+                    &shared,
+                    &info,
+                    &state,
+                    Direction::Outbound,
+                    &bytes,
+                    &client,
+                ))
+                .await?
                 {
                     batch.extend_from_slice(&out);
                 }
@@ -555,7 +563,15 @@ where
                 let out = if stanza.as_ref().is_some_and(|s| s.name == "features") {
                     Some(strip_stream_management(&bytes))
                 } else {
-                    judge(&shared, &info, &state, Direction::Inbound, &bytes, &client).await?
+                    Box::pin(judge(
+                        &shared,
+                        &info,
+                        &state,
+                        Direction::Inbound,
+                        &bytes,
+                        &client,
+                    ))
+                    .await?
                 };
                 if let Some(out) = out {
                     batch.extend_from_slice(&out);
