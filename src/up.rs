@@ -61,18 +61,11 @@ pub struct UpArgs {
     extra_roots: Vec<PathBuf>,
     /// When a message may be forwarded: once its record is `written` to the log file, or
     /// `synced` (fsynced; survives power loss, costs an fsync each way per message).
-    #[arg(long, value_enum, default_value = "written")]
-    forward_after: ForwardAfterArg,
+    #[arg(long, default_value = "written", value_parser = crate::parse_name::<ForwardAfter>)]
+    forward_after: ForwardAfter,
     /// Seal a segment at least this often (seconds).
     #[arg(long, default_value_t = 20)]
     seal_seconds: u64,
-}
-
-/// `--forward-after` values.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum ForwardAfterArg {
-    Written,
-    Synced,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
@@ -169,10 +162,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         let mut shared = Shared::new(&args.tenant, "local-0", policy, log.clone(), true);
         shared.directory = directory;
-        shared.forward_after = match args.forward_after {
-            ForwardAfterArg::Written => ForwardAfter::Written,
-            ForwardAfterArg::Synced => ForwardAfter::Synced,
-        };
+        shared.forward_after = args.forward_after;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
 

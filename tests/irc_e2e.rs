@@ -8,7 +8,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, slapd, stop_and_read, wait_for_port};
+use common::{Killed, imgate_up, slapd, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -37,38 +37,6 @@ fn ngircd(dir: &Path) -> (Killed, u16) {
     let server = Killed(child);
     wait_for_port(port, "ngircd");
     (server, port)
-}
-
-/// `imgate up` forwarding a free port to `irc_port`, with the given extra arguments.
-fn imgate_up(irc_port: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
-    let front = support::free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "up",
-            "--socks",
-            "off",
-            "--http",
-            "off",
-            "--forward",
-            &format!("127.0.0.1:{front}=127.0.0.1:{irc_port}"),
-            "--seal-seconds",
-            "1",
-            "--data",
-        ])
-        .arg(data)
-        .args(if extra.contains(&"--metrics") {
-            &[][..]
-        } else {
-            &["--metrics", "127.0.0.1:0"][..]
-        })
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("imgate up runs");
-    let imgate = Killed(child);
-    wait_for_port(front, "imgate up");
-    (imgate, front)
 }
 
 fn clients(front: u16, mode: &str) -> Value {

@@ -10,44 +10,14 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, prosody, prosody_with_direct_tls, stop_and_read, wait_for_port};
+use common::{imgate_up, prosody, prosody_with_direct_tls, stop_and_read};
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn imgate_up(front: u16, upstream: u16, data: &Path, extra_roots: Option<&Path>) -> Killed {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
-    command
-        .args([
-            "up",
-            "--socks",
-            "off",
-            "--http",
-            "off",
-            "--forward",
-            &format!("127.0.0.1:{front}=127.0.0.1:{upstream}"),
-            "--seal-seconds",
-            "1",
-            "--data",
-        ])
-        .arg(data);
-    command.args(["--metrics", "127.0.0.1:0"]);
-    if let Some(roots) = extra_roots {
-        command.arg("--extra-roots").arg(roots);
-    }
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("imgate up runs");
-    let imgate = Killed(child);
-    wait_for_port(front, "imgate up");
-    imgate
-}
 
 fn clients(front: u16, ca: &Path, mode: &str) -> Value {
     let output = Command::new("python3")
@@ -144,9 +114,12 @@ fn check_inspected_chat(received: &Value, records: &[Value]) {
 fn xmpp_chat_is_intercepted_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
-    let front = support::free_port();
     let data = dir.path().join("data-ok");
-    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let (imgate, front) = imgate_up(
+        port,
+        &data,
+        &["--extra-roots", &server_cert.to_string_lossy()],
+    );
     let received = clients(front, &data.join("ca/ca.pem"), "chat");
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);
@@ -161,9 +134,8 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
 fn a_server_certificate_that_does_not_verify_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, _server_cert) = prosody(dir.path());
-    let front = support::free_port();
     let data = dir.path().join("data-refused");
-    let imgate = imgate_up(front, port, &data, None);
+    let (imgate, front) = imgate_up(port, &data, &[]);
     let outcome = clients(front, &data.join("ca/ca.pem"), "login");
     assert_eq!(outcome["logged_in"], false, "{outcome}");
     let records = stop_and_read(imgate, &data);
@@ -203,9 +175,12 @@ fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
     use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
-    let front = support::free_port();
     let data = dir.path().join("data-broken");
-    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let (imgate, front) = imgate_up(
+        port,
+        &data,
+        &["--extra-roots", &server_cert.to_string_lossy()],
+    );
     let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
     let cases: [(Vec<u8>, &str); 2] = [
         (
@@ -252,9 +227,12 @@ fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
 fn group_chat_in_a_muc_room_is_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
-    let front = support::free_port();
     let data = dir.path().join("data");
-    let imgate = imgate_up(front, port, &data, Some(&server_cert));
+    let (imgate, front) = imgate_up(
+        port,
+        &data,
+        &["--extra-roots", &server_cert.to_string_lossy()],
+    );
     let received = clients(front, &data.join("ca/ca.pem"), "muc");
     let room_messages = |who: &str| -> Vec<String> {
         received[who]
@@ -327,9 +305,12 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
 fn xmpp_over_direct_tls_is_intercepted_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, _, tls_port, server_cert) = prosody_with_direct_tls(dir.path());
-    let front = support::free_port();
     let data = dir.path().join("data");
-    let imgate = imgate_up(front, tls_port, &data, Some(&server_cert));
+    let (imgate, front) = imgate_up(
+        tls_port,
+        &data,
+        &["--extra-roots", &server_cert.to_string_lossy()],
+    );
     let received = clients(front, &data.join("ca/ca.pem"), "direct");
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);

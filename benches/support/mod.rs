@@ -132,8 +132,8 @@ pub fn haproxy(dir: &Path, upstream: u16, maxconn: usize) -> (Killed, u16) {
     (relay, port)
 }
 
-/// Starts `imgate up` (named `name`, with `extra` options) forwarding to Prosody; returns it,
-/// its port and its data folder.
+/// Starts `imgate up` (named `name`, with `extra` options) forwarding to Prosody, with no
+/// metrics endpoint and the default seal age; returns it, its port and its data folder.
 pub fn imgate(
     dir: &Path,
     name: &str,
@@ -141,30 +141,17 @@ pub fn imgate(
     prosody_port: u16,
     server_cert: &Path,
 ) -> (Killed, u16, std::path::PathBuf) {
-    let front = free_port();
     let data = dir.join(format!("imgate-{name}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "up",
-            "--socks",
-            "off",
-            "--http",
-            "off",
-            "--metrics",
-            "off",
-            "--forward",
-            &format!("127.0.0.1:{front}=127.0.0.1:{prosody_port}"),
-            "--extra-roots",
-        ])
-        .arg(server_cert)
-        .args(extra)
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("imgate up runs");
-    let imgate = Killed(child);
-    wait_for_port(front, "imgate up");
+    let cert = server_cert.to_string_lossy();
+    let mut options = vec![
+        "--metrics",
+        "off",
+        "--seal-seconds",
+        "20",
+        "--extra-roots",
+        &cert,
+    ];
+    options.extend_from_slice(extra);
+    let (imgate, front) = common::imgate_up(prosody_port, &data, &options);
     (imgate, front, data)
 }

@@ -79,6 +79,36 @@ pub fn run(command: &mut Command) {
     );
 }
 
+/// Options `imgate up` gets unless the caller gives them: a metrics port of its own, and
+/// segments sealed every second.
+const UP_DEFAULTS: [(&str, &str); 2] = [("--metrics", "127.0.0.1:0"), ("--seal-seconds", "1")];
+
+/// `imgate up` with its data in `data`, forwarding a free port to `upstream` on loopback, with
+/// the `extra` options; returns it and the port.
+pub fn imgate_up(upstream: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
+    let front = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
+    command
+        .args(["up", "--socks", "off", "--http", "off", "--forward"])
+        .arg(format!("127.0.0.1:{front}=127.0.0.1:{upstream}"))
+        .arg("--data")
+        .arg(data);
+    for (option, value) in UP_DEFAULTS {
+        if !extra.contains(&option) {
+            command.args([option, value]);
+        }
+    }
+    let child = command
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("imgate up runs");
+    let imgate = Killed(child);
+    wait_for_port(front, "imgate up");
+    (imgate, front)
+}
+
 /// Prosody on a free port with a self-signed certificate for localhost; returns the server,
 /// its port and its certificate.
 pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {

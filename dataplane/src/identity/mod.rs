@@ -75,14 +75,20 @@ impl Directory {
         self
     }
 
-    /// Who `handle` of `protocol` is, if known, and where that came from.
-    pub async fn resolve(&self, protocol: Protocol, handle: &str) -> Option<(Identity, Source)> {
+    /// Who `handle` is, if known, and where that came from. The directory is asked only for
+    /// a `protocol`'s handles; other names (a proxy user, a client address) are looked up in
+    /// the static map alone.
+    pub async fn resolve(
+        &self,
+        protocol: Option<Protocol>,
+        handle: &str,
+    ) -> Option<(Identity, Source)> {
         if let Some(identity) = self.entries.get(&handle.to_lowercase()) {
             return Some((identity.clone(), Source::Static));
         }
         // Boxed: a directory lookup is a large future, and every session's relay would
         // otherwise carry its size while idle.
-        let identity = Box::pin(self.ldap.as_ref()?.lookup(protocol, handle)).await?;
+        let identity = Box::pin(self.ldap.as_ref()?.lookup(protocol?, handle)).await?;
         Some((identity, Source::Ldap))
     }
 
@@ -109,7 +115,7 @@ mod tests {
             groups: vec!["traders".into()],
         }]);
         let (jane, source) = directory
-            .resolve(Protocol::Xmpp, "surferdood124@CHAT.example")
+            .resolve(Some(Protocol::Xmpp), "surferdood124@CHAT.example")
             .await
             .expect("known");
         assert_eq!(
@@ -122,7 +128,7 @@ mod tests {
         );
         assert!(
             directory
-                .resolve(Protocol::Xmpp, "someone@chat.example")
+                .resolve(Some(Protocol::Xmpp), "someone@chat.example")
                 .await
                 .is_none()
         );

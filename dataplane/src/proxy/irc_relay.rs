@@ -15,7 +15,7 @@ use imgate_crds::policy::{Direction, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 
 use super::lean_io::read_into;
-use super::shared::{ClientWriter, SessionInfo, Shared, now_ms};
+use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, split_for_relay};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
@@ -37,9 +37,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let client_write: ClientWriter<C> = Arc::new(tokio::sync::Mutex::new(client_write));
+    let (client_read, client_write, upstream_read, upstream_write) =
+        split_for_relay(client, upstream);
     let state = Arc::new(Mutex::new(State {
         nick: "*".into(),
         disclaimed: HashSet::new(),
@@ -208,7 +207,12 @@ async fn handle_line<C: AsyncWrite + Unpin>(
         .then(|| info.user.clone())
         .flatten();
     let sender = shared
-        .party(info, Protocol::Irc, format!("{sender_nick}@{host}"), named)
+        .party(
+            info,
+            Some(Protocol::Irc),
+            format!("{sender_nick}@{host}"),
+            named,
+        )
         .await;
     match message.event() {
         IrcEvent::Nick(nick) if direction == Direction::Outbound => {

@@ -119,7 +119,7 @@ async fn serve_session(
     let handle = target.user.clone().unwrap_or_else(|| peer.ip().to_string());
     let info = SessionInfo::new(session.clone(), server.clone(), target.user.clone());
     let sender = shared
-        .party(&info, protocol, handle.clone(), target.user.clone())
+        .party(&info, None, handle.clone(), target.user.clone())
         .await;
     let event = Event {
         tenant: shared.tenant.clone(),

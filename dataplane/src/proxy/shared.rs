@@ -94,13 +94,14 @@ impl Shared {
         }
     }
 
-    /// The sender `handle` of `protocol`, resolved through the directory; without an entry,
-    /// the person is the user the front end named, if any. The first time a handle is
-    /// resolved in a session, who it was is archived (`identity` record).
+    /// The sender `handle` (of `protocol`, when it is one of that protocol's handles),
+    /// resolved through the directory; without an entry, the person is the user the front
+    /// end named, if any. The first time a handle is resolved in a session, who it was is
+    /// archived (`identity` record).
     pub async fn party(
         &self,
         info: &SessionInfo,
-        protocol: Protocol,
+        protocol: Option<Protocol>,
         handle: String,
         named: Option<String>,
     ) -> Party {
@@ -244,3 +245,28 @@ pub fn now_ms() -> u64 {
 
 /// The client's write half, shared by a relay's two directions (both may write to the client).
 pub type ClientWriter<C> = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<C>>>;
+
+/// A relay's halves: what the client sends, the shared writer to the client, what the server
+/// sends, and the writer to the server.
+pub type RelayHalves<C, U> = (
+    tokio::io::ReadHalf<C>,
+    ClientWriter<C>,
+    tokio::io::ReadHalf<U>,
+    tokio::io::WriteHalf<U>,
+);
+
+/// Splits a session's two streams for a relay's two directions.
+pub fn split_for_relay<C, U>(client: C, upstream: U) -> RelayHalves<C, U>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    (
+        client_read,
+        Arc::new(tokio::sync::Mutex::new(client_write)),
+        upstream_read,
+        upstream_write,
+    )
+}

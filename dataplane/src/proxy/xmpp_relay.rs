@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::lean_io::{read_into, relay_unread};
-use super::shared::{ClientWriter, SessionInfo, Shared, now_ms};
+use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, split_for_relay};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
@@ -104,6 +104,17 @@ async fn next_item<R: AsyncRead + Unpin>(
     }
 }
 
+/// Archives why a stream was ended with a stream error.
+async fn record_stream_error(shared: &Shared, info: &SessionInfo, detail: String) {
+    let body = Body::System {
+        event: "xmpp-stream-error".into(),
+        detail,
+    };
+    if let Err(error) = shared.archive(&info.session, body).await {
+        tracing::error!(%error, "the stream error could not be archived");
+    }
+}
+
 /// Reads the client's next negotiation item; an unreadable one ends the stream with a stream
 /// error and a record. `opened` says whether the client already has a stream header from us.
 async fn client_item<C: AsyncWrite + AsyncRead + Unpin>(
@@ -117,15 +128,12 @@ async fn client_item<C: AsyncWrite + AsyncRead + Unpin>(
         Next::Item(bytes, to) => Ok(Some((bytes, to))),
         Next::End => Ok(None),
         Next::Broken(condition, reason) => {
-            let _ = shared
-                .archive(
-                    &info.session,
-                    Body::System {
-                        event: "xmpp-stream-error".into(),
-                        detail: format!("client sent {reason}; session ended with <{condition}/>"),
-                    },
-                )
-                .await;
+            record_stream_error(
+                shared,
+                info,
+                format!("client sent {reason}; session ended with <{condition}/>"),
+            )
+            .await;
             if !opened {
                 client.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").await?;
             }
@@ -146,15 +154,12 @@ async fn server_item<U: AsyncRead + Unpin>(
         Next::Item(bytes, to) => Ok(Some((bytes, to))),
         Next::End => Ok(None),
         Next::Broken(_, reason) => {
-            let _ = shared
-                .archive(
-                    &info.session,
-                    Body::System {
-                        event: "xmpp-stream-error".into(),
-                        detail: format!("the server sent {reason}; session ended"),
-                    },
-                )
-                .await;
+            record_stream_error(
+                shared,
+                info,
+                format!("the server sent {reason}; session ended"),
+            )
+            .await;
             Ok(None)
         }
     }
@@ -369,9 +374,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (client_read, client_write) = tokio::io::split(client);
-    let (upstream_read, upstream_write) = tokio::io::split(upstream);
-    let client_write: ClientWriter<C> = Arc::new(tokio::sync::Mutex::new(client_write));
+    let (client_read, client_write, upstream_read, upstream_write) =
+        split_for_relay(client, upstream);
     let domain = info.server.split(':').next().unwrap_or_default().to_owned();
     let state = Arc::new(Mutex::new(State {
         jid: None,
@@ -444,17 +448,12 @@ where
             item @ (Item::TooLarge | Item::Malformed { .. }) => {
                 let (condition, reason) =
                     broken(&item).unwrap_or(("not-well-formed", "malformed XML"));
-                let _ = shared
-                    .archive(
-                        &info.session,
-                        Body::System {
-                            event: "xmpp-stream-error".into(),
-                            detail: format!(
-                                "client sent {reason}; session ended with <{condition}/>"
-                            ),
-                        },
-                    )
-                    .await;
+                record_stream_error(
+                    &shared,
+                    &info,
+                    format!("client sent {reason}; session ended with <{condition}/>"),
+                )
+                .await;
                 client
                     .lock()
                     .await
@@ -520,17 +519,12 @@ where
                 }
             }
             Item::TooLarge | Item::Malformed { .. } => {
-                let _ = shared
-                    .archive(
-                        &info.session,
-                        Body::System {
-                            event: "xmpp-stream-error".into(),
-                            detail:
-                                "the server sent an oversized or malformed element; session ended"
-                                    .into(),
-                        },
-                    )
-                    .await;
+                record_stream_error(
+                    &shared,
+                    &info,
+                    "the server sent an oversized or malformed element; session ended".into(),
+                )
+                .await;
                 client
                     .lock()
                     .await
@@ -664,7 +658,7 @@ async fn judge<C: AsyncWrite + Unpin>(
         .then(|| info.user.clone())
         .flatten();
     let party = shared
-        .party(info, Protocol::Xmpp, sender.clone(), named)
+        .party(info, Some(Protocol::Xmpp), sender.clone(), named)
         .await;
     let recipients = if room.is_some() {
         Vec::new()
