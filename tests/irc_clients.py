@@ -2,7 +2,8 @@
 
 Usage: irc_clients.py HOST PORT [chat|dcc]  ->  prints what each client received, as JSON.
 chat: alice and bob join #desk; alice sends a greeting, a card number, a deal name and a
-direct message to bob. dcc: alice offers bob two files over DCC.
+direct message to bob, sets the topic, leaves #desk and renames herself alice2.
+dcc: alice offers bob two files over DCC.
 """
 import json
 import sys
@@ -18,7 +19,7 @@ received = {"alice": [], "bob": []}
 
 def record(kind):
     def handler(connection, event):
-        received[connection.get_nickname()].append(
+        received.setdefault(connection.get_nickname(), []).append(
             {"kind": kind, "from": event.source.nick if event.source else "", "target": event.target, "text": " ".join(event.arguments)}
         )
     return handler
@@ -50,5 +51,11 @@ else:
         alice.privmsg("#desk", text)
         pump(0.6)
     alice.privmsg("bob", "direct hi")
-    pump(2.5)
+    pump(1.0)
+    alice.topic("#desk", "quarterly numbers")
+    pump(0.5)
+    alice.part("#desk")
+    pump(0.5)
+    alice.nick("alice2")
+    pump(1.5)
 print(json.dumps(received))

@@ -8,7 +8,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, imgate_up, slapd, stop_and_read, wait_for_port};
+use common::{Killed, imgate_up, presence_of, slapd, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -168,6 +168,27 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
             .iter()
             .any(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello team"),
         "bob's copy is archived as inbound"
+    );
+    assert_eq!(
+        presence_of(&records, "alice@127.0.0.1"),
+        [
+            ("join", "#desk", ""),
+            ("topic", "#desk", "quarterly numbers"),
+            ("leave", "#desk", ""),
+            ("nick", "", "alice2"),
+        ],
+        "alice's join, topic, leave and rename are archived in order"
+    );
+    assert_eq!(
+        presence_of(&records, "bob@127.0.0.1"),
+        [("join", "#desk", "")]
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["type"] == "presence" && r["room"] == "#desk")
+            .all(|r| r["conv"] == "irc:127.0.0.1:#desk"),
+        "room events belong to the room's conversation"
     );
 
     let verify = Command::new(env!("CARGO_BIN_EXE_imgate"))

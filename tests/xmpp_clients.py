@@ -5,6 +5,10 @@ Usage: xmpp_clients.py HOST PORT CA_FILE chat   -> alice sends bob messages; pri
                                                   alice talks in the room; prints what each received
        xmpp_clients.py HOST PORT CA_FILE login  -> prints whether alice could log in at all
        xmpp_clients.py HOST PORT CA_FILE direct -> chat, over direct TLS (XEP-0368, ALPN xmpp-client) only
+       xmpp_clients.py HOST PORT CA_FILE carbons SERVER_PORT SERVER_CA
+           -> alice's phone (through imgate, carbons on) and her laptop (straight to the
+              server on SERVER_PORT, trusting SERVER_CA) and bob (through imgate): bob writes
+              to the laptop and the laptop to bob; prints what each received, carbons included
 """
 import asyncio
 import json
@@ -17,11 +21,21 @@ host, port, cafile, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[
 received = {"alice": [], "bob": []}
 
 
+def carbon(msg):
+    """"sent" or "received" for a carbon copy (XEP-0280), else None."""
+    for way in ("sent", "received"):
+        if msg.xml.find(f"{{urn:xmpp:carbons:2}}{way}") is not None:
+            return way
+    return None
+
+
 class Client(slixmpp.ClientXMPP):
-    def __init__(self, name):
-        super().__init__(f"{name}@localhost", f"{name}pw")
-        self.name = name
-        self.ssl_context = ssl.create_default_context(cafile=cafile)
+    def __init__(self, name, resource=None, trust=None):
+        jid = f"{name}@localhost" + (f"/{resource}" if resource else "")
+        super().__init__(jid, f"{name}pw")
+        self.name = resource or name
+        self.use_message_ids = True
+        self.ssl_context = ssl.create_default_context(cafile=trust or cafile)
         if mode == "direct":
             self.enable_starttls = False
             self.enable_plaintext = False
@@ -32,11 +46,21 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("groupchat_message", self.on_groupchat)
         self.register_plugin("xep_0045")
+        self.register_plugin("xep_0280")
+        self.add_event_handler("carbon_received", self.on_carbon)
+        self.add_event_handler("carbon_sent", self.on_carbon)
 
     async def start(self, _event):
         self.send_presence()
         await self.get_roster()
         self.ready.set()
+
+    def on_carbon(self, msg):
+        way = carbon(msg)
+        inner = msg[f"carbon_{way}"]
+        received.setdefault(self.name, []).append(
+            {"type": f"carbon-{way}", "to": str(inner["to"].bare), "body": inner["body"]}
+        )
 
     def on_groupchat(self, msg):
         received[self.name].append(
@@ -46,10 +70,12 @@ class Client(slixmpp.ClientXMPP):
     def on_message(self, msg):
         if msg["type"] == "groupchat":
             return
+        if carbon(msg):
+            return
         entry = {"type": msg["type"], "from": str(msg["from"].bare), "body": msg["body"]}
         if msg["type"] == "error":
             entry["raw"] = str(msg)
-        received[self.name].append(entry)
+        received.setdefault(self.name, []).append(entry)
 
 
 async def chat():
@@ -78,8 +104,32 @@ async def muc():
         alice.send_message(mto=room, mbody=text, mtype="groupchat")
         await asyncio.sleep(0.7)
     await asyncio.sleep(2)
+    alice.plugin["xep_0045"].leave_muc(room, "alice")
+    await asyncio.sleep(1)
     print(json.dumps(received))
     for client in (alice, bob):
+        client.disconnect()
+
+
+async def carbons():
+    server_port, server_ca = int(sys.argv[5]), sys.argv[6]
+    phone, bob = Client("alice", "phone"), Client("bob")
+    laptop = Client("alice", "laptop", trust=server_ca)
+    for client in (phone, bob):
+        client.connect(host=host, port=port)
+    laptop.enable_direct_tls = False
+    laptop.connect(host=host, port=server_port)
+    await asyncio.wait_for(
+        asyncio.gather(phone.ready.wait(), bob.ready.wait(), laptop.ready.wait()), 30
+    )
+    for client in (phone, laptop):
+        await client.plugin["xep_0280"].enable(timeout=10)
+    bob.send_message(mto="alice@localhost/laptop", mbody="hello laptop", mtype="chat")
+    await asyncio.sleep(1)
+    laptop.send_message(mto="bob@localhost", mbody="hello from the laptop", mtype="chat")
+    await asyncio.sleep(2)
+    print(json.dumps(received))
+    for client in (phone, laptop, bob):
         client.disconnect()
 
 
@@ -94,4 +144,6 @@ async def login():
     alice.disconnect()
 
 
-asyncio.run({"chat": chat, "direct": chat, "muc": muc, "login": login}[mode]())
+asyncio.run(
+    {"chat": chat, "direct": chat, "muc": muc, "login": login, "carbons": carbons}[mode]()
+)

@@ -10,7 +10,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{imgate_up, prosody, prosody_with_direct_tls, stop_and_read};
+use common::{imgate_up, presence_of, prosody, prosody_with_direct_tls, stop_and_read};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn clients(front: u16, ca: &Path, mode: &str) -> Value {
+/// Runs the clients in `mode` (with its arguments) through imgate at `front`.
+fn clients(front: u16, ca: &Path, mode: &[&str]) -> Value {
     let output = Command::new("python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp_clients.py"),
@@ -27,7 +28,7 @@ fn clients(front: u16, ca: &Path, mode: &str) -> Value {
             &front.to_string(),
         ])
         .arg(ca)
-        .arg(mode)
+        .args(mode)
         .output()
         .expect("python3 runs");
     assert!(
@@ -120,7 +121,7 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
         &data,
         &["--extra-roots", &server_cert.to_string_lossy()],
     );
-    let received = clients(front, &data.join("ca/ca.pem"), "chat");
+    let received = clients(front, &data.join("ca/ca.pem"), &["chat"]);
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);
     assert!(
@@ -136,7 +137,7 @@ fn a_server_certificate_that_does_not_verify_is_refused() {
     let (_server, port, _server_cert) = prosody(dir.path());
     let data = dir.path().join("data-refused");
     let (imgate, front) = imgate_up(port, &data, &[]);
-    let outcome = clients(front, &data.join("ca/ca.pem"), "login");
+    let outcome = clients(front, &data.join("ca/ca.pem"), &["login"]);
     assert_eq!(outcome["logged_in"], false, "{outcome}");
     let records = stop_and_read(imgate, &data);
     let refusal = records
@@ -233,7 +234,7 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
         &data,
         &["--extra-roots", &server_cert.to_string_lossy()],
     );
-    let received = clients(front, &data.join("ca/ca.pem"), "muc");
+    let received = clients(front, &data.join("ca/ca.pem"), &["muc"]);
     let room_messages = |who: &str| -> Vec<String> {
         received[who]
             .as_array()
@@ -299,6 +300,87 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
         .filter(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello room")
         .count();
     assert_eq!(copies, 2, "each member's copy is archived with its session");
+    let room = "desk@conference.localhost";
+    assert_eq!(
+        presence_of(&records, "alice@localhost"),
+        [("join", room, "alice"), ("leave", room, "alice")],
+        "alice's join (once, though clients repeat it) and leave"
+    );
+    assert_eq!(
+        presence_of(&records, "bob@localhost"),
+        [("join", room, "bob")]
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["type"] == "presence")
+            .all(|r| r["conv"] == "xmpp:desk@conference.localhost"),
+        "room events belong to the room's conversation"
+    );
+}
+
+#[test]
+fn carbon_copies_are_judged_and_archived_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data");
+    let server_cert = server_cert.to_string_lossy();
+    let (imgate, front) = imgate_up(port, &data, &["--extra-roots", &server_cert]);
+    let received = clients(
+        front,
+        &data.join("ca/ca.pem"),
+        &["carbons", &port.to_string(), &server_cert],
+    );
+    let carbons: Vec<(&str, &str)> = received["phone"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["type"].as_str().unwrap_or_default(),
+                m["body"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        carbons,
+        [
+            (
+                "carbon-received",
+                "This conversation is inspected and archived by imgate."
+            ),
+            ("carbon-received", "hello laptop"),
+            ("carbon-sent", "hello from the laptop")
+        ],
+        "the phone, behind imgate, gets both carbons: {received}"
+    );
+    let records = stop_and_read(imgate, &data);
+    let archived = |text: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .filter(|r| r["type"] == "message" && r["text"] == text)
+            .collect()
+    };
+    // Bob's message went out through imgate, so its carbon to the phone is a copy.
+    let to_laptop = archived("hello laptop");
+    assert_eq!(to_laptop.len(), 1, "{to_laptop:?}");
+    assert_eq!(
+        (
+            to_laptop[0]["dir"].as_str(),
+            to_laptop[0]["from"]["handle"].as_str()
+        ),
+        (Some("outbound"), Some("bob@localhost"))
+    );
+    // The laptop's message reached imgate twice, as the phone's carbon and as bob's copy;
+    // whichever came first is archived, as sent by alice to bob.
+    assert!(
+        archived("This conversation is inspected and archived by imgate.").is_empty(),
+        "the carbon of imgate's own disclaimer is not taken for a message"
+    );
+    let from_laptop = archived("hello from the laptop");
+    assert_eq!(from_laptop.len(), 1, "{from_laptop:?}");
+    assert_eq!(from_laptop[0]["from"]["handle"], "alice@localhost");
+    assert_eq!(from_laptop[0]["conv"], "xmpp:alice@localhost/bob@localhost");
 }
 
 #[test]
@@ -311,7 +393,7 @@ fn xmpp_over_direct_tls_is_intercepted_inspected_and_archived() {
         &data,
         &["--extra-roots", &server_cert.to_string_lossy()],
     );
-    let received = clients(front, &data.join("ca/ca.pem"), "direct");
+    let received = clients(front, &data.join("ca/ca.pem"), &["direct"]);
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);
     let intercepted: Vec<&Value> = records

@@ -34,6 +34,21 @@ pub fn wait_for_port(port: u16, what: &str) {
 
 /// Stops `imgate up` with SIGTERM (which flushes the archive) and returns every archived
 /// record of tenant `local` under `data`.
+/// `who`'s `presence` records, in order: (change, room, text).
+pub fn presence_of<'a>(records: &'a [Value], who: &str) -> Vec<(&'a str, &'a str, &'a str)> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "presence" && r["who"]["handle"] == who)
+        .map(|r| {
+            (
+                r["change"].as_str().unwrap_or_default(),
+                r["room"].as_str().unwrap_or_default(),
+                r["text"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
     let mut imgate = imgate;
     assert!(
@@ -153,7 +168,7 @@ pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nc2s_direct_tls_ports = {{ {tls_port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nc2s_direct_tls_ports = {{ {tls_port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\", \"carbons\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
             d = dir.display()
         ),
     )

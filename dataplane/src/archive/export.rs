@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use super::record::{Body, Record};
+use super::record::{Body, PresenceChange, Record};
 use crate::inspect::policy::Action;
 
 /// One readable line for a record (`None` for records that are not part of a transcript).
@@ -79,6 +79,23 @@ pub fn transcript_line(record: &Record) -> Option<String> {
                 protocol.as_str()
             )
         }
+        Body::Presence {
+            who: person,
+            change,
+            room,
+            text,
+            ..
+        } => {
+            let who = who(&person.handle, person.person.as_deref());
+            let room = room.as_deref().unwrap_or_default();
+            let text = text.as_deref().unwrap_or_default();
+            match change {
+                PresenceChange::Join => format!("[{time}] {who} joined {room}"),
+                PresenceChange::Leave => format!("[{time}] {who} left {room}"),
+                PresenceChange::Topic => format!("[{time}] {who} set the topic of {room}: {text}"),
+                PresenceChange::Nick => format!("[{time}] {who} is now known as {text}"),
+            }
+        }
         Body::SessionEnd { reason, .. } => format!("[{time}] session ended: {reason}"),
         Body::Identity { .. } | Body::System { .. } => return None,
     };
@@ -129,6 +146,12 @@ fn participants(records: &[&Record]) -> BTreeMap<String, Option<String>> {
                 }
                 for handle in to {
                     people.entry(handle.clone()).or_insert(None);
+                }
+            }
+            Body::Presence { who, .. } => {
+                let entry = people.entry(who.handle.clone()).or_insert(None);
+                if entry.is_none() {
+                    entry.clone_from(&who.person);
                 }
             }
             _ => {}
@@ -202,14 +225,17 @@ pub fn rsmf(records: &[&Record], conversation: &str, day: &str, tenant: &str) ->
         .map(|(i, h)| (h, format!("P{}", i + 1)))
         .collect();
     let platform = records.iter().find_map(|r| match &r.body {
-        Body::Message { protocol, .. } | Body::FileOffer { protocol, .. } => {
-            Some(protocol.as_str())
-        }
+        Body::Message { protocol, .. }
+        | Body::FileOffer { protocol, .. }
+        | Body::Presence { protocol, .. } => Some(protocol.as_str()),
         _ => None,
     });
-    let group = records
-        .iter()
-        .any(|r| matches!(&r.body, Body::Message { room: Some(_), .. }));
+    let group = records.iter().any(|r| {
+        matches!(
+            &r.body,
+            Body::Message { room: Some(_), .. } | Body::Presence { room: Some(_), .. }
+        )
+    });
     let events: Vec<serde_json::Value> = records
         .iter()
         .filter_map(|r| match &r.body {
@@ -231,6 +257,13 @@ pub fn rsmf(records: &[&Record], conversation: &str, day: &str, tenant: &str) ->
                 "participant": ids.get(&from.handle),
                 "timestamp": r.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "body": format!("(file offered: {name})"),
+            })),
+            Body::Presence { who, change: change @ (PresenceChange::Join | PresenceChange::Leave), .. } => Some(json!({
+                "id": format!("{}-{}", r.writer, r.seq),
+                "type": change.as_str(),
+                "conversation": "C1",
+                "participant": ids.get(&who.handle),
+                "timestamp": r.ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             })),
             _ => None,
         })
@@ -299,4 +332,67 @@ fn zip_manifest(manifest: &[u8]) -> Vec<u8> {
         unreachable!("writing a zip into memory cannot fail: {error}");
     }
     buffer.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::record::Participant;
+    use crate::archive::record::tests::message;
+    use imgate_crds::policy::{Direction, Protocol};
+
+    fn presence(change: PresenceChange, room: Option<&str>, text: Option<&str>) -> Record {
+        Record {
+            body: Body::Presence {
+                session: "s1".into(),
+                dir: Direction::Outbound,
+                protocol: Protocol::Irc,
+                who: Participant {
+                    handle: "jane@irc.example".into(),
+                    person: Some("Jane Doe".into()),
+                },
+                change,
+                room: room.map(str::to_owned),
+                text: text.map(str::to_owned),
+            },
+            ..message(1, "")
+        }
+    }
+
+    #[test]
+    fn transcripts_show_who_joined_left_renamed_and_set_topics() {
+        let line = |record: Record| {
+            let line = transcript_line(&record).expect("a transcript line");
+            line.split_once("] ")
+                .map(|(_, l)| l.to_owned())
+                .unwrap_or(line)
+        };
+        assert_eq!(
+            line(presence(PresenceChange::Join, Some("#desk"), None)),
+            "Jane Doe (jane@irc.example) joined #desk"
+        );
+        assert_eq!(
+            line(presence(PresenceChange::Leave, Some("#desk"), None)),
+            "Jane Doe (jane@irc.example) left #desk"
+        );
+        assert_eq!(
+            line(presence(PresenceChange::Topic, Some("#desk"), Some("Q3"))),
+            "Jane Doe (jane@irc.example) set the topic of #desk: Q3"
+        );
+        assert_eq!(
+            line(presence(PresenceChange::Nick, None, Some("jd"))),
+            "Jane Doe (jane@irc.example) is now known as jd"
+        );
+    }
+
+    #[test]
+    fn room_members_who_only_joined_are_participants() {
+        let join = presence(PresenceChange::Join, Some("#desk"), None);
+        let said = message(2, "hello");
+        let people = participants(&[&join, &said]);
+        assert_eq!(
+            people.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["bob@chat.example", "jane@chat.example", "jane@irc.example"]
+        );
+    }
 }

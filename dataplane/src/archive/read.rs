@@ -77,6 +77,15 @@ impl Query {
                 Some(name.as_str()),
                 verdict.rules.as_slice(),
             ),
+            Body::Presence {
+                who, room, text, ..
+            } => (
+                Some(who),
+                &[][..],
+                room.as_deref(),
+                text.as_deref(),
+                &[][..],
+            ),
             _ => (None, &[][..], None, None, &[][..]),
         };
         let person_ok = self.person.as_deref().is_none_or(|p| {

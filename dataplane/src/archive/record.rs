@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use imgate_crds::policy::{Direction, Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::inspect::event::ConversationKind;
+use crate::inspect::event::{ConversationKind, Party};
 use crate::inspect::policy::{Action, Verdict};
 
 /// The record format version written by this build.
@@ -117,6 +117,25 @@ pub enum Body {
         /// The policy verdict.
         verdict: RecordedVerdict,
     },
+    /// Someone joined or left a room, set a room's topic, or took a new nickname.
+    Presence {
+        /// Session id.
+        session: String,
+        /// Which way.
+        dir: Direction,
+        /// The protocol.
+        protocol: Protocol,
+        /// Who.
+        who: Participant,
+        /// What changed.
+        change: PresenceChange,
+        /// The room, for joins, leaves and topics.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        /// The topic, the new nickname, or the nickname taken in the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
     /// A handle resolved to a person.
     Identity {
         /// The handle.
@@ -147,6 +166,41 @@ pub struct Participant {
     /// The person, when resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub person: Option<String>,
+}
+
+impl From<&Party> for Participant {
+    fn from(party: &Party) -> Self {
+        Self {
+            handle: party.handle.clone(),
+            person: party.person.clone(),
+        }
+    }
+}
+
+/// What a [`Body::Presence`] record says changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceChange {
+    /// Entered a room.
+    Join,
+    /// Left a room.
+    Leave,
+    /// Set a room's topic.
+    Topic,
+    /// Took a new nickname.
+    Nick,
+}
+
+impl PresenceChange {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceChange::Join => "join",
+            PresenceChange::Leave => "leave",
+            PresenceChange::Topic => "topic",
+            PresenceChange::Nick => "nick",
+        }
+    }
 }
 
 /// One-to-one or group.
@@ -205,7 +259,9 @@ impl Record {
     /// The person or handle that sent it, for search and indexes.
     pub fn sender(&self) -> Option<&Participant> {
         match &self.body {
-            Body::Message { from, .. } | Body::FileOffer { from, .. } => Some(from),
+            Body::Message { from, .. }
+            | Body::FileOffer { from, .. }
+            | Body::Presence { who: from, .. } => Some(from),
             _ => None,
         }
     }

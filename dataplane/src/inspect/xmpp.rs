@@ -243,6 +243,19 @@ pub enum Carbon {
     Received,
 }
 
+/// The addressing of the message inside a carbon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Its `from`.
+    pub from: Option<String>,
+    /// Its `to`.
+    pub to: Option<String>,
+    /// Its `type`.
+    pub kind: Option<String>,
+    /// Its `id`.
+    pub id: Option<String>,
+}
+
 /// A file-transfer offer, of any of the mechanisms XMPP has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHint {
@@ -289,6 +302,8 @@ pub struct Stanza {
     pub body_span: Option<Range<usize>>,
     /// A carbon copy, and which way.
     pub carbon: Option<Carbon>,
+    /// For a carbon, the forwarded message's addressing.
+    pub forwarded: Option<Forwarded>,
     /// A presence that joins a multi-user chat room.
     pub muc_join: bool,
     /// Out-of-band links (XEP-0066).
@@ -450,6 +465,14 @@ impl Stanza {
             (b"sent", NS_CARBONS) if path.len() == 1 => self.carbon = Some(Carbon::Sent),
             (b"received", NS_CARBONS) if path.len() == 1 => self.carbon = Some(Carbon::Received),
             (b"x", NS_MUC) if self.name == "presence" && path.len() == 1 => self.muc_join = true,
+            (b"message", _) if path.len() == 3 && self.carbon.is_some() => {
+                self.forwarded = Some(Forwarded {
+                    from: attribute(start, b"from"),
+                    to: attribute(start, b"to"),
+                    kind: attribute(start, b"type"),
+                    id: attribute(start, b"id"),
+                })
+            }
             (b"request", NS_UPLOAD) => {
                 self.file = Some(FileHint {
                     mechanism: "http-upload",
@@ -680,10 +703,19 @@ mod tests {
 
     #[test]
     fn reads_carbons_muc_oob_files_and_nonzas() {
-        let carbon = Stanza::parse(b"<message from='jane@chat.example' to='jane@chat.example/phone'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message to='bob@chat.example' type='chat'><body>from my laptop</body></message></forwarded></sent></message>").expect("parses");
+        let carbon = Stanza::parse(b"<message from='jane@chat.example' to='jane@chat.example/phone'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message from='jane@chat.example/laptop' to='bob@chat.example' type='chat' id='m1'><body>from my laptop</body></message></forwarded></sent></message>").expect("parses");
         assert_eq!(
             (carbon.carbon, carbon.body.as_deref()),
             (Some(Carbon::Sent), Some("from my laptop"))
+        );
+        assert_eq!(
+            carbon.forwarded,
+            Some(Forwarded {
+                from: Some("jane@chat.example/laptop".into()),
+                to: Some("bob@chat.example".into()),
+                kind: Some("chat".into()),
+                id: Some("m1".into()),
+            })
         );
         let join = Stanza::parse(b"<presence to='desk@conference.chat.example/jane'><x xmlns='http://jabber.org/protocol/muc'/></presence>").expect("parses");
         assert!(join.muc_join);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 
 use super::lean_io::read_into;
 use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, split_for_relay};
-use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
+use crate::archive::record::{Body, Kind, Participant, PresenceChange, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
 use crate::inspect::policy::{Action, Verdict};
@@ -216,8 +216,54 @@ async fn handle_line<C: AsyncWrite + Unpin>(
         .await;
     match message.event() {
         IrcEvent::Nick(nick) if direction == Direction::Outbound => {
-            state.lock().unwrap_or_else(|p| p.into_inner()).nick = nick;
-            Ok(pass(line))
+            let previous = std::mem::replace(
+                &mut state.lock().unwrap_or_else(|p| p.into_inner()).nick,
+                nick.clone(),
+            );
+            // The first NICK names the session; later ones are renames worth a record.
+            let recorded = previous == "*"
+                || presence(
+                    shared,
+                    info,
+                    &info.session,
+                    &sender,
+                    PresenceChange::Nick,
+                    None,
+                    Some(nick),
+                );
+            Ok(recorded.then(|| pass(line)).flatten())
+        }
+        IrcEvent::Join(rooms) if direction == Direction::Outbound => {
+            let recorded = rooms
+                .into_iter()
+                .filter(|room| is_channel(room))
+                .all(|room| {
+                    channel_presence(shared, info, &sender, PresenceChange::Join, room, None)
+                });
+            Ok(recorded.then(|| pass(line)).flatten())
+        }
+        IrcEvent::Part(rooms) if direction == Direction::Outbound => {
+            let recorded = rooms
+                .into_iter()
+                .filter(|room| is_channel(room))
+                .all(|room| {
+                    channel_presence(shared, info, &sender, PresenceChange::Leave, room, None)
+                });
+            Ok(recorded.then(|| pass(line)).flatten())
+        }
+        IrcEvent::Topic {
+            channel,
+            topic: Some(topic),
+        } if direction == Direction::Outbound => {
+            let recorded = channel_presence(
+                shared,
+                info,
+                &sender,
+                PresenceChange::Topic,
+                channel,
+                Some(topic),
+            );
+            Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Text { targets, text, .. } => {
             let (conv, room, recipients) = conversation(
@@ -243,7 +289,7 @@ async fn handle_line<C: AsyncWrite + Unpin>(
                 session: info.session.clone(),
                 dir: direction,
                 protocol: Protocol::Irc,
-                from: participant(&sender),
+                from: Participant::from(&sender),
                 to: recipients,
                 room: room.clone(),
                 kind: if room.is_some() {
@@ -323,7 +369,7 @@ async fn handle_line<C: AsyncWrite + Unpin>(
                 session: info.session.clone(),
                 dir: direction,
                 protocol: Protocol::Irc,
-                from: participant(&sender),
+                from: Participant::from(&sender),
                 to: recipients,
                 name: file.name.clone(),
                 size: file.size,
@@ -352,6 +398,51 @@ async fn handle_line<C: AsyncWrite + Unpin>(
     }
 }
 
+/// Archives a join, leave, topic or rename by the session's user; false when it must not be
+/// forwarded (the record failed in fail-closed mode).
+fn presence(
+    shared: &Shared,
+    info: &SessionInfo,
+    conv: &str,
+    who: &Party,
+    change: PresenceChange,
+    room: Option<String>,
+    text: Option<String>,
+) -> bool {
+    tracing::info!(
+        target: "imgate::session",
+        session = %info.session,
+        "{} {} {}",
+        who.handle,
+        change.as_str(),
+        room.as_deref().or(text.as_deref()).unwrap_or_default()
+    );
+    let body = Body::Presence {
+        session: info.session.clone(),
+        dir: Direction::Outbound,
+        protocol: Protocol::Irc,
+        who: Participant::from(who),
+        change,
+        room,
+        text,
+    };
+    shared.record_event(conv, body)
+}
+
+/// [`presence`] in a channel, recorded in the channel's conversation.
+fn channel_presence(
+    shared: &Shared,
+    info: &SessionInfo,
+    who: &Party,
+    change: PresenceChange,
+    channel: String,
+    text: Option<String>,
+) -> bool {
+    let host = info.server.split(':').next().unwrap_or_default();
+    let conv = format!("irc:{host}:{}", channel.to_lowercase());
+    presence(shared, info, &conv, who, change, Some(channel), text)
+}
+
 fn event(
     shared: &Shared,
     direction: Direction,
@@ -376,13 +467,6 @@ fn event(
         content,
         urls: Vec::new(),
         at_ms: now_ms(),
-    }
-}
-
-fn participant(party: &Party) -> Participant {
-    Participant {
-        handle: party.handle.clone(),
-        person: party.person.clone(),
     }
 }
 

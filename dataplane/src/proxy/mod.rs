@@ -2,6 +2,7 @@
 //! (SOCKS5, HTTP CONNECT, port-forwards), protocol identification, the per-session pipeline
 //! and the protocol relays.
 
+pub mod copies;
 pub mod frontend;
 pub mod irc_relay;
 pub mod lean_io;
@@ -12,3 +13,4 @@ pub mod shared;
 pub mod tls;
 pub mod xmpp_direct_tls;
 pub mod xmpp_relay;
+pub mod xmpp_rooms;

@@ -67,6 +67,8 @@ pub struct Shared {
     pub metrics: crate::telemetry::Metrics,
     /// Who handles are.
     pub directory: crate::identity::Directory,
+    /// Messages archived recently, so that carbon copies are archived once.
+    pub copies: super::copies::Copies,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Shared {
             tls: None,
             metrics: crate::telemetry::Metrics::default(),
             directory: crate::identity::Directory::default(),
+            copies: super::copies::Copies::default(),
         }
     }
 
@@ -193,6 +196,24 @@ impl Shared {
         let action = self.archive_then_act(conv, body, verdict);
         self.metrics.verdict(action.as_str());
         action
+    }
+
+    /// Appends the record of an event that policy does not judge (a join, a new nickname);
+    /// returns whether the event may go on: `false` only when the record could not be
+    /// appended in fail-closed mode. The caller forwards it only after
+    /// [`settle`](Self::settle).
+    pub fn record_event(&self, conv: &str, body: Body) -> bool {
+        match self.append(conv, body) {
+            Ok(_) => true,
+            Err(error) if self.fail_closed => {
+                tracing::error!(%error, "archive failed; not forwarding (fail closed)");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, "archive failed; forwarding (fail open)");
+                true
+            }
+        }
     }
 
     fn archive_then_act(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {

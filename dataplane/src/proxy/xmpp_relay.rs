@@ -6,7 +6,10 @@
 //! CA; with `passthrough` the encrypted stream is relayed unread. Over the readable stream,
 //! messages and file offers go through policy and into the archive before their effect
 //! reaches the other side (forwarded, body rewritten, or bounced to the sender as a
-//! `<policy-violation/>` error); SASL is passed through.
+//! `<policy-violation/>` error); SASL is passed through. A carbon copy is judged as the
+//! message it copies and archived only if that message is not already archived
+//! ([`super::copies`]); the user's room joins and leaves are archived
+//! ([`super::xmpp_rooms`]).
 //!
 //! Invariants: an upstream certificate that does not verify ends the session with a
 //! STARTTLS `<failure/>` to the client and a record of why, before any client data flows;
@@ -22,13 +25,14 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::copies::MessageCopy;
 use super::lean_io::{read_into, relay_unread};
 use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, split_for_relay};
 use super::tls::InterceptionCa;
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
 use crate::inspect::policy::{Action, Verdict};
-use crate::inspect::xmpp::{Framer, Item, Stanza, policy_error, stream_error};
+use crate::inspect::xmpp::{Carbon, Forwarded, Framer, Item, Stanza, policy_error, stream_error};
 
 /// What interception needs.
 pub struct TlsContext {
@@ -355,11 +359,23 @@ where
     .await
 }
 
-struct State {
+/// What a session's two directions share.
+pub(super) struct State {
     jid: Option<String>,
     domain: String,
     disclaimed: HashSet<String>,
     restart_client: bool,
+    /// Rooms joined (bare, lower case).
+    pub(super) rooms: HashSet<String>,
+}
+
+impl State {
+    /// The user's bare address, once bound.
+    pub(super) fn me(&self) -> String {
+        self.jid
+            .clone()
+            .unwrap_or_else(|| format!("unknown@{}", self.domain))
+    }
 }
 
 async fn inspect<C, U>(
@@ -382,6 +398,7 @@ where
         domain,
         disclaimed: HashSet::new(),
         restart_client: false,
+        rooms: HashSet::new(),
     }));
     let outbound = outbound(
         shared.clone(),
@@ -591,7 +608,8 @@ fn bound_jid(bytes: &[u8]) -> Option<String> {
     Some(text[start..end].to_owned())
 }
 
-fn bare(jid: &str) -> String {
+/// A JID without its resource, in lower case.
+pub(super) fn bare(jid: &str) -> String {
     jid.split('/').next().unwrap_or(jid).to_lowercase()
 }
 
@@ -600,38 +618,50 @@ async fn judge<C: AsyncWrite + Unpin>(
     shared: &Shared,
     info: &SessionInfo,
     state: &Mutex<State>,
-    direction: Direction,
+    wire: Direction,
     bytes: &[u8],
     client: &ClientWriter<C>,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let Ok(stanza) = Stanza::parse(bytes) else {
         return Ok(Some(bytes.to_vec()));
     };
+    if stanza.name == "presence" && wire == Direction::Outbound {
+        let forward = super::xmpp_rooms::presence(shared, info, state, &stanza).await;
+        return Ok(forward.then(|| bytes.to_vec()));
+    }
     if stanza.sasl || stanza.starttls || (stanza.body.is_none() && stanza.file.is_none()) {
         return Ok(Some(bytes.to_vec()));
     }
     let (me, domain) = {
         let state = state.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            state
-                .jid
-                .clone()
-                .unwrap_or_else(|| format!("unknown@{}", state.domain)),
-            state.domain.clone(),
-        )
+        (state.me(), state.domain.clone())
     };
-    let group = stanza.kind.as_deref() == Some("groupchat");
+    // A carbon is judged as the message it copies: sent by the user, or to them.
+    let (direction, address) = match (stanza.carbon, &stanza.forwarded) {
+        (Some(Carbon::Sent), Some(inner)) => (Direction::Outbound, inner.clone()),
+        (Some(Carbon::Received), Some(inner)) => (Direction::Inbound, inner.clone()),
+        _ => (
+            wire,
+            Forwarded {
+                from: stanza.from.clone(),
+                to: stanza.to.clone(),
+                kind: stanza.kind.clone(),
+                id: stanza.id.clone(),
+            },
+        ),
+    };
+    let group = address.kind.as_deref() == Some("groupchat");
     let (sender, peer) = match direction {
         Direction::Outbound => (
             me.clone(),
-            stanza
+            address
                 .to
                 .as_deref()
                 .map(bare)
                 .unwrap_or_else(|| domain.clone()),
         ),
         Direction::Inbound => (
-            stanza
+            address
                 .from
                 .as_deref()
                 .map(|f| if group { f.to_owned() } else { bare(f) })
@@ -641,9 +671,9 @@ async fn judge<C: AsyncWrite + Unpin>(
     };
     let room = group.then(|| {
         bare(if direction == Direction::Outbound {
-            stanza.to.as_deref().unwrap_or_default()
+            address.to.as_deref().unwrap_or_default()
         } else {
-            stanza.from.as_deref().unwrap_or_default()
+            address.from.as_deref().unwrap_or_default()
         })
     });
     let conv = match &room {
@@ -695,10 +725,7 @@ async fn judge<C: AsyncWrite + Unpin>(
         at_ms: now_ms(),
     };
     let verdict = shared.evaluate(&event);
-    let from = Participant {
-        handle: party.handle.clone(),
-        person: party.person.clone(),
-    };
+    let from = Participant::from(&party);
     let (body, text) = match &content {
         Content::Message { text } => {
             let delivered = verdict.delivered(text).into_owned();
@@ -736,20 +763,40 @@ async fn judge<C: AsyncWrite + Unpin>(
         }
         _ => return Ok(Some(bytes.to_vec())),
     };
-    let action = shared.archive_verdict(&conv, body, &verdict);
+    // A carbon of a message already archived (or the direct copy of one archived from its
+    // carbon) is judged but not archived again.
+    let copy = match (&room, &stanza.body, &address.id) {
+        (None, Some(text), Some(id)) => Some((bare(&sender), id.as_str(), text.as_str())),
+        _ => None,
+    };
+    let first = shared.copies.first(
+        copy.as_ref().map(|(from, id, text)| MessageCopy {
+            from,
+            to: &peer,
+            id,
+            text,
+        }),
+        stanza.carbon.is_some(),
+    );
+    let action = if first {
+        shared.archive_verdict(&conv, body, &verdict)
+    } else {
+        verdict.action
+    };
     let rules: Vec<&str> = verdict.rule_names().collect();
     tracing::info!(
         target: "imgate::session",
         session = %info.session,
-        "{} {sender} in {conv}: {text:?} -> {}{}",
+        "{} {sender} in {conv}: {text:?} -> {}{}{}",
         if direction == Direction::Outbound { "out" } else { "in " },
         action.as_str(),
-        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) }
+        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) },
+        if first { "" } else { " (a copy, already archived)" }
     );
     match action {
         Action::Allow | Action::Redact => {
             let mut out = Vec::new();
-            if direction == Direction::Outbound
+            if wire == Direction::Outbound
                 && let (Some(disclaimer), Some(to)) = (&verdict.disclaimer, &stanza.to)
                 && state
                     .lock()
@@ -758,11 +805,23 @@ async fn judge<C: AsyncWrite + Unpin>(
                     .insert(conv.clone())
             {
                 let kind = stanza.kind.as_deref().unwrap_or("chat");
+                // Known to the copies, so that its carbon is not taken for a message.
+                let id = format!("{}-disclaimer", info.session);
+                shared.copies.first(
+                    Some(MessageCopy {
+                        from: &me,
+                        to: &peer,
+                        id: &id,
+                        text: &disclaimer.text,
+                    }),
+                    false,
+                );
                 out.extend_from_slice(
                     format!(
-                        "<message to='{}' type='{}'><body>{}</body></message>",
+                        "<message to='{}' type='{}' id='{}'><body>{}</body></message>",
                         quick_xml::escape::escape(to.as_str()),
                         quick_xml::escape::escape(kind),
+                        quick_xml::escape::escape(&id),
                         quick_xml::escape::escape(&*disclaimer.text)
                     )
                     .as_bytes(),
@@ -777,7 +836,7 @@ async fn judge<C: AsyncWrite + Unpin>(
             Ok(Some(out))
         }
         Action::Block | Action::Quarantine => {
-            if direction == Direction::Outbound {
+            if wire == Direction::Outbound {
                 client
                     .lock()
                     .await
