@@ -59,14 +59,104 @@ pub async fn serve(
     }
 }
 
+/// How an admitted session is relayed.
+enum Route {
+    /// XMPP over direct TLS, intercepted for this server name.
+    DirectXmpp(String, Arc<xmpp_relay::TlsContext>),
+    /// IRC, inspected.
+    Irc,
+    /// XMPP, inspected (STARTTLS intercepted when `true`).
+    Xmpp(bool),
+    /// Anything else, relayed unread.
+    Unread,
+}
+
+/// A session that policy let through: its two connections, who it is, and how to relay it.
+struct Admitted {
+    client: Prefixed<TcpStream>,
+    upstream: TcpStream,
+    info: SessionInfo,
+    route: Route,
+}
+
 async fn serve_session(
+    shared: &Arc<Shared>,
+    frontend: &Frontend,
+    client: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+) -> Result<(), SessionError> {
+    // Admission and the relay are separate boxed stages: what admission needed is freed before
+    // the relay starts, so an idle session holds only its relay.
+    let Some(Admitted {
+        client,
+        upstream,
+        info,
+        route,
+    }) = Box::pin(admit(shared, frontend, client, peer, id)).await?
+    else {
+        return Ok(());
+    };
+    let session = info.session.clone();
+    let outcome = match route {
+        Route::DirectXmpp(domain, context) => {
+            Box::pin(xmpp_direct_tls::relay(
+                shared.clone(),
+                client,
+                upstream,
+                info,
+                domain,
+                context,
+            ))
+            .await
+        }
+        Route::Irc => Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await,
+        Route::Xmpp(intercept) => {
+            Box::pin(xmpp_relay::relay(
+                shared.clone(),
+                client,
+                upstream,
+                info,
+                shared.tls.clone(),
+                intercept,
+            ))
+            .await
+        }
+        Route::Unread => {
+            Box::pin(super::lean_io::relay_unread(
+                client,
+                upstream,
+                shared.limits.idle,
+            ))
+            .await
+        }
+    };
+    let reason = match &outcome {
+        Ok(()) => "closed".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    let _ = shared
+        .archive(
+            &session,
+            Body::SessionEnd {
+                session: session.clone(),
+                reason,
+            },
+        )
+        .await;
+    tracing::info!(target: "imgate::session", %session, "ended");
+    outcome.map_err(Into::into)
+}
+
+/// The front-end handshake, the upstream connection, identification and the session-level
+/// verdict; `None` when policy refused the session (which is then archived as ended).
+async fn admit(
     shared: &Arc<Shared>,
     frontend: &Frontend,
     mut client: TcpStream,
     peer: SocketAddr,
     id: u64,
-) -> Result<(), SessionError> {
-    // Every stage is boxed, so that an idle session's task holds only the stage it is in.
+) -> Result<Option<Admitted>, SessionError> {
     let target = tokio::time::timeout(
         shared.limits.handshake,
         Box::pin(frontend.accept(&mut client)),
@@ -183,53 +273,21 @@ async fn serve_session(
                 },
             )
             .await;
-        return Ok(());
+        return Ok(None);
     }
-    let client = Prefixed::new(peeked.prefix, client);
-    let outcome = if let Some((domain, context)) = direct_xmpp {
-        Box::pin(xmpp_direct_tls::relay(
-            shared.clone(),
-            client,
-            upstream,
-            info,
-            domain,
-            context,
-        ))
-        .await
+    let route = if let Some((domain, context)) = direct_xmpp {
+        Route::DirectXmpp(domain, context)
     } else if protocol == Protocol::Irc {
-        Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await
+        Route::Irc
     } else if protocol == Protocol::Xmpp {
-        let intercept = verdict.tls == Some(TlsMode::Intercept);
-        Box::pin(xmpp_relay::relay(
-            shared.clone(),
-            client,
-            upstream,
-            info,
-            shared.tls.clone(),
-            intercept,
-        ))
-        .await
+        Route::Xmpp(verdict.tls == Some(TlsMode::Intercept))
     } else {
-        Box::pin(super::lean_io::relay_unread(
-            client,
-            upstream,
-            shared.limits.idle,
-        ))
-        .await
+        Route::Unread
     };
-    let reason = match &outcome {
-        Ok(()) => "closed".to_owned(),
-        Err(error) => error.to_string(),
-    };
-    let _ = shared
-        .archive(
-            &session,
-            Body::SessionEnd {
-                session: session.clone(),
-                reason,
-            },
-        )
-        .await;
-    tracing::info!(target: "imgate::session", %session, "ended");
-    outcome.map_err(Into::into)
+    Ok(Some(Admitted {
+        client: Prefixed::new(peeked.prefix, client),
+        upstream,
+        info,
+        route,
+    }))
 }

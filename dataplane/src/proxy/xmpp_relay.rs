@@ -194,8 +194,8 @@ fn strip_stream_management(features: &[u8]) -> Vec<u8> {
 /// Relays an XMPP client session.
 pub async fn relay<C, U>(
     shared: Arc<Shared>,
-    mut client: C,
-    mut upstream: U,
+    client: C,
+    upstream: U,
     info: SessionInfo,
     tls: Option<Arc<TlsContext>>,
     intercept: bool,
@@ -204,23 +204,109 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Each stage is boxed and finishes before the next starts, so an idle session holds only
+    // the stage it is in, not the negotiation's or the handshakes' state.
+    let negotiated = Box::pin(negotiate(&shared, &info, client, upstream)).await?;
+    match negotiated {
+        Negotiated::Ended => Ok(()),
+        Negotiated::Plain {
+            client,
+            upstream,
+            from_client,
+            from_server,
+        } => {
+            Box::pin(inspect(
+                shared,
+                info,
+                client,
+                upstream,
+                from_client,
+                from_server,
+            ))
+            .await
+        }
+        Negotiated::StartTls {
+            mut client,
+            upstream,
+            domain,
+            proceed,
+        } => match tls.filter(|_| intercept) {
+            Some(tls) => {
+                let streams = Box::pin(intercept_tls(
+                    &shared, &info, client, upstream, &domain, &proceed, &tls,
+                ))
+                .await?;
+                let Some((client, upstream)) = streams else {
+                    return Ok(());
+                };
+                Box::pin(inspect(
+                    shared,
+                    info,
+                    client,
+                    upstream,
+                    Side::default(),
+                    Side::default(),
+                ))
+                .await
+            }
+            None => {
+                client.write_all(&proceed).await?;
+                tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
+                Box::pin(relay_unread(client, upstream, shared.limits.idle)).await
+            }
+        },
+    }
+}
+
+/// Where stream negotiation left a session.
+enum Negotiated<C, U> {
+    /// A side closed or sent something unreadable (already answered and recorded).
+    Ended,
+    /// The stream goes on unencrypted (the server did not offer STARTTLS, or refused it).
+    Plain {
+        client: C,
+        upstream: U,
+        from_client: Side,
+        from_server: Side,
+    },
+    /// The server said `<proceed/>` to the client's STARTTLS for `domain`; the client has
+    /// not been told yet.
+    StartTls {
+        client: C,
+        upstream: U,
+        domain: String,
+        proceed: Vec<u8>,
+    },
+}
+
+/// Relays the stream headers and features, and a STARTTLS request and its answer.
+async fn negotiate<C, U>(
+    shared: &Shared,
+    info: &SessionInfo,
+    mut client: C,
+    mut upstream: U,
+) -> std::io::Result<Negotiated<C, U>>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut from_client, mut from_server) = (Side::default(), Side::default());
     let Some((header, to)) =
-        client_item(&mut client, &mut from_client, &shared, &info, false).await?
+        client_item(&mut client, &mut from_client, shared, info, false).await?
     else {
-        return Ok(());
+        return Ok(Negotiated::Ended);
     };
     let domain = to.unwrap_or_else(|| info.server.split(':').next().unwrap_or_default().to_owned());
     upstream.write_all(&header).await?;
     let Some((server_header, _)) =
-        server_item(&mut upstream, &mut from_server, &shared, &info).await?
+        server_item(&mut upstream, &mut from_server, shared, info).await?
     else {
-        return Ok(());
+        return Ok(Negotiated::Ended);
     };
     client.write_all(&server_header).await?;
-    let Some((features, _)) = server_item(&mut upstream, &mut from_server, &shared, &info).await?
+    let Some((features, _)) = server_item(&mut upstream, &mut from_server, shared, info).await?
     else {
-        return Ok(());
+        return Ok(Negotiated::Ended);
     };
     let offered = Stanza::parse(&features)
         .map(|f| {
@@ -233,55 +319,35 @@ where
         .await?;
     if offered {
         let Some((request, _)) =
-            client_item(&mut client, &mut from_client, &shared, &info, true).await?
+            client_item(&mut client, &mut from_client, shared, info, true).await?
         else {
-            return Ok(());
+            return Ok(Negotiated::Ended);
         };
         let starttls = Stanza::parse(&request).is_ok_and(|s| s.starttls);
         upstream.write_all(&request).await?;
         if starttls {
             let Some((answer, _)) =
-                server_item(&mut upstream, &mut from_server, &shared, &info).await?
+                server_item(&mut upstream, &mut from_server, shared, info).await?
             else {
-                return Ok(());
+                return Ok(Negotiated::Ended);
             };
-            let proceed = Stanza::parse(&answer).is_ok_and(|s| s.starttls);
-            if !proceed {
-                client.write_all(&answer).await?;
-                return Box::pin(inspect(
-                    shared,
-                    info,
+            if Stanza::parse(&answer).is_ok_and(|s| s.starttls) {
+                return Ok(Negotiated::StartTls {
                     client,
                     upstream,
-                    from_client,
-                    from_server,
-                ))
-                .await;
+                    domain,
+                    proceed: answer,
+                });
             }
-            return match (tls, intercept) {
-                (Some(tls), true) => {
-                    Box::pin(intercept_tls(
-                        shared, info, client, upstream, &domain, &answer, &tls,
-                    ))
-                    .await
-                }
-                _ => {
-                    client.write_all(&answer).await?;
-                    tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
-                    Box::pin(relay_unread(client, upstream, shared.limits.idle)).await
-                }
-            };
+            client.write_all(&answer).await?;
         }
     }
-    Box::pin(inspect(
-        shared,
-        info,
+    Ok(Negotiated::Plain {
         client,
         upstream,
         from_client,
         from_server,
-    ))
-    .await
+    })
 }
 
 /// Connects to the server over TLS, verifying its certificate for `domain` against the
@@ -320,26 +386,33 @@ where
     }
 }
 
+/// The client's and the server's TLS streams of an intercepted session.
+type Intercepted<C, U> = (
+    tokio_rustls::server::TlsStream<C>,
+    tokio_rustls::client::TlsStream<U>,
+);
+
+/// Completes STARTTLS on both sides: verified TLS to the server first, then TLS with the
+/// client under a leaf for `domain` minted from the tenant's CA. `None` when the server's
+/// certificate was refused (the client is told with a STARTTLS `<failure/>`).
 async fn intercept_tls<C, U>(
-    shared: Arc<Shared>,
-    info: SessionInfo,
+    shared: &Shared,
+    info: &SessionInfo,
     mut client: C,
     upstream: U,
     domain: &str,
     proceed: &[u8],
     tls: &TlsContext,
-) -> std::io::Result<()>
+) -> std::io::Result<Option<Intercepted<C, U>>>
 where
-    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
 {
-    // Handshakes and the inspected relay are boxed: a session's task then holds only the
-    // stage it is in, which keeps idle sessions small.
-    let Some(upstream) = connect_verified(&shared, &info, upstream, domain, tls).await else {
+    let Some(upstream) = connect_verified(shared, info, upstream, domain, tls).await else {
         client
             .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
             .await?;
-        return Ok(());
+        return Ok(None);
     };
     let config = tls
         .ca
@@ -348,15 +421,7 @@ where
     client.write_all(proceed).await?;
     let client = Box::pin(TlsAcceptor::from(config).accept(client)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
-    Box::pin(inspect(
-        shared,
-        info,
-        client,
-        upstream,
-        Side::default(),
-        Side::default(),
-    ))
-    .await
+    Ok(Some((client, upstream)))
 }
 
 /// What a session's two directions share.
