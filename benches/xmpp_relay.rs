@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use support::common::prosody;
-use support::{haproxy, imgate, imgate_roots, login};
+use support::{haproxy, imgate, imgate_roots, login, pin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MESSAGES: usize = 20_000;
@@ -75,34 +75,67 @@ async fn run(
     (count as f64 / elapsed, latencies)
 }
 
-/// Runs each path for 5 s at `rate` messages per second and prints the latencies.
+/// Rounds of the latency runs; the paths take turns, and each figure is the median round,
+/// so that a burst of noise on this shared machine does not decide a comparison.
+const ROUNDS: usize = 3;
+
+/// Runs each path for 5 s at `rate` messages per second, [`ROUNDS`] times in turn, and
+/// prints the median round's p50 and p99 (and the range of the p99s).
 fn latency(
     runtime: &tokio::runtime::Runtime,
     paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
     rate: f64,
     what: &str,
 ) {
-    println!("latency at {rate:.0} messages/s ({what}), 5 s each:");
-    let mut p99 = Vec::new();
-    for (name, port, roots) in paths {
-        let (_, mut latencies) = runtime.block_on(run(*port, roots, (rate * 5.0) as usize, rate));
-        let (p50, tail) = (
-            percentile(&mut latencies, 0.5),
-            percentile(&mut latencies, 0.99),
+    println!("latency at {rate:.0} messages/s ({what}), {ROUNDS} rounds of 5 s each:");
+    let mut rounds: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for ((_, port, roots), results) in paths.iter().zip(&mut rounds) {
+            let (_, mut latencies) =
+                runtime.block_on(run(*port, roots, (rate * 5.0) as usize, rate));
+            results.push((
+                percentile(&mut latencies, 0.5),
+                percentile(&mut latencies, 0.99),
+            ));
+        }
+    }
+    let mut medians = Vec::new();
+    for ((name, _, _), results) in paths.iter().zip(&mut rounds) {
+        let mut p50: Vec<Duration> = results.iter().map(|r| r.0).collect();
+        let mut p99: Vec<Duration> = results.iter().map(|r| r.1).collect();
+        let (p50, low, p99, high) = (
+            percentile(&mut p50, 0.5),
+            p99.iter().min().copied().unwrap_or_default(),
+            percentile(&mut p99, 0.5),
+            p99.iter().max().copied().unwrap_or_default(),
         );
         println!(
-            "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms",
-            p50.as_secs_f64() * 1e3,
-            tail.as_secs_f64() * 1e3
+            "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms  (p99 {:.3}-{:.3} ms)",
+            ms(p50),
+            ms(p99),
+            ms(low),
+            ms(high)
         );
-        p99.push(tail);
+        medians.push((p50, p99));
     }
-    println!(
-        "  p99 added over direct: by HAProxy {:.3} ms; by imgate {:.3} ms ({:.3} ms forwarding after fsync)",
-        p99[1].saturating_sub(p99[0]).as_secs_f64() * 1e3,
-        p99[2].saturating_sub(p99[0]).as_secs_f64() * 1e3,
-        p99[3].saturating_sub(p99[0]).as_secs_f64() * 1e3
-    );
+    let added = |i: usize| {
+        (
+            ms(medians[i].0) - ms(medians[0].0),
+            ms(medians[i].1) - ms(medians[0].1),
+        )
+    };
+    for (i, name) in [
+        (1, "HAProxy"),
+        (2, "imgate"),
+        (3, "imgate forwarding after fsync"),
+    ] {
+        let (p50, p99) = added(i);
+        println!("  added over direct by {name}: p50 {p50:+.3} ms, p99 {p99:+.3} ms");
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
 
 fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
@@ -116,22 +149,43 @@ fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, prosody_port, server_cert) = prosody(dir.path());
-    let (_haproxy, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
-    let (_imgate, front, data) = imgate(
+    let (server, prosody_port, server_cert) = prosody(dir.path());
+    let (haproxy_relay, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
+    let (written, front, data) = imgate(
         dir.path(),
         "written",
         &["--forward-after", "written"],
         prosody_port,
         &server_cert,
     );
-    let (_synced, synced_front, synced_data) = imgate(
+    let (synced, synced_front, synced_data) = imgate(
         dir.path(),
         "synced",
         &["--forward-after", "synced"],
         prosody_port,
         &server_cert,
     );
+    // With two or more cores, the relays under test get the last core and the server and the
+    // load generator the others, so that they do not compete with the relay (set
+    // `BENCH_NO_PIN=1` to leave scheduling to the kernel).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 && std::env::var_os("BENCH_NO_PIN").is_none() {
+        let (relay, rest) = ((cores - 1).to_string(), format!("0-{}", cores - 2));
+        let pinned = [server.0.id(), std::process::id()]
+            .into_iter()
+            .all(|pid| pin(pid, &rest))
+            && [haproxy_relay.0.id(), written.0.id(), synced.0.id()]
+                .into_iter()
+                .all(|pid| pin(pid, &relay));
+        println!(
+            "{}",
+            if pinned {
+                format!("relays pinned to CPU {relay}; Prosody and the client to CPUs {rest}")
+            } else {
+                "could not pin processes to CPUs (taskset); scheduling left to the kernel".into()
+            }
+        );
+    }
     let server_roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&server_cert)
         .expect("pem")
         .filter_map(Result::ok)

@@ -29,6 +29,16 @@ pub fn imgate_roots(data: &Path) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// Pins every thread of process `pid` to `cpus` (a `taskset` list such as `1` or `0-1`);
+/// threads it starts later inherit the pinning. Returns whether it worked.
+pub fn pin(pid: u32, cpus: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
