@@ -151,10 +151,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, prosody_port, server_cert) = prosody(dir.path());
     let (haproxy_relay, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
+    let metrics_port = support::common::free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let (written, front, data) = imgate(
         dir.path(),
         "written",
-        &["--forward-after", "written"],
+        &["--forward-after", "written", "--metrics", &metrics],
         prosody_port,
         &server_cert,
     );
@@ -224,5 +226,39 @@ fn main() {
         (LIGHT_RATE, "light load"),
     ] {
         latency(&runtime, &paths, rate, what);
+    }
+    held(&support::common::scrape(metrics_port));
+}
+
+/// Prints, from imgate's `imgate_held_seconds` histogram (default `written` instance, all
+/// runs above), the bucket bounds under which half and 99 % of the forwarded batches were
+/// held: the part of the added latency spent inside imgate.
+fn held(metrics: &str) {
+    println!("time imgate held a batch before forwarding it (imgate_held_seconds, all runs):");
+    for direction in ["outbound", "inbound"] {
+        let buckets: Vec<(f64, f64)> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("imgate_held_seconds_bucket{")
+                    && l.contains(&format!("direction=\"{direction}\""))
+            })
+            .filter_map(|l| {
+                let bound = l.split("le=\"").nth(1)?.split('"').next()?;
+                let count = l.rsplit(' ').next()?;
+                Some((bound.parse().ok()?, count.parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        let under = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, count)| *count >= q * total)
+                .map_or(f64::INFINITY, |(bound, _)| *bound * 1e3)
+        };
+        println!(
+            "  {direction:<8} {total:>8.0} batches: half within {} ms, 99 % within {} ms",
+            under(0.5),
+            under(0.99)
+        );
     }
 }

@@ -8,7 +8,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, imgate_up, presence_of, slapd, stop_and_read, wait_for_port};
+use common::{Killed, imgate_up, presence_of, scrape, slapd, stop_and_read, wait_for_port};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -57,19 +57,6 @@ fn clients(front: u16, mode: &str) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
-/// GET /metrics from `imgate up`.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut connection = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    connection
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    connection.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 fn texts(received: &Value, who: &str, kind: &str) -> Vec<String> {
     received[who]
         .as_array()
@@ -105,6 +92,11 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
     assert!(
         metrics.contains("imgate_archive_unshipped_bytes"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains("imgate_held_seconds_count{direction=\"outbound\"}")
+            && metrics.contains("imgate_held_seconds_count{direction=\"inbound\"}"),
+        "how long lines are held, each way: {metrics}"
     );
     let texts = |who: &str, kind: &str| texts(&received, who, kind);
     let channel = texts("bob", "pubmsg");

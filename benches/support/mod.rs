@@ -143,7 +143,8 @@ pub fn haproxy(dir: &Path, upstream: u16, maxconn: usize) -> (Killed, u16) {
 }
 
 /// Starts `imgate up` (named `name`, with `extra` options) forwarding to Prosody, with no
-/// metrics endpoint and the default seal age; returns it, its port and its data folder.
+/// metrics endpoint unless `extra` names one, and segments sealed every 20 s; returns it, its
+/// port and its data folder.
 pub fn imgate(
     dir: &Path,
     name: &str,
@@ -153,14 +154,10 @@ pub fn imgate(
 ) -> (Killed, u16, std::path::PathBuf) {
     let data = dir.join(format!("imgate-{name}"));
     let cert = server_cert.to_string_lossy();
-    let mut options = vec![
-        "--metrics",
-        "off",
-        "--seal-seconds",
-        "20",
-        "--extra-roots",
-        &cert,
-    ];
+    let mut options = vec!["--seal-seconds", "20", "--extra-roots", &cert];
+    if !extra.contains(&"--metrics") {
+        options.extend_from_slice(&["--metrics", "off"]);
+    }
     options.extend_from_slice(extra);
     let (imgate, front) = common::imgate_up(prosody_port, &data, &options);
     (imgate, front, data)

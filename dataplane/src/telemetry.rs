@@ -1,10 +1,15 @@
-//! Prometheus metrics of a dataplane: sessions by protocol, verdicts by action, and the
-//! archive's unshipped bytes (the back-pressure gauge), in the text exposition format.
+//! Prometheus metrics of a dataplane: sessions by protocol, verdicts by action, how long
+//! inspected traffic is held before it is forwarded, and the archive's unshipped bytes (the
+//! back-pressure gauge), in the text exposition format.
 //!
 //! Invariants: counters only grow; the unshipped-bytes gauge is read from the archive log at
 //! scrape time, so it is never stale.
 
 use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use imgate_crds::policy::Direction;
+use prometheus_client::metrics::histogram::Histogram;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,11 +29,22 @@ struct ActionLabel {
     action: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// Bucket bounds of the hold time, in seconds: 50 µs to 1 s.
+const HOLD_BUCKETS: [f64; 13] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// The dataplane's metrics.
 pub struct Metrics {
     registry: Registry,
     sessions: Family<ProtocolLabel, Counter>,
     verdicts: Family<ActionLabel, Counter>,
+    held: Family<DirectionLabel, Histogram>,
     unshipped: Gauge<u64, AtomicU64>,
 }
 
@@ -38,6 +54,15 @@ impl Default for Metrics {
         let sessions = Family::<ProtocolLabel, Counter>::default();
         let verdicts = Family::<ActionLabel, Counter>::default();
         let unshipped = Gauge::<u64, AtomicU64>::default();
+        let held = Family::<DirectionLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(HOLD_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "held_seconds",
+            "Time inspected bytes spend in the dataplane, from the read that completed them to \
+             their forwarding (judging, archiving and the archive wait), by direction",
+            held.clone(),
+        );
         registry.register(
             "sessions",
             "IM sessions identified, by protocol",
@@ -57,6 +82,7 @@ impl Default for Metrics {
             registry,
             sessions,
             verdicts,
+            held,
             unshipped,
         }
     }
@@ -79,6 +105,17 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    /// Observes inspected traffic read at `since` and forwarded now.
+    pub fn held(&self, direction: Direction, since: Instant) {
+        let direction = match direction {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        };
+        self.held
+            .get_or_create(&DirectionLabel { direction })
+            .observe(since.elapsed().as_secs_f64());
     }
 
     /// The exposition text, with the archive gauge read from `log`.
@@ -106,6 +143,7 @@ mod tests {
         metrics.session("irc");
         metrics.verdict("redact");
         metrics.verdict("redact");
+        metrics.held(Direction::Outbound, Instant::now());
         let text = metrics.render(&log);
         assert!(
             text.contains("imgate_sessions_total{protocol=\"irc\"} 1"),
@@ -116,6 +154,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("imgate_archive_unshipped_bytes 0"), "{text}");
+        assert!(
+            text.contains("imgate_held_seconds_count{direction=\"outbound\"} 1")
+                && text.contains("imgate_held_seconds_bucket{le=\"1.0\",direction=\"outbound\"} 1"),
+            "{text}"
+        );
         log.close();
     }
 }

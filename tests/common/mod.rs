@@ -34,6 +34,19 @@ pub fn wait_for_port(port: u16, what: &str) {
 
 /// Stops `imgate up` with SIGTERM (which flushes the archive) and returns every archived
 /// record of tenant `local` under `data`.
+/// GET /metrics from `imgate up`'s metrics endpoint on `port`.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut connection = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    connection
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    connection.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 /// `who`'s `presence` records, in order: (change, room, text).
 pub fn presence_of<'a>(records: &'a [Value], who: &str) -> Vec<(&'a str, &'a str, &'a str)> {
     records

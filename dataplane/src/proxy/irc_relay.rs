@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use imgate_crds::policy::{Direction, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -87,6 +88,7 @@ where
     C: AsyncWrite + Unpin,
 {
     let mut buffer = Vec::new();
+    let mut read_at = Instant::now();
     loop {
         // Every complete line in the buffer is judged and recorded first; the batch is
         // forwarded once its records are durable (one fsync for all of them).
@@ -139,11 +141,12 @@ where
                 Sink::Upstream(upstream) => upstream.write_all(&batch).await?,
                 Sink::Client => client.lock().await.write_all(&batch).await?,
             }
+            shared.metrics.held(direction, read_at);
         }
         let read = tokio::time::timeout(shared.limits.idle, read_into(&mut reader, &mut buffer));
         match read.await {
             Ok(Ok(0)) | Err(_) => return Ok(()),
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => read_at = Instant::now(),
             Ok(Err(error)) => return Err(error),
         }
     }

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use imgate_crds::policy::{Direction, Protocol};
 use rustls::client::ClientConfig;
@@ -505,6 +506,7 @@ where
     // Complete elements are judged and recorded as they are framed; the batch is forwarded
     // once its records are durable (one fsync for everything in flight).
     let mut batch = Vec::new();
+    let mut read_at = Instant::now();
     loop {
         if std::mem::take(
             &mut state
@@ -522,10 +524,12 @@ where
                         return Ok(());
                     }
                     upstream.write_all(&std::mem::take(&mut batch)).await?;
+                    shared.metrics.held(Direction::Outbound, read_at);
                 }
                 if !fill(&mut reader, &mut side, &shared).await? {
                     return Ok(());
                 }
+                read_at = Instant::now();
             }
             item @ (Item::TooLarge | Item::Malformed { .. }) => {
                 let (condition, reason) =
@@ -582,6 +586,7 @@ where
     C: AsyncWrite + Unpin,
 {
     let mut batch = Vec::new();
+    let mut read_at = Instant::now();
     loop {
         match side.framer.next(&side.buffer) {
             Item::NeedMore => {
@@ -595,10 +600,12 @@ where
                         .await
                         .write_all(&std::mem::take(&mut batch))
                         .await?;
+                    shared.metrics.held(Direction::Inbound, read_at);
                 }
                 if !fill(&mut reader, &mut side, &shared).await? {
                     return Ok(());
                 }
+                read_at = Instant::now();
             }
             Item::TooLarge | Item::Malformed { .. } => {
                 record_stream_error(
