@@ -8,11 +8,11 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, imgate_up, presence_of, scrape, slapd, stop_and_read, wait_for_port};
+use common::{Killed, imgate_up, presence_of, scrape, serve, slapd, stop_and_read};
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -28,14 +28,11 @@ fn ngircd(dir: &Path) -> (Killed, u16) {
         ),
     )
     .expect("config");
-    let child = Command::new("ngircd")
-        .args(["-n", "-f", config.to_str().expect("utf-8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ngircd runs: scripts/test installs it (apt-get install ngircd)");
-    let server = Killed(child);
-    wait_for_port(port, "ngircd");
+    let server = serve(
+        Command::new("ngircd").args(["-n", "-f", config.to_str().expect("utf-8")]),
+        port,
+        "ngircd (scripts/test installs it: apt-get install ngircd)",
+    );
     (server, port)
 }
 

@@ -10,7 +10,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{imgate_up, presence_of, prosody, prosody_with_direct_tls, stop_and_read};
+use common::{Killed, imgate_up, presence_of, prosody, prosody_with_direct_tls, stop_and_read};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -18,6 +18,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// `imgate up` in front of Prosody on `port`, trusting its certificate `server_cert`.
+fn imgate_trusting(port: u16, server_cert: &Path, data: &Path) -> (Killed, u16) {
+    imgate_up(
+        port,
+        data,
+        &["--extra-roots", &server_cert.to_string_lossy()],
+    )
+}
 
 /// Runs the clients in `mode` (with its arguments) through imgate at `front`.
 fn clients(front: u16, ca: &Path, mode: &[&str]) -> Value {
@@ -116,11 +125,7 @@ fn xmpp_chat_is_intercepted_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data-ok");
-    let (imgate, front) = imgate_up(
-        port,
-        &data,
-        &["--extra-roots", &server_cert.to_string_lossy()],
-    );
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
     let received = clients(front, &data.join("ca/ca.pem"), &["chat"]);
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);
@@ -177,11 +182,7 @@ fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data-broken");
-    let (imgate, front) = imgate_up(
-        port,
-        &data,
-        &["--extra-roots", &server_cert.to_string_lossy()],
-    );
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
     let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
     let cases: [(Vec<u8>, &str); 2] = [
         (
@@ -229,11 +230,7 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data");
-    let (imgate, front) = imgate_up(
-        port,
-        &data,
-        &["--extra-roots", &server_cert.to_string_lossy()],
-    );
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
     let received = clients(front, &data.join("ca/ca.pem"), &["muc"]);
     let room_messages = |who: &str| -> Vec<String> {
         received[who]
@@ -324,12 +321,11 @@ fn carbon_copies_are_judged_and_archived_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data");
-    let server_cert = server_cert.to_string_lossy();
-    let (imgate, front) = imgate_up(port, &data, &["--extra-roots", &server_cert]);
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
     let received = clients(
         front,
         &data.join("ca/ca.pem"),
-        &["carbons", &port.to_string(), &server_cert],
+        &["carbons", &port.to_string(), &server_cert.to_string_lossy()],
     );
     let carbons: Vec<(&str, &str)> = received["phone"]
         .as_array()
@@ -388,11 +384,7 @@ fn xmpp_over_direct_tls_is_intercepted_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, _, tls_port, server_cert) = prosody_with_direct_tls(dir.path());
     let data = dir.path().join("data");
-    let (imgate, front) = imgate_up(
-        tls_port,
-        &data,
-        &["--extra-roots", &server_cert.to_string_lossy()],
-    );
+    let (imgate, front) = imgate_trusting(tls_port, &server_cert, &data);
     let received = clients(front, &data.join("ca/ca.pem"), &["direct"]);
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use base64::Engine;
-use common::{Killed, free_port, wait_for_port};
+use common::{Killed, free_port};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,16 +129,11 @@ pub fn haproxy(dir: &Path, upstream: u16, maxconn: usize) -> (Killed, u16) {
     let port = free_port();
     let config = dir.join("haproxy.cfg");
     std::fs::write(&config, format!("global\n  maxconn {maxconn}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s 127.0.0.1:{upstream}\n")).expect("config");
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy runs (apt-get install haproxy)");
-    let relay = Killed(child);
-    wait_for_port(port, "haproxy");
+    let relay = common::serve(
+        Command::new("haproxy").arg("-db").arg("-f").arg(&config),
+        port,
+        "haproxy (apt-get install haproxy)",
+    );
     (relay, port)
 }
 

@@ -20,6 +20,19 @@ impl Drop for Killed {
     }
 }
 
+/// Starts `command` with its output discarded and waits until it listens on `port`; `what`
+/// names it, with how to install it, should it not start.
+pub fn serve(command: &mut Command, port: u16, what: &str) -> Killed {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{what} runs: {error}"));
+    let server = Killed(child);
+    wait_for_port(port, what);
+    server
+}
+
 /// Waits until something listens on `port`.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -126,15 +139,7 @@ pub fn imgate_up(upstream: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
             command.args([option, value]);
         }
     }
-    let child = command
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("imgate up runs");
-    let imgate = Killed(child);
-    wait_for_port(front, "imgate up");
-    (imgate, front)
+    (serve(command.args(extra), front, "imgate up"), front)
 }
 
 /// Prosody on a free port with a self-signed certificate for localhost; returns the server,
@@ -192,16 +197,14 @@ pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
             .arg(&config)
             .args(["register", user, "localhost", password]));
     }
-    let child = Command::new("prosody")
-        .arg("-F")
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prosody runs: scripts/test installs it (apt-get install prosody)");
-    let server = Killed(child);
-    wait_for_port(port, "prosody");
+    let server = serve(
+        Command::new("prosody")
+            .arg("-F")
+            .arg("--config")
+            .arg(&config),
+        port,
+        "prosody (scripts/test installs it: apt-get install prosody)",
+    );
     wait_for_port(tls_port, "prosody (direct TLS)");
     (server, port, tls_port, crt)
 }
@@ -259,18 +262,16 @@ pub fn slapd(dir: &Path) -> (Killed, u16) {
         ),
     )
     .expect("slapd.conf");
-    let child = Command::new("slapd")
-        .arg("-h")
-        .arg(format!("ldap://127.0.0.1:{port}/"))
-        .arg("-f")
-        .arg(&config)
-        .args(["-d", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("slapd runs (apt-get install slapd ldap-utils)");
-    let server = Killed(child);
-    wait_for_port(port, "slapd");
+    let server = serve(
+        Command::new("slapd")
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{port}/"))
+            .arg("-f")
+            .arg(&config)
+            .args(["-d", "0"]),
+        port,
+        "slapd (apt-get install slapd ldap-utils)",
+    );
     let people = dir.join("people.ldif");
     std::fs::write(&people, PEOPLE).expect("ldif");
     run(Command::new("ldapadd")

@@ -5,9 +5,10 @@
 //! *written* (in the log file: it survives a crash or kill of the process); the syncer
 //! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it
 //! survives the machine losing power). Sessions wait without holding a thread in
-//! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks. While one fsync runs, writes continue and the next fsync
-//! covers them all, so throughput grows with concurrency instead of paying an fsync per
-//! record, and waiting for a write never waits behind an fsync.
+//! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks.
+//! While one fsync runs, writes continue and the next fsync covers them all, so throughput
+//! grows with concurrency instead of paying an fsync per record, and waiting for a write
+//! never waits behind an fsync.
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued
 //! and written in that order; `durable_seq <= written_seq`, both only grow, and neither

@@ -237,21 +237,11 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Join(rooms) if direction == Direction::Outbound => {
-            let recorded = rooms
-                .into_iter()
-                .filter(|room| is_channel(room))
-                .all(|room| {
-                    channel_presence(shared, info, &sender, PresenceChange::Join, room, None)
-                });
+            let recorded = channels_presence(shared, info, &sender, PresenceChange::Join, rooms);
             Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Part(rooms) if direction == Direction::Outbound => {
-            let recorded = rooms
-                .into_iter()
-                .filter(|room| is_channel(room))
-                .all(|room| {
-                    channel_presence(shared, info, &sender, PresenceChange::Leave, room, None)
-                });
+            let recorded = channels_presence(shared, info, &sender, PresenceChange::Leave, rooms);
             Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Topic {
@@ -444,6 +434,20 @@ fn channel_presence(
     let host = info.server.split(':').next().unwrap_or_default();
     let conv = format!("irc:{host}:{}", channel.to_lowercase());
     presence(shared, info, &conv, who, change, Some(channel), text)
+}
+
+/// [`channel_presence`] for each channel of a JOIN or PART (other targets ignored).
+fn channels_presence(
+    shared: &Shared,
+    info: &SessionInfo,
+    who: &Party,
+    change: PresenceChange,
+    targets: Vec<String>,
+) -> bool {
+    targets
+        .into_iter()
+        .filter(|target| is_channel(target))
+        .all(|channel| channel_presence(shared, info, who, change, channel, None))
 }
 
 fn event(

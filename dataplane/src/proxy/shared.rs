@@ -193,14 +193,18 @@ impl Shared {
     /// when the record could not be appended in fail-closed mode. The caller forwards the
     /// effect only after [`settle`](Self::settle).
     pub fn archive_verdict(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
-        let action = self.archive_then_act(conv, body, verdict);
+        let action = if self.record_event(conv, body) {
+            verdict.action
+        } else {
+            Action::Block
+        };
         self.metrics.verdict(action.as_str());
         action
     }
 
-    /// Appends the record of an event that policy does not judge (a join, a new nickname);
-    /// returns whether the event may go on: `false` only when the record could not be
-    /// appended in fail-closed mode. The caller forwards it only after
+    /// Appends an event's record; returns whether the event may go on: `false` only when
+    /// the record could not be appended in fail-closed mode. Events that policy does not
+    /// judge (a join, a new nickname) use it directly. The caller forwards it only after
     /// [`settle`](Self::settle).
     pub fn record_event(&self, conv: &str, body: Body) -> bool {
         match self.append(conv, body) {
@@ -212,20 +216,6 @@ impl Shared {
             Err(error) => {
                 tracing::error!(%error, "archive failed; forwarding (fail open)");
                 true
-            }
-        }
-    }
-
-    fn archive_then_act(&self, conv: &str, body: Body, verdict: &Verdict) -> Action {
-        match self.append(conv, body) {
-            Ok(_) => verdict.action,
-            Err(error) if self.fail_closed => {
-                tracing::error!(%error, "archive failed; blocking (fail closed)");
-                Action::Block
-            }
-            Err(error) => {
-                tracing::error!(%error, "archive failed; forwarding (fail open)");
-                verdict.action
             }
         }
     }

@@ -55,9 +55,12 @@ pub struct InterceptionCa {
     pub cert_pem: String,
     /// Where the CA certificate is.
     pub cert_path: PathBuf,
-    leaves: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-    configs: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Per server name: the leaf and the configuration presenting it.
+    minted: Mutex<HashMap<String, Minted>>,
 }
+
+/// A leaf and the server configuration presenting it.
+type Minted = (Arc<CertifiedKey>, Arc<ServerConfig>);
 
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
@@ -95,21 +98,30 @@ impl InterceptionCa {
             issuer: Issuer::new(ca_params(), key),
             cert_pem,
             cert_path,
-            leaves: Mutex::new(HashMap::new()),
-            configs: Mutex::new(HashMap::new()),
+            minted: Mutex::new(HashMap::new()),
         })
     }
 
     /// The leaf certificate for `name`, minted on first use.
     pub fn leaf(&self, name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+        Ok(self.minted(name)?.0)
+    }
+
+    /// A server configuration presenting the leaf for `name` to the client.
+    pub fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
+        Ok(self.minted(name)?.1)
+    }
+
+    /// The leaf for `name` and the configuration presenting it, made on first use.
+    fn minted(&self, name: &str) -> Result<Minted, TlsError> {
         let name = name.to_ascii_lowercase();
-        if let Some(leaf) = self
-            .leaves
+        if let Some(minted) = self
+            .minted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&name)
         {
-            return Ok(leaf.clone());
+            return Ok(minted.clone());
         }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![name.clone()])?;
@@ -129,36 +141,15 @@ impl InterceptionCa {
             .map_err(|e| rustls::Error::General(e.to_owned()))?;
         let signing = default_provider().key_provider.load_private_key(private)?;
         let leaf = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        self.leaves
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, leaf.clone());
-        Ok(leaf)
-    }
-
-    /// A server configuration presenting the leaf for `name` to the client.
-    pub fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
-        let name = name.to_ascii_lowercase();
-        if let Some(config) = self
-            .configs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
-        {
-            return Ok(config.clone());
-        }
-        let leaf = self.leaf(&name)?;
         let config = Arc::new(
             ServerConfig::builder_with_provider(Arc::new(default_provider()))
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
-                .with_cert_resolver(Arc::new(Fixed(leaf))),
+                .with_cert_resolver(Arc::new(Fixed(leaf.clone()))),
         );
-        self.configs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, config.clone());
-        Ok(config)
+        let mut minted = self.minted.lock().unwrap_or_else(|p| p.into_inner());
+        // Another session may have minted this name meanwhile: keep the first.
+        Ok(minted.entry(name).or_insert((leaf, config)).clone())
     }
 }
 

@@ -837,19 +837,17 @@ async fn judge<C: AsyncWrite + Unpin>(
     };
     // A carbon of a message already archived (or the direct copy of one archived from its
     // carbon) is judged but not archived again.
+    let sender_bare = bare(&sender);
     let copy = match (&room, &stanza.body, &address.id) {
-        (None, Some(text), Some(id)) => Some((bare(&sender), id.as_str(), text.as_str())),
-        _ => None,
-    };
-    let first = shared.copies.first(
-        copy.as_ref().map(|(from, id, text)| MessageCopy {
-            from,
+        (None, Some(text), Some(id)) => Some(MessageCopy {
+            from: &sender_bare,
             to: &peer,
             id,
             text,
         }),
-        stanza.carbon.is_some(),
-    );
+        _ => None,
+    };
+    let first = shared.copies.first(copy, stanza.carbon.is_some());
     let action = if first {
         shared.archive_verdict(&conv, body, &verdict)
     } else {
