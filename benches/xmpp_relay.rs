@@ -150,39 +150,44 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, prosody_port, server_cert) = prosody(dir.path());
-    let (haproxy_relay, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
+    // With two or more cores, the relays under test get the last core and the server and the
+    // load generator the others, so that they do not compete with the relay (set
+    // `BENCH_NO_PIN=1` to leave scheduling to the kernel). The relays start confined to their
+    // core (they inherit it from this process), so each sizes its threads for one core, as in
+    // a pod limited to one CPU: HAProxy runs one thread and imgate one runtime worker.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinning = (cores >= 2 && std::env::var_os("BENCH_NO_PIN").is_none())
+        .then(|| ((cores - 1).to_string(), format!("0-{}", cores - 2)));
+    let mut pinned = pinning
+        .as_ref()
+        .is_some_and(|(relay, _)| pin(std::process::id(), relay));
+    let (_haproxy_relay, haproxy_port) = haproxy(dir.path(), prosody_port, 4000);
     let metrics_port = support::common::free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let (written, front, data) = imgate(
+    let (_written, front, data) = imgate(
         dir.path(),
         "written",
         &["--forward-after", "written", "--metrics", &metrics],
         prosody_port,
         &server_cert,
     );
-    let (synced, synced_front, synced_data) = imgate(
+    let (_synced, synced_front, synced_data) = imgate(
         dir.path(),
         "synced",
         &["--forward-after", "synced"],
         prosody_port,
         &server_cert,
     );
-    // With two or more cores, the relays under test get the last core and the server and the
-    // load generator the others, so that they do not compete with the relay (set
-    // `BENCH_NO_PIN=1` to leave scheduling to the kernel).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores >= 2 && std::env::var_os("BENCH_NO_PIN").is_none() {
-        let (relay, rest) = ((cores - 1).to_string(), format!("0-{}", cores - 2));
-        let pinned = [server.0.id(), std::process::id()]
+    if let Some((relay, rest)) = &pinning {
+        pinned &= [server.0.id(), std::process::id()]
             .into_iter()
-            .all(|pid| pin(pid, &rest))
-            && [haproxy_relay.0.id(), written.0.id(), synced.0.id()]
-                .into_iter()
-                .all(|pid| pin(pid, &relay));
+            .all(|pid| pin(pid, rest));
         println!(
             "{}",
             if pinned {
-                format!("relays pinned to CPU {relay}; Prosody and the client to CPUs {rest}")
+                format!(
+                    "relays started on CPU {relay}; Prosody and the client pinned to CPUs {rest}"
+                )
             } else {
                 "could not pin processes to CPUs (taskset); scheduling left to the kernel".into()
             }

@@ -8,6 +8,7 @@ mod manifest;
 mod policy;
 mod up;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -123,9 +124,21 @@ fn parse_name<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|e| e.to_string())
 }
 
+/// Logs when `RUST_LOG` says nothing: sessions and warnings always; each message, presence
+/// and verdict (`imgate::message`, which names people and quotes their text) only on a
+/// terminal, as the live view of `imgate up`. Collected logs thus never copy conversations
+/// out of the archive, and a busy dataplane does not write a log line per message.
+fn default_log_filter() -> &'static str {
+    if std::io::stderr().is_terminal() {
+        "imgate::session=info,imgate::message=info,warn"
+    } else {
+        "imgate::session=info,warn"
+    }
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("imgate::session=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -8,7 +8,11 @@
 //! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks.
 //! While one fsync runs, writes continue and the next fsync covers them all, so throughput
 //! grows with concurrency instead of paying an fsync per record, and waiting for a write
-//! never waits behind an fsync.
+//! never waits behind an fsync. The syncer syncs at once when someone waits for durability;
+//! when no one does, it syncs at most once per [`LogConfig::sync_interval`], so a dataplane
+//! that forwards once records are written does not spend a core on fsyncs nobody awaits.
+//! A thread is notified only when it sleeps (each sleeper says so under the lock before it
+//! waits), so appending to a busy log costs no system call.
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued
 //! and written in that order; `durable_seq <= written_seq`, both only grow, and neither
@@ -18,11 +22,13 @@
 //! would exceed the limit, `append` refuses with [`ArchiveError::Full`] (back-pressure)
 //! instead of growing without bound; after a write or sync error the log refuses everything
 //! ([`ArchiveError::Failed`]) until it is reopened, because what follows a failed batch must
-//! not be acknowledged.
+//! not be acknowledged; a written record waits at most one `sync_interval` (plus one fsync)
+//! to become durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::error::ArchiveError;
 use super::fs::{Filesystem, LogFile};
@@ -36,6 +42,10 @@ pub struct LogConfig {
     pub max_unshipped_bytes: u64,
     /// Size at which a log file is rotated.
     pub max_file_bytes: u64,
+    /// Longest a written record waits for an fsync when no one is waiting for it to be
+    /// durable (the window a power loss can take from a dataplane that forwards once
+    /// records are written).
+    pub sync_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -43,6 +53,7 @@ impl Default for LogConfig {
         Self {
             max_unshipped_bytes: 1 << 30,
             max_file_bytes: 64 << 20,
+            sync_interval: Duration::from_millis(100),
         }
     }
 }
@@ -54,12 +65,19 @@ struct State {
     next_seq: u64,
     written_seq: u64,
     durable_seq: u64,
+    /// The highest record someone waits to see durable.
+    sync_wanted: u64,
     /// What the syncer should sync next: a handle to the file holding `written_seq`.
     sync_file: Option<Box<dyn LogFile>>,
     on_disk_bytes: u64,
     release_through: Option<u64>,
     failed: Option<String>,
     closing: bool,
+    /// Who sleeps on which condition variable, so that a notification is only sent (a
+    /// system call) when someone is there to receive it.
+    writer_asleep: bool,
+    syncer_asleep: bool,
+    blocked_waiters: usize,
 }
 
 /// What async waiters watch.
@@ -75,8 +93,10 @@ struct Shared {
     progress: tokio::sync::watch::Sender<Progress>,
     queued: Condvar,
     written: Condvar,
+    wanted: Condvar,
     committed: Condvar,
     limit: u64,
+    sync_interval: Duration,
 }
 
 impl Shared {
@@ -122,8 +142,10 @@ impl ArchiveLog {
             progress,
             queued: Condvar::new(),
             written: Condvar::new(),
+            wanted: Condvar::new(),
             committed: Condvar::new(),
             limit: config.max_unshipped_bytes,
+            sync_interval: config.sync_interval,
         });
         let (writer, syncer) = (shared.clone(), shared.clone());
         let threads = vec![
@@ -173,14 +195,17 @@ impl ArchiveLog {
         state.next_seq += 1;
         state.queued_bytes += (payload.len() + FRAME_HEADER) as u64;
         state.queue.push((seq, payload));
+        let wake = std::mem::take(&mut state.writer_asleep);
         drop(state);
-        self.shared.queued.notify_one();
+        if wake {
+            self.shared.queued.notify_one();
+        }
         Ok(seq)
     }
 
     /// Waits until record `seq` is durable on local disk.
     pub fn wait_durable(&self, seq: u64) -> Result<(), ArchiveError> {
-        let mut state = self.shared.lock();
+        let mut state = self.want_sync(seq);
         loop {
             if state.durable_seq >= seq {
                 return Ok(());
@@ -188,11 +213,13 @@ impl ArchiveLog {
             if let Some(reason) = &state.failed {
                 return Err(ArchiveError::Failed(reason.clone()));
             }
+            state.blocked_waiters += 1;
             state = self
                 .shared
                 .committed
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.blocked_waiters -= 1;
         }
     }
 
@@ -203,7 +230,19 @@ impl ArchiveLog {
 
     /// Waits, without blocking a thread, until record `seq` is durable on local disk.
     pub async fn synced(&self, seq: u64) -> Result<(), ArchiveError> {
+        drop(self.want_sync(seq));
         self.reached(seq, |p| p.durable).await
+    }
+
+    /// Tells the syncer that someone waits for record `seq` to be durable, so that it syncs
+    /// now instead of at its next interval.
+    fn want_sync(&self, seq: u64) -> MutexGuard<'_, State> {
+        let mut state = self.shared.lock();
+        if seq > state.sync_wanted {
+            state.sync_wanted = seq;
+            self.shared.wanted.notify_one();
+        }
+        state
     }
 
     async fn reached(&self, seq: u64, mark: impl Fn(&Progress) -> u64) -> Result<(), ArchiveError> {
@@ -249,6 +288,7 @@ impl ArchiveLog {
         self.shared.lock().closing = true;
         self.shared.queued.notify_all();
         self.shared.written.notify_all();
+        self.shared.wanted.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in threads {
             let _ = handle.join();
@@ -257,16 +297,24 @@ impl ArchiveLog {
 }
 
 /// Publishes the log's progress to every waiter, blocking or async.
-fn notify(shared: &Shared, state: MutexGuard<'_, State>) {
+fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
     let progress = Progress {
         written: state.written_seq,
         durable: state.durable_seq,
         failed: state.failed.is_some(),
     };
+    let (blocked, syncer) = (
+        state.blocked_waiters > 0,
+        std::mem::take(&mut state.syncer_asleep),
+    );
     drop(state);
     shared.progress.send_replace(progress);
-    shared.committed.notify_all();
-    shared.written.notify_all();
+    if blocked {
+        shared.committed.notify_all();
+    }
+    if syncer {
+        shared.written.notify_all();
+    }
 }
 
 /// Records a failure: the log refuses everything from now on, and every waiter is woken.
@@ -281,11 +329,13 @@ fn write_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
         let (batch, release) = {
             let mut state = shared.lock();
             while state.queue.is_empty() && state.release_through.is_none() && !state.closing {
+                state.writer_asleep = true;
                 state = shared
                     .queued
                     .wait(state)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
+            state.writer_asleep = false;
             if state.queue.is_empty() && state.release_through.is_none() && state.closing {
                 // Everything written becomes durable before the log closes.
                 drop(state);
@@ -336,6 +386,7 @@ fn write_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
 }
 
 fn sync_loop(shared: &Shared) {
+    let mut last_sync = Instant::now();
     loop {
         let (target, mut file) = {
             let mut state = shared.lock();
@@ -344,11 +395,22 @@ fn sync_loop(shared: &Shared) {
                     return;
                 }
                 if state.written_seq > state.durable_seq && state.sync_file.is_some() {
-                    break;
+                    let due = last_sync + shared.sync_interval;
+                    let now = Instant::now();
+                    if state.closing || state.sync_wanted > state.durable_seq || now >= due {
+                        break;
+                    }
+                    state = shared
+                        .wanted
+                        .wait_timeout(state, due - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                    continue;
                 }
                 if state.closing {
                     return;
                 }
+                state.syncer_asleep = true;
                 state = shared
                     .written
                     .wait(state)
@@ -358,6 +420,7 @@ fn sync_loop(shared: &Shared) {
             (state.written_seq, file)
         };
         let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
+        last_sync = Instant::now();
         let mut state = shared.lock();
         if state.sync_file.is_none() {
             state.sync_file = file;

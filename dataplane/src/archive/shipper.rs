@@ -330,7 +330,10 @@ impl<F: Filesystem> Shipper<F> {
     }
 
     /// Runs [`run`](Self::run) on a thread of its own with its own runtime, so that sealing
-    /// (reading the log, compressing, fsyncing) never holds a worker that sessions need.
+    /// (reading the log, compressing, fsyncing) never holds a worker that sessions need. The
+    /// thread runs at the lowest scheduling priority: compressing a segment is the largest
+    /// burst of work a dataplane does, and it must not delay the sessions' threads when they
+    /// share a core with it.
     pub fn spawn(
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
@@ -341,7 +344,10 @@ impl<F: Filesystem> Shipper<F> {
             .build()?;
         std::thread::Builder::new()
             .name("archive-ship".into())
-            .spawn(move || runtime.block_on(self.run(stop, drain)))
+            .spawn(move || {
+                lower_priority();
+                runtime.block_on(self.run(stop, drain))
+            })
     }
 
     /// Runs until `stop` resolves: seals when due and ships, retrying with back-off; then
@@ -398,5 +404,14 @@ impl Backoff {
         let ceiling = (200u64 << self.attempt.min(8)).min(30_000);
         self.attempt += 1;
         Duration::from_millis(rand::random_range(ceiling / 2..=ceiling))
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19). On Linux the nice value
+/// belongs to the thread, so the sessions' threads keep theirs. Failing is harmless (sealing
+/// then competes with sessions as an equal), so it is only logged.
+fn lower_priority() {
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::debug!(%error, "cannot lower the sealing thread's priority");
     }
 }

@@ -17,6 +17,7 @@ fn config() -> LogConfig {
     LogConfig {
         max_unshipped_bytes: 64 << 20,
         max_file_bytes: 4096,
+        ..LogConfig::default()
     }
 }
 
@@ -264,6 +265,43 @@ fn written_is_reported_before_the_fsync_and_a_failed_fsync_stops_the_log() {
 }
 
 #[test]
+fn unawaited_records_wait_for_the_sync_interval_and_a_waiter_syncs_at_once() {
+    let open = |interval: Duration| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            sync_interval: interval,
+            ..config()
+        };
+        let (log, _) = ArchiveLog::open(StdFs, dir.path(), config).expect("open");
+        (dir, log)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+
+    let (_dir, log) = open(Duration::from_secs(3600));
+    let written = log.append(|seq| message(seq, "written")).expect("queued");
+    rt.block_on(log.written(written)).expect("written");
+    assert_eq!(
+        log.durable_seq(),
+        0,
+        "no fsync before the interval when no one waits"
+    );
+    let awaited = log.append(|seq| message(seq, "awaited")).expect("queued");
+    rt.block_on(log.synced(awaited))
+        .expect("a waiter gets its fsync without waiting for the interval");
+    assert_eq!(log.durable_seq(), awaited);
+    log.close();
+
+    let (_dir, log) = open(Duration::from_millis(20));
+    let seq = log.append(|seq| message(seq, "unawaited")).expect("queued");
+    rt.block_on(log.written(seq)).expect("written");
+    while log.durable_seq() < seq {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    log.close();
+}
+#[test]
 fn records_in_rotated_files_are_durable_and_async_waits_see_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(
@@ -272,6 +310,7 @@ fn records_in_rotated_files_are_durable_and_async_waits_see_them() {
         LogConfig {
             max_unshipped_bytes: 1 << 30,
             max_file_bytes: 600,
+            ..LogConfig::default()
         },
     )
     .expect("open");
@@ -302,6 +341,7 @@ fn back_pressure_when_unshipped_data_reaches_the_limit() {
         LogConfig {
             max_unshipped_bytes: 2000,
             max_file_bytes: 1 << 20,
+            ..LogConfig::default()
         },
     )
     .expect("open");

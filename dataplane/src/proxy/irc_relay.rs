@@ -403,7 +403,7 @@ fn presence(
     text: Option<String>,
 ) -> bool {
     tracing::info!(
-        target: "imgate::session",
+        target: "imgate::message",
         session = %info.session,
         "{} {} {}",
         who.handle,
@@ -509,13 +509,12 @@ fn report(
     verdict: &Verdict,
     action: Action,
 ) {
-    let rules: Vec<&str> = verdict.rule_names().collect();
     tracing::info!(
-        target: "imgate::session",
+        target: "imgate::message",
         session = %info.session,
         "{} {from} in {conv}: {text:?} -> {}{}",
         if direction == Direction::Outbound { "out" } else { "in " },
         action.as_str(),
-        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) }
+        verdict.rules_note()
     );
 }

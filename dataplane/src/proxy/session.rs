@@ -254,13 +254,12 @@ async fn admit(
         tracing::error!(%error, "archive failed; refusing the session (fail closed)");
         action = Action::Block;
     }
-    let rules: Vec<&str> = verdict.rule_names().collect();
     let what = match (&service, &sni) {
         (Some(service), _) => format!("{} ({service})", protocol.as_str()),
         (None, Some(sni)) => format!("{} ({sni})", protocol.as_str()),
         _ => protocol.as_str().to_owned(),
     };
-    tracing::info!(target: "imgate::session", %session, "{peer} -> {server}: {what}, {}{}", action.as_str(), if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) });
+    tracing::info!(target: "imgate::session", %session, "{peer} -> {server}: {what}, {}{}", action.as_str(), verdict.rules_note());
     if matches!(action, Action::Block | Action::Quarantine)
         || verdict.tls == Some(TlsMode::Block) && matches!(peeked.detected, Detected::Tls(_))
     {
@@ -269,7 +268,10 @@ async fn admit(
                 &session,
                 Body::SessionEnd {
                     session: session.clone(),
-                    reason: format!("refused by policy ({})", rules.join(", ")),
+                    reason: format!(
+                        "refused by policy ({})",
+                        verdict.rule_names().collect::<Vec<_>>().join(", ")
+                    ),
                 },
             )
             .await;

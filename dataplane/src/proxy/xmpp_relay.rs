@@ -853,14 +853,13 @@ async fn judge<C: AsyncWrite + Unpin>(
     } else {
         verdict.action
     };
-    let rules: Vec<&str> = verdict.rule_names().collect();
     tracing::info!(
-        target: "imgate::session",
+        target: "imgate::message",
         session = %info.session,
         "{} {sender} in {conv}: {text:?} -> {}{}{}",
         if direction == Direction::Outbound { "out" } else { "in " },
         action.as_str(),
-        if rules.is_empty() { String::new() } else { format!(" [{}]", rules.join(", ")) },
+        verdict.rules_note(),
         if first { "" } else { " (a copy, already archived)" }
     );
     match action {

@@ -50,7 +50,7 @@ pub(super) async fn presence(
         room: Some(room.clone()),
     };
     tracing::info!(
-        target: "imgate::session",
+        target: "imgate::message",
         session = %info.session,
         "{} {} room {room}",
         who.handle,

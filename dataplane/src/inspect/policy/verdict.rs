@@ -118,6 +118,14 @@ impl Verdict {
         self.matches.iter().map(|m| &*m.rule)
     }
 
+    /// The matched rules as a log line shows them (` [a, b]`), or nothing when none matched.
+    pub fn rules_note(&self) -> String {
+        if self.matches.is_empty() {
+            return String::new();
+        }
+        format!(" [{}]", self.rule_names().collect::<Vec<_>>().join(", "))
+    }
+
     /// The text to deliver: the original, with each redacted character replaced by
     /// [`REDACTION_MARK`] when the action is `redact`.
     pub fn delivered<'a>(&self, original: &'a str) -> Cow<'a, str> {
