@@ -2,7 +2,10 @@
 //!
 //! Producers call [`ArchiveLog::append`], which assigns the next sequence number, encodes the
 //! record and queues it. The writer appends everything queued in one write and reports it
-//! *written* (in the log file: it survives a crash or kill of the process); the syncer
+//! *written* (in the log file: it survives a crash or kill of the process). A producer that
+//! must wait for its records anyway may instead [`queue`](ArchiveLog::queue) them and write
+//! them itself with [`ArchiveLog::write_now`] (one page-cache write, no thread hand-off),
+//! falling back to the writer thread when the file is busy or due for rotation; the syncer
 //! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it
 //! survives the machine losing power). Sessions wait without holding a thread in
 //! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks.
@@ -15,7 +18,8 @@
 //! waits), so appending to a busy log costs no system call.
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued
-//! and written in that order; `durable_seq <= written_seq`, both only grow, and neither
+//! and written in that order (only the holder of the WAL's lock takes the queue, and it takes
+//! all of it); only the writer thread rotates files (a rotation fsyncs the full file); `durable_seq <= written_seq`, both only grow, and neither
 //! passes what was written or synced; the syncer's file handle and its target are published
 //! together, so a target is never claimed durable by syncing another file (the writer syncs
 //! a full file itself before moving to the next); when the unshipped bytes plus the queue
@@ -26,14 +30,15 @@
 //! to become durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::error::ArchiveError;
-use super::fs::{Filesystem, LogFile};
+use super::fs::Filesystem;
+use super::log_commit::{Progress, Shared, State, sync_loop, write_loop, write_queued};
 use super::record::Record;
-use super::wal::{FRAME_HEADER, Recovery, Wal};
+use super::wal::{FRAME_HEADER, Recovery, Wal, WalWriter};
 
 /// Log settings.
 #[derive(Debug, Clone)]
@@ -58,55 +63,6 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Default)]
-struct State {
-    queue: Vec<(u64, Vec<u8>)>,
-    queued_bytes: u64,
-    next_seq: u64,
-    written_seq: u64,
-    durable_seq: u64,
-    /// The highest record someone waits to see durable.
-    sync_wanted: u64,
-    /// What the syncer should sync next: a handle to the file holding `written_seq`.
-    sync_file: Option<Box<dyn LogFile>>,
-    on_disk_bytes: u64,
-    release_through: Option<u64>,
-    failed: Option<String>,
-    closing: bool,
-    /// Who sleeps on which condition variable, so that a notification is only sent (a
-    /// system call) when someone is there to receive it.
-    writer_asleep: bool,
-    syncer_asleep: bool,
-    blocked_waiters: usize,
-}
-
-/// What async waiters watch.
-#[derive(Debug, Clone, Copy, Default)]
-struct Progress {
-    written: u64,
-    durable: u64,
-    failed: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    progress: tokio::sync::watch::Sender<Progress>,
-    queued: Condvar,
-    written: Condvar,
-    wanted: Condvar,
-    committed: Condvar,
-    limit: u64,
-    sync_interval: Duration,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// A handle to the log; clone it freely.
 #[derive(Clone)]
 pub struct ArchiveLog {
@@ -128,7 +84,7 @@ impl ArchiveLog {
             next_seq: wal.next_seq(),
             written_seq: last,
             durable_seq: last,
-            sync_file: wal.sync_handle()?.map(|f| Box::new(f) as Box<dyn LogFile>),
+            sync_file: WalWriter::sync_handle(&wal)?,
             on_disk_bytes: wal.bytes(),
             ..State::default()
         };
@@ -139,6 +95,7 @@ impl ArchiveLog {
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            wal: Mutex::new(Box::new(wal)),
             progress,
             queued: Condvar::new(),
             written: Condvar::new(),
@@ -151,7 +108,7 @@ impl ArchiveLog {
         let threads = vec![
             std::thread::Builder::new()
                 .name("archive-write".into())
-                .spawn(move || write_loop(&writer, wal))
+                .spawn(move || write_loop(&writer))
                 .map_err(|e| ArchiveError::io(dir, e))?,
             std::thread::Builder::new()
                 .name("archive-sync".into())
@@ -173,9 +130,20 @@ impl ArchiveLog {
         &self.dir
     }
 
-    /// Queues a record; `make` receives the sequence number assigned to it. Returns that
-    /// number; the record is durable once [`wait_durable`](Self::wait_durable) returns for it.
+    /// Queues a record for the writer thread; `make` receives the sequence number assigned to
+    /// it. Returns that number; the record is durable once
+    /// [`wait_durable`](Self::wait_durable) returns for it.
     pub fn append(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
+        let seq = self.queue(make)?;
+        self.wake_writer(seq);
+        Ok(seq)
+    }
+
+    /// Queues a record like [`append`](Self::append) without waking the writer thread: the
+    /// caller follows with [`write_now`](Self::write_now), [`written`](Self::written),
+    /// [`synced`](Self::synced) or [`wait_durable`](Self::wait_durable), which write it or
+    /// wake the writer.
+    pub fn queue(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
         let mut state = self.shared.lock();
         if let Some(reason) = &state.failed {
             return Err(ArchiveError::Failed(reason.clone()));
@@ -195,16 +163,54 @@ impl ArchiveLog {
         state.next_seq += 1;
         state.queued_bytes += (payload.len() + FRAME_HEADER) as u64;
         state.queue.push((seq, payload));
-        let wake = std::mem::take(&mut state.writer_asleep);
+        Ok(seq)
+    }
+
+    /// Writes what is queued on the calling thread when the log file is free and not due for
+    /// rotation, and otherwise wakes the writer thread to write it; returns whether record
+    /// `seq` is written (`false`: the writer thread will; wait with
+    /// [`written`](Self::written)). The write goes to the page cache and does not sync.
+    pub fn write_now(&self, seq: u64) -> Result<bool, ArchiveError> {
+        if self.progress(seq)? {
+            return Ok(true);
+        }
+        let mut wal = match self.shared.wal.try_lock() {
+            Ok(wal) if !wal.rotation_due() => wal,
+            Err(TryLockError::Poisoned(poisoned)) if !poisoned.get_ref().rotation_due() => {
+                poisoned.into_inner()
+            }
+            _ => {
+                self.wake_writer(seq);
+                return Ok(false);
+            }
+        };
+        write_queued(&self.shared, &mut **wal);
+        drop(wal);
+        self.progress(seq)
+    }
+
+    /// Whether record `seq` is written; the log's failure, if it failed.
+    fn progress(&self, seq: u64) -> Result<bool, ArchiveError> {
+        let state = self.shared.lock();
+        match &state.failed {
+            Some(reason) => Err(ArchiveError::Failed(reason.clone())),
+            None => Ok(state.written_seq >= seq),
+        }
+    }
+
+    /// Wakes the writer thread if it sleeps and record `seq` is not written yet.
+    fn wake_writer(&self, seq: u64) {
+        let mut state = self.shared.lock();
+        let wake = state.written_seq < seq && std::mem::take(&mut state.writer_asleep);
         drop(state);
         if wake {
             self.shared.queued.notify_one();
         }
-        Ok(seq)
     }
 
     /// Waits until record `seq` is durable on local disk.
     pub fn wait_durable(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.wake_writer(seq);
         let mut state = self.want_sync(seq);
         loop {
             if state.durable_seq >= seq {
@@ -225,11 +231,13 @@ impl ArchiveLog {
 
     /// Waits, without blocking a thread, until record `seq` is written to the log file.
     pub async fn written(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.wake_writer(seq);
         self.reached(seq, |p| p.written).await
     }
 
     /// Waits, without blocking a thread, until record `seq` is durable on local disk.
     pub async fn synced(&self, seq: u64) -> Result<(), ArchiveError> {
+        self.wake_writer(seq);
         drop(self.want_sync(seq));
         self.reached(seq, |p| p.durable).await
     }
@@ -293,148 +301,5 @@ impl ArchiveLog {
         for handle in threads {
             let _ = handle.join();
         }
-    }
-}
-
-/// Publishes the log's progress to every waiter, blocking or async.
-fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
-    let progress = Progress {
-        written: state.written_seq,
-        durable: state.durable_seq,
-        failed: state.failed.is_some(),
-    };
-    let (blocked, syncer) = (
-        state.blocked_waiters > 0,
-        std::mem::take(&mut state.syncer_asleep),
-    );
-    drop(state);
-    shared.progress.send_replace(progress);
-    if blocked {
-        shared.committed.notify_all();
-    }
-    if syncer {
-        shared.written.notify_all();
-    }
-}
-
-/// Records a failure: the log refuses everything from now on, and every waiter is woken.
-fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError) {
-    tracing::error!(%error, "archive log failed; refusing further records");
-    state.failed = Some(error.to_string());
-    notify(shared, state);
-}
-
-fn write_loop<F: Filesystem>(shared: &Shared, mut wal: Wal<F>) {
-    loop {
-        let (batch, release) = {
-            let mut state = shared.lock();
-            while state.queue.is_empty() && state.release_through.is_none() && !state.closing {
-                state.writer_asleep = true;
-                state = shared
-                    .queued
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            state.writer_asleep = false;
-            if state.queue.is_empty() && state.release_through.is_none() && state.closing {
-                // Everything written becomes durable before the log closes.
-                drop(state);
-                let synced = wal.sync();
-                let mut state = shared.lock();
-                match synced {
-                    Ok(()) => state.durable_seq = state.written_seq,
-                    Err(error) => return fail(shared, state, &error),
-                }
-                notify(shared, state);
-                return;
-            }
-            state.queued_bytes = 0;
-            (
-                std::mem::take(&mut state.queue),
-                state.release_through.take(),
-            )
-        };
-        let appended = wal.append_batch(&batch);
-        let handle = match &appended {
-            Ok(true) => wal.sync_handle(),
-            _ => Ok(None),
-        };
-        let released = match release {
-            Some(seq) => wal.remove_through(seq),
-            None => Ok(()),
-        };
-        let mut state = shared.lock();
-        match appended
-            .and(handle)
-            .and_then(|handle| released.map(|()| handle))
-        {
-            Ok(handle) => {
-                if let Some(handle) = handle {
-                    // A new file: the previous one was synced whole before it.
-                    state.durable_seq = state.written_seq;
-                    state.sync_file = Some(Box::new(handle));
-                }
-                if let Some((last, _)) = batch.last() {
-                    state.written_seq = *last;
-                }
-                state.on_disk_bytes = wal.bytes();
-            }
-            Err(error) => return fail(shared, state, &error),
-        }
-        notify(shared, state);
-    }
-}
-
-fn sync_loop(shared: &Shared) {
-    let mut last_sync = Instant::now();
-    loop {
-        let (target, mut file) = {
-            let mut state = shared.lock();
-            loop {
-                if state.failed.is_some() {
-                    return;
-                }
-                if state.written_seq > state.durable_seq && state.sync_file.is_some() {
-                    let due = last_sync + shared.sync_interval;
-                    let now = Instant::now();
-                    if state.closing || state.sync_wanted > state.durable_seq || now >= due {
-                        break;
-                    }
-                    state = shared
-                        .wanted
-                        .wait_timeout(state, due - now)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .0;
-                    continue;
-                }
-                if state.closing {
-                    return;
-                }
-                state.syncer_asleep = true;
-                state = shared
-                    .written
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            let file = state.sync_file.take();
-            (state.written_seq, file)
-        };
-        let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
-        last_sync = Instant::now();
-        let mut state = shared.lock();
-        if state.sync_file.is_none() {
-            state.sync_file = file;
-        }
-        match synced {
-            Ok(()) => state.durable_seq = state.durable_seq.max(target),
-            Err(error) => {
-                return fail(
-                    shared,
-                    state,
-                    &ArchiveError::Failed(format!("fsync failed: {error}")),
-                );
-            }
-        }
-        notify(shared, state);
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod fs;
 pub mod log;
+mod log_commit;
 pub mod read;
 pub mod record;
 pub mod segment;

@@ -331,7 +331,7 @@ impl<F: Filesystem> Shipper<F> {
 
     /// Runs [`run`](Self::run) on a thread of its own with its own runtime, so that sealing
     /// (reading the log, compressing, fsyncing) never holds a worker that sessions need. The
-    /// thread runs at the lowest scheduling priority: compressing a segment is the largest
+    /// thread runs in the idle scheduling class: compressing a segment is the largest
     /// burst of work a dataplane does, and it must not delay the sessions' threads when they
     /// share a core with it.
     pub fn spawn(
@@ -407,11 +407,19 @@ impl Backoff {
     }
 }
 
-/// Gives the calling thread the lowest scheduling priority (nice 19). On Linux the nice value
-/// belongs to the thread, so the sessions' threads keep theirs. Failing is harmless (sealing
-/// then competes with sessions as an equal), so it is only logged.
+/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`): it runs only when no
+/// other thread wants the CPU, and any session thread that wakes preempts it at once. Failing
+/// is harmless (sealing then competes with sessions as an equal), so it is only logged.
 fn lower_priority() {
-    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-        tracing::debug!(%error, "cannot lower the sealing thread's priority");
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    if let Err(error) = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    ) {
+        tracing::debug!(?error, "cannot move the sealing thread to the idle class");
     }
 }

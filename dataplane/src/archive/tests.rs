@@ -107,6 +107,57 @@ fn concurrent_appends_are_durable_in_order_across_reopen() {
 }
 
 #[test]
+fn producers_writing_for_themselves_and_the_writer_keep_the_order_through_rotations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    let (mut inline, mut handed_off) = (0, 0);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let mut counts = (0, 0);
+                for i in 0..250 {
+                    let text = format!("thread {t} message {i}");
+                    let seq = log.queue(|seq| message(seq, &text)).expect("queued");
+                    if log.write_now(seq).expect("log works") {
+                        counts.0 += 1;
+                    } else {
+                        rt.block_on(log.written(seq)).expect("the writer writes it");
+                        counts.1 += 1;
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (a, b) = thread.join().expect("thread");
+        (inline, handed_off) = (inline + a, handed_off + b);
+    }
+    log.close();
+    assert!(inline > 0, "producers wrote for themselves");
+    assert!(
+        handed_off > 0,
+        "rotations (4 KiB files) went to the writer thread"
+    );
+    let records = read_all(dir.path());
+    assert_eq!(records.len(), 1000);
+    assert!(
+        records
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, record))| *seq == i as u64 + 1 && record.seq == *seq)
+    );
+    assert!(
+        StdFs.list(dir.path()).expect("list").len() > 10,
+        "the log rotated"
+    );
+}
+
+#[test]
 fn a_torn_tail_is_cut_and_nothing_durable_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
@@ -217,6 +268,32 @@ fn a_full_disk_refuses_cleanly_and_corrupts_nothing() {
         (10, 0),
         "the partial frame was cut at once"
     );
+}
+
+#[test]
+fn a_producer_writing_for_itself_on_a_full_disk_is_refused_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let (log, _) = ArchiveLog::open(fs.clone(), dir.path(), config()).expect("open");
+    append_all(&log, ["the writer thread opens the first file".to_owned()]);
+    let second = log.queue(|seq| message(seq, "fits")).expect("queued");
+    assert!(log.write_now(second).expect("written by this thread"));
+    fs.faults.lock().expect("lock").space_left = Some(10);
+    let seq = log
+        .queue(|seq| message(seq, "this record does not fit on the disk"))
+        .expect("queued");
+    let error = log.write_now(seq).expect_err("the write fails");
+    assert!(
+        error.to_string().contains("No space left on device"),
+        "{error}"
+    );
+    assert!(matches!(
+        log.queue(|seq| message(seq, "more")),
+        Err(ArchiveError::Failed(_))
+    ));
+    log.close();
+    let (_, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("recovers");
+    assert_eq!((recovery.records, recovery.truncated_bytes), (2, 0));
 }
 
 #[test]

@@ -54,6 +54,49 @@ pub struct Wal<F: Filesystem> {
     max_file_bytes: u64,
 }
 
+/// What the archive log needs of a [`Wal`], without its filesystem type, so that the log can
+/// share one between its writer thread and the producers that write for themselves.
+pub trait WalWriter: Send {
+    /// See [`Wal::rotation_due`].
+    fn rotation_due(&self) -> bool;
+    /// See [`Wal::append_batch`].
+    fn append_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<bool, ArchiveError>;
+    /// See [`Wal::sync_handle`].
+    fn sync_handle(&self) -> Result<Option<Box<dyn LogFile>>, ArchiveError>;
+    /// See [`Wal::sync`].
+    fn sync(&mut self) -> Result<(), ArchiveError>;
+    /// See [`Wal::remove_through`].
+    fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError>;
+    /// See [`Wal::bytes`].
+    fn bytes(&self) -> u64;
+}
+
+impl<F: Filesystem> WalWriter for Wal<F> {
+    fn rotation_due(&self) -> bool {
+        Wal::rotation_due(self)
+    }
+
+    fn append_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<bool, ArchiveError> {
+        Wal::append_batch(self, batch)
+    }
+
+    fn sync_handle(&self) -> Result<Option<Box<dyn LogFile>>, ArchiveError> {
+        Ok(Wal::sync_handle(self)?.map(|f| Box::new(f) as Box<dyn LogFile>))
+    }
+
+    fn sync(&mut self) -> Result<(), ArchiveError> {
+        Wal::sync(self)
+    }
+
+    fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError> {
+        Wal::remove_through(self, seq)
+    }
+
+    fn bytes(&self) -> u64 {
+        Wal::bytes(self)
+    }
+}
+
 /// Encodes one frame into `out`.
 pub fn encode_frame(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     let mut crc = crc32c::crc32c(&seq.to_le_bytes());
@@ -195,6 +238,13 @@ impl<F: Filesystem> Wal<F> {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
+    /// Whether the next batch starts a new file (syncing the current one first).
+    pub fn rotation_due(&self) -> bool {
+        self.files
+            .last()
+            .is_none_or(|f| f.bytes >= self.max_file_bytes)
+    }
+
     /// Appends a batch of `(seq, payload)` without syncing it (see [`sync_handle`]); when the
     /// current file is full, it is synced and a new one started. Sequence numbers must
     /// continue the log. Returns whether a new file was started.
@@ -210,10 +260,7 @@ impl<F: Filesystem> Wal<F> {
                 got: *first,
             });
         }
-        let needs_new_file = self
-            .files
-            .last()
-            .is_none_or(|f| f.bytes >= self.max_file_bytes);
+        let needs_new_file = self.rotation_due();
         if needs_new_file {
             if let (Some(file), Some(segment)) = (self.current.as_mut(), self.files.last()) {
                 file.sync()

@@ -163,7 +163,7 @@ impl Shared {
     }
 
     fn append(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
-        self.archive.append(|seq| Record {
+        self.archive.queue(|seq| Record {
             v: crate::archive::record::FORMAT_VERSION,
             tenant: self.tenant.clone(),
             writer: self.writer.clone(),
@@ -174,18 +174,22 @@ impl Shared {
         })
     }
 
-    /// In fail-closed mode, waits until every record appended so far is written (or synced,
-    /// per [`ForwardAfter`]); relays call it once per batch of stanzas or lines, before
-    /// forwarding the batch, so that one write (or fsync) covers all the messages in flight.
-    /// The wait holds no thread.
+    /// Writes the records this session queued (on the calling thread when the log file is
+    /// free, else by the log's writer thread) and, in fail-closed mode, waits until every
+    /// record appended so far is written (or synced, per [`ForwardAfter`]). Relays call it
+    /// once per batch of stanzas or lines, before forwarding the batch, so that one write (or
+    /// fsync) covers all the messages in flight. The wait holds no thread.
     pub async fn settle(&self) -> Result<(), ArchiveError> {
+        let seq = self.archive.last_seq();
+        let written = self.archive.write_now(seq);
         if !self.fail_closed {
+            // A failed log refuses later appends, which `record_event` logs.
             return Ok(());
         }
-        let seq = self.archive.last_seq();
-        match self.forward_after {
-            ForwardAfter::Written => self.archive.written(seq).await,
-            ForwardAfter::Synced => self.archive.synced(seq).await,
+        match (self.forward_after, written?) {
+            (ForwardAfter::Written, true) => Ok(()),
+            (ForwardAfter::Written, false) => self.archive.written(seq).await,
+            (ForwardAfter::Synced, _) => self.archive.synced(seq).await,
         }
     }
 

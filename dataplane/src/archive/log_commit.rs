@@ -1,0 +1,233 @@
+//! The archive log's shared state and its two threads: the writer, which writes what is
+//! queued when a producer asks for it (and rotates files), and the syncer, which fsyncs what
+//! has been written, at once for a waiter and otherwise every `sync_interval`.
+//!
+//! Invariants: the queue is taken only by the holder of the WAL's lock, whole, so batches
+//! reach the file in sequence order; progress (`written_seq`, `durable_seq`, failure) changes
+//! only under the state lock and is published to every waiter, blocking or async, by
+//! [`notify`]; a sleeper marks itself under the state lock before it waits, and a
+//! notification is sent only to a marked sleeper; after a failure nothing more is written.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::ArchiveError;
+use super::fs::LogFile;
+use super::wal::WalWriter;
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) queue: Vec<(u64, Vec<u8>)>,
+    pub(super) queued_bytes: u64,
+    pub(super) next_seq: u64,
+    pub(super) written_seq: u64,
+    pub(super) durable_seq: u64,
+    /// The highest record someone waits to see durable.
+    pub(super) sync_wanted: u64,
+    /// What the syncer should sync next: a handle to the file holding `written_seq`.
+    pub(super) sync_file: Option<Box<dyn LogFile>>,
+    pub(super) on_disk_bytes: u64,
+    pub(super) release_through: Option<u64>,
+    pub(super) failed: Option<String>,
+    pub(super) closing: bool,
+    /// Who sleeps on which condition variable, so that a notification is only sent (a
+    /// system call) when someone is there to receive it.
+    pub(super) writer_asleep: bool,
+    pub(super) syncer_asleep: bool,
+    pub(super) blocked_waiters: usize,
+}
+
+/// What async waiters watch.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Progress {
+    pub(super) written: u64,
+    pub(super) durable: u64,
+    pub(super) failed: bool,
+}
+
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    /// The log's files; whoever holds this lock may take the queue and write it.
+    pub(super) wal: Mutex<Box<dyn WalWriter>>,
+    pub(super) progress: tokio::sync::watch::Sender<Progress>,
+    pub(super) queued: Condvar,
+    pub(super) written: Condvar,
+    pub(super) wanted: Condvar,
+    pub(super) committed: Condvar,
+    pub(super) limit: u64,
+    pub(super) sync_interval: Duration,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Publishes the log's progress to every waiter, blocking or async.
+pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
+    let progress = Progress {
+        written: state.written_seq,
+        durable: state.durable_seq,
+        failed: state.failed.is_some(),
+    };
+    let (blocked, syncer) = (
+        state.blocked_waiters > 0,
+        std::mem::take(&mut state.syncer_asleep),
+    );
+    drop(state);
+    shared.progress.send_replace(progress);
+    if blocked {
+        shared.committed.notify_all();
+    }
+    if syncer {
+        shared.written.notify_all();
+    }
+}
+
+/// Records a failure: the log refuses everything from now on, and every waiter is woken.
+fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError) {
+    tracing::error!(%error, "archive log failed; refusing further records");
+    state.failed = Some(error.to_string());
+    notify(shared, state);
+}
+
+/// The writer thread: writes what is queued whenever it is woken (by a producer that waits,
+/// a release or closing), rotating files as they fill; on closing, syncs and returns.
+pub(super) fn write_loop(shared: &Shared) {
+    loop {
+        let mut state = shared.lock();
+        while state.queue.is_empty() && state.release_through.is_none() && !state.closing {
+            state.writer_asleep = true;
+            state = shared
+                .queued
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.writer_asleep = false;
+        let closed = state.queue.is_empty() && state.release_through.is_none() && state.closing;
+        drop(state);
+        let mut wal = shared.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if closed {
+            // Everything written becomes durable before the log closes.
+            let synced = wal.sync();
+            let mut state = shared.lock();
+            match synced {
+                Ok(()) => state.durable_seq = state.written_seq,
+                Err(error) => return fail(shared, state, &error),
+            }
+            notify(shared, state);
+            return;
+        }
+        if !write_queued(shared, &mut **wal) {
+            return;
+        }
+    }
+}
+
+/// Takes everything queued (and a pending release) and writes it with `wal`, whose lock the
+/// caller holds; publishes the progress. Returns `false` once the log has failed.
+pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
+    let (batch, release) = {
+        let mut state = shared.lock();
+        if state.failed.is_some() {
+            return false;
+        }
+        if state.queue.is_empty() && state.release_through.is_none() {
+            return true;
+        }
+        state.queued_bytes = 0;
+        (
+            std::mem::take(&mut state.queue),
+            state.release_through.take(),
+        )
+    };
+    let appended = wal.append_batch(&batch);
+    let handle = match &appended {
+        Ok(true) => wal.sync_handle(),
+        _ => Ok(None),
+    };
+    let released = match release {
+        Some(seq) => wal.remove_through(seq),
+        None => Ok(()),
+    };
+    let mut state = shared.lock();
+    match appended
+        .and(handle)
+        .and_then(|handle| released.map(|()| handle))
+    {
+        Ok(handle) => {
+            if let Some(handle) = handle {
+                // A new file: the previous one was synced whole before it.
+                state.durable_seq = state.written_seq;
+                state.sync_file = Some(handle);
+            }
+            if let Some((last, _)) = batch.last() {
+                state.written_seq = *last;
+            }
+            state.on_disk_bytes = wal.bytes();
+        }
+        Err(error) => {
+            fail(shared, state, &error);
+            return false;
+        }
+    }
+    notify(shared, state);
+    true
+}
+
+pub(super) fn sync_loop(shared: &Shared) {
+    let mut last_sync = Instant::now();
+    loop {
+        let (target, mut file) = {
+            let mut state = shared.lock();
+            loop {
+                if state.failed.is_some() {
+                    return;
+                }
+                if state.written_seq > state.durable_seq && state.sync_file.is_some() {
+                    let due = last_sync + shared.sync_interval;
+                    let now = Instant::now();
+                    if state.closing || state.sync_wanted > state.durable_seq || now >= due {
+                        break;
+                    }
+                    state = shared
+                        .wanted
+                        .wait_timeout(state, due - now)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .0;
+                    continue;
+                }
+                if state.closing {
+                    return;
+                }
+                state.syncer_asleep = true;
+                state = shared
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            let file = state.sync_file.take();
+            (state.written_seq, file)
+        };
+        let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
+        last_sync = Instant::now();
+        let mut state = shared.lock();
+        if state.sync_file.is_none() {
+            state.sync_file = file;
+        }
+        match synced {
+            Ok(()) => state.durable_seq = state.durable_seq.max(target),
+            Err(error) => {
+                return fail(
+                    shared,
+                    state,
+                    &ArchiveError::Failed(format!("fsync failed: {error}")),
+                );
+            }
+        }
+        notify(shared, state);
+    }
+}
