@@ -11,8 +11,8 @@
 //! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks.
 //! While one fsync runs, writes continue and the next fsync covers them all, so throughput
 //! grows with concurrency instead of paying an fsync per record, and waiting for a write
-//! never waits behind an fsync. The syncer syncs at once when someone waits for durability;
-//! when no one does, it syncs at most once per [`LogConfig::sync_interval`], so a dataplane
+//! never waits behind an fsync. The syncer syncs at once when someone waits for durability
+//! or 1 MiB is unsynced; otherwise it syncs once per [`LogConfig::sync_interval`], so a dataplane
 //! that forwards once records are written does not spend a core on fsyncs nobody awaits.
 //! A thread is notified only when it sleeps (each sleeper says so under the lock before it
 //! waits), so appending to a busy log costs no system call.
@@ -134,9 +134,7 @@ impl ArchiveLog {
     /// it. Returns that number; the record is durable once
     /// [`wait_durable`](Self::wait_durable) returns for it.
     pub fn append(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
-        let seq = self.queue(make)?;
-        self.wake_writer(seq);
-        Ok(seq)
+        self.push(make, true)
     }
 
     /// Queues a record like [`append`](Self::append) without waking the writer thread: the
@@ -144,6 +142,10 @@ impl ArchiveLog {
     /// [`synced`](Self::synced) or [`wait_durable`](Self::wait_durable), which write it or
     /// wake the writer.
     pub fn queue(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
+        self.push(make, false)
+    }
+
+    fn push(&self, make: impl FnOnce(u64) -> Record, wake: bool) -> Result<u64, ArchiveError> {
         let mut state = self.shared.lock();
         if let Some(reason) = &state.failed {
             return Err(ArchiveError::Failed(reason.clone()));
@@ -163,6 +165,10 @@ impl ArchiveLog {
         state.next_seq += 1;
         state.queued_bytes += (payload.len() + FRAME_HEADER) as u64;
         state.queue.push((seq, payload));
+        if wake && std::mem::take(&mut state.writer_asleep) {
+            drop(state);
+            self.shared.queued.notify_one();
+        }
         Ok(seq)
     }
 

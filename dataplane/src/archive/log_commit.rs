@@ -1,6 +1,7 @@
 //! The archive log's shared state and its two threads: the writer, which writes what is
 //! queued when a producer asks for it (and rotates files), and the syncer, which fsyncs what
-//! has been written, at once for a waiter and otherwise every `sync_interval`.
+//! has been written: at once for a waiter, as soon as [`SYNC_BYTES`] are unsynced (so that a
+//! waiter never inherits a long fsync), and otherwise every `sync_interval`.
 //!
 //! Invariants: the queue is taken only by the holder of the WAL's lock, whole, so batches
 //! reach the file in sequence order; progress (`written_seq`, `durable_seq`, failure) changes
@@ -13,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use super::error::ArchiveError;
 use super::fs::LogFile;
-use super::wal::WalWriter;
+use super::wal::{FRAME_HEADER, WalWriter};
+
+/// Unsynced bytes at which the syncer syncs without waiting for its interval.
+pub(super) const SYNC_BYTES: u64 = 1 << 20;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -34,6 +38,10 @@ pub(super) struct State {
     /// system call) when someone is there to receive it.
     pub(super) writer_asleep: bool,
     pub(super) syncer_asleep: bool,
+    /// The syncer waits for its interval to pass with something written.
+    pub(super) syncer_on_interval: bool,
+    /// Bytes written since the syncer last took its target.
+    pub(super) unsynced_bytes: u64,
     pub(super) blocked_waiters: usize,
 }
 
@@ -77,6 +85,7 @@ pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
         state.blocked_waiters > 0,
         std::mem::take(&mut state.syncer_asleep),
     );
+    let sync_due = state.syncer_on_interval && state.unsynced_bytes >= SYNC_BYTES;
     drop(state);
     shared.progress.send_replace(progress);
     if blocked {
@@ -84,6 +93,9 @@ pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
     }
     if syncer {
         shared.written.notify_all();
+    }
+    if sync_due {
+        shared.wanted.notify_one();
     }
 }
 
@@ -159,11 +171,17 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
         .and_then(|handle| released.map(|()| handle))
     {
         Ok(handle) => {
+            let bytes: u64 = batch
+                .iter()
+                .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
+                .sum();
             if let Some(handle) = handle {
                 // A new file: the previous one was synced whole before it.
                 state.durable_seq = state.written_seq;
                 state.sync_file = Some(handle);
+                state.unsynced_bytes = 0;
             }
+            state.unsynced_bytes += bytes;
             if let Some((last, _)) = batch.last() {
                 state.written_seq = *last;
             }
@@ -190,14 +208,20 @@ pub(super) fn sync_loop(shared: &Shared) {
                 if state.written_seq > state.durable_seq && state.sync_file.is_some() {
                     let due = last_sync + shared.sync_interval;
                     let now = Instant::now();
-                    if state.closing || state.sync_wanted > state.durable_seq || now >= due {
+                    if state.closing
+                        || state.sync_wanted > state.durable_seq
+                        || state.unsynced_bytes >= SYNC_BYTES
+                        || now >= due
+                    {
                         break;
                     }
+                    state.syncer_on_interval = true;
                     state = shared
                         .wanted
                         .wait_timeout(state, due - now)
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .0;
+                    state.syncer_on_interval = false;
                     continue;
                 }
                 if state.closing {
@@ -210,6 +234,7 @@ pub(super) fn sync_loop(shared: &Shared) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             let file = state.sync_file.take();
+            state.unsynced_bytes = 0;
             (state.written_seq, file)
         };
         let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
