@@ -12,15 +12,15 @@
 //! While one fsync runs, writes continue and the next fsync covers them all, so throughput
 //! grows with concurrency instead of paying an fsync per record, and waiting for a write
 //! never waits behind an fsync. The syncer syncs at once when someone waits for durability
-//! or 1 MiB is unsynced; otherwise it syncs once per [`LogConfig::sync_interval`], so a dataplane
-//! that forwards once records are written does not spend a core on fsyncs nobody awaits.
+//! or 1 MiB is unsynced; otherwise it syncs once per [`LogConfig::sync_interval`], so a
+//! dataplane that forwards once records are written does not spend a core on fsyncs nobody awaits.
 //! A thread is notified only when it sleeps (each sleeper says so under the lock before it
 //! waits), so appending to a busy log costs no system call.
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued
 //! and written in that order (only the holder of the WAL's lock takes the queue, and it takes
-//! all of it); only the writer thread rotates files (a rotation fsyncs the full file); `durable_seq <= written_seq`, both only grow, and neither
-//! passes what was written or synced; the syncer's file handle and its target are published
+//! all of it); only the writer thread rotates files (a rotation fsyncs the full file);
+//! `durable_seq <= written_seq`, both only grow, and neither passes what was written or synced; the syncer's file handle and its target are published
 //! together, so a target is never claimed durable by syncing another file (the writer syncs
 //! a full file itself before moving to the next); when the unshipped bytes plus the queue
 //! would exceed the limit, `append` refuses with [`ArchiveError::Full`] (back-pressure)
@@ -98,7 +98,6 @@ impl ArchiveLog {
             wal: Mutex::new(Box::new(wal)),
             progress,
             queued: Condvar::new(),
-            written: Condvar::new(),
             wanted: Condvar::new(),
             committed: Condvar::new(),
             limit: config.max_unshipped_bytes,
@@ -180,19 +179,22 @@ impl ArchiveLog {
         if self.progress(seq)? {
             return Ok(true);
         }
-        let mut wal = match self.shared.wal.try_lock() {
-            Ok(wal) if !wal.rotation_due() => wal,
-            Err(TryLockError::Poisoned(poisoned)) if !poisoned.get_ref().rotation_due() => {
-                poisoned.into_inner()
+        let wal = match self.shared.wal.try_lock() {
+            Ok(wal) => Some(wal),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        match wal {
+            Some(mut wal) if !wal.rotation_due() => {
+                write_queued(&self.shared, &mut **wal);
+                drop(wal);
+                self.progress(seq)
             }
             _ => {
                 self.wake_writer(seq);
-                return Ok(false);
+                Ok(false)
             }
-        };
-        write_queued(&self.shared, &mut **wal);
-        drop(wal);
-        self.progress(seq)
+        }
     }
 
     /// Whether record `seq` is written; the log's failure, if it failed.
@@ -301,7 +303,6 @@ impl ArchiveLog {
     pub fn close(&self) {
         self.shared.lock().closing = true;
         self.shared.queued.notify_all();
-        self.shared.written.notify_all();
         self.shared.wanted.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in threads {

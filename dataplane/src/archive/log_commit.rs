@@ -34,15 +34,25 @@ pub(super) struct State {
     pub(super) release_through: Option<u64>,
     pub(super) failed: Option<String>,
     pub(super) closing: bool,
-    /// Who sleeps on which condition variable, so that a notification is only sent (a
-    /// system call) when someone is there to receive it.
+    /// Who sleeps, so that a notification is only sent (a system call) when someone is
+    /// there to receive it.
     pub(super) writer_asleep: bool,
-    pub(super) syncer_asleep: bool,
-    /// The syncer waits for its interval to pass with something written.
-    pub(super) syncer_on_interval: bool,
+    pub(super) syncer: SyncerWait,
     /// Bytes written since the syncer last took its target.
     pub(super) unsynced_bytes: u64,
     pub(super) blocked_waiters: usize,
+}
+
+/// What the syncer waits for on [`Shared::wanted`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum SyncerWait {
+    /// It is not waiting.
+    #[default]
+    Awake,
+    /// Nothing is written that is not durable: any write wakes it.
+    Idle,
+    /// Its interval has not passed: a waiter or [`SYNC_BYTES`] unsynced wakes it.
+    Interval,
 }
 
 /// What async waiters watch.
@@ -59,7 +69,6 @@ pub(super) struct Shared {
     pub(super) wal: Mutex<Box<dyn WalWriter>>,
     pub(super) progress: tokio::sync::watch::Sender<Progress>,
     pub(super) queued: Condvar,
-    pub(super) written: Condvar,
     pub(super) wanted: Condvar,
     pub(super) committed: Condvar,
     pub(super) limit: u64,
@@ -81,20 +90,21 @@ pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
         durable: state.durable_seq,
         failed: state.failed.is_some(),
     };
-    let (blocked, syncer) = (
-        state.blocked_waiters > 0,
-        std::mem::take(&mut state.syncer_asleep),
-    );
-    let sync_due = state.syncer_on_interval && state.unsynced_bytes >= SYNC_BYTES;
+    let blocked = state.blocked_waiters > 0;
+    let syncer = match state.syncer {
+        SyncerWait::Idle => state.written_seq > state.durable_seq || state.failed.is_some(),
+        SyncerWait::Interval => state.unsynced_bytes >= SYNC_BYTES || state.failed.is_some(),
+        SyncerWait::Awake => false,
+    };
+    if syncer {
+        state.syncer = SyncerWait::Awake;
+    }
     drop(state);
     shared.progress.send_replace(progress);
     if blocked {
         shared.committed.notify_all();
     }
     if syncer {
-        shared.written.notify_all();
-    }
-    if sync_due {
         shared.wanted.notify_one();
     }
 }
@@ -215,23 +225,24 @@ pub(super) fn sync_loop(shared: &Shared) {
                     {
                         break;
                     }
-                    state.syncer_on_interval = true;
+                    state.syncer = SyncerWait::Interval;
                     state = shared
                         .wanted
                         .wait_timeout(state, due - now)
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .0;
-                    state.syncer_on_interval = false;
+                    state.syncer = SyncerWait::Awake;
                     continue;
                 }
                 if state.closing {
                     return;
                 }
-                state.syncer_asleep = true;
+                state.syncer = SyncerWait::Idle;
                 state = shared
-                    .written
+                    .wanted
                     .wait(state)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state.syncer = SyncerWait::Awake;
             }
             let file = state.sync_file.take();
             state.unsynced_bytes = 0;
