@@ -220,18 +220,27 @@ fn incomplete_or_malformed(buffer: &[u8], at: usize, reason: String) -> Item<'_>
 }
 
 fn attribute(start: &BytesStart<'_>, name: &[u8]) -> Option<String> {
-    start
-        .attributes()
-        .flatten()
-        .find(|a| {
-            a.key.as_ref() == name
-                || a.key.local_name().as_ref() == name && a.key.prefix().is_none()
-        })
-        .and_then(|a| {
-            a.normalized_value(XmlVersion::Implicit1_0)
+    let [value] = attributes(start, [name]);
+    value
+}
+
+/// The values of the attributes named `names`, read in one pass (the first of each name).
+fn attributes<const N: usize>(start: &BytesStart<'_>, names: [&[u8]; N]) -> [Option<String>; N] {
+    let mut values = [const { None }; N];
+    for attribute in start.attributes().flatten() {
+        if let Some(slot) = names
+            .iter()
+            .position(|name| *name == attribute.key.as_ref())
+            .and_then(|i| values.get_mut(i))
+            .filter(|slot| slot.is_none())
+        {
+            *slot = attribute
+                .normalized_value(XmlVersion::Implicit1_0)
                 .ok()
-                .map(|v| v.into_owned())
-        })
+                .map(|v| v.into_owned());
+        }
+    }
+    values
 }
 
 /// A carbon copy of a message the user's other client sent or received (XEP-0280).
@@ -432,18 +441,17 @@ impl Stanza {
     }
 
     fn visit(&mut self, start: &BytesStart<'_>, ns: &str, path: &[(Vec<u8>, String)]) {
-        let name = start.local_name().as_ref().to_vec();
+        let local = start.local_name();
+        let name = local.as_ref();
         if path.is_empty() {
-            self.name = String::from_utf8_lossy(&name).into_owned();
-            self.to = attribute(start, b"to");
-            self.from = attribute(start, b"from");
-            self.kind = attribute(start, b"type");
-            self.id = attribute(start, b"id");
+            self.name = String::from_utf8_lossy(name).into_owned();
+            [self.to, self.from, self.kind, self.id] =
+                attributes(start, [b"to", b"from", b"type", b"id"]);
             match ns {
                 NS_TLS => self.starttls = name == b"starttls" || name == b"proceed",
                 NS_SASL => self.sasl = true,
                 NS_SM => {
-                    self.stream_management = match name.as_slice() {
+                    self.stream_management = match name {
                         b"enable" => Some(StreamManagement::Enable),
                         b"enabled" => Some(StreamManagement::Enabled),
                         b"r" => Some(StreamManagement::Request),
@@ -461,17 +469,13 @@ impl Stanza {
             return;
         }
         let size = || attribute(start, b"size").and_then(|s| s.parse().ok());
-        match (name.as_slice(), ns) {
+        match (name, ns) {
             (b"sent", NS_CARBONS) if path.len() == 1 => self.carbon = Some(Carbon::Sent),
             (b"received", NS_CARBONS) if path.len() == 1 => self.carbon = Some(Carbon::Received),
             (b"x", NS_MUC) if self.name == "presence" && path.len() == 1 => self.muc_join = true,
             (b"message", _) if path.len() == 3 && self.carbon.is_some() => {
-                self.forwarded = Some(Forwarded {
-                    from: attribute(start, b"from"),
-                    to: attribute(start, b"to"),
-                    kind: attribute(start, b"type"),
-                    id: attribute(start, b"id"),
-                })
+                let [from, to, kind, id] = attributes(start, [b"from", b"to", b"type", b"id"]);
+                self.forwarded = Some(Forwarded { from, to, kind, id })
             }
             (b"request", NS_UPLOAD) => {
                 self.file = Some(FileHint {

@@ -12,5 +12,7 @@ pub mod session;
 pub mod shared;
 pub mod tls;
 pub mod xmpp_direct_tls;
+mod xmpp_inspect;
+mod xmpp_judge;
 pub mod xmpp_relay;
 pub mod xmpp_rooms;

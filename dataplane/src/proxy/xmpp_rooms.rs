@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use imgate_crds::policy::{Direction, Protocol};
 
 use super::shared::{SessionInfo, Shared};
-use super::xmpp_relay::{State, bare};
+use super::xmpp_inspect::{State, bare};
 use crate::archive::record::{Body, Participant, PresenceChange};
 use crate::inspect::xmpp::Stanza;
 
