@@ -135,15 +135,12 @@ async fn serve_session(
         Ok(()) => "closed".to_owned(),
         Err(error) => error.to_string(),
     };
-    let _ = shared
-        .archive(
-            &session,
-            Body::SessionEnd {
-                session: session.clone(),
-                reason,
-            },
-        )
-        .await;
+    // Boxed: the session's task does not carry this last step's state while it relays.
+    let end = Body::SessionEnd {
+        session: session.clone(),
+        reason,
+    };
+    let _ = Box::pin(shared.archive(&session, end)).await;
     tracing::info!(target: "imgate::session", %session, "ended");
     outcome.map_err(Into::into)
 }

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,7 +84,7 @@ impl Batch {
         if self.bytes.is_empty() {
             return Some(Vec::new());
         }
-        if let Err(error) = shared.settle().await {
+        if let Err(error) = Box::pin(shared.settle()).await {
             tracing::error!(%error, "archive failed; not forwarding (fail closed)");
             return None;
         }
@@ -93,15 +94,16 @@ impl Batch {
     }
 }
 
-/// Relays an XMPP session whose stream is readable, inspecting both directions.
-pub(super) async fn inspect<C, U>(
+/// Relays an XMPP session whose stream is readable, inspecting both directions. The
+/// streams are split before the returned future is made, so it holds only their halves.
+pub(super) fn inspect<C, U>(
     shared: Arc<Shared>,
     info: SessionInfo,
     client: C,
     upstream: U,
     from_client: Side,
     from_server: Side,
-) -> std::io::Result<()>
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -122,21 +124,23 @@ where
         state,
         client: client_write,
     };
-    let outbound = flow.run(
-        Direction::Outbound,
-        client_read,
-        Upstream(upstream_write),
-        from_client,
-    );
-    let inbound = flow.run(
-        Direction::Inbound,
-        upstream_read,
-        flow.client.clone(),
-        from_server,
-    );
-    tokio::select! {
-        result = outbound => result,
-        result = inbound => result,
+    async move {
+        let outbound = flow.run(
+            Direction::Outbound,
+            client_read,
+            Upstream(upstream_write),
+            from_client,
+        );
+        let inbound = flow.run(
+            Direction::Inbound,
+            upstream_read,
+            flow.client.clone(),
+            from_server,
+        );
+        tokio::select! {
+            result = outbound => result,
+            result = inbound => result,
+        }
     }
 }
 
@@ -160,6 +164,17 @@ impl<C: AsyncWrite + Unpin> Forward for ClientWriter<C> {
     }
 }
 
+/// The bytes to forward for an element (none when it is dropped).
+type Out<'a> = std::io::Result<Option<Cow<'a, [u8]>>>;
+
+/// What becomes of an element.
+enum Judged<'a> {
+    /// Known at once.
+    Now(Option<Cow<'a, [u8]>>),
+    /// Known once policy has judged it.
+    Later(std::pin::Pin<Box<dyn Future<Output = Out<'a>> + Send + 'a>>),
+}
+
 /// What both directions of a session share.
 struct Flow<C> {
     shared: Arc<Shared>,
@@ -169,7 +184,7 @@ struct Flow<C> {
     client: ClientWriter<C>,
 }
 
-impl<C: AsyncWrite + Unpin> Flow<C> {
+impl<C: AsyncWrite + Unpin + Send> Flow<C> {
     /// Relays one direction (`wire`) until either side ends it.
     async fn run<R: AsyncRead + Unpin>(
         &self,
@@ -186,32 +201,14 @@ impl<C: AsyncWrite + Unpin> Flow<C> {
             }
             let need_more = match side.framer.next(&side.buffer[side.done..]) {
                 Item::NeedMore => true,
+                // Boxed, like judging: a relay does not carry the state of its rare paths.
                 item @ (Item::TooLarge | Item::Malformed { .. }) => {
-                    return self.end_broken(wire, &item).await;
+                    return Box::pin(self.end_broken(wire, &item)).await;
                 }
                 Item::Element { bytes, consumed } => {
-                    let out = match Stanza::parse(bytes) {
-                        Ok(stanza) if wire == Direction::Inbound && stanza.name == "features" => {
-                            Some(Cow::Owned(strip_stream_management(bytes)))
-                        }
-                        // Judging is boxed: an idle relay then does not carry its state.
-                        Ok(stanza) => {
-                            if wire == Direction::Inbound {
-                                self.follow_server(&stanza, bytes, &mut side.framer);
-                            }
-                            let (shared, info, state) = (&self.shared, &self.info, &self.state);
-                            Box::pin(judge(
-                                shared,
-                                info,
-                                state,
-                                wire,
-                                stanza,
-                                bytes,
-                                &self.client,
-                            ))
-                            .await?
-                        }
-                        Err(_) => Some(Cow::Borrowed(bytes)),
+                    let out = match self.judging(wire, bytes, &mut side.framer) {
+                        Judged::Now(out) => out,
+                        Judged::Later(judging) => judging.await?,
                     };
                     if let Some(out) = out {
                         batch.add(&out);
@@ -240,6 +237,33 @@ impl<C: AsyncWrite + Unpin> Flow<C> {
                 }
                 read_at = Instant::now();
             }
+        }
+    }
+
+    /// What becomes of one element: known at once, or once policy has judged it. Judging is
+    /// boxed, and the element parsed outside the relay's frame, so that an idle relay carries
+    /// neither.
+    fn judging<'a>(&'a self, wire: Direction, bytes: &'a [u8], framer: &mut Framer) -> Judged<'a> {
+        match Stanza::parse(bytes) {
+            Ok(stanza) if wire == Direction::Inbound && stanza.name == "features" => {
+                Judged::Now(Some(Cow::Owned(strip_stream_management(bytes))))
+            }
+            Ok(stanza) => {
+                if wire == Direction::Inbound {
+                    self.follow_server(&stanza, bytes, framer);
+                }
+                let (shared, info, state) = (&self.shared, &self.info, &self.state);
+                Judged::Later(Box::pin(judge(
+                    shared,
+                    info,
+                    state,
+                    wire,
+                    stanza,
+                    bytes,
+                    &self.client,
+                )))
+            }
+            Err(_) => Judged::Now(Some(Cow::Borrowed(bytes))),
         }
     }
 

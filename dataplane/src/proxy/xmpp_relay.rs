@@ -201,58 +201,61 @@ where
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Each stage is boxed and finishes before the next starts, so an idle session holds only
-    // the stage it is in, not the negotiation's or the handshakes' state.
-    let negotiated = Box::pin(negotiate(&shared, &info, client, upstream)).await?;
-    match negotiated {
-        Negotiated::Ended => Ok(()),
-        Negotiated::Plain {
-            client,
-            upstream,
-            from_client,
-            from_server,
-        } => {
-            Box::pin(super::xmpp_inspect::inspect(
+    // the stage it is in, not the negotiation's or the handshakes' state. The relaying stage
+    // is chosen in a block, so that nothing the handshakes returned stays in this frame.
+    let relaying: Stage = {
+        let negotiated = Box::pin(negotiate(&shared, &info, client, upstream)).await?;
+        match negotiated {
+            Negotiated::Ended => return Ok(()),
+            Negotiated::Plain {
+                client,
+                upstream,
+                from_client,
+                from_server,
+            } => Box::pin(super::xmpp_inspect::inspect(
                 shared,
                 info,
                 client,
                 upstream,
                 from_client,
                 from_server,
-            ))
-            .await
+            )),
+            Negotiated::StartTls {
+                mut client,
+                upstream,
+                domain,
+                proceed,
+            } => match tls.filter(|_| intercept) {
+                Some(tls) => {
+                    let streams = Box::pin(intercept_tls(
+                        &shared, &info, client, upstream, &domain, &proceed, &tls,
+                    ))
+                    .await?;
+                    let Some((client, upstream)) = streams else {
+                        return Ok(());
+                    };
+                    Box::pin(super::xmpp_inspect::inspect(
+                        shared,
+                        info,
+                        client,
+                        upstream,
+                        Side::default(),
+                        Side::default(),
+                    ))
+                }
+                None => {
+                    client.write_all(&proceed).await?;
+                    tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
+                    Box::pin(relay_unread(client, upstream, shared.limits.idle))
+                }
+            },
         }
-        Negotiated::StartTls {
-            mut client,
-            upstream,
-            domain,
-            proceed,
-        } => match tls.filter(|_| intercept) {
-            Some(tls) => {
-                let streams = Box::pin(intercept_tls(
-                    &shared, &info, client, upstream, &domain, &proceed, &tls,
-                ))
-                .await?;
-                let Some((client, upstream)) = streams else {
-                    return Ok(());
-                };
-                Box::pin(super::xmpp_inspect::inspect(
-                    shared,
-                    info,
-                    client,
-                    upstream,
-                    Side::default(),
-                    Side::default(),
-                ))
-                .await
-            }
-            None => {
-                client.write_all(&proceed).await?;
-                tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
-                Box::pin(relay_unread(client, upstream, shared.limits.idle)).await
-            }
-        },
-    }
+    };
+    relaying.await
 }
+
+/// A session's relaying stage, boxed.
+type Stage = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
 /// Where stream negotiation left a session.
 enum Negotiated<C, U> {
