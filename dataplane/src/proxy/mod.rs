@@ -6,6 +6,7 @@ pub mod copies;
 pub mod frontend;
 pub mod irc_relay;
 pub mod lean_io;
+pub mod lean_tls;
 pub mod peek;
 pub mod server;
 pub mod session;

@@ -261,6 +261,17 @@ pub fn now_ms() -> u64 {
 /// The client's write half, shared by a relay's two directions (both may write to the client).
 pub type ClientWriter<C> = Arc<tokio::sync::Mutex<tokio::io::WriteHalf<C>>>;
 
+/// Writes `bytes` and flushes them: a TLS stream may otherwise keep encrypted bytes that a
+/// slow peer's socket did not take until the next write, which an idle session never makes.
+pub async fn send<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 /// A relay's halves: what the client sends, the shared writer to the client, what the server
 /// sends, and the writer to the server.
 pub type RelayHalves<C, U> = (

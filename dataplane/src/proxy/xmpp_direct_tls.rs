@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsAcceptor;
 
 use super::shared::{SessionInfo, Shared};
 use super::xmpp_relay::{self, TlsContext, connect_verified};
@@ -49,7 +48,7 @@ where
         .ca
         .server_config(&domain)
         .map_err(std::io::Error::other)?;
-    let client = Box::pin(TlsAcceptor::from(config).accept(client)).await?;
+    let client = Box::pin(super::lean_tls::accept(config, client)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "direct TLS intercepted for {domain}");
     Box::pin(xmpp_relay::relay(
         shared, client, upstream, info, None, false,

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imgate_crds::policy::Direction;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::shared::{ClientWriter, SessionInfo, Shared, split_for_relay};
+use super::shared::{ClientWriter, SessionInfo, Shared, send, split_for_relay};
 use super::xmpp_judge::judge;
 use super::xmpp_relay::{Side, broken, fill, record_stream_error, strip_stream_management};
 use crate::inspect::xmpp::{Framer, Item, Stanza, stream_error};
@@ -154,13 +154,13 @@ struct Upstream<W>(W);
 
 impl<W: AsyncWrite + Unpin> Forward for Upstream<W> {
     async fn forward(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(bytes).await
+        send(&mut self.0, bytes).await
     }
 }
 
 impl<C: AsyncWrite + Unpin> Forward for ClientWriter<C> {
     async fn forward(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.lock().await.write_all(bytes).await
+        send(&mut *self.lock().await, bytes).await
     }
 }
 
@@ -302,11 +302,11 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
             ),
         };
         record_stream_error(&self.shared, &self.info, detail).await;
-        self.client
-            .lock()
-            .await
-            .write_all(&stream_error(condition, reason))
-            .await
+        send(
+            &mut *self.client.lock().await,
+            &stream_error(condition, reason),
+        )
+        .await
     }
 }
 

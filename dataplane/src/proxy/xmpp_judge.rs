@@ -12,10 +12,10 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 
 use imgate_crds::policy::{Direction, Protocol};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 
 use super::copies::MessageCopy;
-use super::shared::{ClientWriter, SessionInfo, Shared, now_ms};
+use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, send};
 use super::xmpp_inspect::{State, bare};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
@@ -242,11 +242,8 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
         }
         Action::Block | Action::Quarantine => {
             if wire == Direction::Outbound {
-                client
-                    .lock()
-                    .await
-                    .write_all(&policy_error(&stanza, &notice(&verdict)))
-                    .await?;
+                let bounce = policy_error(&stanza, &notice(&verdict));
+                send(&mut *client.lock().await, &bounce).await?;
             }
             Ok(None)
         }

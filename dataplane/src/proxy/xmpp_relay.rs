@@ -12,12 +12,13 @@
 
 use std::sync::Arc;
 
-use rustls::client::ClientConfig;
+use rustls::client::{ClientConfig, UnbufferedClientConnection};
+use rustls::server::UnbufferedServerConnection;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::lean_io::{read_into, relay_unread};
+use super::lean_tls::{self, LeanTls};
 use super::shared::{SessionInfo, Shared};
 use super::tls::InterceptionCa;
 use crate::archive::record::Body;
@@ -357,12 +358,12 @@ pub(super) async fn connect_verified<U>(
     upstream: U,
     domain: &str,
     tls: &TlsContext,
-) -> Option<tokio_rustls::client::TlsStream<U>>
+) -> Option<LeanTls<U, UnbufferedClientConnection>>
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let connected = match ServerName::try_from(domain.to_owned()) {
-        Ok(name) => Box::pin(TlsConnector::from(tls.upstream.clone()).connect(name, upstream))
+        Ok(name) => Box::pin(lean_tls::connect(tls.upstream.clone(), name, upstream))
             .await
             .map_err(|e| e.to_string()),
         Err(_) => Err("not a server name".to_owned()),
@@ -387,8 +388,8 @@ where
 
 /// The client's and the server's TLS streams of an intercepted session.
 type Intercepted<C, U> = (
-    tokio_rustls::server::TlsStream<C>,
-    tokio_rustls::client::TlsStream<U>,
+    LeanTls<C, UnbufferedServerConnection>,
+    LeanTls<U, UnbufferedClientConnection>,
 );
 
 /// Completes STARTTLS on both sides: verified TLS to the server first, then TLS with the
@@ -418,7 +419,7 @@ where
         .server_config(domain)
         .map_err(std::io::Error::other)?;
     client.write_all(proceed).await?;
-    let client = Box::pin(TlsAcceptor::from(config).accept(client)).await?;
+    let client = Box::pin(lean_tls::accept(config, client)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
     Ok(Some((client, upstream)))
 }
