@@ -20,7 +20,8 @@ use std::task::{Context, Poll, ready};
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, ReadTraffic,
+    UnbufferedStatus,
 };
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
@@ -176,6 +177,17 @@ fn encrypt_too_small(error: &EncryptError) -> Option<usize> {
     }
 }
 
+/// Appends the decrypted application data rustls holds to `plaintext`.
+fn take_records<Data>(
+    mut traffic: ReadTraffic<'_, '_, Data>,
+    plaintext: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    while let Some(record) = traffic.next_record() {
+        plaintext.extend_from_slice(record?.payload);
+    }
+    Ok(())
+}
+
 /// Frees a buffer that has become empty.
 fn release_if_empty(buffer: &mut Vec<u8>) {
     if buffer.is_empty() && buffer.capacity() > 0 {
@@ -261,18 +273,10 @@ where
             let UnbufferedStatus { discard, state } = self.conn.process(&mut self.incoming);
             let step = match state {
                 Err(error) => Err(Failure::Tls(error)),
-                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                    let mut failed = None;
-                    while let Some(record) = traffic.next_record() {
-                        match record {
-                            Ok(record) => self.plaintext.extend_from_slice(record.payload),
-                            Err(error) => {
-                                failed = Some(Failure::Tls(error));
-                                break;
-                            }
-                        }
-                    }
-                    failed.map_or(Ok(None), Err)
+                Ok(ConnectionState::ReadTraffic(traffic)) => {
+                    take_records(traffic, &mut self.plaintext)
+                        .map(|()| None)
+                        .map_err(Failure::Tls)
                 }
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     produce_into(&mut self.outgoing, |out| data.encode(out), encode_too_small)
@@ -433,18 +437,10 @@ where
                     );
                     Some(encrypted.map(|()| n).map_err(|e| Failure::Io(invalid(e))))
                 }
-                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
-                    let mut failed = None;
-                    while let Some(record) = traffic.next_record() {
-                        match record {
-                            Ok(record) => this.plaintext.extend_from_slice(record.payload),
-                            Err(error) => {
-                                failed = Some(Err(Failure::Tls(error)));
-                                break;
-                            }
-                        }
-                    }
-                    failed
+                Ok(ConnectionState::ReadTraffic(traffic)) => {
+                    take_records(traffic, &mut this.plaintext)
+                        .err()
+                        .map(|error| Err(Failure::Tls(error)))
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => produce_into(
                     &mut this.outgoing,
