@@ -1,8 +1,13 @@
 //! imgate's dataplane: everything on the path of a message.
 //!
-//! Today this crate holds the inspection core ([`inspect`]): the event model that protocol
-//! parsers produce and the policy engine that turns events into verdicts. It performs no I/O,
-//! so it can be tested deterministically, fuzzed and benchmarked on its own.
+//! - [`inspect`], the inspection core, with no I/O: protocol identification, the parsers that
+//!   turn bytes into events, and the policy engine that turns events into verdicts;
+//! - [`proxy`], the front ends, the per-session pipeline, the protocol relays and TLS
+//!   interception;
+//! - [`archive`], the write-ahead log, sealed segments and their shipping, and the read side;
+//! - [`identity`], who a handle belongs to;
+//! - [`tunnel`], the connector's tunnel to the dataplane;
+//! - [`telemetry`], metrics.
 #![forbid(unsafe_code)]
 
 pub mod archive;
@@ -10,3 +15,4 @@ pub mod identity;
 pub mod inspect;
 pub mod proxy;
 pub mod telemetry;
+pub mod tunnel;
