@@ -62,10 +62,11 @@ pub struct InterceptionCa {
 /// A leaf and the server configuration presenting it.
 type Minted = (Arc<CertifiedKey>, Arc<ServerConfig>);
 
-fn ca_params() -> CertificateParams {
+/// The parameters of an imgate CA named `common_name`, which signs leaves only.
+pub(crate) fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, CA_NAME);
+    name.push(DnType::CommonName, common_name);
     name.push(DnType::OrganizationName, "imgate");
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -88,14 +89,14 @@ impl InterceptionCa {
         let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
         if !key_path.exists() {
             let key = KeyPair::generate()?;
-            let cert = ca_params().self_signed(&key)?;
+            let cert = ca_params(CA_NAME).self_signed(&key)?;
             write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
             std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
         }
         let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         Ok(Self {
-            issuer: Issuer::new(ca_params(), key),
+            issuer: Issuer::new(ca_params(CA_NAME), key),
             cert_pem,
             cert_path,
             minted: Mutex::new(HashMap::new()),

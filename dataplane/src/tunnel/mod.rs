@@ -1,6 +1,8 @@
 //! The tunnel between a customer site's connector and the tenant's dataplane: QUIC with
 //! mutual TLS under a per-tenant tunnel CA, one bidirectional stream per proxied TCP
-//! connection. This module holds the parts with no I/O; [`header`] is the per-stream wire
-//! format.
+//! connection: [`header`] is the per-stream wire format, [`trust`] the CA, certificates and TLS
+//! configurations, [`endpoint`] the QUIC configurations.
 
+pub mod endpoint;
 pub mod header;
+pub mod trust;
