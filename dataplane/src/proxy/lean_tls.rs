@@ -7,8 +7,8 @@
 //!   live in a buffer that is freed as soon as it is empty, so an idle connection holds none;
 //! - TLS bytes are sent in the order rustls produced them: handshake messages, alerts and
 //!   application data all pass through one outgoing buffer;
-//! - at most [`MAX_UNSENT`] encrypted bytes wait for a slow peer: a write beyond that waits
-//!   until the peer reads;
+//! - at most [`MAX_UNSENT`] encrypted bytes (and one record) wait for a slow peer: a write
+//!   beyond that waits until the peer reads;
 //! - malformed or hostile TLS ends the connection with an error (`InvalidData`), never a
 //!   panic; the alert rustls queues for it is sent on a best-effort basis.
 

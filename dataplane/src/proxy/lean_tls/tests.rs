@@ -153,3 +153,39 @@ proptest! {
         prop_assert!(accepted.is_err(), "garbage never completes a handshake");
     }
 }
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_holds_back_writes_at_a_bounded_buffer_and_loses_nothing() {
+    let (_dir, ca, client_config) = setup(true);
+    let (mut client, mut server) = handshake(&ca, client_config).await.expect("handshake");
+
+    // Write until the connection refuses more, with nobody reading on the other side.
+    let chunk = payload(RECORD_PLAINTEXT);
+    let mut context = Context::from_waker(std::task::Waker::noop());
+    let mut accepted = 0;
+    while let Poll::Ready(written) = Pin::new(&mut client).poll_write(&mut context, &chunk) {
+        accepted += written.expect("write");
+        assert!(accepted < 16 << 20, "writes are never refused");
+    }
+    // At most MAX_UNSENT and one record wait; the buffer's capacity is at most twice that.
+    let held = client.held();
+    assert!(
+        held <= 2 * (MAX_UNSENT + READ_CHUNK),
+        "unsent bytes stay bounded: {held}"
+    );
+
+    // Once the peer reads, everything written arrives, in order.
+    let reading = tokio::spawn(async move {
+        let mut received = vec![0u8; accepted];
+        server.read_exact(&mut received).await.map(|_| received)
+    });
+    client.flush().await.expect("flush");
+    let received = reading.await.expect("join").expect("read");
+    assert!(
+        received
+            .chunks(chunk.len())
+            .all(|part| part == &chunk[..part.len()]),
+        "every byte arrives as written"
+    );
+    assert_eq!(client.held(), 0, "nothing is held once the peer has read");
+}
