@@ -66,6 +66,10 @@ pub struct UpArgs {
     /// Seal a segment at least this often (seconds).
     #[arg(long, default_value_t = 20)]
     seal_seconds: u64,
+    /// QUIC tunnel listener for connectors, on UDP (`off` for none). Its tunnel CA is made
+    /// in the data folder's `tunnel/` on first use.
+    #[arg(long, default_value = "off")]
+    tunnel: String,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
@@ -146,7 +150,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
             listeners.extend(bind(listen, Frontend::Forward { host: host.to_owned(), port }).await?);
         }
-        anyhow::ensure!(!listeners.is_empty(), "nothing to listen on: give --socks, --http or --forward");
+        anyhow::ensure!(!listeners.is_empty() || args.tunnel != "off", "nothing to listen on: give --socks, --http, --forward or --tunnel");
 
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
@@ -172,6 +176,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
                 Frontend::Socks5 => "SOCKS5".to_owned(),
                 Frontend::HttpConnect => "HTTP CONNECT".to_owned(),
                 Frontend::Forward { host, port } => format!("forward to {host}:{port}"),
+                Frontend::Tunnel { connector } => format!("tunnel from {connector}"),
             };
             println!("  {kind:<28} {}", listener.local_addr()?);
         }
@@ -179,6 +184,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
 
+        let tunnel = match args.tunnel.as_str() {
+            "off" => None,
+            spec => {
+                let (endpoint, dir) = tunnel_endpoint(spec, &args)?;
+                println!("  tunnel (QUIC, UDP)           {} (connectors enroll with the tunnel CA in {})", endpoint.local_addr()?, dir.display());
+                Some(tokio::spawn(imgate_dataplane::tunnel::listener::run(shared.clone(), endpoint, std::future::pending())))
+            }
+        };
         if args.metrics != "off" {
             let address: SocketAddr = args.metrics.parse().with_context(|| format!("{:?} is not an address like 127.0.0.1:9464", args.metrics))?;
             let listener = TcpListener::bind(address).await.with_context(|| format!("cannot serve metrics on {address} (in use? choose another with --metrics)"))?;
@@ -194,6 +207,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         };
         server::run(shared, listeners, shutdown_signal()).await;
         reloads.abort();
+        if let Some(tunnel) = tunnel {
+            tunnel.abort();
+        }
         println!("stopping: flushing the archive");
         stop.notify_one();
         tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))??;
@@ -201,6 +217,25 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("archive flushed to {}", archive_dir.display());
         Ok(0)
     })
+}
+
+/// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA in the data folder
+/// (made on first use), presenting a certificate for `localhost`; and the CA's folder.
+fn tunnel_endpoint(spec: &str, args: &UpArgs) -> anyhow::Result<(quinn::Endpoint, PathBuf)> {
+    use imgate_dataplane::tunnel::{endpoint, trust};
+    let address: SocketAddr = spec
+        .parse()
+        .with_context(|| format!("{spec:?} is not an address like 127.0.0.1:4433"))?;
+    let dir = args.data.join("tunnel");
+    let ca = trust::TunnelCa::load_or_generate(&dir, &args.tenant).context("the tunnel CA")?;
+    let identity = ca.issue_dataplane(&["localhost".to_owned()], 30)?;
+    let config = endpoint::server(trust::dataplane_config(ca.certificate(), identity)?)?;
+    let endpoint = quinn::Endpoint::server(config, address).with_context(|| {
+        format!(
+            "cannot listen for the tunnel on UDP {address} (in use? choose another with --tunnel)"
+        )
+    })?;
+    Ok((endpoint, dir))
 }
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz`.

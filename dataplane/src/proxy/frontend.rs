@@ -12,6 +12,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::tunnel::header::{Decoded, Reply, Status, StreamHeader};
+
 /// Most bytes a handshake may take.
 pub const MAX_HANDSHAKE: usize = 8192;
 
@@ -24,6 +26,10 @@ pub struct Target {
     pub port: u16,
     /// The user named in the handshake, if any.
     pub user: Option<String>,
+    /// The connector that carried the connection through the tunnel, if one did.
+    pub connector: Option<String>,
+    /// The client's own address, when the connection came through a connector.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 /// Which handshake a listener speaks.
@@ -39,6 +45,12 @@ pub enum Frontend {
         host: String,
         /// Port.
         port: u16,
+    },
+    /// A tunnel stream from a connector, whose certificate names it `connector`: the stream
+    /// starts with a [`StreamHeader`] and is answered with a [`Reply`].
+    Tunnel {
+        /// The connector's id, from its verified certificate.
+        connector: String,
     },
 }
 
@@ -89,7 +101,10 @@ impl Frontend {
                 host: host.clone(),
                 port: *port,
                 user: None,
+                connector: None,
+                client: None,
             }),
+            Frontend::Tunnel { connector } => tunnel_header(client, connector).await,
         }
     }
 
@@ -103,6 +118,13 @@ impl Frontend {
                     .await
             }
             Frontend::Forward { .. } => Ok(()),
+            Frontend::Tunnel { .. } => {
+                let reply = Reply {
+                    status: Status::Connected,
+                    reason: String::new(),
+                };
+                client.write_all(&reply.encode()).await
+            }
         }
     }
 
@@ -132,8 +154,61 @@ impl Frontend {
                     .await
             }
             Frontend::Forward { .. } => Ok(()),
+            Frontend::Tunnel { .. } => {
+                let (status, reason) = match why {
+                    Refusal::NotAllowed => (Status::Refused, "refused by policy"),
+                    Refusal::Unreachable => (Status::Unreachable, "the server cannot be reached"),
+                    Refusal::TimedOut => (Status::TimedOut, "the server did not answer in time"),
+                };
+                let reply = Reply {
+                    status,
+                    reason: reason.to_owned(),
+                };
+                client.write_all(&reply.encode()).await
+            }
         }
     }
+}
+
+/// Reads a tunnel stream's header, exactly (what follows it is the client's), and checks
+/// that it names the connector the certificate names.
+async fn tunnel_header<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    connector: &str,
+) -> Result<Target, HandshakeError> {
+    const P: &str = "tunnel";
+    let mut bytes = Vec::new();
+    let mut needed = 1;
+    let problem = loop {
+        let start = bytes.len();
+        bytes.resize(start + needed, 0);
+        client.read_exact(&mut bytes[start..]).await?;
+        match StreamHeader::decode(&bytes) {
+            Ok(Decoded::NeedMore(more)) => needed = more,
+            Ok(Decoded::Complete(header, _)) if header.connector != connector => {
+                break format!(
+                    "the stream names connector {:?} but its certificate names {connector:?}",
+                    header.connector
+                );
+            }
+            Ok(Decoded::Complete(header, _)) => {
+                return Ok(Target {
+                    host: header.host,
+                    port: header.port,
+                    user: header.user,
+                    connector: Some(header.connector),
+                    client: header.client,
+                });
+            }
+            Err(error) => break error.to_string(),
+        }
+    };
+    let reply = Reply {
+        status: Status::BadRequest,
+        reason: problem.clone(),
+    };
+    client.write_all(&reply.encode()).await?;
+    Err(bad(P, problem))
 }
 
 async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
@@ -201,6 +276,8 @@ async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
         host,
         port: u16::from_be_bytes(port),
         user,
+        connector: None,
+        client: None,
     })
 }
 
@@ -263,7 +340,13 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 .unwrap_or_default()
                 .to_owned()
         });
-    Ok(Target { host, port, user })
+    Ok(Target {
+        host,
+        port,
+        user,
+        connector: None,
+        client: None,
+    })
 }
 
 #[cfg(test)]
@@ -304,7 +387,9 @@ mod tests {
             Target {
                 host: "chat.example".into(),
                 port: 5222,
-                user: Some("jane".into())
+                user: Some("jane".into()),
+                connector: None,
+                client: None,
             }
         );
         Frontend::Socks5.succeed(&mut server).await.expect("reply");
@@ -347,7 +432,9 @@ mod tests {
             Target {
                 host: "irc.example".into(),
                 port: 6697,
-                user: Some("jane".into())
+                user: Some("jane".into()),
+                connector: None,
+                client: None,
             }
         );
     }
@@ -375,5 +462,100 @@ mod tests {
             );
         let _ = client.write_all(&vec![b'a'; MAX_HANDSHAKE + 10]).await;
         assert!(handshake.await.expect("task").is_err());
+    }
+
+    fn tunnel_header_for(connector: &str) -> Vec<u8> {
+        StreamHeader {
+            host: "chat.example".into(),
+            port: 5222,
+            client: Some("192.0.2.7:51000".parse().expect("address")),
+            connector: connector.into(),
+            user: Some("alice".into()),
+        }
+        .encode()
+        .expect("header")
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_stream_names_its_target_and_the_payload_after_the_header_is_left_unread() {
+        let (mut connector, mut server) = duplex(4096);
+        let frontend = Frontend::Tunnel {
+            connector: "laptop-3".into(),
+        };
+        let mut sent = tunnel_header_for("laptop-3");
+        sent.extend_from_slice(b"<stream:stream>");
+        connector
+            .write_all(&sent)
+            .await
+            .expect("header and payload");
+        let target = frontend.accept(&mut server).await.expect("handshake");
+        assert_eq!(
+            target,
+            Target {
+                host: "chat.example".into(),
+                port: 5222,
+                user: Some("alice".into()),
+                connector: Some("laptop-3".into()),
+                client: Some("192.0.2.7:51000".parse().expect("address")),
+            }
+        );
+        let mut payload = [0u8; 15];
+        server.read_exact(&mut payload).await.expect("payload");
+        assert_eq!(
+            &payload, b"<stream:stream>",
+            "the client's bytes are untouched"
+        );
+
+        frontend.succeed(&mut server).await.expect("reply");
+        frontend
+            .refuse(&mut server, Refusal::TimedOut)
+            .await
+            .expect("reply");
+        let mut replies = [0u8; 3 + 3 + 33];
+        connector.read_exact(&mut replies).await.expect("replies");
+        assert_eq!(
+            Reply::decode(&replies),
+            Ok(Decoded::Complete(
+                Reply {
+                    status: Status::Connected,
+                    reason: String::new()
+                },
+                3
+            ))
+        );
+        assert!(matches!(
+            Reply::decode(&replies[3..]),
+            Ok(Decoded::Complete(
+                Reply {
+                    status: Status::TimedOut,
+                    ..
+                },
+                _
+            ))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_stream_that_names_another_connector_or_is_not_a_header_is_refused() {
+        for (sent, expected) in [
+            (tunnel_header_for("someone-else"), "certificate names"),
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "bad magic"),
+        ] {
+            let (mut connector, mut server) = duplex(4096);
+            connector.write_all(&sent).await.expect("write");
+            let frontend = Frontend::Tunnel {
+                connector: "laptop-3".into(),
+            };
+            let error = frontend.accept(&mut server).await.expect_err("refused");
+            assert!(error.to_string().contains(expected), "{error}");
+            drop(server);
+            let mut answer = Vec::new();
+            connector.read_to_end(&mut answer).await.expect("answer");
+            let Ok(Decoded::Complete(reply, _)) = Reply::decode(&answer) else {
+                panic!("a reply: {answer:?}");
+            };
+            assert_eq!(reply.status, Status::BadRequest);
+            assert!(reply.reason.contains(expected), "{}", reply.reason);
+        }
     }
 }

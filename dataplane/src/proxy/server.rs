@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 
@@ -16,16 +15,15 @@ pub async fn run(
     listeners: Vec<(TcpListener, Frontend)>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let next_id = Arc::new(AtomicU64::new(1));
     let mut tasks = tokio::task::JoinSet::new();
     for (listener, frontend) in listeners {
-        let (shared, next_id) = (shared.clone(), next_id.clone());
+        let shared = shared.clone();
         tasks.spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((client, peer)) => {
                         let _ = client.set_nodelay(true);
-                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        let id = shared.next_session();
                         tokio::spawn(serve(shared.clone(), frontend.clone(), client, peer, id));
                     }
                     Err(error) => {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use imgate_crds::policy::{Direction, Protocol, TlsMode};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::frontend::{Frontend, HandshakeError, Refusal};
@@ -46,11 +47,12 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves one accepted connection; errors are logged, never propagated.
-pub async fn serve(
+/// Serves one accepted connection (a TCP connection, or a tunnel stream); errors are logged,
+/// never propagated.
+pub async fn serve<S: Client>(
     shared: Arc<Shared>,
     frontend: Frontend,
-    client: TcpStream,
+    client: S,
     peer: SocketAddr,
     id: u64,
 ) {
@@ -71,18 +73,23 @@ enum Route {
     Unread,
 }
 
+/// What a session's client side can be: a TCP connection or a tunnel stream.
+pub trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Client for S {}
+
 /// A session that policy let through: its two connections, who it is, and how to relay it.
-struct Admitted {
-    client: Prefixed<TcpStream>,
+struct Admitted<S> {
+    client: Prefixed<S>,
     upstream: TcpStream,
     info: SessionInfo,
     route: Route,
 }
 
-async fn serve_session(
+async fn serve_session<S: Client>(
     shared: &Arc<Shared>,
     frontend: &Frontend,
-    client: TcpStream,
+    client: S,
     peer: SocketAddr,
     id: u64,
 ) -> Result<(), SessionError> {
@@ -147,13 +154,13 @@ async fn serve_session(
 
 /// The front-end handshake, the upstream connection, identification and the session-level
 /// verdict; `None` when policy refused the session (which is then archived as ended).
-async fn admit(
+async fn admit<S: Client>(
     shared: &Arc<Shared>,
     frontend: &Frontend,
-    mut client: TcpStream,
+    mut client: S,
     peer: SocketAddr,
     id: u64,
-) -> Result<Option<Admitted>, SessionError> {
+) -> Result<Option<Admitted<S>>, SessionError> {
     let target = tokio::time::timeout(
         shared.limits.handshake,
         Box::pin(frontend.accept(&mut client)),
@@ -161,6 +168,8 @@ async fn admit(
     .await
     .map_err(|_| SessionError::HandshakeTimeout)??;
     let server = format!("{}:{}", target.host, target.port);
+    // Through a connector, the client is the one the connector saw.
+    let peer = target.client.unwrap_or(peer);
     let connected = tokio::time::timeout(
         shared.limits.connect,
         TcpStream::connect((target.host.as_str(), target.port)),
@@ -239,7 +248,7 @@ async fn admit(
     };
     let start = Body::SessionStart {
         session: session.clone(),
-        connector: None,
+        connector: target.connector.clone(),
         client: peer.to_string(),
         server: server.clone(),
         protocol,

@@ -69,6 +69,8 @@ pub struct Shared {
     pub directory: crate::identity::Directory,
     /// Messages archived recently, so that carbon copies are archived once.
     pub copies: super::copies::Copies,
+    /// The number the next session gets (its name is `<writer>-<number>`).
+    next_session: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -94,7 +96,14 @@ impl Shared {
             metrics: crate::telemetry::Metrics::default(),
             directory: crate::identity::Directory::default(),
             copies: super::copies::Copies::default(),
+            next_session: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// A number for a new session, unique in this dataplane whichever listener took it.
+    pub fn next_session(&self) -> u64 {
+        self.next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sender `handle` (of `protocol`, when it is one of that protocol's handles),

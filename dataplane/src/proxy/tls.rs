@@ -81,20 +81,7 @@ pub(crate) fn ca_params(common_name: &str) -> CertificateParams {
 impl InterceptionCa {
     /// Loads the CA from `dir` (`ca.pem`, `ca.key`), generating it on first use.
     pub fn load_or_generate(dir: &Path) -> Result<Self, TlsError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| TlsError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-        if !key_path.exists() {
-            let key = KeyPair::generate()?;
-            let cert = ca_params(CA_NAME).self_signed(&key)?;
-            write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-            std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
-        }
-        let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
-        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let (key, cert_pem, cert_path) = load_or_generate_ca(dir, &ca_params(CA_NAME))?;
         Ok(Self {
             issuer: Issuer::new(ca_params(CA_NAME), key),
             cert_pem,
@@ -154,6 +141,29 @@ impl InterceptionCa {
     }
 }
 
+/// A CA's key, its certificate (PEM) and where that is, from `dir` (`ca.key`, `ca.pem`);
+/// generated from `params` on first use, the key readable by its owner only.
+pub(crate) fn load_or_generate_ca(
+    dir: &Path,
+    params: &CertificateParams,
+) -> Result<(KeyPair, String, PathBuf), TlsError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if !key_path.exists() {
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+        std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+    }
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
+    let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+    Ok((key, cert_pem, cert_path))
+}
+
 #[derive(Debug)]
 struct Fixed(Arc<CertifiedKey>);
 
@@ -163,6 +173,7 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
+/// Writes a new private-key file readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

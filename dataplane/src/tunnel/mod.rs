@@ -5,4 +5,5 @@
 
 pub mod endpoint;
 pub mod header;
+pub mod listener;
 pub mod trust;

@@ -9,6 +9,7 @@
 //! connector's private key never leaves the connector; both TLS configurations speak TLS 1.3
 //! only (QUIC requires it) and the tunnel's ALPN name only.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +21,10 @@ use rustls::client::ClientConfig;
 use rustls::crypto::ring::default_provider;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls::{RootCertStore, version::TLS13};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::proxy::tls::load_or_generate_ca;
 
 /// The tunnel's ALPN protocol name.
 pub const ALPN: &[u8] = b"imgate-tunnel/1";
@@ -40,6 +44,9 @@ pub enum TrustError {
     /// A private key in an unusable form.
     #[error("tunnel key: {0}")]
     Key(String),
+    /// The CA's files could not be read or written.
+    #[error("tunnel CA: {0}")]
+    Files(#[from] crate::proxy::tls::TlsError),
     /// A TLS configuration QUIC cannot use.
     #[error("the tunnel's TLS configuration cannot be used for QUIC: {0}")]
     Quic(String),
@@ -84,6 +91,18 @@ impl TunnelCa {
         Ok(Self {
             tenant: tenant.to_owned(),
             cert: cert.der().clone(),
+            issuer: Issuer::new(ca_params(tenant), key),
+        })
+    }
+
+    /// Loads `tenant`'s CA from `dir` (`ca.pem`, `ca.key`), generating it on first use.
+    pub fn load_or_generate(dir: &Path, tenant: &str) -> Result<Self, TrustError> {
+        let (key, pem, cert_path) = load_or_generate_ca(dir, &ca_params(tenant))?;
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| TrustError::Key(format!("{}: {e}", cert_path.display())))?;
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            cert,
             issuer: Issuer::new(ca_params(tenant), key),
         })
     }
