@@ -184,12 +184,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
 
+        let stop_tunnel = Arc::new(tokio::sync::Notify::new());
         let tunnel = match args.tunnel.as_str() {
             "off" => None,
             spec => {
                 let (endpoint, dir) = tunnel_endpoint(spec, &args)?;
                 println!("  tunnel (QUIC, UDP)           {} (connectors enroll with the tunnel CA in {})", endpoint.local_addr()?, dir.display());
-                Some(tokio::spawn(imgate_dataplane::tunnel::listener::run(shared.clone(), endpoint, std::future::pending())))
+                let stop = stop_tunnel.clone();
+                Some(tokio::spawn(imgate_dataplane::tunnel::listener::run(shared.clone(), endpoint, async move { stop.notified().await })))
             }
         };
         if args.metrics != "off" {
@@ -208,7 +210,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         server::run(shared, listeners, shutdown_signal()).await;
         reloads.abort();
         if let Some(tunnel) = tunnel {
-            tunnel.abort();
+            stop_tunnel.notify_one();
+            tunnel.await?;
         }
         println!("stopping: flushing the archive");
         stop.notify_one();

@@ -21,7 +21,7 @@ use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, ReadTraffic,
-    UnbufferedStatus,
+    UnbufferedStatus, WriteTraffic,
 };
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
@@ -323,6 +323,29 @@ where
         }
     }
 
+    /// Has rustls encrypt with `write` into the outgoing buffer; `false` when the connection
+    /// takes no application data now. Call after [`Self::process`], which consumes what
+    /// rustls held for reading.
+    fn write_traffic(
+        &mut self,
+        mut write: impl FnMut(&mut WriteTraffic<'_, C::Data>, &mut [u8]) -> Result<usize, EncryptError>,
+    ) -> io::Result<bool> {
+        let UnbufferedStatus { discard, state } = self.conn.process(&mut self.incoming);
+        let result = match state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => produce_into(
+                &mut self.outgoing,
+                |out| write(&mut traffic, out),
+                encrypt_too_small,
+            )
+            .map(|()| true)
+            .map_err(|error| Failure::Io(invalid(error))),
+            Ok(_) => Ok(false),
+            Err(error) => Err(Failure::Tls(error)),
+        };
+        self.incoming.drain(..discard);
+        result.map_err(|failure| self.failure(failure))
+    }
+
     /// Sends the outgoing TLS bytes.
     async fn send_outgoing(&mut self) -> io::Result<()> {
         if !self.outgoing.is_empty() {
@@ -424,51 +447,19 @@ where
         if this.outgoing.len() >= MAX_UNSENT {
             ready!(this.poll_send_outgoing(cx))?;
         }
-        let result = loop {
-            let UnbufferedStatus { discard, state } = this.conn.process(&mut this.incoming);
-            let step = match state {
-                Err(error) => Some(Err(Failure::Tls(error))),
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => {
-                    let n = data.len().min(RECORD_PLAINTEXT);
-                    let encrypted = produce_into(
-                        &mut this.outgoing,
-                        |out| traffic.encrypt(&data[..n], out),
-                        encrypt_too_small,
-                    );
-                    Some(encrypted.map(|()| n).map_err(|e| Failure::Io(invalid(e))))
-                }
-                Ok(ConnectionState::ReadTraffic(traffic)) => {
-                    take_records(traffic, &mut this.plaintext)
-                        .err()
-                        .map(|error| Err(Failure::Tls(error)))
-                }
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => produce_into(
-                    &mut this.outgoing,
-                    |out| encode.encode(out),
-                    encode_too_small,
-                )
-                .err()
-                .map(|error| Err(Failure::Io(invalid(error)))),
-                Ok(ConnectionState::TransmitTlsData(transmit)) => {
-                    transmit.done();
-                    None
-                }
-                Ok(ConnectionState::PeerClosed) => {
-                    this.peer_closed = true;
-                    None
-                }
-                Ok(_) => Some(Err(Failure::Io(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the TLS connection is closed for writing",
-                )))),
-            };
-            this.incoming.drain(..discard);
-            if let Some(result) = step {
-                break result;
-            }
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection is closed for writing",
+            )
         };
-        release_if_empty(&mut this.incoming);
-        let written = result.map_err(|failure| this.failure(failure))?;
+        if let Processed::NeedInput = this.process()? {
+            return Poll::Ready(Err(closed()));
+        }
+        let written = data.len().min(RECORD_PLAINTEXT);
+        if !this.write_traffic(|traffic, out| traffic.encrypt(&data[..written], out))? {
+            return Poll::Ready(Err(closed()));
+        }
         // Send what the socket takes now; the rest goes with the next write or flush.
         if let Poll::Ready(Err(error)) = this.poll_send_outgoing(cx) {
             return Poll::Ready(Err(error));
@@ -486,19 +477,8 @@ where
         let this = self.get_mut();
         if !this.close_queued && !this.failed {
             this.close_queued = true;
-            let UnbufferedStatus { discard, state } = this.conn.process(&mut this.incoming);
-            let queued = match state {
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => produce_into(
-                    &mut this.outgoing,
-                    |out| traffic.queue_close_notify(out),
-                    encrypt_too_small,
-                )
-                .map_err(invalid),
-                // Nothing to close politely: the connection failed or is closed already.
-                _ => Ok(()),
-            };
-            this.incoming.drain(..discard);
-            queued?;
+            // Nothing to close politely when the connection is closed already.
+            this.write_traffic(|traffic, out| traffic.queue_close_notify(out))?;
         }
         ready!(this.poll_send_outgoing(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

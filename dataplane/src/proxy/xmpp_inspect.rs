@@ -73,17 +73,14 @@ impl Batch {
         self.bytes.len() >= BATCH_BYTES || self.started.is_some_and(|s| s.elapsed() >= BATCH_WAIT)
     }
 
-    /// Settles the batch's records and takes its bytes to forward (none when it is empty);
-    /// `None` when the archive failed: nothing may be forwarded and the direction stops.
+    /// Settles the batch's records and takes its bytes to forward; `None` when the archive
+    /// failed: nothing may be forwarded and the direction stops.
     async fn take_settled(
         &mut self,
         shared: &Shared,
         direction: Direction,
         read_at: Instant,
     ) -> Option<Vec<u8>> {
-        if self.bytes.is_empty() {
-            return Some(Vec::new());
-        }
         if let Err(error) = Box::pin(shared.settle()).await {
             tracing::error!(%error, "archive failed; not forwarding (fail closed)");
             return None;
@@ -224,7 +221,8 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
                     false
                 }
             };
-            if need_more || batch.due() {
+            // An empty batch has nothing to settle or forward (and takes no writer's lock).
+            if !batch.bytes.is_empty() && (need_more || batch.due()) {
                 let settled = batch.take_settled(&self.shared, wire, read_at).await;
                 let Some(bytes) = settled else {
                     return Ok(());
