@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod archive;
+mod connector;
 mod manifest;
 mod policy;
 mod up;
@@ -33,6 +34,9 @@ enum Command {
     Policy(PolicyCommand),
     /// Run a dataplane on this machine with embedded defaults (SOCKS5, HTTP CONNECT, a local archive).
     Up(Box<up::UpArgs>),
+    /// The connector that carries a site's IM connections to its dataplane through the tunnel.
+    #[command(subcommand)]
+    Connector(connector::ConnectorCommand),
     /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
     /// List, verify, search, show, export and hold a tenant's compliance archive.
@@ -130,9 +134,9 @@ fn parse_name<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 /// out of the archive, and a busy dataplane does not write a log line per message.
 fn default_log_filter() -> &'static str {
     if std::io::stderr().is_terminal() {
-        "imgate::session=info,imgate::message=info,warn"
+        "imgate::session=info,imgate::tunnel=info,imgate::message=info,warn"
     } else {
-        "imgate::session=info,warn"
+        "imgate::session=info,imgate::tunnel=info,warn"
     }
 }
 
@@ -163,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Archive { store, command } => archive::run(&store, command),
         Command::Up(args) => up::run(*args),
+        Command::Connector(command) => connector::run(command),
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
         Command::Policy(PolicyCommand::Test {
             policy_dir,

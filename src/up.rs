@@ -285,7 +285,7 @@ async fn reload_on_hangup(shared: Arc<Shared>, args: UpArgs) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
