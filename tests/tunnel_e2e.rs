@@ -2,14 +2,17 @@
 //! tenant's tunnel CA (as `imgate connector` does) opens a stream through `imgate up
 //! --tunnel` to Prosody; the XMPP stream is relayed and inspected, and the session is
 //! archived with the connector's id and the client's own address. A client enrolled with
-//! another tenant's CA is refused.
+//! another tenant's CA is refused. And `imgate connector`, enrolled with `request` and `sign`,
+//! carries real clients' chat (slixmpp) through the tunnel, inspected and archived.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 
-use common::{free_port, imgate_up, prosody, stop_and_read};
+use common::xmpp::{check_inspected_chat, clients};
+use common::{Killed, free_port, imgate_up, prosody, run, serve, stop_and_read};
 use imgate_dataplane::tunnel::endpoint;
 use imgate_dataplane::tunnel::header::{Decoded, Reply, Status, StreamHeader};
 use imgate_dataplane::tunnel::trust::{
@@ -141,4 +144,84 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
         format!("127.0.0.1:{server_port}"),
         "{start}"
     );
+}
+
+/// `imgate connector` `id`, enrolled with the tunnel CA in `data` by `request` and `sign`,
+/// forwarding a free port to `127.0.0.1:server_port` through the dataplane at `tunnel`;
+/// returns it and the port.
+fn connector(
+    dir: &Path,
+    data: &Path,
+    id: &str,
+    tunnel: SocketAddr,
+    server_port: u16,
+) -> (Killed, u16) {
+    let identity = dir.join(format!("connector-{id}"));
+    let imgate = || Command::new(env!("CARGO_BIN_EXE_imgate"));
+    run(imgate()
+        .args(["connector", "request", "--id", id, "--identity"])
+        .arg(&identity));
+    run(imgate()
+        .args(["connector", "sign", "--id", id, "--identity"])
+        .arg(&identity)
+        .arg("--data")
+        .arg(data));
+    let front = free_port();
+    let mut command = imgate();
+    command
+        .args([
+            "connector",
+            "run",
+            "--id",
+            id,
+            "--socks",
+            "off",
+            "--identity",
+        ])
+        .arg(&identity)
+        .args(["--dataplane", &tunnel.to_string(), "--forward"])
+        .arg(format!("127.0.0.1:{front}=127.0.0.1:{server_port}"));
+    (serve(&mut command, front, "imgate connector"), front)
+}
+
+#[test]
+fn chat_through_imgate_connector_is_inspected_and_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_prosody, server_port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("imgate");
+    let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let (imgate, _front) = imgate_up(
+        server_port,
+        &data,
+        &[
+            "--tunnel",
+            &tunnel.to_string(),
+            "--extra-roots",
+            &server_cert.to_string_lossy(),
+        ],
+    );
+    let (_connector, front) = connector(dir.path(), &data, "desk-1", tunnel, server_port);
+    let received = clients(front, &data.join("ca/ca.pem"), &["chat"]);
+    let records = stop_and_read(imgate, &data);
+    check_inspected_chat(&received, &records);
+    let starts: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "session_start" && r["protocol"] == "xmpp")
+        .collect();
+    assert_eq!(
+        starts.len(),
+        2,
+        "alice's and bob's XMPP sessions: {starts:?}"
+    );
+    for start in starts {
+        assert_eq!(start["connector"], "desk-1", "{start}");
+        assert!(
+            start["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "the client's address as the connector saw it: {start}"
+        );
+    }
 }

@@ -10,11 +10,11 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
+use common::xmpp::{check_inspected_chat, clients};
 use common::{Killed, imgate_up, presence_of, prosody, prosody_with_direct_tls, stop_and_read};
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,98 +26,6 @@ fn imgate_trusting(port: u16, server_cert: &Path, data: &Path) -> (Killed, u16) 
         data,
         &["--extra-roots", &server_cert.to_string_lossy()],
     )
-}
-
-/// Runs the clients in `mode` (with its arguments) through imgate at `front`.
-fn clients(front: u16, ca: &Path, mode: &[&str]) -> Value {
-    let output = Command::new("python3")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp_clients.py"),
-            "127.0.0.1",
-            &front.to_string(),
-        ])
-        .arg(ca)
-        .args(mode)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "XMPP clients failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
-        panic!(
-            "JSON from the clients: {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
-/// Checks what alice and bob received in `chat` mode and what was archived: the disclaimer
-/// once, the card redacted for bob and kept whole in the archive, the deal name bounced to
-/// alice as a policy violation, bob's copies archived.
-fn check_inspected_chat(received: &Value, records: &[Value]) {
-    let bodies = |who: &str, kind: &str| -> Vec<String> {
-        received[who]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["type"] == kind)
-            .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    };
-    assert_eq!(
-        bodies("bob", "chat"),
-        [
-            "This conversation is inspected and archived by imgate.",
-            "hello bob",
-            "card ███████████████████ please",
-            "bye"
-        ],
-        "bob gets the disclaimer once, the redacted card and not the deal: {received}"
-    );
-    let errors: Vec<&Value> = received["alice"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["type"] == "error")
-        .collect();
-    assert_eq!(errors.len(), 1, "{received}");
-    let raw = errors[0]["raw"].as_str().unwrap_or_default();
-    assert!(
-        raw.contains("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""),
-        "a stanza error with the policy-violation condition: {raw}"
-    );
-    assert!(
-        raw.contains("Blocked by policy local-defaults/deal-names: deal names stay on the desk."),
-        "{raw}"
-    );
-    let outbound = |text: &str| {
-        records
-            .iter()
-            .find(|r| r["type"] == "message" && r["dir"] == "outbound" && r["text"] == text)
-            .unwrap_or_else(|| panic!("no archived {text:?}: {records:?}"))
-    };
-    let card = outbound("card 4111 1111 1111 1111 please");
-    assert_eq!(
-        (
-            card["verdict"]["action"].as_str(),
-            card["delivered"].as_str()
-        ),
-        (Some("redact"), Some("card ███████████████████ please"))
-    );
-    assert_eq!(card["from"]["handle"], "alice@localhost");
-    assert_eq!(card["to"][0], "bob@localhost");
-    assert_eq!(
-        outbound("project falcon is go")["verdict"]["action"],
-        "block"
-    );
-    assert!(
-        records
-            .iter()
-            .any(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello bob"),
-        "bob's copy archived too"
-    );
 }
 
 #[test]
