@@ -1,26 +1,59 @@
 //! `imgate connector`: the program at a customer's site that carries its IM connections to
-//! the tenant's dataplane through the tunnel, and the two steps that give it an identity:
-//! `request` (on the connector: a key that never leaves it, and a certificate request) and
-//! `sign` (where the tenant's tunnel CA is: the certificate for that request).
+//! the tenant's dataplane through the tunnel. `enroll` gives it an identity with a one-time
+//! token (its key is made here and never leaves), `request` makes a certificate request for
+//! offline signing (`imgate tunnel sign`), `renew` renews now, and `run` serves.
+//!
+//! Invariants: the identity folder always holds a key and the certificate for it (a renewal
+//! writes the new pair beside the old and renames the key, then the certificate, into
+//! place); `run` renews when a third of the certificate's lifetime is left, and new
+//! connections use the renewed identity at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::tls::write_private;
 use imgate_dataplane::tunnel::connector::Connector;
+use imgate_dataplane::tunnel::enroll::{self, pem};
+use imgate_dataplane::tunnel::tokens::Token;
 use imgate_dataplane::tunnel::{endpoint, trust};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 
+use crate::connector_health;
+
+/// Where the connector's identity is and which dataplanes it dials.
+#[derive(Args, Clone)]
+pub struct DialArgs {
+    /// The connector's identity folder (`key.pem`, `cert.pem`, `ca.pem`).
+    #[arg(long, default_value = "imgate-connector")]
+    identity: PathBuf,
+    /// A dataplane's tunnel address, `HOST:PORT` on UDP (repeat for several).
+    #[arg(long = "dataplane", required = true)]
+    dataplanes: Vec<SocketAddr>,
+    /// The name in the dataplanes' certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
 /// `imgate connector` subcommands.
 #[derive(Subcommand)]
 pub enum ConnectorCommand {
-    /// Make this connector's key and a certificate request (`key.pem`, `request.pem`).
+    /// Enroll with a one-time token from `imgate tunnel token`.
+    Enroll {
+        /// The token.
+        #[arg(long)]
+        token: String,
+        #[command(flatten)]
+        dial: DialArgs,
+    },
+    /// Make this connector's key and a certificate request (`key.pem`, `request.pem`) for
+    /// `imgate tunnel sign`.
     Request {
         /// The connector's id.
         #[arg(long)]
@@ -29,44 +62,20 @@ pub enum ConnectorCommand {
         #[arg(long, default_value = "imgate-connector")]
         identity: PathBuf,
     },
-    /// Sign a connector's request with the tenant's tunnel CA (writes `cert.pem` and
-    /// `ca.pem` beside the request).
-    Sign {
-        /// The connector's id.
-        #[arg(long)]
-        id: String,
-        /// The connector's identity folder, holding its `request.pem`.
-        #[arg(long, default_value = "imgate-connector")]
-        identity: PathBuf,
-        /// The dataplane's data folder, holding the tunnel CA (`tunnel/`).
-        #[arg(long, default_value = "imgate-data")]
-        data: PathBuf,
-        /// The tenant.
-        #[arg(long, default_value = "local")]
-        tenant: String,
-        /// How long the certificate is valid (days).
-        #[arg(long, default_value_t = 30)]
-        days: u64,
-    },
-    /// Carry local connections to the dataplane until Ctrl-C or SIGTERM.
+    /// Renew the connector's certificate now (`run` does it when a third of its life is left).
+    Renew(DialArgs),
+    /// Carry local connections to the dataplanes until Ctrl-C or SIGTERM.
     Run(RunArgs),
 }
 
 /// `imgate connector run` options.
 #[derive(Args)]
 pub struct RunArgs {
-    /// The connector's id (as in its certificate).
-    #[arg(long)]
-    id: String,
-    /// The connector's identity folder (`key.pem`, `cert.pem`, `ca.pem`).
-    #[arg(long, default_value = "imgate-connector")]
-    identity: PathBuf,
-    /// A dataplane's tunnel address, `HOST:PORT` on UDP (repeat for several, tried in order).
-    #[arg(long = "dataplane", required = true)]
-    dataplanes: Vec<SocketAddr>,
-    /// The name in the dataplanes' certificate.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    #[command(flatten)]
+    dial: DialArgs,
+    /// Connections kept to the dataplanes (each prefers a dataplane the others do not use).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
     /// SOCKS5 listener (`off` for none).
     #[arg(long, default_value = "127.0.0.1:1080")]
     socks: String,
@@ -76,15 +85,21 @@ pub struct RunArgs {
     /// A fixed port-forward, `LISTEN=HOST:PORT` (repeat for several).
     #[arg(long = "forward", value_name = "LISTEN=HOST:PORT")]
     forwards: Vec<String>,
+    /// Prometheus metrics and health endpoint (`/metrics`, `/healthz`; `off` for none).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    metrics: String,
 }
 
 /// Runs a connector subcommand.
 pub fn run(command: ConnectorCommand) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match command {
         ConnectorCommand::Request { id, identity } => {
+            let (key, request) = trust::connector_request(&id)?;
             std::fs::create_dir_all(&identity)
                 .with_context(|| format!("cannot create {}", identity.display()))?;
-            let (key, request) = trust::connector_request(&id)?;
             let key_path = identity.join("key.pem");
             write_private(&key_path, key.serialize_pem().as_bytes()).with_context(|| {
                 format!(
@@ -94,63 +109,187 @@ pub fn run(command: ConnectorCommand) -> anyhow::Result<i32> {
             })?;
             std::fs::write(identity.join("request.pem"), request)?;
             println!(
-                "wrote {} and {}; have the request signed (imgate connector sign), then run the connector",
-                key_path.display(),
+                "wrote {}; have it signed (imgate tunnel sign), then run the connector",
                 identity.join("request.pem").display()
             );
             Ok(0)
         }
-        ConnectorCommand::Sign {
-            id,
-            identity,
-            data,
-            tenant,
-            days,
-        } => {
-            let ca = trust::TunnelCa::load_or_generate(&data.join("tunnel"), &tenant)
-                .context("the tenant's tunnel CA")?;
-            let request_path = identity.join("request.pem");
-            let request = std::fs::read_to_string(&request_path).with_context(|| {
-                format!(
-                    "cannot read {} (make it with imgate connector request)",
-                    request_path.display()
-                )
-            })?;
-            let cert = ca.sign_connector(&request, &id, days)?;
-            std::fs::write(identity.join("cert.pem"), pem(&cert))?;
-            std::fs::write(identity.join("ca.pem"), pem(ca.certificate()))?;
-            println!("connector {id} of tenant {tenant} may connect for {days} days");
+        ConnectorCommand::Enroll { token, dial } => runtime.block_on(async move {
+            let token = Token::parse(&token)?;
+            let config = endpoint::client(trust::enrollment_config(&token.ca_pin)?)?;
+            let id = obtain(&dial, config, Some(&token.text()), &token.connector).await?;
+            println!(
+                "connector {id} is enrolled; its identity is in {}",
+                dial.identity.display()
+            );
             Ok(0)
-        }
-        ConnectorCommand::Run(args) => serve(args),
+        }),
+        ConnectorCommand::Renew(dial) => runtime.block_on(async move {
+            let (id, not_after) = renew(&dial).await?;
+            println!("connector {id} renewed; its certificate is valid until {not_after}");
+            Ok(0)
+        }),
+        ConnectorCommand::Run(args) => runtime.block_on(serve(args)),
     }
 }
 
-fn pem(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der))
+/// A UDP endpoint for tunnel connections.
+fn udp_endpoint() -> anyhow::Result<quinn::Endpoint> {
+    quinn::Endpoint::client("[::]:0".parse()?)
+        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")))
+        .context("cannot open a UDP socket for the tunnel")
 }
 
-/// The connector's QUIC client endpoint, from its identity folder.
-fn client_endpoint(identity: &Path) -> anyhow::Result<quinn::Endpoint> {
+/// Makes a new key and has the dataplanes sign it over `config` (with `token` when
+/// enrolling), then stores the identity; returns the connector's id.
+async fn obtain(
+    dial: &DialArgs,
+    config: quinn::ClientConfig,
+    token: Option<&str>,
+    id: &str,
+) -> anyhow::Result<String> {
+    let (key, request) = trust::connector_request(id)?;
+    let endpoint = udp_endpoint()?;
+    let mut failures = Vec::new();
+    for address in &dial.dataplanes {
+        match enroll::request(
+            &endpoint,
+            config.clone(),
+            *address,
+            &dial.server_name,
+            token,
+            &request,
+        )
+        .await
+        {
+            Ok(enrolled) => {
+                store(&dial.identity, &key, &enrolled)?;
+                endpoint.wait_idle().await;
+                return Ok(id.to_owned());
+            }
+            Err(error @ enroll::EnrollError::Refused(_)) => {
+                tracing::warn!(target: "imgate::tunnel", dataplane = %address, "{error}");
+                anyhow::bail!("{error}");
+            }
+            Err(error) => failures.push(format!("{address}: {error}")),
+        }
+    }
+    anyhow::bail!("no dataplane could be reached: {}", failures.join("; "))
+}
+
+/// Writes a new identity: the key and the certificate beside the old ones, then renamed
+/// into place, the key first.
+fn store(dir: &Path, key: &rcgen::KeyPair, enrolled: &enroll::Enrolled) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8], private: bool| -> anyhow::Result<()> {
+        let fresh = dir.join(format!("{name}.new"));
+        let _ = std::fs::remove_file(&fresh);
+        if private {
+            write_private(&fresh, bytes)
+        } else {
+            std::fs::write(&fresh, bytes)
+        }
+        .and_then(|()| std::fs::rename(&fresh, dir.join(name)))
+        .with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    write("ca.pem", pem(&enrolled.ca).as_bytes(), false)?;
+    write("key.pem", key.serialize_pem().as_bytes(), true)?;
+    write("cert.pem", pem(&enrolled.certificate).as_bytes(), false)
+}
+
+/// The identity in `dir`: the connector's id, its TLS identity, its CA, and its
+/// certificate's validity.
+struct Stored {
+    id: String,
+    identity: trust::Identity,
+    ca: CertificateDer<'static>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+fn load(dir: &Path) -> anyhow::Result<Stored> {
     let read = |name: &str| {
-        let path = identity.join(name);
+        let path = dir.join(name);
         std::fs::read(&path).with_context(|| {
             format!(
-                "cannot read {} (imgate connector request, then sign)",
+                "cannot read {} (enroll first: imgate connector enroll --token TOKEN)",
                 path.display()
             )
         })
     };
-    let key_pem = String::from_utf8(read("key.pem")?)?;
-    let key = rcgen::KeyPair::from_pem(&key_pem).context("key.pem")?;
+    let key = rcgen::KeyPair::from_pem(&String::from_utf8(read("key.pem")?)?).context("key.pem")?;
     let cert = CertificateDer::from_pem_slice(&read("cert.pem")?).context("cert.pem")?;
     let ca = CertificateDer::from_pem_slice(&read("ca.pem")?).context("ca.pem")?;
-    let tls = trust::connector_config(&ca, trust::connector_identity(&key, cert)?)?;
-    let mut endpoint = quinn::Endpoint::client("[::]:0".parse()?)
-        .or_else(|_| quinn::Endpoint::client("0.0.0.0:0".parse().expect("address")))
-        .context("cannot open a UDP socket for the tunnel")?;
-    endpoint.set_default_client_config(endpoint::client(tls)?);
-    Ok(endpoint)
+    let (_, id) = trust::connector_of(&cert).context("cert.pem names no connector")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert).context("cert.pem")?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0).unsigned_abs())
+    };
+    let validity = parsed.validity();
+    let (not_before, not_after) = (time(validity.not_before), time(validity.not_after));
+    Ok(Stored {
+        id,
+        identity: trust::connector_identity(&key, cert)?,
+        ca,
+        not_before,
+        not_after,
+    })
+}
+
+/// Renews the identity in `dial.identity` with the dataplanes; returns the id and the new
+/// expiry.
+async fn renew(dial: &DialArgs) -> anyhow::Result<(String, humantime::Rfc3339Timestamp)> {
+    let stored = load(&dial.identity)?;
+    let config = endpoint::client(trust::renewal_config(&stored.ca, stored.identity)?)?;
+    let id = obtain(dial, config, None, &stored.id).await?;
+    let renewed = load(&dial.identity)?;
+    Ok((id, humantime::format_rfc3339_seconds(renewed.not_after)))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is due for renewal: once a
+/// third of its lifetime is left.
+fn renewal_due(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    not_after - life / 3
+}
+
+/// Renews whenever due, and has `connector` use the new identity.
+async fn keep_renewed(dial: DialArgs, connector: Arc<Connector>) {
+    loop {
+        let due = match load(&dial.identity) {
+            Ok(stored) if stored.not_after <= SystemTime::now() => {
+                tracing::error!(target: "imgate::tunnel", connector = %stored.id, "the certificate expired at {}: enroll again (imgate tunnel token, then imgate connector enroll)", humantime::format_rfc3339_seconds(stored.not_after));
+                return;
+            }
+            Ok(stored) => renewal_due(stored.not_before, stored.not_after),
+            Err(error) => {
+                tracing::error!(target: "imgate::tunnel", "{error:#}");
+                return;
+            }
+        };
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        let renewed = async {
+            let (id, until) = renew(&dial).await?;
+            let stored = load(&dial.identity)?;
+            let tls = trust::connector_config(&stored.ca, stored.identity)?;
+            connector.set_client_config(endpoint::client(tls)?);
+            anyhow::Ok((id, until))
+        };
+        match renewed.await {
+            Ok((id, until)) => {
+                tracing::info!(target: "imgate::tunnel", connector = %id, "certificate renewed, valid until {until}");
+            }
+            Err(error) => {
+                tracing::warn!(target: "imgate::tunnel", "renewal failed, retrying in a minute: {error:#}");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
 }
 
 async fn listen(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListener, Frontend)>> {
@@ -163,65 +302,103 @@ async fn listen(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpLis
     Ok(Some((listener, frontend)))
 }
 
-fn serve(args: RunArgs) -> anyhow::Result<i32> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let endpoint = client_endpoint(&args.identity)?;
-        let dataplanes = args
-            .dataplanes
-            .iter()
-            .map(|address| (*address, args.server_name.clone()))
-            .collect();
-        let connector = Arc::new(Connector::new(&args.id, endpoint, dataplanes));
-        let mut listeners = Vec::new();
-        listeners.extend(listen(&args.socks, Frontend::Socks5).await?);
-        listeners.extend(listen(&args.http, Frontend::HttpConnect).await?);
-        for forward in &args.forwards {
-            let (local, upstream) = forward
-                .split_once('=')
-                .with_context(|| format!("{forward:?}: write a forward as LISTEN=HOST:PORT"))?;
-            let (host, port) = upstream
-                .rsplit_once(':')
-                .with_context(|| format!("{upstream:?} is not HOST:PORT"))?;
-            let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
-            let frontend = Frontend::Forward {
-                host: host.to_owned(),
-                port,
-            };
-            listeners.extend(listen(local, frontend).await?);
-        }
-        anyhow::ensure!(!listeners.is_empty(), "nothing to listen on: give --socks, --http or --forward");
-        println!("imgate connector {} is up", args.id);
-        for (listener, _) in &listeners {
-            println!("  listening on {}", listener.local_addr()?);
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (listener, frontend) in listeners {
-            let connector = connector.clone();
-            tasks.spawn(async move {
-                loop {
-                    let (client, peer) = match listener.accept().await {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = client.set_nodelay(true);
-                    let serving = connector.clone().serve(frontend.clone(), client, peer);
-                    tokio::spawn(async move {
-                        if let Err(error) = serving.await {
-                            tracing::info!(target: "imgate::tunnel", %peer, "connection ended: {error}");
-                        }
-                    });
-                }
-            });
-        }
-        crate::up::shutdown_signal().await;
-        tasks.abort_all();
-        Ok(0)
-    })
+async fn listeners(args: &RunArgs) -> anyhow::Result<Vec<(TcpListener, Frontend)>> {
+    let mut listeners = Vec::new();
+    listeners.extend(listen(&args.socks, Frontend::Socks5).await?);
+    listeners.extend(listen(&args.http, Frontend::HttpConnect).await?);
+    for forward in &args.forwards {
+        let (local, upstream) = forward
+            .split_once('=')
+            .with_context(|| format!("{forward:?}: write a forward as LISTEN=HOST:PORT"))?;
+        let (host, port) = upstream
+            .rsplit_once(':')
+            .with_context(|| format!("{upstream:?} is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("{port:?} is not a port"))?;
+        let frontend = Frontend::Forward {
+            host: host.to_owned(),
+            port,
+        };
+        listeners.extend(listen(local, frontend).await?);
+    }
+    anyhow::ensure!(
+        !listeners.is_empty(),
+        "nothing to listen on: give --socks, --http or --forward"
+    );
+    Ok(listeners)
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<i32> {
+    let stored = load(&args.dial.identity)?;
+    let id = stored.id.clone();
+    let tls = trust::connector_config(&stored.ca, stored.identity)?;
+    let config = endpoint::client(tls)?;
+    let endpoints = (0..args.connections.max(1))
+        .map(|_| udp_endpoint())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dataplanes = args
+        .dial
+        .dataplanes
+        .iter()
+        .map(|address| (*address, args.dial.server_name.clone()))
+        .collect();
+    let connector = Arc::new(Connector::new(&id, endpoints, config, dataplanes));
+    let listeners = listeners(&args).await?;
+    println!("imgate connector {id} is up");
+    for (listener, _) in &listeners {
+        println!("  listening on {}", listener.local_addr()?);
+    }
+    if args.metrics != "off" {
+        let address = connector_health::serve(&args.metrics, connector.clone()).await?;
+        println!("  metrics                http://{address}/metrics");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(connector.clone().maintain());
+    tasks.spawn(keep_renewed(args.dial.clone(), connector.clone()));
+    for (listener, frontend) in listeners {
+        let connector = connector.clone();
+        tasks.spawn(async move {
+            loop {
+                let (client, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = client.set_nodelay(true);
+                let serving = connector.clone().serve(frontend.clone(), client, peer);
+                tokio::spawn(async move {
+                    if let Err(error) = serving.await {
+                        tracing::info!(target: "imgate::tunnel", %peer, "connection ended: {error}");
+                    }
+                });
+            }
+        });
+    }
+    crate::up::shutdown_signal().await;
+    tasks.abort_all();
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_when_a_third_of_the_life_is_left() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(30 * 86_400);
+        assert_eq!(
+            renewal_due(start, end),
+            start + Duration::from_secs(20 * 86_400)
+        );
+        assert_eq!(
+            renewal_due(end, start),
+            start,
+            "a backwards validity is due at once"
+        );
+    }
 }

@@ -5,8 +5,10 @@
 
 mod archive;
 mod connector;
+mod connector_health;
 mod manifest;
 mod policy;
+mod tunnel_admin;
 mod up;
 
 use std::io::IsTerminal;
@@ -37,6 +39,9 @@ enum Command {
     /// The connector that carries a site's IM connections to its dataplane through the tunnel.
     #[command(subcommand)]
     Connector(connector::ConnectorCommand),
+    /// Enrollment tokens, offline signing and revocation of a tenant's connectors.
+    #[command(subcommand)]
+    Tunnel(tunnel_admin::TunnelCommand),
     /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
     /// List, verify, search, show, export and hold a tenant's compliance archive.
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -168,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Archive { store, command } => archive::run(&store, command),
         Command::Up(args) => up::run(*args),
         Command::Connector(command) => connector::run(command),
+        Command::Tunnel(command) => tunnel_admin::run(command),
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
         Command::Policy(PolicyCommand::Test {
             policy_dir,

@@ -5,7 +5,7 @@
 //! Ctrl-C stops it after the archive is flushed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use imgate_dataplane::proxy::server;
 use imgate_dataplane::proxy::shared::{ForwardAfter, Shared};
 use imgate_dataplane::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
 use imgate_dataplane::proxy::xmpp_relay::TlsContext;
+use imgate_dataplane::tunnel::listener;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
@@ -66,10 +67,25 @@ pub struct UpArgs {
     /// Seal a segment at least this often (seconds).
     #[arg(long, default_value_t = 20)]
     seal_seconds: u64,
-    /// QUIC tunnel listener for connectors, on UDP (`off` for none). Its tunnel CA is made
-    /// in the data folder's `tunnel/` on first use.
+    /// QUIC tunnel listener for connectors, on UDP (`off` for none).
     #[arg(long, default_value = "off")]
     tunnel: String,
+    /// The tenant's tunnel folder: its tunnel CA (made on first use), enrollment tokens and
+    /// revocation list; dataplanes of one tenant share it (default: the data folder's
+    /// `tunnel/`).
+    #[arg(long, value_name = "DIR")]
+    tunnel_state: Option<PathBuf>,
+    /// A name connectors dial this dataplane by, in its tunnel certificate (repeat for
+    /// several).
+    #[arg(long = "tunnel-name", value_name = "NAME", default_value = "localhost")]
+    tunnel_names: Vec<String>,
+    /// How long connectors' certificates are valid (days); they renew when a third is left.
+    #[arg(long, default_value_t = 30)]
+    connector_days: u64,
+    /// On SIGTERM, how long open tunnel sessions may run on while new ones go to other
+    /// dataplanes (seconds).
+    #[arg(long, default_value_t = 20)]
+    drain_seconds: u64,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
@@ -188,10 +204,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let tunnel = match args.tunnel.as_str() {
             "off" => None,
             spec => {
-                let (endpoint, dir) = tunnel_endpoint(spec, &args)?;
-                println!("  tunnel (QUIC, UDP)           {} (connectors enroll with the tunnel CA in {})", endpoint.local_addr()?, dir.display());
+                let (endpoint, tunnel) = tunnel_endpoint(spec, &args, shared.clone())?;
+                let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
+                println!("  tunnel (QUIC, UDP)           {} (enroll a connector: imgate tunnel token --state {} --connector NAME)", endpoint.local_addr()?, dir.display());
                 let stop = stop_tunnel.clone();
-                Some(tokio::spawn(imgate_dataplane::tunnel::listener::run(shared.clone(), endpoint, async move { stop.notified().await })))
+                let drain = Duration::from_secs(args.drain_seconds);
+                Some(tokio::spawn(listener::run(tunnel, endpoint, async move { stop.notified().await }, drain)))
             }
         };
         if args.metrics != "off" {
@@ -222,23 +240,37 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA in the data folder
-/// (made on first use), presenting a certificate for `localhost`; and the CA's folder.
-fn tunnel_endpoint(spec: &str, args: &UpArgs) -> anyhow::Result<(quinn::Endpoint, PathBuf)> {
-    use imgate_dataplane::tunnel::{endpoint, trust};
+/// The tenant's tunnel folder: `state` when given, else the data folder's `tunnel/`.
+pub fn tunnel_dir(data: &Path, state: Option<&Path>) -> PathBuf {
+    state.map_or_else(|| data.join("tunnel"), Path::to_owned)
+}
+
+/// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA (made on first use),
+/// presenting a certificate for the names connectors dial; and the tunnel it serves.
+fn tunnel_endpoint(
+    spec: &str,
+    args: &UpArgs,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(quinn::Endpoint, Arc<listener::Tunnel>)> {
+    use imgate_dataplane::tunnel::{endpoint, enroll, tokens, trust};
     let address: SocketAddr = spec
         .parse()
         .with_context(|| format!("{spec:?} is not an address like 127.0.0.1:4433"))?;
-    let dir = args.data.join("tunnel");
+    let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
     let ca = trust::TunnelCa::load_or_generate(&dir, &args.tenant).context("the tunnel CA")?;
-    let identity = ca.issue_dataplane(&["localhost".to_owned()], 30)?;
+    let identity = ca.issue_dataplane(&args.tunnel_names, 30)?;
     let config = endpoint::server(trust::dataplane_config(ca.certificate(), identity)?)?;
     let endpoint = quinn::Endpoint::server(config, address).with_context(|| {
         format!(
             "cannot listen for the tunnel on UDP {address} (in use? choose another with --tunnel)"
         )
     })?;
-    Ok((endpoint, dir))
+    let authority = enroll::Authority {
+        ca,
+        state: tokens::TunnelState::new(&dir),
+        days: args.connector_days,
+    };
+    Ok((endpoint, Arc::new(listener::Tunnel::new(shared, authority))))
 }
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz`.

@@ -2,17 +2,20 @@
 //! tenant's tunnel CA (as `imgate connector` does) opens a stream through `imgate up
 //! --tunnel` to Prosody; the XMPP stream is relayed and inspected, and the session is
 //! archived with the connector's id and the client's own address. A client enrolled with
-//! another tenant's CA is refused. And `imgate connector`, enrolled with `request` and `sign`,
-//! carries real clients' chat (slixmpp) through the tunnel, inspected and archived.
+//! another tenant's CA is refused. `imgate connector`, enrolled with a one-time token, carries
+//! real clients' chat (slixmpp) through the tunnel, inspected and archived. A reused token, a
+//! token pinning another CA, a revoked connector (its open connection too) and an expired
+//! certificate are refused with a clear line in both logs; renewal works on the strength of
+//! the current certificate; garbage datagrams on the tunnel port do no harm.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
+use common::tunnel::{enroll, enrolled, mint_token, run_connector, wait_until_connected};
 use common::xmpp::{check_inspected_chat, clients};
-use common::{Killed, free_port, imgate_up, prosody, run, serve, stop_and_read};
+use common::{free_port, http_get, imgate_up, prosody, stop_and_read, wait_for_line};
 use imgate_dataplane::tunnel::endpoint;
 use imgate_dataplane::tunnel::header::{Decoded, Reply, Status, StreamHeader};
 use imgate_dataplane::tunnel::trust::{
@@ -21,7 +24,7 @@ use imgate_dataplane::tunnel::trust::{
 
 /// A QUIC client for connector `id`, enrolled with `ca`, trusting the dataplanes of
 /// `trusted`.
-fn enrolled(ca: &TunnelCa, trusted: &TunnelCa, id: &str) -> quinn::Endpoint {
+fn quic_connector(ca: &TunnelCa, trusted: &TunnelCa, id: &str) -> quinn::Endpoint {
     let (key, request) = connector_request(id).expect("request");
     let certificate = ca.sign_connector(&request, id, 1).expect("signed");
     let identity = connector_identity(&key, certificate).expect("identity");
@@ -111,7 +114,7 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
     // QUIC endpoints run on the runtime they are made in.
     let _inside = runtime.enter();
 
-    let connector = enrolled(&ca, &ca, "laptop-3");
+    let connector = quic_connector(&ca, &ca, "laptop-3");
     let (reply, answered) = runtime
         .block_on(xmpp_through(&connector, tunnel, server_port))
         .expect("through the tunnel");
@@ -122,7 +125,7 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
     );
 
     let other = TunnelCa::generate("globex").expect("another tenant's CA");
-    let stranger = enrolled(&other, &ca, "intruder");
+    let stranger = quic_connector(&other, &ca, "intruder");
     let refused = runtime
         .block_on(xmpp_through(&stranger, tunnel, server_port))
         .expect_err("another tenant's connector is refused");
@@ -131,6 +134,13 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
         "{refused}"
     );
     runtime.block_on(connector.wait_idle());
+    wait_for_line(
+        &data.with_extension("log"),
+        &[
+            "a connector was refused",
+            "invalid peer certificate: UnknownIssuer",
+        ],
+    );
 
     let records = stop_and_read(imgate, &data);
     let start = records
@@ -144,44 +154,6 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
         format!("127.0.0.1:{server_port}"),
         "{start}"
     );
-}
-
-/// `imgate connector` `id`, enrolled with the tunnel CA in `data` by `request` and `sign`,
-/// forwarding a free port to `127.0.0.1:server_port` through the dataplane at `tunnel`;
-/// returns it and the port.
-fn connector(
-    dir: &Path,
-    data: &Path,
-    id: &str,
-    tunnel: SocketAddr,
-    server_port: u16,
-) -> (Killed, u16) {
-    let identity = dir.join(format!("connector-{id}"));
-    let imgate = || Command::new(env!("CARGO_BIN_EXE_imgate"));
-    run(imgate()
-        .args(["connector", "request", "--id", id, "--identity"])
-        .arg(&identity));
-    run(imgate()
-        .args(["connector", "sign", "--id", id, "--identity"])
-        .arg(&identity)
-        .arg("--data")
-        .arg(data));
-    let front = free_port();
-    let mut command = imgate();
-    command
-        .args([
-            "connector",
-            "run",
-            "--id",
-            id,
-            "--socks",
-            "off",
-            "--identity",
-        ])
-        .arg(&identity)
-        .args(["--dataplane", &tunnel.to_string(), "--forward"])
-        .arg(format!("127.0.0.1:{front}=127.0.0.1:{server_port}"));
-    (serve(&mut command, front, "imgate connector"), front)
 }
 
 #[test]
@@ -202,8 +174,16 @@ fn chat_through_imgate_connector_is_inspected_and_archived() {
             &server_cert.to_string_lossy(),
         ],
     );
-    let (_connector, front) = connector(dir.path(), &data, "desk-1", tunnel, server_port);
-    let received = clients(front, &data.join("ca/ca.pem"), &["chat"]);
+    let identity = enrolled(dir.path(), &data, "desk-1", &[tunnel]);
+    let connector = run_connector(&identity, &[tunnel], &format!("127.0.0.1:{server_port}"));
+    let health = wait_until_connected(&connector);
+    assert!(health.contains(&tunnel.to_string()), "{health}");
+    let received = clients(connector.port, &data.join("ca/ca.pem"), &["chat"]);
+    let metrics = http_get(connector.metrics, "/metrics");
+    assert!(
+        metrics.contains("imgate_connector_streams_total{outcome=\"connected\"}"),
+        "{metrics}"
+    );
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);
     let starts: Vec<&serde_json::Value> = records
@@ -224,4 +204,187 @@ fn chat_through_imgate_connector_is_inspected_and_archived() {
             "the client's address as the connector saw it: {start}"
         );
     }
+}
+
+/// Sends a forwarded connection through `connector` and returns what came back first: an XMPP
+/// server's stream header when the tunnel carried it.
+fn probe(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connector");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = stream.write_all(b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>");
+    let mut answer = vec![0u8; 4096];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[test]
+fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage_does_no_harm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_prosody, server_port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("imgate");
+    let up_log = data.with_extension("log");
+    let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("address");
+    let (imgate, _front) = imgate_up(
+        server_port,
+        &data,
+        &[
+            "--tunnel",
+            &tunnel.to_string(),
+            "--extra-roots",
+            &server_cert.to_string_lossy(),
+        ],
+    );
+    let server = format!("127.0.0.1:{server_port}");
+
+    // A token enrolls once; its reuse is refused, and both sides say why.
+    let token = mint_token(&data, "desk-1");
+    let first = enroll(&token, &[tunnel], &dir.path().join("desk-1"));
+    assert!(first.status.success(), "{first:?}");
+    let again = enroll(&token, &[tunnel], &dir.path().join("desk-1-again"));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        said.contains("enrollment token for connector desk-1 was already used"),
+        "{said}"
+    );
+    wait_for_line(&up_log, &["enrollment refused", "desk-1 was already used"]);
+
+    // A token naming another CA: the connector will not talk to this dataplane.
+    let token = mint_token(&data, "desk-2");
+    let (rest, _pin) = token.rsplit_once('.').expect("a pin");
+    let forged = format!("{rest}.{}", "ab".repeat(32));
+    let refused = enroll(&forged, &[tunnel], &dir.path().join("desk-2"));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("the dataplane's tunnel CA is not the one the enrollment token names"),
+        "{said}"
+    );
+
+    // Garbage on the UDP port does no harm.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("UDP");
+    for size in [1, 17, 1200, 1500] {
+        for _ in 0..50 {
+            let bytes: Vec<u8> = (0..size).map(|_| rand::random::<u8>()).collect();
+            socket.send_to(&bytes, tunnel).expect("sent");
+        }
+    }
+
+    // An enrolled connector is served.
+    let connector = run_connector(&dir.path().join("desk-1"), &[tunnel], &server);
+    wait_until_connected(&connector);
+    let answer = probe(connector.port);
+    assert!(
+        answer.contains("stream:stream"),
+        "Prosody answers: {answer}"
+    );
+
+    // Renewal: a new key and certificate, signed on the strength of the current one.
+    let identity = dir.path().join("desk-1");
+    let before = std::fs::read(identity.join("cert.pem")).expect("cert");
+    let key_before = std::fs::read(identity.join("key.pem")).expect("key");
+    let renewed = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args([
+            "connector",
+            "renew",
+            "--dataplane",
+            &tunnel.to_string(),
+            "--identity",
+        ])
+        .arg(&identity)
+        .output()
+        .expect("imgate connector renew runs");
+    assert!(renewed.status.success(), "{renewed:?}");
+    assert_ne!(
+        std::fs::read(identity.join("cert.pem")).expect("cert"),
+        before
+    );
+    assert_ne!(
+        std::fs::read(identity.join("key.pem")).expect("key"),
+        key_before
+    );
+    wait_for_line(&up_log, &["connector renewed its certificate", "desk-1"]);
+
+    // Revoked: its open connection closes, and it is not served again.
+    let revoke = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["tunnel", "revoke", "--connector", "desk-1", "--data"])
+        .arg(&data)
+        .output()
+        .expect("imgate tunnel revoke runs");
+    assert!(revoke.status.success(), "{revoke:?}");
+    wait_for_line(
+        &up_log,
+        &["closing a revoked connector's connection", "desk-1"],
+    );
+    wait_for_line(
+        &connector.log,
+        &["lost the dataplane", "connector desk-1 is revoked"],
+    );
+    wait_for_line(
+        &up_log,
+        &["a connector was refused: connector desk-1 is revoked"],
+    );
+    assert_eq!(
+        probe(connector.port),
+        "",
+        "a revoked connector carries nothing"
+    );
+
+    // Expired: a certificate signed for no days at all.
+    let old = dir.path().join("old-1");
+    let imgate_cli = || std::process::Command::new(env!("CARGO_BIN_EXE_imgate"));
+    common::run(
+        imgate_cli()
+            .args(["connector", "request", "--id", "old-1", "--identity"])
+            .arg(&old),
+    );
+    common::run(
+        imgate_cli()
+            .args([
+                "tunnel",
+                "sign",
+                "--connector",
+                "old-1",
+                "--days",
+                "0",
+                "--identity",
+            ])
+            .arg(&old)
+            .arg("--data")
+            .arg(&data),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let expired = run_connector(&old, &[tunnel], &server);
+    wait_for_line(
+        &expired.log,
+        &["the certificate expired at", "enroll again"],
+    );
+    wait_for_line(
+        &expired.log,
+        &[
+            "lost the dataplane",
+            "invalid peer certificate: certificate expired",
+        ],
+    );
+    wait_for_line(
+        &up_log,
+        &[
+            "a connector was refused",
+            "invalid peer certificate: certificate expired",
+        ],
+    );
+    drop(expired);
+
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "session_start" && r["connector"] == "desk-1"),
+        "the session before the revocation was archived"
+    );
 }

@@ -1,11 +1,12 @@
 //! Prometheus metrics of a dataplane: sessions by protocol, verdicts by action, how long
-//! inspected traffic is held before it is forwarded, and the archive's unshipped bytes (the
-//! back-pressure gauge), in the text exposition format.
+//! inspected traffic is held before it is forwarded, the archive's unshipped bytes (the
+//! back-pressure gauge), and the tunnel's connectors, refusals and enrollments, in the text
+//! exposition format.
 //!
 //! Invariants: counters only grow; the unshipped-bytes gauge is read from the archive log at
 //! scrape time, so it is never stale.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Instant;
 
 use imgate_crds::policy::Direction;
@@ -30,6 +31,11 @@ struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
 }
@@ -46,6 +52,9 @@ pub struct Metrics {
     verdicts: Family<ActionLabel, Counter>,
     held: Family<DirectionLabel, Histogram>,
     unshipped: Gauge<u64, AtomicU64>,
+    tunnel_connections: Gauge<i64, AtomicI64>,
+    tunnel_refusals: Family<ReasonLabel, Counter>,
+    tunnel_enrollments: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,12 +87,33 @@ impl Default for Metrics {
             "Bytes in the archive log not yet shipped to the object store",
             unshipped.clone(),
         );
+        let tunnel_connections = Gauge::<i64, AtomicI64>::default();
+        let tunnel_refusals = Family::<ReasonLabel, Counter>::default();
+        let tunnel_enrollments = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "tunnel_connections",
+            "Connectors' tunnel connections open now",
+            tunnel_connections.clone(),
+        );
+        registry.register(
+            "tunnel_refusals",
+            "Tunnel connections and enrollments refused, by reason",
+            tunnel_refusals.clone(),
+        );
+        registry.register(
+            "tunnel_enrollments",
+            "Connector certificates signed, by reason (token or renewal)",
+            tunnel_enrollments.clone(),
+        );
         Self {
             registry,
             sessions,
             verdicts,
             held,
             unshipped,
+            tunnel_connections,
+            tunnel_refusals,
+            tunnel_enrollments,
         }
     }
 }
@@ -118,6 +148,25 @@ impl Metrics {
             .observe(since.elapsed().as_secs_f64());
     }
 
+    /// Counts a tunnel connection opening (`1`) or closing (`-1`).
+    pub fn tunnel_connection(&self, change: i64) {
+        self.tunnel_connections.inc_by(change);
+    }
+
+    /// Counts a tunnel refusal for `reason` (a short snake-case name).
+    pub fn tunnel_refused(&self, reason: &'static str) {
+        self.tunnel_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a connector certificate signed, for `reason` (`token` or `renewal`).
+    pub fn tunnel_enrolled(&self, reason: &'static str) {
+        self.tunnel_enrollments
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// The exposition text, with the archive gauge read from `log`.
     pub fn render(&self, log: &ArchiveLog) -> String {
         self.unshipped.set(log.unshipped_bytes());
@@ -144,6 +193,11 @@ mod tests {
         metrics.verdict("redact");
         metrics.verdict("redact");
         metrics.held(Direction::Outbound, Instant::now());
+        metrics.tunnel_connection(1);
+        metrics.tunnel_connection(1);
+        metrics.tunnel_connection(-1);
+        metrics.tunnel_refused("revoked");
+        metrics.tunnel_enrolled("token");
         let text = metrics.render(&log);
         assert!(
             text.contains("imgate_sessions_total{protocol=\"irc\"} 1"),
@@ -154,6 +208,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("imgate_archive_unshipped_bytes 0"), "{text}");
+        assert!(text.contains("imgate_tunnel_connections 1"), "{text}");
+        assert!(
+            text.contains("imgate_tunnel_refusals_total{reason=\"revoked\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imgate_tunnel_enrollments_total{reason=\"token\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("imgate_held_seconds_count{direction=\"outbound\"} 1")
                 && text.contains("imgate_held_seconds_bucket{le=\"1.0\",direction=\"outbound\"} 1"),

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod tunnel;
 pub mod xmpp;
 
 use std::net::TcpStream;
@@ -25,14 +26,43 @@ impl Drop for Killed {
 /// Starts `command` with its output discarded and waits until it listens on `port`; `what`
 /// names it, with how to install it, should it not start.
 pub fn serve(command: &mut Command, port: u16, what: &str) -> Killed {
+    serve_logging(command.stderr(Stdio::null()), port, what)
+}
+
+/// [`serve`], with its standard error written to `log`.
+pub fn serve_logged(command: &mut Command, port: u16, what: &str, log: &Path) -> Killed {
+    let file = std::fs::File::create(log).expect("log file");
+    serve_logging(command.stderr(file), port, what)
+}
+
+fn serve_logging(command: &mut Command, port: u16, what: &str) -> Killed {
     let child = command
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|error| panic!("{what} runs: {error}"));
     let server = Killed(child);
     wait_for_port(port, what);
     server
+}
+
+/// Waits until `log` has a line containing every one of `needles`, and returns that line.
+pub fn wait_for_line(log: &Path, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|line| needles.iter().all(|n| line.contains(n)))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?} in {} within 30 s:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until something listens on `port`.
@@ -51,14 +81,23 @@ pub fn wait_for_port(port: u16, what: &str) {
 /// record of tenant `local` under `data`.
 /// GET /metrics from `imgate up`'s metrics endpoint on `port`.
 pub fn scrape(port: u16) -> String {
+    let response = http_get(port, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// GET `path` from loopback `port`: the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut connection = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    let mut connection = TcpStream::connect(("127.0.0.1", port)).expect("HTTP endpoint");
     connection
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .expect("request");
     let mut response = String::new();
     connection.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
 
@@ -126,8 +165,9 @@ pub fn run(command: &mut Command) {
 /// segments sealed every second.
 const UP_DEFAULTS: [(&str, &str); 2] = [("--metrics", "127.0.0.1:0"), ("--seal-seconds", "1")];
 
-/// `imgate up` with its data in `data`, forwarding a free port to `upstream` on loopback, with
-/// the `extra` options; returns it and the port.
+/// `imgate up` with its data in `data` (its standard error in `data.log` beside it),
+/// forwarding a free port to `upstream` on loopback, with the `extra` options; returns it and
+/// the port.
 pub fn imgate_up(upstream: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
     let front = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
@@ -141,7 +181,11 @@ pub fn imgate_up(upstream: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
             command.args([option, value]);
         }
     }
-    (serve(command.args(extra), front, "imgate up"), front)
+    let log = data.with_extension("log");
+    (
+        serve_logged(command.args(extra), front, "imgate up", &log),
+        front,
+    )
 }
 
 /// Prosody on a free port with a self-signed certificate for localhost; returns the server,

@@ -2,18 +2,44 @@
 //! carried as one bidirectional stream to the tenant's dataplane, which answers with a
 //! [`Reply`] that the connector turns into the front end's own answer to its client.
 //!
-//! Invariants: a client gets its front end's success answer only after the dataplane said
-//! `Connected`, so no client byte is sent before the session is admitted; the stream header
-//! carries the client's address and the SOCKS user as the connector saw them; when no
-//! dataplane can be reached the client is told so (unreachable), never left waiting.
+//! The connector keeps several connections ("slots"), each from a UDP socket of its own (so
+//! a load balancer in front of the dataplanes can spread them) and each preferring a
+//! dataplane no other slot uses. A slot that loses a connection it held for a while dials the
+//! next dataplane at once; one that cannot connect, or whose connections end soon after they
+//! start, backs off exponentially with jitter. A dataplane that
+//! answers [`Status::Draining`] gets no new streams; its slot dials another dataplane, and the
+//! stream is opened on another connection.
+//!
+//! Invariants: a client gets its front end's success answer only after a dataplane said
+//! `Connected`, so no client byte is sent before the session is admitted, and a stream
+//! retried elsewhere has carried none; the stream header carries the client's address and
+//! the SOCKS user as the connector saw them; when no dataplane can be reached within
+//! [`WAIT_FOR_CONNECTION`] the client is told so (unreachable), never left waiting.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::connector_metrics::ConnectorMetrics;
 use super::header::{Decoded, Reply, Status, StreamHeader};
 use crate::proxy::frontend::{Frontend, HandshakeError, Refusal};
+
+/// How long a new client waits for a usable connection to a dataplane.
+pub const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
+
+/// The longest pause between attempts to reach a dataplane.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The first pause after a failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection that ends sooner than this counts as a failed attempt: with TLS 1.3 a
+/// dataplane refuses a client certificate only after the connector's handshake completed.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Why a connection could not be carried.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +48,8 @@ pub enum ConnectorError {
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     /// No dataplane could be reached.
-    #[error("no dataplane could be reached: {0}")]
-    Unreachable(String),
+    #[error("no dataplane could be reached within {WAIT_FOR_CONNECTION:?}")]
+    Unreachable,
     /// The dataplane refused the connection.
     #[error("the dataplane refused the connection ({status:?}): {reason}")]
     Refused {
@@ -44,50 +70,221 @@ fn stream_error(error: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Stream(error.to_string())
 }
 
-/// A connector: its id and its QUIC connection to the tenant's dataplanes.
+/// The pause before attempt `failures + 1`: doubling from [`FIRST_BACKOFF`] up to
+/// [`MAX_BACKOFF`], scaled by a random factor in [0.5, 1.5) so that connectors cut off
+/// together do not return together.
+pub fn backoff(failures: u32) -> Duration {
+    let doubled = FIRST_BACKOFF.saturating_mul(1u32 << failures.min(16));
+    doubled
+        .min(MAX_BACKOFF)
+        .mul_f64(rand::random_range(0.5..1.5))
+}
+
+/// A slot's current connection.
+#[derive(Clone)]
+struct Live {
+    connection: quinn::Connection,
+    dataplane: SocketAddr,
+    draining: Arc<AtomicBool>,
+    drain: Arc<Notify>,
+}
+
+impl Live {
+    fn usable(&self) -> bool {
+        self.connection.close_reason().is_none() && !self.draining.load(Ordering::SeqCst)
+    }
+
+    fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            self.drain.notify_one();
+        }
+    }
+}
+
+struct Slot {
+    endpoint: quinn::Endpoint,
+    current: Mutex<Option<Live>>,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Live> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, live: Option<Live>) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = live;
+    }
+}
+
+/// A connector: its id and its connections to the tenant's dataplanes.
 pub struct Connector {
     id: String,
-    endpoint: quinn::Endpoint,
-    /// The dataplanes to try, in order, and the name each one's certificate carries.
+    config: Mutex<quinn::ClientConfig>,
     dataplanes: Vec<(SocketAddr, String)>,
-    connection: tokio::sync::Mutex<Option<quinn::Connection>>,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    changed: Notify,
+    /// Its metrics.
+    pub metrics: ConnectorMetrics,
 }
 
 impl Connector {
-    /// A connector `id` dialling `dataplanes` from `endpoint` (a client endpoint whose default
-    /// configuration holds the connector's identity).
-    pub fn new(id: &str, endpoint: quinn::Endpoint, dataplanes: Vec<(SocketAddr, String)>) -> Self {
+    /// A connector `id` keeping one connection per endpoint to `dataplanes` (addresses and
+    /// the name each one's certificate carries), with `config` (its identity). Nothing is
+    /// dialled until [`Connector::maintain`] runs.
+    pub fn new(
+        id: &str,
+        endpoints: Vec<quinn::Endpoint>,
+        config: quinn::ClientConfig,
+        dataplanes: Vec<(SocketAddr, String)>,
+    ) -> Self {
         Self {
             id: id.to_owned(),
-            endpoint,
+            config: Mutex::new(config),
             dataplanes,
-            connection: tokio::sync::Mutex::new(None),
+            slots: endpoints
+                .into_iter()
+                .map(|endpoint| Slot {
+                    endpoint,
+                    current: Mutex::new(None),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            changed: Notify::new(),
+            metrics: ConnectorMetrics::default(),
         }
     }
 
-    /// The open connection, or a new one to the first dataplane that answers.
-    async fn connection(&self) -> Result<quinn::Connection, ConnectorError> {
-        let mut current = self.connection.lock().await;
-        if let Some(connection) = current.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(connection.clone());
+    /// Uses `config` (a renewed identity) for every connection made from now on.
+    pub fn set_client_config(&self, config: quinn::ClientConfig) {
+        *self
+            .config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+    }
+
+    fn client_config(&self) -> quinn::ClientConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The dataplanes the connector is connected to now, one entry per usable connection.
+    pub fn connected(&self) -> Vec<SocketAddr> {
+        self.slots
+            .iter()
+            .filter_map(Slot::current)
+            .filter(Live::usable)
+            .map(|live| live.dataplane)
+            .collect()
+    }
+
+    /// Keeps every slot connected, for as long as it runs.
+    pub async fn maintain(self: Arc<Self>) {
+        let mut slots = tokio::task::JoinSet::new();
+        for index in 0..self.slots.len() {
+            slots.spawn(self.clone().keep(index));
         }
-        let mut failures = Vec::new();
-        for (address, name) in &self.dataplanes {
-            let connecting = self.endpoint.connect(*address, name);
-            match connecting {
-                Ok(connecting) => match connecting.await {
-                    Ok(connection) => {
-                        tracing::info!(target: "imgate::tunnel", dataplane = %address, "connected to the dataplane");
-                        *current = Some(connection.clone());
-                        return Ok(connection);
-                    }
-                    Err(error) => failures.push(format!("{address}: {error}")),
-                },
-                Err(error) => failures.push(format!("{address}: {error}")),
+        while slots.join_next().await.is_some() {}
+    }
+
+    /// The dataplane a slot dials on attempt `choice`: the first from there on that no other
+    /// slot is connected to, else the one at `choice`.
+    fn pick(&self, index: usize, choice: usize) -> &(SocketAddr, String) {
+        let taken: Vec<SocketAddr> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .filter_map(|(_, slot)| slot.current().filter(Live::usable))
+            .map(|live| live.dataplane)
+            .collect();
+        let count = self.dataplanes.len();
+        (0..count)
+            .map(|k| &self.dataplanes[(choice + k) % count])
+            .find(|(address, _)| !taken.contains(address))
+            .unwrap_or(&self.dataplanes[choice % count])
+    }
+
+    /// Keeps slot `index` connected.
+    async fn keep(self: Arc<Self>, index: usize) {
+        if self.dataplanes.is_empty() {
+            return;
+        }
+        let slot = &self.slots[index];
+        let mut choice = index;
+        let mut failures = 0;
+        loop {
+            let (address, name) = self.pick(index, choice).clone();
+            let connecting = slot
+                .endpoint
+                .connect_with(self.client_config(), address, &name);
+            let connected = match connecting {
+                Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            choice += 1;
+            let connection = match connected {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(target: "imgate::tunnel", dataplane = %address, "cannot reach the dataplane: {error}");
+                    tokio::time::sleep(backoff(failures)).await;
+                    failures += 1;
+                    continue;
+                }
+            };
+            let since = tokio::time::Instant::now();
+            tracing::info!(target: "imgate::tunnel", dataplane = %address, connector = %self.id, "connected to the dataplane");
+            let live = Live {
+                connection: connection.clone(),
+                dataplane: address,
+                draining: Arc::new(AtomicBool::new(false)),
+                drain: Arc::new(Notify::new()),
+            };
+            slot.set(Some(live.clone()));
+            self.changed.notify_waiters();
+            tokio::select! {
+                reason = connection.closed() => {
+                    tracing::warn!(target: "imgate::tunnel", dataplane = %address, "lost the dataplane: {reason}");
+                }
+                () = live.drain.notified() => {
+                    tracing::info!(target: "imgate::tunnel", dataplane = %address, "the dataplane is draining; moving new streams elsewhere");
+                }
+            }
+            slot.set(None);
+            if since.elapsed() < STABLE {
+                tokio::time::sleep(backoff(failures)).await;
+                failures += 1;
+            } else {
+                failures = 0;
             }
         }
-        tracing::warn!(target: "imgate::tunnel", "no dataplane could be reached: {}", failures.join("; "));
-        Err(ConnectorError::Unreachable(failures.join("; ")))
+    }
+
+    /// A usable connection, in turn, waiting up to [`WAIT_FOR_CONNECTION`] for one.
+    async fn ready(&self) -> Option<Live> {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_CONNECTION;
+        loop {
+            let changed = self.changed.notified();
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            let count = self.slots.len();
+            let found = (0..count)
+                .filter_map(|k| self.slots[(start + k) % count].current())
+                .find(Live::usable);
+            if found.is_some() {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Carries one accepted connection through the tunnel until either side closes.
@@ -98,14 +295,6 @@ impl Connector {
         peer: SocketAddr,
     ) -> Result<(), ConnectorError> {
         let target = frontend.accept(&mut client).await?;
-        let connection = match self.connection().await {
-            Ok(connection) => connection,
-            Err(error) => {
-                frontend.refuse(&mut client, Refusal::Unreachable).await?;
-                return Err(error);
-            }
-        };
-        let (mut send, mut receive) = connection.open_bi().await.map_err(stream_error)?;
         let header = StreamHeader {
             host: target.host,
             port: target.port,
@@ -114,28 +303,59 @@ impl Connector {
             user: target.user,
         };
         let header = header.encode().map_err(stream_error)?;
-        send.write_all(&header).await.map_err(stream_error)?;
-        let reply = read_reply(&mut receive).await?;
-        let refusal = match reply.status {
-            Status::Connected => None,
-            Status::Refused => Some(Refusal::NotAllowed),
-            Status::TimedOut => Some(Refusal::TimedOut),
-            Status::Unreachable | Status::BadRequest | Status::Draining => {
-                Some(Refusal::Unreachable)
+        // Each slot may be found draining or broken once; then there is nowhere left to try.
+        for _ in 0..=self.slots.len() {
+            let Some(live) = self.ready().await else {
+                break;
+            };
+            let (reply, send, receive) = match open(&live.connection, &header).await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    tracing::info!(target: "imgate::tunnel", dataplane = %live.dataplane, "opening a stream failed, trying another connection: {error}");
+                    self.metrics.stream("retried");
+                    continue;
+                }
+            };
+            let refusal = match reply.status {
+                Status::Connected => None,
+                Status::Draining => {
+                    live.start_draining();
+                    self.metrics.stream("retried");
+                    continue;
+                }
+                Status::Refused => Some(Refusal::NotAllowed),
+                Status::TimedOut => Some(Refusal::TimedOut),
+                Status::Unreachable | Status::BadRequest => Some(Refusal::Unreachable),
+            };
+            if let Some(refusal) = refusal {
+                self.metrics.stream("refused");
+                frontend.refuse(&mut client, refusal).await?;
+                return Err(ConnectorError::Refused {
+                    status: reply.status,
+                    reason: reply.reason,
+                });
             }
-        };
-        if let Some(refusal) = refusal {
-            frontend.refuse(&mut client, refusal).await?;
-            return Err(ConnectorError::Refused {
-                status: reply.status,
-                reason: reply.reason,
-            });
+            self.metrics.stream("connected");
+            frontend.succeed(&mut client).await?;
+            let mut tunnel = tokio::io::join(receive, send);
+            tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
+            return Ok(());
         }
-        frontend.succeed(&mut client).await?;
-        let mut tunnel = tokio::io::join(receive, send);
-        tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
-        Ok(())
+        self.metrics.stream("unreachable");
+        frontend.refuse(&mut client, Refusal::Unreachable).await?;
+        Err(ConnectorError::Unreachable)
     }
+}
+
+/// Opens a stream, sends `header` and reads the dataplane's reply.
+async fn open(
+    connection: &quinn::Connection,
+    header: &[u8],
+) -> Result<(Reply, quinn::SendStream, quinn::RecvStream), ConnectorError> {
+    let (mut send, mut receive) = connection.open_bi().await.map_err(stream_error)?;
+    send.write_all(header).await.map_err(stream_error)?;
+    let reply = read_reply(&mut receive).await?;
+    Ok((reply, send, receive))
 }
 
 /// Reads the dataplane's reply, exactly: what follows it is the server's.
@@ -153,5 +373,25 @@ async fn read_reply(receive: &mut quinn::RecvStream) -> Result<Reply, ConnectorE
             Decoded::Complete(reply, _) => return Ok(reply),
             Decoded::NeedMore(more) => needed = more,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter() {
+        for failures in 0..40 {
+            let pause = backoff(failures);
+            let nominal = FIRST_BACKOFF
+                .saturating_mul(1u32 << failures.min(16))
+                .min(MAX_BACKOFF);
+            assert!(
+                pause >= nominal / 2 && pause < nominal.mul_f64(1.5),
+                "{failures}: {pause:?}"
+            );
+        }
+        assert!(backoff(30) >= MAX_BACKOFF / 2);
     }
 }

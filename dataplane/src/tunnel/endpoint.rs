@@ -14,11 +14,12 @@ use rustls::server::ServerConfig;
 
 use super::trust::TrustError;
 
-/// A connection with no traffic and no keep-alive for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no traffic and no keep-alive for this long is closed: how long a
+/// connector takes to notice that a dataplane has gone (and move to another).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// How often a connector proves an idle connection alive.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How often each end proves an idle connection alive (a packet of a few dozen bytes).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Most proxied sessions (bidirectional streams) open at once on one connection.
 pub const MAX_STREAMS: u32 = 4096;

@@ -1,11 +1,17 @@
 //! The tunnel between a customer site's connector and the tenant's dataplane: QUIC with
 //! mutual TLS under a per-tenant tunnel CA, one bidirectional stream per proxied TCP
 //! connection: [`header`] is the per-stream wire format, [`trust`] the CA, certificates and TLS
-//! configurations, [`endpoint`] the QUIC configurations, [`listener`] the dataplane's side and
-//! [`connector`] the connector's.
+//! configurations, [`tokens`] the one-time enrollment tokens and the revocation list,
+//! [`enroll`] enrollment and renewal, [`pinned`] how a new connector trusts its dataplane,
+//! [`endpoint`] the QUIC configurations, [`listener`] the dataplane's side and [`connector`]
+//! the connector's, with its [`connector_metrics`].
 
 pub mod connector;
+pub mod connector_metrics;
 pub mod endpoint;
+pub mod enroll;
 pub mod header;
 pub mod listener;
+pub mod pinned;
+pub mod tokens;
 pub mod trust;

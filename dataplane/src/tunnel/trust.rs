@@ -6,8 +6,10 @@
 //! what the connector says in a stream header.
 //!
 //! Invariants: connector certificates are only ever issued for a certificate request, so a
-//! connector's private key never leaves the connector; both TLS configurations speak TLS 1.3
-//! only (QUIC requires it) and the tunnel's ALPN name only.
+//! connector's private key never leaves the connector; every TLS configuration speaks TLS 1.3
+//! only (QUIC requires it). The dataplane accepts a connection without a client certificate
+//! only for enrollment ([`ENROLL_ALPN`]); the listener refuses tunnel traffic from any
+//! connection whose certificate does not name one of its tenant's connectors.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +31,9 @@ use crate::proxy::tls::load_or_generate_ca;
 /// The tunnel's ALPN protocol name.
 pub const ALPN: &[u8] = b"imgate-tunnel/1";
 
+/// The ALPN protocol name of enrollment and renewal ([`super::enroll`]).
+pub const ENROLL_ALPN: &[u8] = b"imgate-enroll/1";
+
 /// What can go wrong with the tunnel's certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -47,6 +52,9 @@ pub enum TrustError {
     /// The CA's files could not be read or written.
     #[error("tunnel CA: {0}")]
     Files(#[from] crate::proxy::tls::TlsError),
+    /// A connector id that cannot be used.
+    #[error(transparent)]
+    Id(#[from] super::tokens::TokenError),
     /// A TLS configuration QUIC cannot use.
     #[error("the tunnel's TLS configuration cannot be used for QUIC: {0}")]
     Quic(String),
@@ -112,7 +120,13 @@ impl TunnelCa {
         &self.cert
     }
 
-    /// Issues the dataplane's server certificate for the names connectors dial.
+    /// The tenant whose CA this is.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Issues the dataplane's server certificate for the names connectors dial; the chain
+    /// carries the CA, which a connector holding only a token's pin of it needs.
     pub fn issue_dataplane(&self, names: &[String], days: u64) -> Result<Identity, TrustError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
@@ -124,7 +138,7 @@ impl TunnelCa {
         validity(&mut params, days);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Identity {
-            chain: vec![cert.der().clone()],
+            chain: vec![cert.der().clone(), self.cert.clone()],
             key: private_key(&key)?,
         })
     }
@@ -136,6 +150,7 @@ impl TunnelCa {
         id: &str,
         days: u64,
     ) -> Result<CertificateDer<'static>, TrustError> {
+        super::tokens::check_id(id)?;
         let mut request = CertificateSigningRequestParams::from_pem(request_pem)?;
         // The CA decides what the certificate says, not the request.
         let params = &mut request.params;
@@ -184,20 +199,21 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TrustError>
     Ok(Arc::new(roots))
 }
 
-/// The dataplane's TLS configuration: its own identity, and only connectors whose
-/// certificates the tenant's CA signed.
+/// The dataplane's TLS configuration: its own identity; a client certificate, when given,
+/// must be one the tenant's CA signed. Tunnel and enrollment ALPN.
 pub fn dataplane_config(
     ca: &CertificateDer<'static>,
     identity: Identity,
 ) -> Result<ServerConfig, TrustError> {
     let provider = Arc::new(default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone()).build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), ENROLL_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -211,6 +227,30 @@ pub fn connector_config(
         .with_root_certificates(roots(ca)?)
         .with_client_auth_cert(identity.chain, identity.key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A connector's TLS configuration for renewing its certificate: as [`connector_config`],
+/// speaking the enrollment protocol.
+pub fn renewal_config(
+    ca: &CertificateDer<'static>,
+    identity: Identity,
+) -> Result<ClientConfig, TrustError> {
+    let mut config = connector_config(ca, identity)?;
+    config.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A new connector's TLS configuration for enrolling with a token: no identity yet, and a
+/// dataplane whose chain holds the CA of the token's `pin`.
+pub fn enrollment_config(pin: &str) -> Result<ClientConfig, TrustError> {
+    let provider = Arc::new(default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(super::pinned::PinnedCa::new(pin, provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
     Ok(config)
 }
 

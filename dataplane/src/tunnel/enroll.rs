@@ -1,0 +1,256 @@
+//! Enrollment and renewal, on the tunnel's own QUIC endpoint under the ALPN
+//! [`ENROLL_ALPN`](super::trust::ENROLL_ALPN): a connector opens one stream, sends its certificate request with either a
+//! one-time token (enrollment) or its current certificate in the handshake (renewal), and
+//! gets its certificate and the tenant's CA back.
+//!
+//! Invariants: a request is signed only for the connector the token was minted for, or for the
+//! connector the presented certificate names; a revoked connector is never signed for;
+//! messages are bounded by [`MAX_MESSAGE`]; every refusal is logged here and sent to the
+//! connector with its reason.
+
+use std::net::SocketAddr;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+
+use super::tokens::{Token, TokenError, TunnelState};
+use super::trust::TunnelCa;
+use crate::telemetry::Metrics;
+
+/// The largest request or answer, in bytes.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+
+/// What a connector sends.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    /// The one-time token, when enrolling.
+    #[serde(default)]
+    token: Option<String>,
+    /// The certificate request (PEM).
+    request: String,
+}
+
+/// What the dataplane answers.
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    /// The connector's new certificate (PEM).
+    #[serde(default)]
+    certificate: Option<String>,
+    /// The tenant's tunnel CA (PEM).
+    #[serde(default)]
+    ca: Option<String>,
+    /// Why the request was refused.
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Why enrollment failed, as either side sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// The dataplane refused, saying why.
+    #[error("the dataplane refused: {0}")]
+    Refused(String),
+    /// The token or the request was unacceptable.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Signing failed.
+    #[error(transparent)]
+    Trust(#[from] super::trust::TrustError),
+    /// The connection or stream failed.
+    #[error("enrollment connection: {0}")]
+    Connection(String),
+    /// A message that does not parse.
+    #[error("enrollment message: {0}")]
+    Message(String),
+}
+
+impl EnrollError {
+    /// A short name for the reason, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnrollError::Token(TokenError::Reused(_)) => "token_reused",
+            EnrollError::Token(TokenError::Expired(_)) => "token_expired",
+            EnrollError::Token(TokenError::Unknown | TokenError::WrongConnector) => "token_unknown",
+            EnrollError::Token(TokenError::Revoked(_)) => "revoked",
+            EnrollError::Connection(_) => "enrollment_broken",
+            _ => "enrollment_invalid",
+        }
+    }
+}
+
+fn connection_error(error: impl std::fmt::Display) -> EnrollError {
+    EnrollError::Connection(error.to_string())
+}
+
+/// What the dataplane needs to sign connectors' certificates.
+pub struct Authority {
+    /// The tenant's tunnel CA.
+    pub ca: TunnelCa,
+    /// Its tokens and revocation list.
+    pub state: TunnelState,
+    /// How long a connector's certificate is valid (days).
+    pub days: u64,
+}
+
+impl Authority {
+    /// Signs the certificate request in `bytes` for the connector its token enrolls or, with
+    /// no token, for `presented`, the connector its verified certificate names. Returns the
+    /// connector and its certificate (PEM).
+    fn decide(
+        &self,
+        bytes: &[u8],
+        presented: Option<&str>,
+    ) -> Result<(String, String), EnrollError> {
+        let request: Request =
+            serde_json::from_slice(bytes).map_err(|e| EnrollError::Message(e.to_string()))?;
+        let id = match (&request.token, presented) {
+            (Some(token), _) => self.state.redeem(&Token::parse(token)?)?,
+            (None, Some(id)) => {
+                if self.state.revoked()?.contains(id) {
+                    return Err(TokenError::Revoked(id.to_owned()).into());
+                }
+                id.to_owned()
+            }
+            (None, None) => {
+                return Err(EnrollError::Refused(
+                    "give an enrollment token (imgate tunnel token) or renew with a certificate"
+                        .into(),
+                ));
+            }
+        };
+        let certificate = self.ca.sign_connector(&request.request, &id, self.days)?;
+        Ok((id, pem(&certificate)))
+    }
+
+    /// Serves one enrollment connection from `remote`; `presented` is the connector its
+    /// verified certificate names, if it gave one.
+    pub async fn serve(
+        &self,
+        connection: quinn::Connection,
+        remote: SocketAddr,
+        presented: Option<String>,
+        metrics: &Metrics,
+    ) {
+        let (mut send, mut receive) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::warn!(target: "imgate::tunnel", %remote, "enrollment ended: {error}");
+                return;
+            }
+        };
+        let decided = match receive.read_to_end(MAX_MESSAGE).await {
+            Ok(bytes) => self.decide(&bytes, presented.as_deref()),
+            Err(error) => Err(connection_error(error)),
+        };
+        let answer = match decided {
+            Ok((id, certificate)) => {
+                let how = if presented.is_some() {
+                    "renewed its certificate"
+                } else {
+                    "enrolled"
+                };
+                tracing::info!(target: "imgate::tunnel", %remote, connector = %id, "connector {how}");
+                metrics.tunnel_enrolled(if presented.is_some() {
+                    "renewal"
+                } else {
+                    "token"
+                });
+                Answer {
+                    certificate: Some(certificate),
+                    ca: Some(pem(self.ca.certificate())),
+                    error: None,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(target: "imgate::tunnel", %remote, "enrollment refused: {error}");
+                metrics.tunnel_refused(error.reason());
+                Answer {
+                    certificate: None,
+                    ca: None,
+                    error: Some(error.to_string()),
+                }
+            }
+        };
+        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        if send.write_all(&bytes).await.is_ok() && send.finish().is_ok() {
+            // The connector closes once it has read the answer.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), connection.closed()).await;
+        }
+    }
+}
+
+/// A certificate in PEM.
+pub fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut text = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        text.push_str(&String::from_utf8_lossy(line));
+        text.push('\n');
+    }
+    text.push_str("-----END CERTIFICATE-----\n");
+    text
+}
+
+/// A connector's new certificate and its tenant's CA.
+pub struct Enrolled {
+    /// The certificate, for the request's key.
+    pub certificate: CertificateDer<'static>,
+    /// The tenant's tunnel CA.
+    pub ca: CertificateDer<'static>,
+}
+
+/// Asks the dataplane at `address` (its certificate naming `server_name`) to sign
+/// `request_pem`, with `token` when enrolling; `config` must speak [`ENROLL_ALPN`](super::trust::ENROLL_ALPN) and carry
+/// either the token's pin or the connector's current identity.
+pub async fn request(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    address: SocketAddr,
+    server_name: &str,
+    token: Option<&str>,
+    request_pem: &str,
+) -> Result<Enrolled, EnrollError> {
+    let connection = endpoint
+        .connect_with(config, address, server_name)
+        .map_err(connection_error)?
+        .await
+        .map_err(connection_error)?;
+    let answer = exchange(&connection, token, request_pem).await;
+    connection.close(0u32.into(), b"enrolled");
+    let answer = answer?;
+    if let Some(error) = answer.error {
+        return Err(EnrollError::Refused(error));
+    }
+    let read = |pem: Option<String>, what: &str| {
+        let pem = pem.ok_or_else(|| EnrollError::Message(format!("no {what} in the answer")))?;
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| EnrollError::Message(format!("{what}: {e}")))
+    };
+    Ok(Enrolled {
+        certificate: read(answer.certificate, "certificate")?,
+        ca: read(answer.ca, "CA")?,
+    })
+}
+
+async fn exchange(
+    connection: &quinn::Connection,
+    token: Option<&str>,
+    request_pem: &str,
+) -> Result<Answer, EnrollError> {
+    let (mut send, mut receive) = connection.open_bi().await.map_err(connection_error)?;
+    let request = Request {
+        token: token.map(str::to_owned),
+        request: request_pem.to_owned(),
+    };
+    let bytes = serde_json::to_vec(&request).map_err(|e| EnrollError::Message(e.to_string()))?;
+    send.write_all(&bytes).await.map_err(connection_error)?;
+    send.finish().map_err(connection_error)?;
+    let bytes = receive
+        .read_to_end(MAX_MESSAGE)
+        .await
+        .map_err(connection_error)?;
+    serde_json::from_slice(&bytes).map_err(|e| EnrollError::Message(e.to_string()))
+}
