@@ -45,6 +45,36 @@ fn serve_logging(command: &mut Command, port: u16, what: &str) -> Killed {
     server
 }
 
+/// `program`, run in network namespace `netns` if given.
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, program]);
+            command
+        }
+    }
+}
+
+/// Waits until something listens on `address:port` in network namespace `netns`.
+pub fn wait_for_port_in(netns: &str, address: &str, port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probe = format!("import socket; socket.create_connection(('{address}', {port}), 1)");
+    while !in_netns(Some(netns), "python3")
+        .args(["-c", &probe])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {address}:{port} in {netns} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until `log` has a line containing every one of `needles`, and returns that line.
 pub fn wait_for_line(log: &Path, needles: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -198,6 +228,11 @@ pub fn prosody(dir: &Path) -> (Killed, u16, PathBuf) {
 /// [`prosody`], also listening for XMPP over direct TLS (XEP-0368); returns the server, its
 /// STARTTLS port, its direct-TLS port and its certificate.
 pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
+    prosody_in(dir, None, "127.0.0.1")
+}
+
+/// [`prosody_with_direct_tls`] listening on `address`, in network namespace `netns` if given.
+pub fn prosody_in(dir: &Path, netns: Option<&str>, address: &str) -> (Killed, u16, u16, PathBuf) {
     let port = free_port();
     let tls_port = free_port();
     let certs = dir.join("certs");
@@ -232,7 +267,7 @@ pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\nc2s_direct_tls_ports = {{ {tls_port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\", \"carbons\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
+            "run_as_root = true\npidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ninterfaces = {{ \"{address}\" }}\nc2s_ports = {{ {port} }}\nc2s_direct_tls_ports = {{ {tls_port} }}\nmodules_disabled = {{ \"s2s\" }}\nmodules_enabled = {{ \"roster\", \"saslauth\", \"tls\", \"disco\", \"ping\", \"carbons\" }}\nc2s_require_encryption = true\nauthentication = \"internal_hashed\"\ncertificates = \"{d}/certs\"\nlog = {{ warn = \"{d}/prosody.log\" }}\nVirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n  muc_room_locking = false\n",
             d = dir.display()
         ),
     )
@@ -243,15 +278,27 @@ pub fn prosody_with_direct_tls(dir: &Path) -> (Killed, u16, u16, PathBuf) {
             .arg(&config)
             .args(["register", user, "localhost", password]));
     }
-    let server = serve(
-        Command::new("prosody")
-            .arg("-F")
-            .arg("--config")
-            .arg(&config),
-        port,
-        "prosody (scripts/test installs it: apt-get install prosody)",
-    );
-    wait_for_port(tls_port, "prosody (direct TLS)");
+    let what = "prosody (scripts/test installs it: apt-get install prosody)";
+    let mut command = in_netns(netns, "prosody");
+    command.arg("-F").arg("--config").arg(&config);
+    let server = match netns {
+        None => serve(&mut command, port, what),
+        Some(netns) => {
+            let server = Killed(
+                command
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect(what),
+            );
+            wait_for_port_in(netns, address, port, what);
+            server
+        }
+    };
+    match netns {
+        None => wait_for_port(tls_port, "prosody (direct TLS)"),
+        Some(netns) => wait_for_port_in(netns, address, tls_port, "prosody (direct TLS)"),
+    }
     (server, port, tls_port, crt)
 }
 

@@ -2,13 +2,17 @@
 //! what they received and what was archived that more than one test makes.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
 /// Runs the clients in `mode` (with its arguments) through imgate at `front`.
 pub fn clients(front: u16, ca: &Path, mode: &[&str]) -> Value {
-    let output = Command::new("python3")
+    clients_in(None, front, ca, mode)
+}
+
+/// [`clients`], run in network namespace `netns` if given.
+pub fn clients_in(netns: Option<&str>, front: u16, ca: &Path, mode: &[&str]) -> Value {
+    let output = super::in_netns(netns, "python3")
         .args([
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xmpp_clients.py"),
             "127.0.0.1",
