@@ -11,11 +11,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::tunnel::{enroll, enrolled, mint_token, run_connector, wait_until_connected};
 use common::xmpp::{check_inspected_chat, clients};
-use common::{free_port, http_get, imgate_up, prosody, stop_and_read, wait_for_line};
+use common::{Killed, free_port, http_get, imgate_up, prosody, stop_and_read, wait_for_line};
 use imgate_dataplane::tunnel::endpoint;
 use imgate_dataplane::tunnel::header::{Decoded, Reply, Status, StreamHeader};
 use imgate_dataplane::tunnel::trust::{
@@ -87,15 +87,18 @@ async fn xmpp_through(
     Ok((reply, String::from_utf8_lossy(&received).into_owned()))
 }
 
-fn tenant_ca(data: &Path) -> TunnelCa {
-    TunnelCa::load_or_generate(&data.join("tunnel"), "local").expect("the tenant's tunnel CA")
+/// Prosody, and `imgate up` in front of it with a tunnel listener.
+struct Setup {
+    _prosody: Killed,
+    server_port: u16,
+    data: PathBuf,
+    tunnel: SocketAddr,
+    imgate: Killed,
 }
 
-#[test]
-fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (_prosody, server_port, server_cert) = prosody(dir.path());
-    let data = dir.path().join("imgate");
+fn setup(dir: &Path) -> Setup {
+    let (prosody, server_port, server_cert) = prosody(dir);
+    let data = dir.join("imgate");
     let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("address");
@@ -109,6 +112,29 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
             &server_cert.to_string_lossy(),
         ],
     );
+    Setup {
+        _prosody: prosody,
+        server_port,
+        data,
+        tunnel,
+        imgate,
+    }
+}
+
+fn tenant_ca(data: &Path) -> TunnelCa {
+    TunnelCa::load_or_generate(&data.join("tunnel"), "local").expect("the tenant's tunnel CA")
+}
+
+#[test]
+fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        _prosody,
+        server_port,
+        data,
+        tunnel,
+        imgate,
+    } = setup(dir.path());
     let ca = tenant_ca(&data);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // QUIC endpoints run on the runtime they are made in.
@@ -159,21 +185,13 @@ fn a_connector_stream_reaches_the_server_inspected_and_archived_and_strangers_ar
 #[test]
 fn chat_through_imgate_connector_is_inspected_and_archived() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_prosody, server_port, server_cert) = prosody(dir.path());
-    let data = dir.path().join("imgate");
-    let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let (imgate, _front) = imgate_up(
+    let Setup {
+        _prosody,
         server_port,
-        &data,
-        &[
-            "--tunnel",
-            &tunnel.to_string(),
-            "--extra-roots",
-            &server_cert.to_string_lossy(),
-        ],
-    );
+        data,
+        tunnel,
+        imgate,
+    } = setup(dir.path());
     let identity = enrolled(dir.path(), &data, "desk-1", &[tunnel]);
     let connector = run_connector(&identity, &[tunnel], &format!("127.0.0.1:{server_port}"));
     let health = wait_until_connected(&connector);
@@ -223,22 +241,14 @@ fn probe(port: u16) -> String {
 #[test]
 fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage_does_no_harm() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_prosody, server_port, server_cert) = prosody(dir.path());
-    let data = dir.path().join("imgate");
-    let up_log = data.with_extension("log");
-    let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let (imgate, _front) = imgate_up(
+    let Setup {
+        _prosody,
         server_port,
-        &data,
-        &[
-            "--tunnel",
-            &tunnel.to_string(),
-            "--extra-roots",
-            &server_cert.to_string_lossy(),
-        ],
-    );
+        data,
+        tunnel,
+        imgate,
+    } = setup(dir.path());
+    let up_log = data.with_extension("log");
     let server = format!("127.0.0.1:{server_port}");
 
     // A token enrolls once; its reuse is refused, and both sides say why.

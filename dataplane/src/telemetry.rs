@@ -170,12 +170,17 @@ impl Metrics {
     /// The exposition text, with the archive gauge read from `log`.
     pub fn render(&self, log: &ArchiveLog) -> String {
         self.unshipped.set(log.unshipped_bytes());
-        let mut out = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(%error, "metrics could not be encoded");
-        }
-        out
+        encode(&self.registry)
     }
+}
+
+/// `registry` in the text exposition format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!(%error, "metrics could not be encoded");
+    }
+    out
 }
 
 #[cfg(test)]

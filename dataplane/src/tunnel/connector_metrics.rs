@@ -58,11 +58,7 @@ impl ConnectorMetrics {
     pub fn render(&self, connections: usize) -> String {
         self.connections
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
-        let mut out = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            tracing::error!(%error, "metrics could not be encoded");
-        }
-        out
+        crate::telemetry::encode(&self.registry)
     }
 }
 
