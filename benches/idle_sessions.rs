@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,25 +20,6 @@ use tokio::task::JoinSet;
 const DEFAULT_SESSIONS: usize = 10_000;
 /// Logins in flight at once.
 const CONCURRENCY: usize = 32;
-
-/// Raises this process's open-file limit (children inherit it); returns the limit in force.
-fn raise_file_limit(wanted: u64) -> u64 {
-    let raised = Command::new("prlimit")
-        .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={wanted}:{wanted}"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !raised {
-        println!("could not raise the open-file limit to {wanted} (needs root and prlimit)");
-    }
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
-}
 
 /// Opens `count` logged-in sessions through `port` and returns them, to be held idle.
 async fn open_sessions(
@@ -103,7 +83,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_SESSIONS);
-    let limit = raise_file_limit(4 * wanted as u64 + 1024);
+    let limit = support::raise_file_limit(4 * wanted as u64 + 1024);
     // imgate holds two descriptors a session; leave room for everything else.
     let count = wanted.min((limit as usize).saturating_sub(1024) / 2);
     if count < wanted {

@@ -193,7 +193,12 @@ fn chat_through_imgate_connector_is_inspected_and_archived() {
         imgate,
     } = setup(dir.path());
     let identity = enrolled(dir.path(), &data, "desk-1", &[tunnel]);
-    let connector = run_connector(&identity, &[tunnel], &format!("127.0.0.1:{server_port}"));
+    let connector = run_connector(
+        &identity,
+        &[tunnel],
+        &format!("127.0.0.1:{server_port}"),
+        &[],
+    );
     let health = wait_until_connected(&connector);
     assert!(health.contains(&tunnel.to_string()), "{health}");
     let received = clients(connector.port, &data.join("ca/ca.pem"), &["chat"]);
@@ -286,7 +291,7 @@ fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage
     }
 
     // An enrolled connector is served.
-    let connector = run_connector(&dir.path().join("desk-1"), &[tunnel], &server);
+    let connector = run_connector(&dir.path().join("desk-1"), &[tunnel], &server, &[]);
     wait_until_connected(&connector);
     let answer = probe(connector.port);
     assert!(
@@ -369,7 +374,7 @@ fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage
             .arg(&data),
     );
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let expired = run_connector(&old, &[tunnel], &server);
+    let expired = run_connector(&old, &[tunnel], &server, &[]);
     wait_for_line(
         &expired.log,
         &["the certificate expired at", "enroll again"],

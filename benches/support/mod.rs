@@ -157,3 +157,22 @@ pub fn imgate(
     let (imgate, front) = common::imgate_up(prosody_port, &data, &options);
     (imgate, front, data)
 }
+
+/// Raises this process's open-file limit (children inherit it); returns the limit in force.
+pub fn raise_file_limit(wanted: u64) -> u64 {
+    let raised = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={wanted}:{wanted}"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !raised {
+        println!("could not raise the open-file limit to {wanted} (needs root and prlimit)");
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}

@@ -65,8 +65,13 @@ pub struct Running {
 }
 
 /// Runs the connector of `identity` (its standard error beside it, in `.log`), dialling
-/// `dataplanes`, with a port-forward to `server` through the tunnel.
-pub fn run_connector(identity: &Path, dataplanes: &[SocketAddr], server: &str) -> Running {
+/// `dataplanes`, with a port-forward to `server` through the tunnel and the `extra` options.
+pub fn run_connector(
+    identity: &Path,
+    dataplanes: &[SocketAddr],
+    server: &str,
+    extra: &[&str],
+) -> Running {
     let port = free_port();
     let metrics = free_port();
     let mut command = imgate();
@@ -78,6 +83,7 @@ pub fn run_connector(identity: &Path, dataplanes: &[SocketAddr], server: &str) -
     for dataplane in dataplanes {
         command.args(["--dataplane", &dataplane.to_string()]);
     }
+    command.args(extra);
     let log = identity.with_extension("log");
     let process = serve_logged(&mut command, port, "imgate connector", &log);
     Running {

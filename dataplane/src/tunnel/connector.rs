@@ -13,7 +13,8 @@
 //! Invariants: a client gets its front end's success answer only after a dataplane said
 //! `Connected`, so no client byte is sent before the session is admitted, and a stream
 //! retried elsewhere has carried none; the stream header carries the client's address and
-//! the SOCKS user as the connector saw them; when no dataplane can be reached within
+//! the SOCKS user as the connector saw them; an idle carried session holds no copy buffer
+//! ([`relay_unread`]); when no dataplane can be reached within
 //! [`WAIT_FOR_CONNECTION`] the client is told so (unreachable), never left waiting.
 
 use std::net::SocketAddr;
@@ -27,9 +28,14 @@ use tokio::sync::Notify;
 use super::connector_metrics::ConnectorMetrics;
 use super::header::{Decoded, Reply, Status, StreamHeader};
 use crate::proxy::frontend::{Frontend, HandshakeError, Refusal};
+use crate::proxy::lean_io::relay_unread;
 
 /// How long a new client waits for a usable connection to a dataplane.
 pub const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
+
+/// How long a carried session may be quiet both ways; the dataplane's own idle limit is
+/// shorter and ends it first.
+const SESSION_IDLE: Duration = Duration::from_secs(86_400);
 
 /// The longest pause between attempts to reach a dataplane.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -337,8 +343,8 @@ impl Connector {
             }
             self.metrics.stream("connected");
             frontend.succeed(&mut client).await?;
-            let mut tunnel = tokio::io::join(receive, send);
-            tokio::io::copy_bidirectional(&mut client, &mut tunnel).await?;
+            let tunnel = tokio::io::join(receive, send);
+            relay_unread(client, tunnel, SESSION_IDLE).await?;
             return Ok(());
         }
         self.metrics.stream("unreachable");
