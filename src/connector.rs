@@ -372,7 +372,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<i32> {
                 let serving = connector.clone().serve(frontend.clone(), client, peer);
                 tokio::spawn(async move {
                     if let Err(error) = serving.await {
-                        tracing::info!(target: "imgate::tunnel", %peer, "connection ended: {error}");
+                        tracing::info!(target: "imgate::tunnel", %peer, "connection not carried: {error}");
                     }
                 });
             }

@@ -293,7 +293,8 @@ impl Connector {
         }
     }
 
-    /// Carries one accepted connection through the tunnel until either side closes.
+    /// Admits one accepted connection through the tunnel, then relays it in a task of its own
+    /// until both sides close; returns once it is admitted or refused.
     pub async fn serve(
         self: Arc<Self>,
         frontend: Frontend,
@@ -344,7 +345,12 @@ impl Connector {
             self.metrics.stream("connected");
             frontend.succeed(&mut client).await?;
             let tunnel = tokio::io::join(receive, send);
-            relay_unread(client, tunnel, SESSION_IDLE).await?;
+            // A task of its own, so that what admission needed is freed while it relays.
+            tokio::spawn(async move {
+                if let Err(error) = relay_unread(client, tunnel, SESSION_IDLE).await {
+                    tracing::debug!(target: "imgate::tunnel", %peer, "a carried connection ended: {error}");
+                }
+            });
             return Ok(());
         }
         self.metrics.stream("unreachable");
