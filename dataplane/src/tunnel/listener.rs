@@ -73,14 +73,6 @@ impl Tunnel {
         }
     }
 
-    /// Connections open now, by connector.
-    pub fn connected(&self) -> HashMap<String, usize> {
-        self.live()
-            .iter()
-            .map(|(id, connections)| (id.clone(), connections.len()))
-            .collect()
-    }
-
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<quinn::Connection>>> {
         self.live
             .lock()

@@ -120,11 +120,6 @@ impl TunnelCa {
         &self.cert
     }
 
-    /// The tenant whose CA this is.
-    pub fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
     /// Issues the dataplane's server certificate for the names connectors dial; the chain
     /// carries the CA, which a connector holding only a token's pin of it needs.
     pub fn issue_dataplane(&self, names: &[String], days: u64) -> Result<Identity, TrustError> {
