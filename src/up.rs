@@ -86,6 +86,11 @@ pub struct UpArgs {
     /// dataplanes (seconds).
     #[arg(long, default_value_t = 20)]
     drain_seconds: u64,
+    /// Threads that carry sessions (default: one per CPU this process may use). A pod with
+    /// one CPU runs best with one: tasks that wake one another on one thread spend a fifth
+    /// less CPU per byte than across threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
@@ -153,20 +158,12 @@ async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListe
 /// Runs the dataplane until Ctrl-C or SIGTERM.
 pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     let (policy, directory) = compile(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.into());
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
-        let mut listeners = Vec::new();
-        listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
-        listeners.extend(bind(&args.http, Frontend::HttpConnect).await?);
-        for forward in &args.forwards {
-            let (listen, upstream) = forward.split_once('=').with_context(|| format!("{forward:?}: write a forward as LISTEN=HOST:PORT"))?;
-            let (host, port) = upstream.rsplit_once(':').with_context(|| format!("{upstream:?} is not HOST:PORT"))?;
-            let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
-            listeners.extend(bind(listen, Frontend::Forward { host: host.to_owned(), port }).await?);
-        }
-        anyhow::ensure!(!listeners.is_empty() || args.tunnel != "off", "nothing to listen on: give --socks, --http, --forward or --tunnel");
 
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
@@ -185,6 +182,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         shared.forward_after = args.forward_after;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
+        // The tunnel (and its CA) first, and the TCP listeners last: once a port accepts,
+        // everything it leads to is ready.
+        let tunnel = match args.tunnel.as_str() {
+            "off" => None,
+            spec => Some(tunnel_endpoint(spec, &args, shared.clone())?),
+        };
+        let mut listeners = Vec::new();
+        listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
+        listeners.extend(bind(&args.http, Frontend::HttpConnect).await?);
+        for forward in &args.forwards {
+            let (listen, upstream) = forward.split_once('=').with_context(|| format!("{forward:?}: write a forward as LISTEN=HOST:PORT"))?;
+            let (host, port) = upstream.rsplit_once(':').with_context(|| format!("{upstream:?} is not HOST:PORT"))?;
+            let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
+            listeners.extend(bind(listen, Frontend::Forward { host: host.to_owned(), port }).await?);
+        }
+        anyhow::ensure!(!listeners.is_empty() || args.tunnel != "off", "nothing to listen on: give --socks, --http, --forward or --tunnel");
 
         println!("imgate is up for tenant {}", args.tenant);
         for (listener, frontend) in &listeners {
@@ -201,10 +214,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
 
         let stop_tunnel = Arc::new(tokio::sync::Notify::new());
-        let tunnel = match args.tunnel.as_str() {
-            "off" => None,
-            spec => {
-                let (endpoint, tunnel) = tunnel_endpoint(spec, &args, shared.clone())?;
+        let tunnel = match tunnel {
+            None => None,
+            Some((endpoint, tunnel)) => {
                 let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
                 println!("  tunnel (QUIC, UDP)           {} (enroll a connector: imgate tunnel token --state {} --connector NAME)", endpoint.local_addr()?, dir.display());
                 let stop = stop_tunnel.clone();
@@ -260,7 +272,7 @@ fn tunnel_endpoint(
     let ca = trust::TunnelCa::load_or_generate(&dir, &args.tenant).context("the tunnel CA")?;
     let identity = ca.issue_dataplane(&args.tunnel_names, 30)?;
     let config = endpoint::server(trust::dataplane_config(ca.certificate(), identity)?)?;
-    let endpoint = quinn::Endpoint::server(config, address).with_context(|| {
+    let endpoint = endpoint::bind(address, Some(config)).with_context(|| {
         format!(
             "cannot listen for the tunnel on UDP {address} (in use? choose another with --tunnel)"
         )

@@ -49,6 +49,19 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// CPU time process `pid` has used, user and system, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // After the command name, which may hold spaces: fields 3 onwards; utime and stime are
+    // fields 14 and 15, in ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .expect("/proc stat fields");
+    let ticks = |i: usize| fields[i - 3].parse::<u64>().expect("ticks");
+    (ticks(14) + ticks(15)) as f64 / 100.0
+}
+
 pub async fn read_until<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buffer: &mut Vec<u8>,

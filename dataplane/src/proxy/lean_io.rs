@@ -4,13 +4,17 @@
 //! ready and appended to the caller's buffer, and a caller's buffer that is empty gives its
 //! memory back before the wait.
 //!
+//! [`relay_unread`] hands what it reads to the other side in the same poll, and keeps (in a
+//! buffer of its own) only what that side cannot take at once.
+//!
 //! Invariants: a read appends at most [`READ_CHUNK`] bytes; while [`read_into`] waits, the
-//! only memory it holds is the caller's non-empty buffer; [`relay_unread`] ends a session
-//! only when both directions have been quiet for the idle limit (or both have closed), and
-//! passes every byte through unchanged, in order.
+//! only memory it holds is the caller's non-empty buffer; while [`relay_unread`] waits to
+//! read, it holds no buffer; it ends a session only when both directions have been quiet for
+//! the idle limit (or both have closed), and passes every byte through unchanged, in order.
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +27,10 @@ use tokio::time::Instant;
 /// Most bytes one read appends.
 pub const READ_CHUNK: usize = 8192;
 
+/// Most bytes [`relay_unread`] moves at once: larger than [`READ_CHUNK`], as nothing parses
+/// what it relays, and each write to a tunnel stream has a fixed cost.
+const RELAY_CHUNK: usize = 64 * 1024;
+
 /// Reads what is available and appends it to `buffer`; returns how many bytes were read
 /// (0 at end of stream).
 pub async fn read_into<R: AsyncRead + Unpin>(
@@ -33,8 +41,8 @@ pub async fn read_into<R: AsyncRead + Unpin>(
         *buffer = Vec::new();
     }
     poll_fn(|cx| {
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut read = ReadBuf::new(&mut chunk);
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
         ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
         buffer.extend_from_slice(read.filled());
         Poll::Ready(Ok(read.filled().len()))
@@ -90,27 +98,55 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut data = Vec::new();
     loop {
-        data.clear();
         let wait = idle.saturating_sub(activity.quiet_for());
-        match tokio::time::timeout(wait, read_into(reader, &mut data)).await {
+        match tokio::time::timeout(wait, forward_once(reader, writer)).await {
             Err(_) if activity.quiet_for() >= idle => {
                 let _ = writer.shutdown().await;
                 return Ok(());
             }
             Err(_) => continue,
-            Ok(Ok(0)) => {
+            Ok(Ok((0, _))) => {
                 let _ = writer.shutdown().await;
                 return Ok(());
             }
-            Ok(Ok(_)) => {
+            Ok(Ok((_, rest))) => {
                 activity.touch();
-                writer.write_all(&data).await?;
+                if !rest.is_empty() {
+                    writer.write_all(&rest).await?;
+                }
             }
             Ok(Err(error)) => return Err(error),
         }
     }
+}
+
+/// Reads at most [`RELAY_CHUNK`] bytes and hands them to `writer` in the same poll, so that
+/// they are copied once more only when the writer cannot take them all at once; returns how
+/// many bytes were read (0 at end of stream) and those the writer has yet to take. Waiting,
+/// it holds nothing.
+async fn forward_once<R, W>(reader: &mut R, writer: &mut W) -> io::Result<(usize, Vec<u8>)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    poll_fn(|cx| {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); RELAY_CHUNK];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut read))?;
+        let filled = read.filled();
+        let mut written = 0;
+        while written < filled.len() {
+            match Pin::new(&mut *writer).poll_write(cx, &filled[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(taken)) => written += taken,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok((filled.len(), filled[written..].to_vec())))
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -156,6 +192,42 @@ mod tests {
         server.shutdown().await.expect("shutdown");
         assert_eq!(writer.await.expect("client"), b"bye");
         relay.await.expect("relay").expect("no error");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Whatever the peers' buffers, bytes a writer cannot take at once are kept and
+        /// sent after, in order.
+        #[test]
+        fn relays_any_bytes_through_any_buffers(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300_000),
+            near_buffer in 1usize..100_000,
+            far_buffer in 1usize..100_000,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let received = runtime.block_on(async {
+                let (mut client, near) = duplex(near_buffer);
+                let (far, mut server) = duplex(far_buffer);
+                let relay = tokio::spawn(relay_unread(near, far, Duration::from_secs(60)));
+                let sent = data.clone();
+                let writer = tokio::spawn(async move {
+                    client.write_all(&sent).await.expect("write");
+                    client.shutdown().await.expect("shutdown");
+                    client
+                });
+                let mut received = Vec::new();
+                server.read_to_end(&mut received).await.expect("read");
+                drop(server);
+                drop(writer.await.expect("writer"));
+                relay.await.expect("relay").expect("no error");
+                received
+            });
+            proptest::prop_assert_eq!(received, data);
+        }
     }
 
     #[tokio::test(start_paused = true)]

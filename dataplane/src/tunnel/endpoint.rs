@@ -2,15 +2,19 @@
 //!
 //! Invariants: idle connections are closed after [`IDLE_TIMEOUT`] unless the connector's
 //! keep-alives ([`KEEP_ALIVE`]) hold them open; a connection carries at most
-//! [`MAX_STREAMS`] proxied sessions at once.
+//! [`MAX_STREAMS`] proxied sessions at once; every tunnel socket asks the kernel for
+//! [`SOCKET_BUFFER`] bytes of receive and send buffer, and says so when it gets less.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 use rustls::client::ClientConfig;
 use rustls::server::ServerConfig;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::trust::TrustError;
 
@@ -23,6 +27,51 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Most proxied sessions (bidirectional streams) open at once on one connection.
 pub const MAX_STREAMS: u32 = 4096;
+
+/// Receive and send buffer asked for each tunnel socket. A QUIC sender bursts many datagrams
+/// at once; with the kernel's usual 208 KiB, a busy connection loses some of them at the
+/// receiver and its congestion controller then holds it to half the rate it reaches without
+/// losses. The kernel grants at most `net.core.rmem_max` (and `wmem_max`).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Opens a tunnel endpoint on a UDP socket bound to `address`, with [`SOCKET_BUFFER`]
+/// bytes of socket buffer (logging what the kernel granted when that is less); a dataplane's
+/// when `server` is given, a connector's otherwise. An IPv6 wildcard address also accepts
+/// IPv4 where the system allows it.
+pub fn bind(
+    address: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() && address.ip().is_unspecified() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    // Linux reports twice what it grants, the other half being its bookkeeping.
+    let reported = socket.recv_buffer_size()?.min(socket.send_buffer_size()?);
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    if granted < SOCKET_BUFFER {
+        tracing::warn!(
+            target: "imgate::tunnel",
+            granted,
+            wanted = SOCKET_BUFFER,
+            "the tunnel's UDP socket buffers are smaller than wanted, which slows busy connections; raise the sysctls net.core.rmem_max and net.core.wmem_max to {SOCKET_BUFFER}"
+        );
+    }
+    socket.bind(&address.into())?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| io::Error::other("a tunnel endpoint needs a Tokio runtime"))?;
+    quinn::Endpoint::new(EndpointConfig::default(), server, socket.into(), runtime)
+}
 
 fn transport() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
