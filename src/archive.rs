@@ -189,7 +189,8 @@ pub fn run(store: &StoreArgs, command: ArchiveCommand) -> anyhow::Result<i32> {
         .build()?;
     runtime.block_on(async {
         let (archive, tenant) = store.open().await?;
-        let prefix = store.prefix.as_str();
+        let prefix = Layout::prefix(&store.prefix);
+        let prefix = prefix.as_str();
         match command {
             ArchiveCommand::Ls => ls(&archive, prefix, &tenant).await,
             ArchiveCommand::Verify => verify_command(&archive, prefix, &tenant).await,

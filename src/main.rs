@@ -7,6 +7,7 @@ mod archive;
 mod connector;
 mod connector_health;
 mod manifest;
+mod operator;
 mod policy;
 mod tunnel_admin;
 mod up;
@@ -44,6 +45,9 @@ enum Command {
     Tunnel(tunnel_admin::TunnelCommand),
     /// Print the imgate CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crds,
+    /// Preview what the operator makes for Tenants and IMPolicies, and check manifests.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// List, verify, search, show, export and hold a tenant's compliance archive.
     Archive {
         #[command(flatten)]
@@ -175,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => up::run(*args),
         Command::Connector(command) => connector::run(command),
         Command::Tunnel(command) => tunnel_admin::run(command),
+        Command::Operator(command) => operator::run(command),
         Command::Policy(PolicyCommand::Lint { paths, strict }) => policy::lint::run(&paths, strict),
         Command::Policy(PolicyCommand::Test {
             policy_dir,

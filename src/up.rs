@@ -15,7 +15,7 @@ use imgate_crds::IMPolicy;
 use imgate_crds::tenant::LdapDirectory;
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
-use imgate_dataplane::archive::store::LocalStore;
+use imgate_dataplane::archive::store::{LocalStore, S3Config, S3Store};
 use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
 use imgate_dataplane::identity::Directory;
 use imgate_dataplane::identity::ldap::{Bind, LdapSource};
@@ -91,13 +91,48 @@ pub struct UpArgs {
     /// less CPU per byte than across threads.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+    /// The tenant's tunnel CA folder (`ca.pem`, `ca.key`; made on first use), when it is not
+    /// in the tunnel folder (a mounted Secret, say).
+    #[arg(long, value_name = "DIR")]
+    tunnel_ca: Option<PathBuf>,
+    /// The interception CA folder (`ca.pem`, `ca.key`; made on first use) [default: the data
+    /// folder's `ca/`].
+    #[arg(long, value_name = "DIR")]
+    interception_ca: Option<PathBuf>,
+    /// Ship the archive to this S3 bucket (Object Lock enabled) instead of the data folder's
+    /// `archive/`; credentials come from the usual AWS sources.
+    #[arg(long, env = "IMGATE_S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The bucket's region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// Endpoint of an S3-compatible store.
+    #[arg(long, env = "IMGATE_S3_ENDPOINT", requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// Key prefix inside the bucket.
+    #[arg(long, default_value = "", requires = "s3_bucket")]
+    s3_prefix: String,
+    /// Days each archived object stays locked (S3 Object Lock).
+    #[arg(long, requires = "s3_bucket")]
+    retention_days: Option<u32>,
+    /// `compliance` (nobody can shorten the lock) or `governance`.
+    #[arg(long, default_value = "compliance", value_parser = ["compliance", "governance"])]
+    retention_mode: String,
+    /// This dataplane's name in the archive's object keys; unique among a tenant's
+    /// dataplanes (a pod's name).
+    #[arg(long, env = "IMGATE_WRITER", default_value = "local-0")]
+    writer: String,
 }
 
 /// The compiled policy, and the tenant's static identities when a Tenant is among the files.
 fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
     if args.policy.is_empty() {
-        let policies: Vec<IMPolicy> =
+        // The example policy, for whichever tenant this dataplane serves.
+        let mut policies: Vec<IMPolicy> =
             serde_saphyr::from_multiple(DEFAULT_POLICY).context("the embedded policy")?;
+        for policy in &mut policies {
+            policy.spec.tenant_ref.clone_from(&args.tenant);
+        }
         let policy = CompiledPolicy::compile(&args.tenant, &policies)
             .map_err(|e| anyhow::anyhow!("the embedded policy: {e}"))?;
         return Ok((policy, Directory::default()));
@@ -168,16 +203,22 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
         let (log, recovery) = ArchiveLog::open(StdFs, &wal, LogConfig::default()).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
-        let layout = Layout { prefix: String::new(), tenant: args.tenant.clone(), writer: "local-0".into() };
+        let layout = Layout { prefix: Layout::prefix(&args.s3_prefix), tenant: args.tenant.clone(), writer: args.writer.clone() };
         let mut shipper_config = ShipperConfig::new(layout);
         shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
-        let shipper = Shipper::open(StdFs, &args.data, log.clone(), Store::Local(LocalStore::new(&archive_dir)), shipper_config)?;
-        let ca = Arc::new(InterceptionCa::load_or_generate(&args.data.join("ca")).context("the local interception CA")?);
+        shipper_config.retention = args.retention_days.map(|days| (days, args.retention_mode == "compliance"));
+        let store = match &args.s3_bucket {
+            Some(bucket) => Store::S3(S3Store::connect(&S3Config { bucket: bucket.clone(), region: args.s3_region.clone(), endpoint: args.s3_endpoint.clone(), credentials: None }).await),
+            None => Store::Local(LocalStore::new(&archive_dir)),
+        };
+        let shipper = Shipper::open(StdFs, &args.data, log.clone(), store, shipper_config)?;
+        let ca_dir = args.interception_ca.clone().unwrap_or_else(|| args.data.join("ca"));
+        let ca = Arc::new(InterceptionCa::load_or_generate(&ca_dir).with_context(|| format!("the interception CA in {}", ca_dir.display()))?);
         let mut roots = Vec::new();
         for path in &args.extra_roots {
             roots.extend(load_certificates(path)?);
         }
-        let mut shared = Shared::new(&args.tenant, "local-0", policy, log.clone(), true);
+        let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), true);
         shared.directory = directory;
         shared.forward_after = args.forward_after;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
@@ -209,8 +250,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             };
             println!("  {kind:<28} {}", listener.local_addr()?);
         }
-        println!("  archive                      {} (a local directory: not WORM storage; {} records recovered)", archive_dir.display(), recovery.records);
-        println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
+        match &args.s3_bucket {
+            Some(bucket) => {
+                println!("  archive                      s3://{bucket}/{} ({} records recovered)", Layout::prefix(&args.s3_prefix), recovery.records);
+                println!("  read it with                 imgate archive --tenant {} --s3-bucket {bucket} --s3-region {} ls|search|show|verify", args.tenant, args.s3_region);
+            }
+            None => {
+                println!("  archive                      {} (a local directory: not WORM storage; {} records recovered)", archive_dir.display(), recovery.records);
+                println!("  read it with                 imgate archive --tenant {} --dir {} ls|search|show|verify", args.tenant, archive_dir.display());
+            }
+        }
         println!("  interception CA              {} (trust it in IM clients to have their TLS inspected)", ca.cert_path.display());
 
         let stop_tunnel = Arc::new(tokio::sync::Notify::new());
@@ -247,7 +296,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         stop.notify_one();
         tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))??;
         log.close();
-        println!("archive flushed to {}", archive_dir.display());
+        println!("archive flushed");
         Ok(0)
     })
 }
@@ -269,7 +318,9 @@ fn tunnel_endpoint(
         .parse()
         .with_context(|| format!("{spec:?} is not an address like 127.0.0.1:4433"))?;
     let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
-    let ca = trust::TunnelCa::load_or_generate(&dir, &args.tenant).context("the tunnel CA")?;
+    let ca_dir = args.tunnel_ca.as_deref().unwrap_or(&dir);
+    let ca = trust::TunnelCa::load_or_generate(ca_dir, &args.tenant)
+        .with_context(|| format!("the tunnel CA in {}", ca_dir.display()))?;
     let identity = ca.issue_dataplane(&args.tunnel_names, 30)?;
     let config = endpoint::server(trust::dataplane_config(ca.certificate(), identity)?)?;
     let endpoint = endpoint::bind(address, Some(config)).with_context(|| {

@@ -1,6 +1,7 @@
 //! `imgate archive` as a compliance officer runs it, on a local archive and on a bucket in a
 //! real S3 API server (moto).
 
+mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
@@ -9,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::imgate_output as imgate;
 use imgate_crds::policy::{Direction, Protocol};
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::record::{Kind, Participant, RecordedVerdict};
@@ -18,20 +20,6 @@ use imgate_dataplane::archive::{
     ArchiveLog, Body, LogConfig, Record, Shipper, ShipperConfig, Store,
 };
 use imgate_dataplane::inspect::policy::Action;
-
-fn imgate(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("imgate runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
-}
 
 /// `imgate archive --tenant acme --dir DIR ARGS...`
 fn archive(dir: &str, args: &[&str]) -> (i32, String) {

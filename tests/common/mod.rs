@@ -195,12 +195,39 @@ pub fn run(command: &mut Command) {
 /// segments sealed every second.
 const UP_DEFAULTS: [(&str, &str); 2] = [("--metrics", "127.0.0.1:0"), ("--seal-seconds", "1")];
 
+/// Runs `imgate` with `args` and the environment variables `env`; returns its exit code and
+/// its standard output followed by its standard error.
+pub fn imgate_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("imgate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
 /// `imgate up` with its data in `data` (its standard error in `data.log` beside it),
 /// forwarding a free port to `upstream` on loopback, with the `extra` options; returns it and
 /// the port.
 pub fn imgate_up(upstream: u16, data: &Path, extra: &[&str]) -> (Killed, u16) {
+    imgate_up_with_env(upstream, data, extra, &[])
+}
+
+/// [`imgate_up`] with the environment variables `env` set.
+pub fn imgate_up_with_env(
+    upstream: u16,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Killed, u16) {
     let front = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
+    command.envs(env.iter().copied());
     command
         .args(["up", "--socks", "off", "--http", "off", "--forward"])
         .arg(format!("127.0.0.1:{front}=127.0.0.1:{upstream}"))

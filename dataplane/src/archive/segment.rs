@@ -96,6 +96,16 @@ impl Layout {
         )
     }
 
+    /// A key prefix as the layout uses it: empty, or ending in `/` (`im` becomes `im/`).
+    pub fn prefix(text: &str) -> String {
+        let trimmed = text.trim_start_matches('/');
+        if trimmed.is_empty() || trimmed.ends_with('/') {
+            trimmed.to_owned()
+        } else {
+            format!("{trimmed}/")
+        }
+    }
+
     /// The prefix under which all of this tenant's manifests live.
     pub fn manifests_prefix(prefix: &str, tenant: &str) -> String {
         format!("{prefix}tenant={tenant}/_manifests/")
@@ -193,6 +203,14 @@ mod tests {
             tenant: "acme".into(),
             writer: "dp-0".into(),
         }
+    }
+
+    #[test]
+    fn prefixes_are_empty_or_end_in_a_slash() {
+        assert_eq!(Layout::prefix(""), "");
+        assert_eq!(Layout::prefix("im"), "im/");
+        assert_eq!(Layout::prefix("im/"), "im/");
+        assert_eq!(Layout::prefix("/a/b"), "a/b/");
     }
 
     #[test]

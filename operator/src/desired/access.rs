@@ -1,0 +1,106 @@
+//! The tenant's namespace, the dataplanes' service account, the Secrets the operator makes,
+//! and the policy ConfigMap.
+//!
+//! Invariants: the namespace enforces the `restricted` Pod Security Standard; the service
+//! account mounts no API token (dataplanes do not call the API server); a tenant that
+//! supplies its own interception CA gets no generated one.
+
+use std::collections::BTreeMap;
+
+use imgate_crds::Tenant;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+
+use super::GENERATED;
+use crate::names;
+use crate::policy::{POLICY_FILE, PolicySet};
+
+/// The annotation with the revision of the policy set in the policy ConfigMap.
+pub const POLICY_REVISION: &str = "imgate.io/policy-revision";
+/// The annotation EKS reads to give a service account's pods an IAM role.
+pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
+
+fn tenant_name(tenant: &Tenant) -> String {
+    tenant.metadata.name.clone().unwrap_or_default()
+}
+
+pub fn namespace(tenant: &Tenant) -> Namespace {
+    let mut metadata = names::meta(tenant, &names::namespace(&tenant_name(tenant)), false);
+    let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".into(),
+        );
+    }
+    Namespace {
+        metadata,
+        ..Namespace::default()
+    }
+}
+
+pub fn service_account(tenant: &Tenant) -> ServiceAccount {
+    let mut metadata = names::meta(tenant, names::SERVICE_ACCOUNT, true);
+    if let Some(role) = &tenant.spec.archive.s3.role_arn {
+        metadata.annotations = Some(BTreeMap::from([(ROLE_ARN.into(), role.clone())]));
+    }
+    ServiceAccount {
+        metadata,
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// A Secret of `type_` whose `keys` the operator makes once; `what` says what it holds.
+fn generated(tenant: &Tenant, name: &str, type_: &str, what: &str) -> Secret {
+    let mut metadata = names::meta(tenant, name, true);
+    metadata.annotations = Some(BTreeMap::from([(GENERATED.into(), what.into())]));
+    Secret {
+        metadata,
+        type_: Some(type_.into()),
+        ..Secret::default()
+    }
+}
+
+pub fn secrets(tenant: &Tenant) -> Vec<Secret> {
+    let mut secrets = vec![
+        generated(
+            tenant,
+            names::TUNNEL_CA_SECRET,
+            "Opaque",
+            "the tenant's tunnel CA (ca.pem, ca.key): signs connector and dataplane certificates",
+        ),
+        generated(
+            tenant,
+            names::ENROLLMENT_SECRET,
+            "Opaque",
+            "the one-time token that enrolls the next connector (token)",
+        ),
+    ];
+    let supplied = tenant
+        .spec
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.interception_ca_secret_ref.is_some());
+    if !supplied {
+        secrets.push(generated(
+            tenant,
+            names::INTERCEPTION_CA_SECRET,
+            "kubernetes.io/tls",
+            "the CA that signs intercepted servers' certificates; IM clients trust its tls.crt",
+        ));
+    }
+    secrets
+}
+
+pub fn policy_config_map(tenant: &Tenant, policy: &PolicySet) -> ConfigMap {
+    let mut metadata = names::meta(tenant, names::POLICY_CONFIG_MAP, true);
+    metadata.annotations = Some(BTreeMap::from([(
+        POLICY_REVISION.into(),
+        policy.revision.clone(),
+    )]));
+    ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([(POLICY_FILE.into(), policy.yaml.clone())])),
+        ..ConfigMap::default()
+    }
+}

@@ -1,0 +1,133 @@
+//! The objects a Tenant becomes: a pure function of the Tenant, its policy set and the
+//! operator's [`Settings`], unit-tested here and applied by the reconciler with server-side
+//! apply.
+//!
+//! Invariants: the list is in an order that can be applied front to back (the namespace
+//! first, then what pods need before they start, then the workload and what scales, guards
+//! and reaches it); every object carries its tenant's labels and an owner reference to it;
+//! generated Secrets ([`Object::Secret`] with [`GENERATED`]) are listed without data, because
+//! their keys are made once by the operator and never replaced.
+
+mod access;
+mod network;
+mod workload;
+
+#[cfg(test)]
+mod tests;
+
+use imgate_crds::Tenant;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use crate::policy::PolicySet;
+use crate::settings::Settings;
+
+/// The annotation on a Secret whose keys the operator makes once and never replaces.
+pub const GENERATED: &str = "imgate.io/generated";
+
+/// One object of a tenant's desired state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    /// The tenant's namespace.
+    Namespace(Namespace),
+    /// The dataplanes' identity (and cloud IAM role).
+    ServiceAccount(ServiceAccount),
+    /// Keys and certificates.
+    Secret(Secret),
+    /// The policy set the dataplanes enforce.
+    ConfigMap(ConfigMap),
+    /// The dataplanes (boxed: it is by far the largest).
+    StatefulSet(Box<StatefulSet>),
+    /// The tunnel, metrics and pods' Services.
+    Service(Service),
+    /// Scaling within the tenant's range.
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    /// At most one dataplane down for maintenance at a time.
+    PodDisruptionBudget(PodDisruptionBudget),
+    /// The dataplanes' ingress and egress.
+    NetworkPolicy(NetworkPolicy),
+}
+
+impl Object {
+    /// The object's metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Object::Namespace(o) => &o.metadata,
+            Object::ServiceAccount(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::StatefulSet(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::HorizontalPodAutoscaler(o) => &o.metadata,
+            Object::PodDisruptionBudget(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
+        }
+    }
+
+    /// The object as JSON, with its `apiVersion` and `kind`.
+    pub fn to_json(&self) -> serde_json::Value {
+        fn typed<K: k8s_openapi::Resource + Serialize>(object: &K) -> serde_json::Value {
+            let mut value = serde_json::to_value(object).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert("apiVersion".into(), K::API_VERSION.into());
+                map.insert("kind".into(), K::KIND.into());
+            }
+            value
+        }
+        match self {
+            Object::Namespace(o) => typed(o),
+            Object::ServiceAccount(o) => typed(o),
+            Object::Secret(o) => typed(o),
+            Object::ConfigMap(o) => typed(o),
+            Object::StatefulSet(o) => typed(o.as_ref()),
+            Object::Service(o) => typed(o),
+            Object::HorizontalPodAutoscaler(o) => typed(o),
+            Object::PodDisruptionBudget(o) => typed(o),
+            Object::NetworkPolicy(o) => typed(o),
+        }
+    }
+
+    /// `Kind/name`, for logs and messages.
+    pub fn describe(&self) -> String {
+        let kind = self.to_json()["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        format!("{kind}/{}", self.meta().name.as_deref().unwrap_or_default())
+    }
+}
+
+/// Everything `tenant` becomes, given its compiled `policy` set (none yet: no ConfigMap, and
+/// the dataplanes wait for it) and the operator's `settings`.
+pub fn desired(tenant: &Tenant, policy: Option<&PolicySet>, settings: &Settings) -> Vec<Object> {
+    let mut objects = vec![
+        Object::Namespace(access::namespace(tenant)),
+        Object::ServiceAccount(access::service_account(tenant)),
+    ];
+    objects.extend(access::secrets(tenant).into_iter().map(Object::Secret));
+    if let Some(policy) = policy {
+        objects.push(Object::ConfigMap(access::policy_config_map(tenant, policy)));
+    }
+    objects.push(Object::Service(network::pods_service(tenant, settings)));
+    objects.push(Object::StatefulSet(Box::new(workload::stateful_set(
+        tenant, settings,
+    ))));
+    objects.push(Object::Service(network::tunnel_service(tenant, settings)));
+    objects.push(Object::Service(network::metrics_service(tenant, settings)));
+    objects.push(Object::HorizontalPodAutoscaler(workload::autoscaler(
+        tenant,
+    )));
+    objects.push(Object::PodDisruptionBudget(workload::disruption_budget(
+        tenant,
+    )));
+    objects.push(Object::NetworkPolicy(network::network_policy(
+        tenant, settings,
+    )));
+    objects
+}

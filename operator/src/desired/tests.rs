@@ -1,0 +1,337 @@
+use imgate_crds::{IMPolicy, Tenant};
+
+use super::*;
+use crate::check::check_object;
+use crate::names;
+use crate::policy::PolicySet;
+
+fn example(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
+        .expect("example")
+}
+
+fn tenant(path: &str) -> Tenant {
+    let mut tenant: Tenant = serde_saphyr::from_str(&example(path)).expect("tenant");
+    tenant.metadata.uid = Some("0e6f5c1a-0000-4000-8000-000000000001".into());
+    tenant
+}
+
+fn policies(paths: &[&str]) -> Vec<IMPolicy> {
+    paths
+        .iter()
+        .flat_map(|p| serde_saphyr::from_multiple::<IMPolicy>(&example(p)).expect("policies"))
+        .collect()
+}
+
+fn broker() -> (Tenant, PolicySet) {
+    let tenant = tenant("broker-dealer/tenant.yaml");
+    let policies = policies(&[
+        "broker-dealer/firm-wide.yaml",
+        "broker-dealer/trading-desk.yaml",
+    ]);
+    let set = PolicySet::build("meridian-capital", &policies).expect("compiles");
+    (tenant, set)
+}
+
+fn find<'a>(objects: &'a [Object], describe: &str) -> &'a Object {
+    objects
+        .iter()
+        .find(|o| o.describe() == describe)
+        .unwrap_or_else(|| panic!("{describe} is not among the objects"))
+}
+
+#[test]
+fn every_object_is_its_kubernetes_type_labelled_and_owned_by_its_tenant() {
+    let (tenant, set) = broker();
+    let objects = desired(&tenant, Some(&set), &Settings::default());
+    assert_eq!(
+        objects.len(),
+        12,
+        "{:?}",
+        objects.iter().map(Object::describe).collect::<Vec<_>>()
+    );
+    for object in &objects {
+        let problems = check_object(&object.to_json());
+        assert!(problems.is_empty(), "{}: {problems:?}", object.describe());
+        let meta = object.meta();
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(names::TENANT_LABEL))
+                .map(String::as_str),
+            Some("meridian-capital"),
+            "{}",
+            object.describe()
+        );
+        let owners = meta.owner_references.as_ref().expect("owner");
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "Tenant");
+        assert_eq!(owners[0].name, "meridian-capital");
+        assert_eq!(owners[0].uid, "0e6f5c1a-0000-4000-8000-000000000001");
+        assert_eq!(owners[0].controller, Some(true));
+        let namespaced = !matches!(object, Object::Namespace(_));
+        assert_eq!(
+            meta.namespace.as_deref(),
+            namespaced.then_some("imgate-meridian-capital"),
+            "{}",
+            object.describe()
+        );
+    }
+    // The namespace comes first: everything else lives in it.
+    assert_eq!(objects[0].describe(), "Namespace/imgate-meridian-capital");
+}
+
+#[test]
+fn the_dataplanes_run_locked_down_and_drain_before_they_are_killed() {
+    let (tenant, set) = broker();
+    let settings = Settings::default();
+    let objects = desired(&tenant, Some(&set), &settings);
+    let Object::StatefulSet(set) = find(&objects, "StatefulSet/dataplane") else {
+        panic!("not a StatefulSet")
+    };
+    let spec = set.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, None, "replicas belong to the autoscaler");
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .expect("retention");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+    let pod = spec.template.spec.as_ref().expect("pod");
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(i64::from(settings.drain_seconds + settings.flush_seconds))
+    );
+    let security = pod.security_context.as_ref().expect("pod security");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(
+        security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let container = &pod.containers[0];
+    let locked = container
+        .security_context
+        .as_ref()
+        .expect("container security");
+    assert_eq!(locked.read_only_root_filesystem, Some(true));
+    assert_eq!(locked.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        locked.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    let keys: Vec<_> = pod
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .map(|c| c.topology_key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    // The tenant's own interception CA is mounted, and none is generated.
+    let volumes = pod.volumes.as_ref().expect("volumes");
+    let interception = volumes
+        .iter()
+        .find(|v| v.name == "interception-ca")
+        .expect("volume");
+    assert_eq!(
+        interception
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref()),
+        Some("meridian-interception-ca")
+    );
+    assert!(
+        objects
+            .iter()
+            .all(|o| o.describe() != "Secret/interception-ca")
+    );
+}
+
+#[test]
+fn the_dataplane_is_told_the_tenants_archive_and_tunnel() {
+    let (tenant, _) = broker();
+    let settings = Settings {
+        tunnel_domain: Some("tunnel.msp.example".into()),
+        ..Settings::default()
+    };
+    let args = workload::dataplane_args(&tenant, &settings).join(" ");
+    for expected in [
+        "--tenant meridian-capital",
+        "--s3-bucket meridian-im-archive",
+        "--s3-region us-east-1",
+        "--retention-days 2192",
+        "--retention-mode compliance",
+        "--forward-after synced",
+        "--tunnel 0.0.0.0:4433",
+        "--tunnel-name tunnel.imgate-meridian-capital.svc",
+        "--tunnel-name meridian-capital.tunnel.msp.example",
+        "--workers 1",
+        "--writer $(POD_NAME)",
+    ] {
+        assert!(args.contains(expected), "{expected:?} missing from {args}");
+    }
+    assert!(!args.contains("--s3-endpoint"), "AWS needs no endpoint");
+}
+
+#[test]
+fn a_role_arn_annotates_the_service_account_and_static_keys_come_from_their_secret() {
+    let (broker, _) = broker();
+    let objects = desired(&broker, None, &Settings::default());
+    let Object::ServiceAccount(account) = find(&objects, "ServiceAccount/imgate-dataplane") else {
+        panic!("not a ServiceAccount")
+    };
+    assert_eq!(
+        account
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(access::ROLE_ARN))
+            .map(String::as_str),
+        Some("arn:aws:iam::123456789012:role/imgate-meridian-capital-archive")
+    );
+    assert_eq!(account.automount_service_account_token, Some(false));
+    assert!(
+        objects.iter().all(|o| !matches!(o, Object::ConfigMap(_))),
+        "no policy ConfigMap before a policy set compiles"
+    );
+
+    let dental = tenant("small-firm/tenant.yaml");
+    let objects = desired(&dental, None, &Settings::default());
+    let Object::StatefulSet(set) = find(&objects, "StatefulSet/dataplane") else {
+        panic!("not a StatefulSet")
+    };
+    let container = &set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod")
+        .containers[0];
+    let from = container.env_from.as_ref().expect("credentials");
+    assert_eq!(
+        from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+        Some("harbor-dental-s3")
+    );
+    assert!(
+        find(&objects, "ServiceAccount/imgate-dataplane")
+            .meta()
+            .annotations
+            .is_none()
+    );
+    assert!(
+        container
+            .args
+            .as_ref()
+            .expect("args")
+            .join(" ")
+            .contains("--s3-endpoint https://s3.eu-central-1.wasabisys.com")
+    );
+    // No CA of its own: the operator generates one.
+    let Object::Secret(secret) = find(&objects, "Secret/interception-ca") else {
+        panic!("not a Secret")
+    };
+    assert!(
+        secret.data.is_none() && secret.string_data.is_none(),
+        "generated keys are not rendered"
+    );
+    assert!(
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(GENERATED))
+    );
+}
+
+#[test]
+fn scaling_disruption_and_network_follow_the_tenant_and_settings() {
+    let (tenant, set) = broker();
+    let objects = desired(&tenant, Some(&set), &Settings::default());
+    let Object::HorizontalPodAutoscaler(hpa) = find(&objects, "HorizontalPodAutoscaler/dataplane")
+    else {
+        panic!("not an HPA")
+    };
+    let spec = hpa.spec.as_ref().expect("spec");
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 20));
+    assert_eq!(spec.scale_target_ref.kind, "StatefulSet");
+    let target = spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m[0].resource.as_ref())
+        .expect("cpu");
+    assert_eq!(target.target.average_utilization, Some(70));
+
+    let Object::NetworkPolicy(policy) = find(&objects, "NetworkPolicy/dataplane") else {
+        panic!("not a NetworkPolicy")
+    };
+    let spec = policy.spec.as_ref().expect("spec");
+    let ingress = spec.ingress.as_ref().expect("ingress");
+    let port = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+        let p = &rule.ports.as_ref().expect("ports")[0];
+        (p.protocol.clone().unwrap_or_default(), p.port.clone())
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(
+        port(&ingress[0]),
+        ("UDP".into(), Some(IntOrString::Int(4433)))
+    );
+    assert!(ingress[0].from.is_none(), "connectors come from anywhere");
+    assert_eq!(
+        port(&ingress[1]),
+        ("TCP".into(), Some(IntOrString::Int(9464)))
+    );
+    let egress = spec.egress.as_ref().expect("egress");
+    let blocks: Vec<_> = egress[1]
+        .to
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip_block.as_ref())
+        .collect();
+    assert!(
+        blocks[0]
+            .except
+            .iter()
+            .flatten()
+            .any(|c| c == "169.254.0.0/16"),
+        "instance metadata is out of reach"
+    );
+
+    let Object::Service(tunnel) = find(&objects, "Service/tunnel") else {
+        panic!("not a Service")
+    };
+    let spec = tunnel.spec.as_ref().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(
+        spec.external_traffic_policy.as_deref(),
+        Some("Local"),
+        "connector addresses are kept"
+    );
+}
+
+#[test]
+fn the_policy_config_map_carries_the_compiled_set_and_its_revision() {
+    let (tenant, set) = broker();
+    let objects = desired(&tenant, Some(&set), &Settings::default());
+    let Object::ConfigMap(map) = find(&objects, "ConfigMap/policy") else {
+        panic!("not a ConfigMap")
+    };
+    assert_eq!(
+        map.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(access::POLICY_REVISION)),
+        Some(&set.revision)
+    );
+    let yaml = &map.data.as_ref().expect("data")[crate::policy::POLICY_FILE];
+    let delivered: Vec<IMPolicy> = serde_saphyr::from_multiple(yaml).expect("IMPolicy documents");
+    assert_eq!(delivered.len(), 2);
+    assert_eq!(
+        PolicySet::build("meridian-capital", &delivered)
+            .expect("compiles")
+            .revision,
+        set.revision,
+        "what the dataplanes receive rebuilds the same revision"
+    );
+}

@@ -1,0 +1,410 @@
+//! The dataplanes: their StatefulSet, autoscaler and disruption budget.
+//!
+//! Invariants:
+//! - The StatefulSet leaves `replicas` to the HorizontalPodAutoscaler, which keeps them in
+//!   the tenant's range.
+//! - Pods run as a non-root user with a read-only root filesystem, no capabilities, no
+//!   privilege escalation and the runtime's default seccomp profile.
+//! - A pod's grace period covers the tunnel drain and then the archive flush; write-ahead log
+//!   volumes are kept when pods go (scale-down or deletion), so no record is lost with them.
+
+use std::collections::BTreeMap;
+
+use imgate_crds::Tenant;
+use imgate_crds::tenant::{ForwardAfter, RetentionMode};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource,
+    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::network::{METRICS_PORT_NAME, TUNNEL_PORT_NAME};
+use crate::names;
+use crate::policy::POLICY_FILE;
+use crate::settings::Settings;
+
+/// The user and group the dataplane runs as (the image's non-root user).
+pub const RUN_AS: i64 = 65532;
+/// Where each pod keeps its write-ahead log and its tunnel state.
+pub const DATA_DIR: &str = "/var/lib/imgate";
+const POLICY_DIR: &str = "/etc/imgate/policy";
+const TUNNEL_CA_DIR: &str = "/etc/imgate/tunnel-ca";
+const INTERCEPTION_CA_DIR: &str = "/etc/imgate/interception-ca";
+
+fn tenant_name(tenant: &Tenant) -> String {
+    tenant.metadata.name.clone().unwrap_or_default()
+}
+
+fn selector(tenant: &Tenant) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(names::selector(&tenant_name(tenant))),
+        ..LabelSelector::default()
+    }
+}
+
+/// The names connectors may dial the tunnel by: the Service's in-cluster name, and the
+/// tenant's name under the MSP's tunnel domain when there is one.
+pub fn tunnel_names(tenant: &Tenant, settings: &Settings) -> Vec<String> {
+    let name = tenant_name(tenant);
+    let mut names = vec![format!(
+        "{}.{}.svc",
+        names::TUNNEL_SERVICE,
+        names::namespace(&name)
+    )];
+    if let Some(domain) = &settings.tunnel_domain {
+        names.push(format!("{name}.{domain}"));
+    }
+    names
+}
+
+/// The dataplane's command line (`imgate up`, as the pod runs it).
+pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
+    let archive = &tenant.spec.archive;
+    let mut args: Vec<String> = [
+        "up",
+        "--socks",
+        "off",
+        "--http",
+        "off",
+        "--tenant",
+        &tenant_name(tenant),
+        "--data",
+        DATA_DIR,
+        "--policy",
+        &format!("{POLICY_DIR}/{POLICY_FILE}"),
+        "--metrics",
+        &format!("0.0.0.0:{}", settings.metrics_port),
+        "--tunnel",
+        &format!("0.0.0.0:{}", settings.tunnel_port),
+        "--tunnel-ca",
+        TUNNEL_CA_DIR,
+        "--interception-ca",
+        INTERCEPTION_CA_DIR,
+        "--drain-seconds",
+        &settings.drain_seconds.to_string(),
+        "--workers",
+        "1",
+        "--writer",
+        "$(POD_NAME)",
+        "--forward-after",
+        match archive.forward_after {
+            ForwardAfter::Written => "written",
+            ForwardAfter::Synced => "synced",
+        },
+        "--s3-bucket",
+        &archive.s3.bucket,
+        "--s3-region",
+        &archive.s3.region,
+        "--retention-days",
+        &archive.retention.days.to_string(),
+        "--retention-mode",
+        match archive.retention.mode {
+            RetentionMode::Compliance => "compliance",
+            RetentionMode::Governance => "governance",
+        },
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    if let Some(endpoint) = &archive.s3.endpoint {
+        args.extend(["--s3-endpoint".into(), endpoint.clone()]);
+    }
+    if let Some(prefix) = &archive.s3.prefix {
+        args.extend(["--s3-prefix".into(), prefix.clone()]);
+    }
+    for name in tunnel_names(tenant, settings) {
+        args.extend(["--tunnel-name".into(), name]);
+    }
+    args
+}
+
+fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(
+                items
+                    .iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: (*key).into(),
+                        path: (*path).into(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn probe(failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String(METRICS_PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+        .collect()
+}
+
+fn spread(key: &str) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: None,
+        match_label_keys: Some(vec!["controller-revision-hash".into()]),
+        ..TopologySpreadConstraint::default()
+    }
+}
+
+fn container(tenant: &Tenant, settings: &Settings) -> Container {
+    let credentials = tenant.spec.archive.s3.credentials_secret_ref.as_ref();
+    Container {
+        name: names::DATAPLANE.into(),
+        image: Some(settings.image.clone()),
+        args: Some(dataplane_args(tenant, settings)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(TUNNEL_PORT_NAME.into()),
+                container_port: settings.tunnel_port.into(),
+                protocol: Some("UDP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(METRICS_PORT_NAME.into()),
+                container_port: settings.metrics_port.into(),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+            value: None,
+        }]),
+        env_from: credentials.map(|secret| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.name.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvFromSource::default()
+            }]
+        }),
+        readiness_probe: Some(probe(2)),
+        liveness_probe: Some(probe(6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", &settings.cpu_request),
+                ("memory", &settings.memory_request),
+            ])),
+            limits: Some(quantities(&[("memory", &settings.memory_limit)])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("data", DATA_DIR, false),
+            mount("policy", POLICY_DIR, true),
+            mount("tunnel-ca", TUNNEL_CA_DIR, true),
+            mount("interception-ca", INTERCEPTION_CA_DIR, true),
+            mount("tmp", "/tmp", false),
+        ]),
+        ..Container::default()
+    }
+}
+
+pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
+    let name = tenant_name(tenant);
+    let interception = tenant
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.interception_ca_secret_ref.as_ref())
+        .map_or(names::INTERCEPTION_CA_SECRET.to_owned(), |s| s.name.clone());
+    let volumes = vec![
+        Volume {
+            name: "policy".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::POLICY_CONFIG_MAP.into(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret_volume(
+            "tunnel-ca",
+            names::TUNNEL_CA_SECRET,
+            &[("ca.pem", "ca.pem"), ("ca.key", "ca.key")],
+        ),
+        secret_volume(
+            "interception-ca",
+            &interception,
+            &[("tls.crt", "ca.pem"), ("tls.key", "ca.key")],
+        ),
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            labels: Some(names::labels(&name)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: settings.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(quantities(&[("storage", &settings.wal_size)])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    StatefulSet {
+        metadata: names::meta(tenant, names::DATAPLANE, true),
+        spec: Some(StatefulSetSpec {
+            service_name: Some(names::PODS_SERVICE.into()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: selector(tenant),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(names::pod_labels(&name)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names::SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(
+                        (settings.drain_seconds + settings.flush_seconds).into(),
+                    ),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    topology_spread_constraints: Some(vec![
+                        spread("kubernetes.io/hostname"),
+                        spread("topology.kubernetes.io/zone"),
+                    ]),
+                    containers: vec![container(tenant, settings)],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+pub fn autoscaler(tenant: &Tenant) -> HorizontalPodAutoscaler {
+    let dataplane = &tenant.spec.dataplane;
+    HorizontalPodAutoscaler {
+        metadata: names::meta(tenant, names::DATAPLANE, true),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "StatefulSet".into(),
+                name: names::DATAPLANE.into(),
+            },
+            min_replicas: Some(dataplane.replicas.min),
+            max_replicas: dataplane.replicas.max,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(dataplane.target_cpu_utilization),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }
+}
+
+pub fn disruption_budget(tenant: &Tenant) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: names::meta(tenant, names::DATAPLANE, true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(tenant)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}

@@ -1,0 +1,90 @@
+//! Names, labels and owner references of what the operator makes for a tenant.
+//!
+//! Invariants: a tenant's objects live in [`namespace`] (`imgate-NAME`; tenant names are at
+//! most 40 characters, so the namespace is a valid DNS label); every object carries
+//! [`labels`], and the dataplane pods are selected by [`selector`] alone.
+
+use std::collections::BTreeMap;
+
+use imgate_crds::Tenant;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+/// The field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "imgate-operator";
+/// The label naming an object's tenant.
+pub const TENANT_LABEL: &str = "imgate.io/tenant";
+/// The dataplane's StatefulSet, pods' name prefix and HorizontalPodAutoscaler.
+pub const DATAPLANE: &str = "dataplane";
+/// The dataplanes' service account.
+pub const SERVICE_ACCOUNT: &str = "imgate-dataplane";
+/// The UDP Service connectors reach the dataplanes through.
+pub const TUNNEL_SERVICE: &str = "tunnel";
+/// The ClusterIP Service Prometheus scrapes.
+pub const METRICS_SERVICE: &str = "metrics";
+/// The headless Service that governs the StatefulSet (stable pod names).
+pub const PODS_SERVICE: &str = "dataplane-pods";
+/// The Secret with the tenant's tunnel CA (`ca.pem`, `ca.key`).
+pub const TUNNEL_CA_SECRET: &str = "tunnel-ca";
+/// The Secret with the interception CA the operator makes when the tenant gives none.
+pub const INTERCEPTION_CA_SECRET: &str = "interception-ca";
+/// The Secret holding the current one-time enrollment token for a new connector.
+pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
+/// The ConfigMap with the tenant's compiled-clean policy set.
+pub const POLICY_CONFIG_MAP: &str = "policy";
+
+/// The namespace holding everything of tenant `tenant`.
+pub fn namespace(tenant: &str) -> String {
+    format!("imgate-{tenant}")
+}
+
+/// The labels on every object of `tenant`.
+pub fn labels(tenant: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "imgate".into()),
+        ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+        (TENANT_LABEL.into(), tenant.into()),
+    ])
+}
+
+/// The labels that select a tenant's dataplane pods.
+pub fn selector(tenant: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/component".into(), DATAPLANE.into()),
+        (TENANT_LABEL.into(), tenant.into()),
+    ])
+}
+
+/// The labels of a tenant's dataplane pods: [`labels`] and [`selector`].
+pub fn pod_labels(tenant: &str) -> BTreeMap<String, String> {
+    let mut labels = labels(tenant);
+    labels.extend(selector(tenant));
+    labels
+}
+
+/// The owner reference to `tenant` that every object of it carries, so that deleting the
+/// Tenant (once its finalizer has let go) collects them.
+pub fn owner(tenant: &Tenant) -> OwnerReference {
+    OwnerReference {
+        api_version: Tenant::api_version(&()).into_owned(),
+        kind: Tenant::kind(&()).into_owned(),
+        name: tenant.metadata.name.clone().unwrap_or_default(),
+        uid: tenant.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Metadata for object `name` of `tenant`, in the tenant's namespace (`namespaced`) or
+/// cluster-scoped; owned by the tenant once it has a uid (a Tenant read from a file, as
+/// `imgate operator render` reads it, has none yet).
+pub fn meta(tenant: &Tenant, name: &str, namespaced: bool) -> ObjectMeta {
+    let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespaced.then(|| namespace(&tenant_name)),
+        labels: Some(labels(&tenant_name)),
+        owner_references: tenant.metadata.uid.is_some().then(|| vec![owner(tenant)]),
+        ..ObjectMeta::default()
+    }
+}

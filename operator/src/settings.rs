@@ -1,0 +1,57 @@
+//! How the operator builds every tenant's dataplanes: the image, ports, sizes and limits an
+//! MSP sets once (Helm values become these options).
+//!
+//! Invariant: [`Settings::default`] is what the Helm chart's defaults give, so that
+//! `imgate operator render` previews what an installed operator makes.
+
+/// Settings shared by all tenants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The dataplane image.
+    pub image: String,
+    /// UDP port of the tunnel, on the pods and on the tunnel Service.
+    pub tunnel_port: u16,
+    /// TCP port of `/metrics` and `/healthz` on the pods.
+    pub metrics_port: u16,
+    /// `LoadBalancer` or `NodePort`: how connectors reach the tunnel Service.
+    pub tunnel_service_type: String,
+    /// Size of each dataplane's volume for its write-ahead log.
+    pub wal_size: String,
+    /// Storage class of that volume (the cluster's default when absent).
+    pub storage_class: Option<String>,
+    /// How long open sessions may run on after a dataplane is told to stop (seconds).
+    pub drain_seconds: u32,
+    /// Time after the drain to flush the archive log to the bucket (seconds).
+    pub flush_seconds: u32,
+    /// CPU and memory each dataplane requests, and the memory it may not exceed.
+    pub cpu_request: String,
+    /// See [`Settings::cpu_request`].
+    pub memory_request: String,
+    /// See [`Settings::cpu_request`].
+    pub memory_limit: String,
+    /// The namespace whose pods may scrape the dataplanes' metrics.
+    pub metrics_namespace: String,
+    /// The MSP's DNS domain for tunnels: tenant `acme` is reached as `acme.DOMAIN`, a name
+    /// in the dataplanes' tunnel certificate (the in-cluster Service name always is).
+    pub tunnel_domain: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/imgate/imgate:0.1.0".into(),
+            tunnel_port: 4433,
+            metrics_port: 9464,
+            tunnel_service_type: "LoadBalancer".into(),
+            wal_size: "1Gi".into(),
+            storage_class: None,
+            drain_seconds: 20,
+            flush_seconds: 40,
+            cpu_request: "250m".into(),
+            memory_request: "64Mi".into(),
+            memory_limit: "512Mi".into(),
+            metrics_namespace: "monitoring".into(),
+            tunnel_domain: None,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `imgate operator`: `render` prints every object the operator would make for the Tenants
+//! and IMPolicies given, so that changes can be previewed and diffed in review; `check` proves
+//! that the objects of a manifest (rendered charts, `render` output, hand-written YAML) are
+//! the Kubernetes types they claim to be.
+//!
+//! Invariant: `render` uses the same desired-state functions and policy compiler as the
+//! running operator, with the settings the Helm chart's defaults give unless told otherwise.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use imgate_operator::policy::PolicySet;
+use imgate_operator::{Settings, desired, render};
+
+use crate::policy::lint::{Level, Workspace};
+
+/// What `imgate operator` does.
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Print, as YAML, every object the operator would make for the Tenants in the files.
+    Render(RenderArgs),
+    /// Check that every object in YAML files is the Kubernetes type it claims to be.
+    Check {
+        /// YAML files (`-` for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Options of `imgate operator render`: the operator settings an MSP sets in the chart.
+#[derive(Args)]
+pub struct RenderArgs {
+    /// Tenant and IMPolicy files, or folders of them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The dataplane image.
+    #[arg(long)]
+    image: Option<String>,
+    /// The MSP's DNS domain for tunnels (tenant `acme` is reached as `acme.DOMAIN`).
+    #[arg(long)]
+    tunnel_domain: Option<String>,
+    /// `LoadBalancer` or `NodePort`.
+    #[arg(long, value_parser = ["LoadBalancer", "NodePort"])]
+    tunnel_service_type: Option<String>,
+    /// Storage class of the write-ahead log volumes.
+    #[arg(long)]
+    storage_class: Option<String>,
+    /// The namespace whose pods may scrape the dataplanes' metrics.
+    #[arg(long)]
+    metrics_namespace: Option<String>,
+}
+
+impl RenderArgs {
+    fn settings(&self) -> Settings {
+        let defaults = Settings::default();
+        Settings {
+            image: self.image.clone().unwrap_or(defaults.image),
+            tunnel_domain: self.tunnel_domain.clone(),
+            tunnel_service_type: self
+                .tunnel_service_type
+                .clone()
+                .unwrap_or(defaults.tunnel_service_type),
+            storage_class: self.storage_class.clone(),
+            metrics_namespace: self
+                .metrics_namespace
+                .clone()
+                .unwrap_or(defaults.metrics_namespace),
+            ..defaults
+        }
+    }
+}
+
+/// Runs an operator subcommand; returns the exit code.
+pub fn run(command: OperatorCommand) -> anyhow::Result<i32> {
+    match command {
+        OperatorCommand::Render(args) => render_command(&args),
+        OperatorCommand::Check { files } => check_command(&files),
+    }
+}
+
+fn render_command(args: &RenderArgs) -> anyhow::Result<i32> {
+    let workspace = Workspace::load(&args.paths);
+    if workspace.count(Level::Error) > 0 {
+        workspace.report(&mut std::io::stderr().lock())?;
+    }
+    anyhow::ensure!(
+        !workspace.tenants.is_empty(),
+        "no valid Tenant in the files given: render needs the Tenant and its IMPolicies"
+    );
+    let settings = args.settings();
+    let mut failed = workspace.count(Level::Error) > 0;
+    for tenant in &workspace.tenants {
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        let policy = match PolicySet::build(&name, &workspace.policies) {
+            Ok(set) => Some(set),
+            Err(error) => {
+                failed = true;
+                eprintln!(
+                    "tenant {name}: the policy set does not compile, so the operator would leave the dataplanes on their last good policy:"
+                );
+                for diagnostic in &error.0 {
+                    eprintln!("  {diagnostic}");
+                }
+                None
+            }
+        };
+        print!(
+            "{}",
+            render::yaml(&desired(tenant, policy.as_ref(), &settings))
+        );
+    }
+    Ok(i32::from(failed))
+}
+
+fn check_command(files: &[PathBuf]) -> anyhow::Result<i32> {
+    let mut failed = false;
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+        };
+        match imgate_operator::check::check_yaml(&text) {
+            Ok(count) => println!(
+                "{}: {count} objects, each the type it claims to be",
+                file.display()
+            ),
+            Err(problems) => {
+                failed = true;
+                for problem in problems {
+                    println!("{}: {problem}", file.display());
+                }
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
