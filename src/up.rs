@@ -192,6 +192,13 @@ async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListe
 
 /// Runs the dataplane until Ctrl-C or SIGTERM.
 pub fn run(args: UpArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        [&args.socks, &args.http, &args.tunnel]
+            .iter()
+            .any(|l| *l != "off")
+            || !args.forwards.is_empty(),
+        "nothing to listen on: give --socks, --http, --forward or --tunnel"
+    );
     let (policy, directory) = compile(&args)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
@@ -238,7 +245,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             let port: u16 = port.parse().with_context(|| format!("{port:?} is not a port"))?;
             listeners.extend(bind(listen, Frontend::Forward { host: host.to_owned(), port }).await?);
         }
-        anyhow::ensure!(!listeners.is_empty() || args.tunnel != "off", "nothing to listen on: give --socks, --http, --forward or --tunnel");
 
         println!("imgate is up for tenant {}", args.tenant);
         for (listener, frontend) in &listeners {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use imgate_crds::Tenant;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 
 /// The field manager of every server-side apply the operator makes.
@@ -33,6 +33,11 @@ pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";
 
+/// A Tenant's name (empty only for a Tenant that never passed the API server's checks).
+pub fn tenant_name(tenant: &Tenant) -> &str {
+    tenant.metadata.name.as_deref().unwrap_or_default()
+}
+
 /// The namespace holding everything of tenant `tenant`.
 pub fn namespace(tenant: &str) -> String {
     format!("imgate-{tenant}")
@@ -55,6 +60,14 @@ pub fn selector(tenant: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// A label selector for `tenant`'s dataplane pods ([`selector`]).
+pub fn pod_selector(tenant: &Tenant) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector(tenant_name(tenant))),
+        ..LabelSelector::default()
+    }
+}
+
 /// The labels of a tenant's dataplane pods: [`labels`] and [`selector`].
 pub fn pod_labels(tenant: &str) -> BTreeMap<String, String> {
     let mut labels = labels(tenant);
@@ -68,7 +81,7 @@ pub fn owner(tenant: &Tenant) -> OwnerReference {
     OwnerReference {
         api_version: Tenant::api_version(&()).into_owned(),
         kind: Tenant::kind(&()).into_owned(),
-        name: tenant.metadata.name.clone().unwrap_or_default(),
+        name: tenant_name(tenant).to_owned(),
         uid: tenant.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
         block_owner_deletion: Some(true),
@@ -79,11 +92,10 @@ pub fn owner(tenant: &Tenant) -> OwnerReference {
 /// cluster-scoped; owned by the tenant once it has a uid (a Tenant read from a file, as
 /// `imgate operator render` reads it, has none yet).
 pub fn meta(tenant: &Tenant, name: &str, namespaced: bool) -> ObjectMeta {
-    let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
     ObjectMeta {
         name: Some(name.into()),
-        namespace: namespaced.then(|| namespace(&tenant_name)),
-        labels: Some(labels(&tenant_name)),
+        namespace: namespaced.then(|| namespace(tenant_name(tenant))),
+        labels: Some(labels(tenant_name(tenant))),
         owner_references: tenant.metadata.uid.is_some().then(|| vec![owner(tenant)]),
         ..ObjectMeta::default()
     }

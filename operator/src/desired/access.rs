@@ -19,12 +19,8 @@ pub const POLICY_REVISION: &str = "imgate.io/policy-revision";
 /// The annotation EKS reads to give a service account's pods an IAM role.
 pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 
-fn tenant_name(tenant: &Tenant) -> String {
-    tenant.metadata.name.clone().unwrap_or_default()
-}
-
 pub fn namespace(tenant: &Tenant) -> Namespace {
-    let mut metadata = names::meta(tenant, &names::namespace(&tenant_name(tenant)), false);
+    let mut metadata = names::meta(tenant, &names::namespace(names::tenant_name(tenant)), false);
     let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     for mode in ["enforce", "audit", "warn"] {
         labels.insert(

@@ -93,13 +93,31 @@ impl Object {
         }
     }
 
+    /// The object's `kind`.
+    pub fn kind(&self) -> &'static str {
+        fn of<K: k8s_openapi::Resource>(_: &K) -> &'static str {
+            K::KIND
+        }
+        match self {
+            Object::Namespace(o) => of(o),
+            Object::ServiceAccount(o) => of(o),
+            Object::Secret(o) => of(o),
+            Object::ConfigMap(o) => of(o),
+            Object::StatefulSet(o) => of(o.as_ref()),
+            Object::Service(o) => of(o),
+            Object::HorizontalPodAutoscaler(o) => of(o),
+            Object::PodDisruptionBudget(o) => of(o),
+            Object::NetworkPolicy(o) => of(o),
+        }
+    }
+
     /// `Kind/name`, for logs and messages.
     pub fn describe(&self) -> String {
-        let kind = self.to_json()["kind"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        format!("{kind}/{}", self.meta().name.as_deref().unwrap_or_default())
+        format!(
+            "{}/{}",
+            self.kind(),
+            self.meta().name.as_deref().unwrap_or_default()
+        )
     }
 }
 

@@ -37,10 +37,6 @@ const PRIVATE_V4: [&str; 5] = [
 ];
 const PRIVATE_V6: [&str; 2] = ["fc00::/7", "fe80::/10"];
 
-fn tenant_name(tenant: &Tenant) -> String {
-    tenant.metadata.name.clone().unwrap_or_default()
-}
-
 fn port(name: &str, protocol: &str, number: u16) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
@@ -55,7 +51,7 @@ fn service(tenant: &Tenant, name: &str, spec: ServiceSpec) -> Service {
     Service {
         metadata: names::meta(tenant, name, true),
         spec: Some(ServiceSpec {
-            selector: Some(names::selector(&tenant_name(tenant))),
+            selector: Some(names::selector(names::tenant_name(tenant))),
             ..spec
         }),
         ..Service::default()
@@ -165,10 +161,7 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
     NetworkPolicy {
         metadata: names::meta(tenant, names::DATAPLANE, true),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(names::selector(&tenant_name(tenant))),
-                ..LabelSelector::default()
-            }),
+            pod_selector: Some(names::pod_selector(tenant)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![tunnel, metrics]),
             egress: Some(vec![dns, internet]),

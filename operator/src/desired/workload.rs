@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::network::{METRICS_PORT_NAME, TUNNEL_PORT_NAME};
@@ -44,25 +44,14 @@ const POLICY_DIR: &str = "/etc/imgate/policy";
 const TUNNEL_CA_DIR: &str = "/etc/imgate/tunnel-ca";
 const INTERCEPTION_CA_DIR: &str = "/etc/imgate/interception-ca";
 
-fn tenant_name(tenant: &Tenant) -> String {
-    tenant.metadata.name.clone().unwrap_or_default()
-}
-
-fn selector(tenant: &Tenant) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(names::selector(&tenant_name(tenant))),
-        ..LabelSelector::default()
-    }
-}
-
 /// The names connectors may dial the tunnel by: the Service's in-cluster name, and the
 /// tenant's name under the MSP's tunnel domain when there is one.
 pub fn tunnel_names(tenant: &Tenant, settings: &Settings) -> Vec<String> {
-    let name = tenant_name(tenant);
+    let name = names::tenant_name(tenant);
     let mut names = vec![format!(
         "{}.{}.svc",
         names::TUNNEL_SERVICE,
-        names::namespace(&name)
+        names::namespace(name)
     )];
     if let Some(domain) = &settings.tunnel_domain {
         names.push(format!("{name}.{domain}"));
@@ -80,7 +69,7 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         "--http",
         "off",
         "--tenant",
-        &tenant_name(tenant),
+        names::tenant_name(tenant),
         "--data",
         DATA_DIR,
         "--policy",
@@ -265,7 +254,7 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
 }
 
 pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
-    let name = tenant_name(tenant);
+    let name = names::tenant_name(tenant);
     let interception = tenant
         .spec
         .tls
@@ -303,7 +292,7 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".into()),
-            labels: Some(names::labels(&name)),
+            labels: Some(names::labels(name)),
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
@@ -322,7 +311,7 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
         spec: Some(StatefulSetSpec {
             service_name: Some(names::PODS_SERVICE.into()),
             pod_management_policy: Some("Parallel".into()),
-            selector: selector(tenant),
+            selector: names::pod_selector(tenant),
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Retain".into()),
@@ -331,7 +320,7 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
             ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(names::pod_labels(&name)),
+                    labels: Some(names::pod_labels(name)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -402,7 +391,7 @@ pub fn disruption_budget(tenant: &Tenant) -> PodDisruptionBudget {
         metadata: names::meta(tenant, names::DATAPLANE, true),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(selector(tenant)),
+            selector: Some(names::pod_selector(tenant)),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
