@@ -8,6 +8,7 @@ mod connector;
 mod connector_health;
 mod manifest;
 mod operator;
+mod operator_run;
 mod policy;
 mod tunnel_admin;
 mod up;

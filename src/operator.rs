@@ -1,4 +1,4 @@
-//! `imgate operator`: `render` prints every object the operator would make for the Tenants
+//! `imgate operator`: `run` is the operator itself ([`crate::operator_run`]); `render` prints every object the operator would make for the Tenants
 //! and IMPolicies given, so that changes can be previewed and diffed in review; `check` proves
 //! that the objects of a manifest (rendered charts, `render` output, hand-written YAML) are
 //! the Kubernetes types they claim to be.
@@ -20,6 +20,8 @@ use crate::policy::lint::{Level, Workspace};
 pub enum OperatorCommand {
     /// Print, as YAML, every object the operator would make for the Tenants in the files.
     Render(RenderArgs),
+    /// Reconcile Tenants and IMPolicies on the cluster (in a pod, or with KUBECONFIG).
+    Run(crate::operator_run::RunArgs),
     /// Check that every object in YAML files is the Kubernetes type it claims to be.
     Check {
         /// YAML files (`-` for standard input).
@@ -28,12 +30,9 @@ pub enum OperatorCommand {
     },
 }
 
-/// Options of `imgate operator render`: the operator settings an MSP sets in the chart.
+/// The operator settings an MSP sets in the chart, shared by `render` and `run`.
 #[derive(Args)]
-pub struct RenderArgs {
-    /// Tenant and IMPolicy files, or folders of them.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
+pub struct SettingsArgs {
     /// The dataplane image.
     #[arg(long)]
     image: Option<String>,
@@ -51,8 +50,9 @@ pub struct RenderArgs {
     metrics_namespace: Option<String>,
 }
 
-impl RenderArgs {
-    fn settings(&self) -> Settings {
+impl SettingsArgs {
+    /// The settings, with the chart's defaults for what is not given.
+    pub fn settings(&self) -> Settings {
         let defaults = Settings::default();
         Settings {
             image: self.image.clone().unwrap_or(defaults.image),
@@ -71,11 +71,22 @@ impl RenderArgs {
     }
 }
 
+/// Options of `imgate operator render`.
+#[derive(Args)]
+pub struct RenderArgs {
+    /// Tenant and IMPolicy files, or folders of them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
 /// Runs an operator subcommand; returns the exit code.
 pub fn run(command: OperatorCommand) -> anyhow::Result<i32> {
     match command {
         OperatorCommand::Render(args) => render_command(&args),
         OperatorCommand::Check { files } => check_command(&files),
+        OperatorCommand::Run(args) => crate::operator_run::run(&args),
     }
 }
 
@@ -88,7 +99,7 @@ fn render_command(args: &RenderArgs) -> anyhow::Result<i32> {
         !workspace.tenants.is_empty(),
         "no valid Tenant in the files given: render needs the Tenant and its IMPolicies"
     );
-    let settings = args.settings();
+    let settings = args.settings.settings();
     let mut failed = workspace.count(Level::Error) > 0;
     for tenant in &workspace.tenants {
         let name = tenant.metadata.name.clone().unwrap_or_default();

@@ -16,8 +16,11 @@
 
 pub mod check;
 pub mod desired;
+#[cfg(test)]
+mod examples;
 pub mod names;
 pub mod policy;
+pub mod reconcile;
 pub mod render;
 pub mod settings;
 

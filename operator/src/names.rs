@@ -28,8 +28,6 @@ pub const PODS_SERVICE: &str = "dataplane-pods";
 pub const TUNNEL_CA_SECRET: &str = "tunnel-ca";
 /// The Secret with the interception CA the operator makes when the tenant gives none.
 pub const INTERCEPTION_CA_SECRET: &str = "interception-ca";
-/// The Secret holding the current one-time enrollment token for a new connector.
-pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";
 

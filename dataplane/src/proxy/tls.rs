@@ -143,6 +143,32 @@ impl InterceptionCa {
 
 /// A CA's key, its certificate (PEM) and where that is, from `dir` (`ca.key`, `ca.pem`);
 /// generated from `params` on first use, the key readable by its owner only.
+/// A new CA made from `params`, as PEM: the certificate and its private key.
+pub(crate) fn generate_ca_pem(params: &CertificateParams) -> Result<CaPem, TlsError> {
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CaPem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// A CA certificate and its private key, as PEM, for a store other than a folder (the
+/// operator keeps them in Secrets; each dataplane reads them as `ca.pem` and `ca.key`).
+pub struct CaPem {
+    /// The certificate.
+    pub cert: String,
+    /// The private key.
+    pub key: String,
+}
+
+impl InterceptionCa {
+    /// A new interception CA, as PEM.
+    pub fn generate_pem() -> Result<CaPem, TlsError> {
+        generate_ca_pem(&ca_params(CA_NAME))
+    }
+}
+
 pub(crate) fn load_or_generate_ca(
     dir: &Path,
     params: &CertificateParams,
@@ -154,10 +180,9 @@ pub(crate) fn load_or_generate_ca(
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
     if !key_path.exists() {
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-        std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+        let made = generate_ca_pem(params)?;
+        write_private(&key_path, made.key.as_bytes()).map_err(io(&key_path))?;
+        std::fs::write(&cert_path, made.cert).map_err(io(&cert_path))?;
     }
     let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)?;
     let cert_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;

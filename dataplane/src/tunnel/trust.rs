@@ -103,6 +103,11 @@ impl TunnelCa {
         })
     }
 
+    /// A new CA for `tenant`, as PEM, for a store other than the tunnel folder.
+    pub fn generate_pem(tenant: &str) -> Result<crate::proxy::tls::CaPem, TrustError> {
+        Ok(crate::proxy::tls::generate_ca_pem(&ca_params(tenant))?)
+    }
+
     /// Loads `tenant`'s CA from `dir` (`ca.pem`, `ca.key`), generating it on first use.
     pub fn load_or_generate(dir: &Path, tenant: &str) -> Result<Self, TrustError> {
         let (key, pem, cert_path) = load_or_generate_ca(dir, &ca_params(tenant))?;

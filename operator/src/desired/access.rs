@@ -58,20 +58,12 @@ fn generated(tenant: &Tenant, name: &str, type_: &str, what: &str) -> Secret {
 }
 
 pub fn secrets(tenant: &Tenant) -> Vec<Secret> {
-    let mut secrets = vec![
-        generated(
-            tenant,
-            names::TUNNEL_CA_SECRET,
-            "Opaque",
-            "the tenant's tunnel CA (ca.pem, ca.key): signs connector and dataplane certificates",
-        ),
-        generated(
-            tenant,
-            names::ENROLLMENT_SECRET,
-            "Opaque",
-            "the one-time token that enrolls the next connector (token)",
-        ),
-    ];
+    let mut secrets = vec![generated(
+        tenant,
+        names::TUNNEL_CA_SECRET,
+        "Opaque",
+        "the tenant's tunnel CA (ca.pem, ca.key): signs connector and dataplane certificates",
+    )];
     let supplied = tenant
         .spec
         .tls

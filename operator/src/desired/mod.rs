@@ -54,20 +54,30 @@ pub enum Object {
     NetworkPolicy(NetworkPolicy),
 }
 
+/// Evaluates `$body` with `$o` bound to the object inside whichever variant `$object` is.
+macro_rules! on_each {
+    ($object:expr, $o:ident => $body:expr) => {
+        match $object {
+            Object::Namespace($o) => $body,
+            Object::ServiceAccount($o) => $body,
+            Object::Secret($o) => $body,
+            Object::ConfigMap($o) => $body,
+            Object::StatefulSet(boxed) => {
+                let $o = boxed.as_ref();
+                $body
+            }
+            Object::Service($o) => $body,
+            Object::HorizontalPodAutoscaler($o) => $body,
+            Object::PodDisruptionBudget($o) => $body,
+            Object::NetworkPolicy($o) => $body,
+        }
+    };
+}
+
 impl Object {
     /// The object's metadata.
     pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            Object::Namespace(o) => &o.metadata,
-            Object::ServiceAccount(o) => &o.metadata,
-            Object::Secret(o) => &o.metadata,
-            Object::ConfigMap(o) => &o.metadata,
-            Object::StatefulSet(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::HorizontalPodAutoscaler(o) => &o.metadata,
-            Object::PodDisruptionBudget(o) => &o.metadata,
-            Object::NetworkPolicy(o) => &o.metadata,
-        }
+        on_each!(self, o => &o.metadata)
     }
 
     /// The object as JSON, with its `apiVersion` and `kind`.
@@ -80,17 +90,7 @@ impl Object {
             }
             value
         }
-        match self {
-            Object::Namespace(o) => typed(o),
-            Object::ServiceAccount(o) => typed(o),
-            Object::Secret(o) => typed(o),
-            Object::ConfigMap(o) => typed(o),
-            Object::StatefulSet(o) => typed(o.as_ref()),
-            Object::Service(o) => typed(o),
-            Object::HorizontalPodAutoscaler(o) => typed(o),
-            Object::PodDisruptionBudget(o) => typed(o),
-            Object::NetworkPolicy(o) => typed(o),
-        }
+        on_each!(self, o => typed(o))
     }
 
     /// The object's `kind`.
@@ -98,17 +98,15 @@ impl Object {
         fn of<K: k8s_openapi::Resource>(_: &K) -> &'static str {
             K::KIND
         }
-        match self {
-            Object::Namespace(o) => of(o),
-            Object::ServiceAccount(o) => of(o),
-            Object::Secret(o) => of(o),
-            Object::ConfigMap(o) => of(o),
-            Object::StatefulSet(o) => of(o.as_ref()),
-            Object::Service(o) => of(o),
-            Object::HorizontalPodAutoscaler(o) => of(o),
-            Object::PodDisruptionBudget(o) => of(o),
-            Object::NetworkPolicy(o) => of(o),
+        on_each!(self, o => of(o))
+    }
+
+    /// The object's API group, version and resource, for requests about it.
+    pub fn api_resource(&self) -> kube::core::ApiResource {
+        fn of<K: kube::Resource<DynamicType = ()>>(_: &K) -> kube::core::ApiResource {
+            kube::core::ApiResource::erase::<K>(&())
         }
+        on_each!(self, o => of(o))
     }
 
     /// `Kind/name`, for logs and messages.

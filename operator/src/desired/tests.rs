@@ -2,26 +2,9 @@ use imgate_crds::{IMPolicy, Tenant};
 
 use super::*;
 use crate::check::check_object;
+use crate::examples::{policies, tenant};
 use crate::names;
 use crate::policy::PolicySet;
-
-fn example(path: &str) -> String {
-    std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
-        .expect("example")
-}
-
-fn tenant(path: &str) -> Tenant {
-    let mut tenant: Tenant = serde_saphyr::from_str(&example(path)).expect("tenant");
-    tenant.metadata.uid = Some("0e6f5c1a-0000-4000-8000-000000000001".into());
-    tenant
-}
-
-fn policies(paths: &[&str]) -> Vec<IMPolicy> {
-    paths
-        .iter()
-        .flat_map(|p| serde_saphyr::from_multiple::<IMPolicy>(&example(p)).expect("policies"))
-        .collect()
-}
 
 fn broker() -> (Tenant, PolicySet) {
     let tenant = tenant("broker-dealer/tenant.yaml");
@@ -46,7 +29,7 @@ fn every_object_is_its_kubernetes_type_labelled_and_owned_by_its_tenant() {
     let objects = desired(&tenant, Some(&set), &Settings::default());
     assert_eq!(
         objects.len(),
-        12,
+        11,
         "{:?}",
         objects.iter().map(Object::describe).collect::<Vec<_>>()
     );

@@ -1,0 +1,404 @@
+//! An in-memory Kubernetes API server, enough of one for the operator: list and watch (with
+//! label and field selectors), get (also as metadata), create, server-side apply, merge
+//! patch with a `resourceVersion` precondition, and the status subresource. It answers over
+//! real HTTP, so the operator under test pays for encoding and decoding as it would against a
+//! cluster.
+//!
+//! Invariants: every write bumps one global `resourceVersion`; a write that changes nothing
+//! (apart from `resourceVersion`) is not an event, as on a real API server; a created
+//! StatefulSet reports one ready replica and a created LoadBalancer Service an address, as a
+//! healthy cluster would shortly after.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// Where an object lives: its plural, namespace and name.
+type Key = (String, Option<String>, String);
+
+/// The server's state.
+#[derive(Clone)]
+pub struct FakeApi {
+    objects: Arc<Mutex<BTreeMap<Key, Value>>>,
+    version: Arc<AtomicU64>,
+    events: broadcast::Sender<(String, Value)>,
+    /// Requests served, by method.
+    pub requests: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+struct Target {
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse(path: &str) -> Option<Target> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match *segments.first()? {
+        "api" => segments.get(2..)?,
+        "apis" => segments.get(3..)?,
+        _ => return None,
+    };
+    let (namespace, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        (Some(rest[1].to_owned()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    Some(Target {
+        plural: rest.first()?.to_string(),
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        status: rest.get(2) == Some(&"status"),
+    })
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), decode(v)))
+        .collect()
+}
+
+/// Whether `object` passes the `labelSelector` and `fieldSelector` of `params`.
+fn selected(object: &Value, params: &BTreeMap<String, String>) -> bool {
+    let labels_ok = params.get("labelSelector").is_none_or(|selector| {
+        selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+            term.split_once('=')
+                .is_some_and(|(k, v)| object["metadata"]["labels"][k] == v)
+        })
+    });
+    let fields_ok = params.get("fieldSelector").is_none_or(|selector| {
+        selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+            term.split_once('=').is_some_and(|(path, v)| {
+                let mut at = object;
+                for part in path.split('.') {
+                    at = &at[part];
+                }
+                at == v
+            })
+        })
+    });
+    labels_ok && fields_ok
+}
+
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    base.remove(key);
+                } else {
+                    merge(base.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
+
+fn without_version(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+    }
+    object
+}
+
+fn status(code: StatusCode, reason: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "reason": reason, "code": code.as_u16(), "message": reason});
+    respond(code, &body)
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
+impl FakeApi {
+    /// An empty server.
+    pub fn new() -> Self {
+        Self {
+            objects: Arc::default(),
+            version: Arc::new(AtomicU64::new(1)),
+            events: broadcast::channel(1 << 16).0,
+            requests: Arc::default(),
+        }
+    }
+
+    fn next_version(&self) -> String {
+        self.version.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+
+    /// Stores `object` of `plural` as a client's create would.
+    pub fn insert(&self, plural: &str, mut object: Value) {
+        let key = (
+            plural.to_owned(),
+            object["metadata"]["namespace"].as_str().map(str::to_owned),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        object["metadata"]["resourceVersion"] = self.next_version().into();
+        object["metadata"]["uid"] = format!("uid-{}-{}", key.0, key.2).into();
+        object["metadata"]["generation"] = 1.into();
+        self.objects.lock().expect("lock").insert(key, object);
+    }
+
+    /// The objects of `plural`.
+    pub fn all(&self, plural: &str) -> Vec<Value> {
+        let objects = self.objects.lock().expect("lock");
+        objects
+            .iter()
+            .filter(|((p, _, _), _)| p == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Stores a write of `object` under `key`, emitting an event when it changed anything.
+    fn store(&self, key: Key, mut object: Value, before: Option<&Value>) -> Value {
+        let changed = before.is_none_or(|b| without_version(b) != without_version(&object));
+        if !changed {
+            return before.cloned().unwrap_or_default();
+        }
+        object["metadata"]["resourceVersion"] = self.next_version().into();
+        self.objects
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), object.clone());
+        let kind = if before.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let _ = self
+            .events
+            .send((key.0, json!({"type": kind, "object": object.clone()})));
+        object
+    }
+
+    /// Serves one request.
+    pub async fn handle(
+        self,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Response {
+        *self
+            .requests
+            .lock()
+            .expect("lock")
+            .entry(method.to_string())
+            .or_default() += 1;
+        let Some(target) = parse(uri.path()) else {
+            return status(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let params = query(&uri);
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        match (method, &target.name) {
+            (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true") => {
+                self.watch(target, params)
+            }
+            (Method::GET, None) => self.list(&target, &params),
+            (Method::GET, Some(name)) => self.get(&target, name, &headers),
+            (Method::POST, None) => self.create(&target, body),
+            (Method::PATCH, Some(name)) => self.patch(&target, name, body, &headers),
+            (Method::PUT, Some(name)) => self.patch(&target, name, body, &headers),
+            (Method::DELETE, Some(name)) => {
+                let key = (
+                    target.plural.clone(),
+                    target.namespace.clone(),
+                    name.clone(),
+                );
+                match self.objects.lock().expect("lock").remove(&key) {
+                    Some(_) => respond(
+                        StatusCode::OK,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+                    ),
+                    None => status(StatusCode::NOT_FOUND, "NotFound"),
+                }
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        }
+    }
+
+    fn list(&self, target: &Target, params: &BTreeMap<String, String>) -> Response {
+        let objects = self.objects.lock().expect("lock");
+        let items: Vec<&Value> = objects
+            .iter()
+            .filter(|((p, ns, _), v)| {
+                *p == target.plural
+                    && (target.namespace.is_none() || *ns == target.namespace)
+                    && selected(v, params)
+            })
+            .map(|(_, v)| v)
+            .collect();
+        let version = self.version.load(Ordering::Relaxed).to_string();
+        respond(
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": items}),
+        )
+    }
+
+    fn watch(&self, target: Target, params: BTreeMap<String, String>) -> Response {
+        let receiver = self.events.subscribe();
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => return Some((event, receiver)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter(move |(plural, event)| {
+            let keep = *plural == target.plural
+                && target
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| event["object"]["metadata"]["namespace"] == ns.as_str())
+                && selected(&event["object"], &params);
+            futures::future::ready(keep)
+        })
+        .map(|(_, event)| Ok::<_, std::convert::Infallible>(format!("{event}\n")));
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap_or_default()
+    }
+
+    fn get(&self, target: &Target, name: &str, headers: &HeaderMap) -> Response {
+        let key = (
+            target.plural.clone(),
+            target.namespace.clone(),
+            name.to_owned(),
+        );
+        let objects = self.objects.lock().expect("lock");
+        let Some(object) = objects.get(&key) else {
+            return status(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let metadata_only = headers
+            .get("accept")
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+        if metadata_only {
+            return respond(
+                StatusCode::OK,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]}),
+            );
+        }
+        respond(StatusCode::OK, object)
+    }
+
+    fn create(&self, target: &Target, mut object: Value) -> Response {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = (
+            target.plural.clone(),
+            target.namespace.clone(),
+            name.clone(),
+        );
+        if self.objects.lock().expect("lock").contains_key(&key) {
+            return status(StatusCode::CONFLICT, "AlreadyExists");
+        }
+        object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
+        let stored = self.store(key, object, None);
+        respond(StatusCode::CREATED, &stored)
+    }
+
+    fn patch(&self, target: &Target, name: &str, body: Value, headers: &HeaderMap) -> Response {
+        let key = (
+            target.plural.clone(),
+            target.namespace.clone(),
+            name.to_owned(),
+        );
+        let before = self.objects.lock().expect("lock").get(&key).cloned();
+        let content = headers
+            .get("content-type")
+            .and_then(|c| c.to_str().ok())
+            .unwrap_or_default();
+        let apply = content.contains("apply-patch");
+        let Some(mut object) = before
+            .clone()
+            .or_else(|| apply.then(|| json!({"metadata": {}})))
+        else {
+            return status(StatusCode::NOT_FOUND, "NotFound");
+        };
+        if let Some(expected) = body["metadata"]["resourceVersion"].as_str()
+            && object["metadata"]["resourceVersion"] != expected
+        {
+            return status(StatusCode::CONFLICT, "Conflict");
+        }
+        if target.status {
+            object["status"] = body["status"].clone();
+        } else if apply {
+            let kept_meta = object["metadata"].clone();
+            let kept_status = object["status"].clone();
+            object = body;
+            for field in ["uid", "finalizers", "generation", "resourceVersion"] {
+                if !kept_meta[field].is_null() {
+                    object["metadata"][field] = kept_meta[field].clone();
+                }
+            }
+            object["status"] = if kept_status.is_null() {
+                healthy(&target.plural, &object)
+            } else {
+                kept_status
+            };
+        } else {
+            merge(&mut object, &body);
+        }
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
+        }
+        let stored = self.store(key, object, before.as_ref());
+        respond(StatusCode::OK, &stored)
+    }
+}
+
+/// The status a healthy cluster gives a new object of `plural` shortly after it is made.
+fn healthy(plural: &str, object: &Value) -> Value {
+    match plural {
+        "statefulsets" => json!({"replicas": 1, "readyReplicas": 1}),
+        "services" if object["spec"]["type"] == "LoadBalancer" => {
+            json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}})
+        }
+        _ => Value::Null,
+    }
+}

@@ -1,0 +1,98 @@
+//! The Tenant controller: what triggers a Tenant's reconcile, and what happens when one
+//! fails.
+//!
+//! Invariants: a Tenant is reconciled when it changes, when any IMPolicy naming it changes
+//! or goes, and when any object the operator made for it changes (drift is undone within
+//! one reconcile); objects are mapped to their Tenant by the tenant label, which every
+//! operator-made object carries, since owner references cannot name a cluster-scoped owner
+//! from a namespaced object in a way the controller's store resolves; only objects labelled
+//! as managed by the operator are watched.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use imgate_crds::{IMPolicy, Tenant};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+
+use super::{Context, Error, reconcile};
+use crate::names::{FIELD_MANAGER, TENANT_LABEL};
+
+/// The delay before a reconcile that lost a race (`409 Conflict`) runs again.
+const AFTER_CONFLICT: Duration = Duration::from_secs(1);
+/// The delay before any other failed reconcile runs again.
+const AFTER_ERROR: Duration = Duration::from_secs(15);
+/// The most Tenants reconciled at once: bounds the operator's memory, its connections and
+/// its load on the API server, whatever the number of tenants.
+const CONCURRENCY: u16 = 16;
+
+/// The Tenant that `object` belongs to, by its tenant label.
+pub fn tenant_of<K: Resource>(object: &K) -> Option<ObjectRef<Tenant>> {
+    object
+        .meta()
+        .labels
+        .as_ref()?
+        .get(TENANT_LABEL)
+        .map(|tenant| ObjectRef::new(tenant))
+}
+
+/// The Tenant that `policy` names.
+pub fn tenant_of_policy(policy: &IMPolicy) -> ObjectRef<Tenant> {
+    ObjectRef::new(&policy.spec.tenant_ref)
+}
+
+/// When a failed reconcile runs again.
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+    let conflict = matches!(error, Error::Api { source: kube::Error::Api(status), .. } if status.is_conflict());
+    let delay = if conflict {
+        AFTER_CONFLICT
+    } else {
+        AFTER_ERROR
+    };
+    tracing::debug!(tenant = %tenant.name_any(), ?delay, "reconcile retried");
+    Action::requeue(delay)
+}
+
+/// Runs the Tenant controller until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    Controller::new(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<IMPolicy>::all(client.clone()),
+        watcher::Config::default(),
+        |policy| Some(tenant_of_policy(&policy)),
+    )
+    .watches(
+        Api::<StatefulSet>::all(client.clone()),
+        managed.clone(),
+        |object| tenant_of(&object),
+    )
+    .watches(
+        Api::<Service>::all(client.clone()),
+        managed.clone(),
+        |object| tenant_of(&object),
+    )
+    .watches(Api::<ConfigMap>::all(client), managed, |object| {
+        tenant_of(&object)
+    })
+    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "controller event");
+        }
+    })
+    .await;
+}

@@ -1,0 +1,147 @@
+//! The reconcilers: each Tenant, with the IMPolicies that name it, made to match its desired
+//! state on the API server.
+//!
+//! Invariants:
+//! - Every object is written by server-side apply with the field manager
+//!   [`names::FIELD_MANAGER`](crate::names::FIELD_MANAGER) and `force`, so a change made by
+//!   hand to a field the operator owns is undone on the next reconcile (drift), while fields
+//!   the operator does not set (a StatefulSet's `replicas`) stay with whoever owns them.
+//! - Generated Secrets are created once and never written again: keys are never replaced
+//!   under running dataplanes and connectors, and a Secret another replica created first
+//!   (`409 AlreadyExists`) is left as it is.
+//! - A policy set that does not compile leaves the policy ConfigMap untouched, so the
+//!   dataplanes keep enforcing the last good set; the offending IMPolicy says why in its
+//!   `Accepted` condition and in a Warning Event.
+//! - A Tenant carries the finalizer [`FINALIZER`] from its first reconcile. Deleting it scales
+//!   the dataplanes to zero and lets go only once no dataplane pod is left, so every record
+//!   in a write-ahead log has been flushed to the archive. The operator has no access to the
+//!   archive bucket at all: records are never deleted by it.
+//! - Status is written only when it changes, and `lastTransitionTime` moves only when a
+//!   condition's status does.
+
+mod apply;
+pub mod conditions;
+pub mod controller;
+mod finalizer;
+pub mod leader;
+pub mod metrics;
+mod policies;
+pub mod status;
+mod tenant;
+
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use imgate_crds::{Tenant, TenantStatus};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::Recorder;
+use kube::{Client, Resource, ResourceExt};
+
+pub use controller::run;
+pub use metrics::Metrics;
+pub use tenant::reconcile;
+
+use crate::settings::Settings;
+
+/// The finalizer that holds a Tenant until its dataplanes have flushed and stopped.
+pub const FINALIZER: &str = "imgate.io/drain";
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API server.
+    pub client: Client,
+    /// The operator's settings (the Helm chart's values).
+    pub settings: Settings,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Reconcile counts, errors and durations.
+    pub metrics: Metrics,
+}
+
+impl Context {
+    /// A context for `client`, publishing Events as `instance` of the operator.
+    pub fn new(client: Client, settings: Settings, instance: Option<String>) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: crate::names::FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// Why a reconcile failed; it is retried with a growing delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("{action} {object}: {source}")]
+    Api {
+        /// What the operator was doing (`apply`, `create`, `list`, ...).
+        action: &'static str,
+        /// `Kind/name` or what was listed.
+        object: String,
+        /// The API server's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// A CA for a generated Secret could not be made.
+    #[error("generating Secret {secret}: {message}")]
+    Generate {
+        /// The Secret's name.
+        secret: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The label of this error in the `errors` metric: the step that failed.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Api { action, .. } => action,
+            Error::Generate { .. } => "generate",
+        }
+    }
+}
+
+/// Wraps a kube error with what was being done to what.
+fn api(action: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Api {
+        action,
+        object,
+        source,
+    }
+}
+
+/// Writes `status` on `tenant` by server-side apply, unless it is what the Tenant has.
+async fn write_tenant_status(
+    tenant: &Tenant,
+    status: TenantStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if tenant.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let body = serde_json::json!({
+        "apiVersion": Tenant::api_version(&()),
+        "kind": Tenant::kind(&()),
+        "status": status,
+    });
+    tenants
+        .patch_status(
+            &tenant.name_any(),
+            &PatchParams::apply(crate::names::FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(api("status", format!("Tenant/{}", tenant.name_any())))?;
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! A Tenant's status, as a pure function of what the reconcile observed: the policy set's
+//! outcome, the tunnel Service and the dataplanes' StatefulSet as the API server returned
+//! them.
+//!
+//! Invariants: `Ready` is `True` only when the policy set is applied, the tunnel can be
+//! reached and at least one dataplane is ready, and otherwise names the first thing missing;
+//! `policyRevision` is the revision in the policy ConfigMap, so an invalid set leaves it at
+//! the last good one; kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
+
+use imgate_crds::TenantStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::Value;
+
+use super::conditions::{State, Wanted, merge};
+use crate::settings::Settings;
+
+/// What became of the tenant's policy set.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyOutcome {
+    /// The set compiled; its ConfigMap carries `revision`.
+    Applied {
+        /// The revision delivered.
+        revision: String,
+        /// How many policies it holds.
+        policies: usize,
+    },
+    /// The set does not compile; the ConfigMap keeps the last good set.
+    Rejected {
+        /// What is wrong, by policy and field.
+        message: String,
+    },
+}
+
+/// What a reconcile saw.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    /// The Tenant's name.
+    pub tenant: &'a str,
+    /// The Tenant's generation.
+    pub generation: Option<i64>,
+    /// The policy set's outcome.
+    pub policy: PolicyOutcome,
+    /// The tunnel Service as the API server returned it.
+    pub tunnel_service: &'a Value,
+    /// The dataplanes' StatefulSet as the API server returned it.
+    pub stateful_set: &'a Value,
+}
+
+/// Where connectors reach the tunnel, and the `TunnelReady` condition.
+fn tunnel(observed: &Observed<'_>, settings: &Settings) -> (Option<String>, Wanted) {
+    let service = observed.tunnel_service;
+    let named = settings
+        .tunnel_domain
+        .as_ref()
+        .map(|domain| format!("{}.{domain}", observed.tenant));
+    let condition = |state, reason, message| Wanted::new("TunnelReady", state, reason, message);
+    if service["spec"]["type"] == "NodePort" {
+        let Some(port) = service["spec"]["ports"][0]["nodePort"].as_i64() else {
+            return (
+                None,
+                condition(
+                    State::False,
+                    "AwaitingNodePort",
+                    "the tunnel Service has no node port yet".into(),
+                ),
+            );
+        };
+        let endpoint = named.map(|host| format!("{host}:{port}"));
+        let message = format!("connectors dial any node's address, UDP port {port}");
+        return (endpoint, condition(State::True, "NodePort", message));
+    }
+    let ingress = &service["status"]["loadBalancer"]["ingress"][0];
+    let Some(address) = ingress["hostname"].as_str().or(ingress["ip"].as_str()) else {
+        return (
+            None,
+            condition(
+                State::False,
+                "AwaitingLoadBalancer",
+                "the tunnel Service has no load-balancer address yet; check the cloud's load-balancer controller if this lasts".into(),
+            ),
+        );
+    };
+    let port = settings.tunnel_port;
+    let message = match &named {
+        Some(host) => {
+            format!("connectors dial {host}:{port} (UDP); point {host} at {address}")
+        }
+        None => format!("connectors dial {address}:{port} (UDP)"),
+    };
+    let endpoint = format!("{}:{port}", named.as_deref().unwrap_or(address));
+    (
+        Some(endpoint),
+        condition(State::True, "LoadBalancerReady", message),
+    )
+}
+
+fn policy_applied(outcome: &PolicyOutcome) -> Wanted {
+    match outcome {
+        PolicyOutcome::Applied { revision, policies } => Wanted::new(
+            "PolicyApplied",
+            State::True,
+            "Compiled",
+            format!("revision {revision} ({policies} policies) delivered to the dataplanes"),
+        ),
+        PolicyOutcome::Rejected { message } => Wanted::new(
+            "PolicyApplied",
+            State::False,
+            "InvalidPolicy",
+            format!("the dataplanes keep enforcing the last good policy set: {message}"),
+        ),
+    }
+}
+
+/// The dataplanes' readiness, from the StatefulSet's status.
+fn dataplanes(stateful_set: &Value) -> (i64, i64) {
+    let status = &stateful_set["status"];
+    (
+        status["readyReplicas"].as_i64().unwrap_or(0),
+        status["replicas"].as_i64().unwrap_or(0),
+    )
+}
+
+/// The Tenant's status after a reconcile that saw `observed`, given the `previous` status.
+pub fn tenant_status(
+    observed: &Observed<'_>,
+    previous: &TenantStatus,
+    settings: &Settings,
+    now: &Time,
+) -> TenantStatus {
+    let (endpoint, tunnel_ready) = tunnel(observed, settings);
+    let policy = policy_applied(&observed.policy);
+    let (ready, running) = dataplanes(observed.stateful_set);
+    let archive = Wanted::new(
+        "ArchiveReachable",
+        State::Unknown,
+        "NotReported",
+        "the dataplanes do not report the archive's reachability to the operator yet; their imgate_archive metrics show it".into(),
+    );
+    let overall = if policy.state != State::True {
+        Wanted::new(
+            "Ready",
+            State::False,
+            "InvalidPolicy",
+            policy.message.clone(),
+        )
+    } else if tunnel_ready.state != State::True {
+        Wanted::new(
+            "Ready",
+            State::False,
+            tunnel_ready.reason,
+            tunnel_ready.message.clone(),
+        )
+    } else if ready == 0 {
+        Wanted::new(
+            "Ready",
+            State::False,
+            "NoDataplaneReady",
+            format!("0 of {running} dataplanes ready"),
+        )
+    } else {
+        Wanted::new(
+            "Ready",
+            State::True,
+            "Running",
+            format!("{ready} of {running} dataplanes ready"),
+        )
+    };
+    let policy_revision = match &observed.policy {
+        PolicyOutcome::Applied { revision, .. } => Some(revision.clone()),
+        PolicyOutcome::Rejected { .. } => previous.policy_revision.clone(),
+    };
+    TenantStatus {
+        observed_generation: observed.generation,
+        conditions: merge(
+            &previous.conditions,
+            vec![overall, tunnel_ready, archive, policy],
+            observed.generation,
+            now,
+        ),
+        tunnel_endpoint: endpoint,
+        policy_revision,
+        ..previous.clone()
+    }
+}
+
+/// The status of a Tenant being deleted while `remaining` dataplanes flush and stop.
+pub fn draining_status(
+    previous: &TenantStatus,
+    generation: Option<i64>,
+    remaining: i64,
+    now: &Time,
+) -> TenantStatus {
+    let draining = Wanted::new(
+        "Ready",
+        State::False,
+        "Draining",
+        format!(
+            "the Tenant is being deleted: waiting for {remaining} dataplanes to flush their write-ahead logs to the archive and stop; the archive bucket is kept"
+        ),
+    );
+    let mut conditions = merge(&previous.conditions, vec![draining], generation, now);
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready")
+            .cloned(),
+    );
+    TenantStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::conditions::find;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).expect("a valid time"))
+    }
+
+    fn applied() -> PolicyOutcome {
+        PolicyOutcome::Applied {
+            revision: "abc123".into(),
+            policies: 2,
+        }
+    }
+
+    fn observed<'a>(policy: PolicyOutcome, service: &'a Value, sts: &'a Value) -> Observed<'a> {
+        Observed {
+            tenant: "acme",
+            generation: Some(3),
+            policy,
+            tunnel_service: service,
+            stateful_set: sts,
+        }
+    }
+
+    fn status_of(c: &TenantStatus, type_: &str) -> String {
+        find(&c.conditions, type_)
+            .expect("condition")
+            .status
+            .clone()
+    }
+
+    #[test]
+    fn a_running_tenant_is_ready_with_its_endpoint_and_revision() {
+        let service = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
+        let sts = json!({"status": {"replicas": 2, "readyReplicas": 2}});
+        let status = tenant_status(
+            &observed(applied(), &service, &sts),
+            &TenantStatus::default(),
+            &Settings::default(),
+            &now(),
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.tunnel_endpoint.as_deref(), Some("203.0.113.7:4433"));
+        assert_eq!(status.policy_revision.as_deref(), Some("abc123"));
+        assert_eq!(status_of(&status, "Ready"), "True");
+        assert_eq!(status_of(&status, "TunnelReady"), "True");
+        assert_eq!(status_of(&status, "PolicyApplied"), "True");
+        assert_eq!(status_of(&status, "ArchiveReachable"), "Unknown");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn a_tunnel_domain_names_the_endpoint() {
+        let service = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "lb-1.elb.example"}]}}});
+        let sts = json!({});
+        let settings = Settings {
+            tunnel_domain: Some("tunnel.msp.example".into()),
+            ..Settings::default()
+        };
+        let status = tenant_status(
+            &observed(applied(), &service, &sts),
+            &TenantStatus::default(),
+            &settings,
+            &now(),
+        );
+        assert_eq!(
+            status.tunnel_endpoint.as_deref(),
+            Some("acme.tunnel.msp.example:4433")
+        );
+        let tunnel = find(&status.conditions, "TunnelReady").expect("TunnelReady");
+        assert!(
+            tunnel.message.contains("lb-1.elb.example"),
+            "{}",
+            tunnel.message
+        );
+        let ready = find(&status.conditions, "Ready").expect("Ready");
+        assert_eq!(ready.reason, "NoDataplaneReady");
+    }
+
+    #[test]
+    fn without_a_load_balancer_the_tenant_is_not_ready_and_says_why() {
+        let service = json!({"spec": {"type": "LoadBalancer"}, "status": {}});
+        let sts = json!({"status": {"replicas": 1, "readyReplicas": 1}});
+        let status = tenant_status(
+            &observed(applied(), &service, &sts),
+            &TenantStatus::default(),
+            &Settings::default(),
+            &now(),
+        );
+        assert_eq!(status.tunnel_endpoint, None);
+        let ready = find(&status.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "AwaitingLoadBalancer")
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_keeps_the_last_good_revision() {
+        let service = json!({"spec": {"type": "NodePort", "ports": [{"nodePort": 30443}]}});
+        let sts = json!({"status": {"replicas": 1, "readyReplicas": 1}});
+        let previous = TenantStatus {
+            policy_revision: Some("good01".into()),
+            ..TenantStatus::default()
+        };
+        let rejected = PolicyOutcome::Rejected {
+            message: "default/p: spec.content[0].match.regex: unclosed group".into(),
+        };
+        let status = tenant_status(
+            &observed(rejected, &service, &sts),
+            &previous,
+            &Settings::default(),
+            &now(),
+        );
+        assert_eq!(status.policy_revision.as_deref(), Some("good01"));
+        let applied = find(&status.conditions, "PolicyApplied").expect("PolicyApplied");
+        assert_eq!(applied.status, "False");
+        assert!(applied.message.contains("unclosed group"));
+        let ready = find(&status.conditions, "Ready").expect("Ready");
+        assert_eq!(ready.reason, "InvalidPolicy");
+        let tunnel = find(&status.conditions, "TunnelReady").expect("TunnelReady");
+        assert!(tunnel.message.contains("30443"));
+    }
+
+    #[test]
+    fn draining_replaces_ready_and_keeps_the_rest() {
+        let service = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
+        let sts = json!({"status": {"replicas": 2, "readyReplicas": 2}});
+        let running = tenant_status(
+            &observed(applied(), &service, &sts),
+            &TenantStatus::default(),
+            &Settings::default(),
+            &now(),
+        );
+        let draining = draining_status(&running, Some(4), 2, &now());
+        let ready = find(&draining.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Draining")
+        );
+        assert!(ready.message.contains("2 dataplanes"));
+        assert_eq!(draining.conditions.len(), running.conditions.len());
+        assert_eq!(draining.tunnel_endpoint, running.tunnel_endpoint);
+    }
+}

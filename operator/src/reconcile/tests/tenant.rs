@@ -1,0 +1,544 @@
+//! Tenant reconcile scenarios: create, update, steady state, drift, conflict, invalid
+//! policy, deletion and API errors.
+
+use super::*;
+use crate::desired::desired;
+use crate::examples::{policies, tenant};
+use crate::policy::PolicySet;
+use crate::reconcile::controller::{error_policy, tenant_of, tenant_of_policy};
+use crate::reconcile::finalizer::DRAIN_POLL;
+use crate::reconcile::tenant::RESYNC;
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+fn harbor() -> (Tenant, Vec<IMPolicy>) {
+    (
+        tenant("small-firm/tenant.yaml"),
+        policies(&["small-firm/policy.yaml"]),
+    )
+}
+
+/// An answer carrying `object` as the server holds it, with the request merged over it.
+fn stored<K: serde::Serialize>(object: &K) -> Reply {
+    Reply::EchoOver(serde_json::to_value(object).expect("JSON"))
+}
+
+/// Expects the write of the small firm's policy's status.
+async fn policy_status(server: &mut ApiServer) -> Seen {
+    let path = "/apis/imgate.io/v1alpha1/namespaces/harbor-dental/impolicies/basics/status";
+    server
+        .expect(Method::PATCH, path, stored(&harbor().1[0]))
+        .await
+}
+
+/// Expects the write of the small firm's status.
+async fn tenant_status(server: &mut ApiServer) -> Seen {
+    let path = format!("{}/status", tenant_path());
+    server
+        .expect(Method::PATCH, &path, stored(&harbor().0))
+        .await
+}
+
+fn objects(tenant: &Tenant, policies: &[IMPolicy]) -> Vec<Object> {
+    let set = PolicySet::build(TENANT, policies).expect("the example compiles");
+    desired(tenant, Some(&set), &Settings::default())
+}
+
+/// A policy of the small firm with a regular expression that does not compile.
+fn broken(mut policy: IMPolicy) -> IMPolicy {
+    let rule = &mut policy.spec.content[0];
+    rule.matcher.detector = None;
+    rule.matcher.regex = Some("(unclosed".into());
+    policy.metadata.generation = Some(2);
+    policy
+}
+
+/// A first reconcile, with its status write answered; the status written.
+async fn first_reconcile(tenant: Tenant, policies: Vec<IMPolicy>) -> Value {
+    let expected = objects(&tenant, &policies);
+    let written = Arc::new(std::sync::Mutex::new(Value::Null));
+    let status = written.clone();
+    let (result, _) = run(tenant.clone(), |mut server| async move {
+        let seen = server
+            .expect(
+                Method::PATCH,
+                &tenant_path(),
+                Reply::Json(
+                    StatusCode::OK,
+                    serde_json::to_value(finalized(tenant.clone())).expect("JSON"),
+                ),
+            )
+            .await;
+        assert_eq!(
+            seen.body["metadata"]["finalizers"],
+            json!(["imgate.io/drain"])
+        );
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        serve_objects(&mut server, &expected, &Cluster::default()).await;
+        let seen = tenant_status(&mut server).await;
+        *status.lock().expect("not poisoned") = seen.body;
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+    let written = written.lock().expect("not poisoned");
+    written["status"].clone()
+}
+
+#[tokio::test]
+async fn create_makes_every_object_with_new_keys_and_reports_status() {
+    let (tenant, policies) = harbor();
+    let expected = objects(&tenant, &policies);
+    let (result, ctx) = run(tenant.clone(), |mut server| async move {
+        let seen = server
+            .expect(
+                Method::PATCH,
+                &tenant_path(),
+                Reply::Json(
+                    StatusCode::OK,
+                    serde_json::to_value(finalized(tenant.clone())).expect("JSON"),
+                ),
+            )
+            .await;
+        assert_eq!(
+            seen.body["metadata"]["resourceVersion"], "1",
+            "the finalizer is added on condition"
+        );
+
+        let listed = serve_policies(&mut server, &policies).await;
+        assert!(
+            listed
+                .uri
+                .contains("fieldSelector=spec.tenantRef%3Dharbor-dental"),
+            "{}",
+            listed.uri
+        );
+        let accepted = policy_status(&mut server).await;
+        assert_eq!(
+            condition(&accepted.body["status"], "Accepted")["status"],
+            "True"
+        );
+        assert_eq!(accepted.body["status"]["observedGeneration"], 1);
+
+        let seen = serve_objects(&mut server, &expected, &Cluster::default()).await;
+        for applied in seen.iter().filter(|s| s.method == Method::PATCH) {
+            assert!(
+                applied.uri.contains("fieldManager=imgate-operator")
+                    && applied.uri.contains("force=true"),
+                "{}",
+                applied.uri
+            );
+        }
+        let created: Vec<&Seen> = seen.iter().filter(|s| s.method == Method::POST).collect();
+        assert_eq!(created.len(), 2, "the tunnel CA and the interception CA");
+        for secret in created {
+            let data = secret.body["data"].as_object().expect("data");
+            let pem = |key: &str| {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data[key].as_str().expect("base64"))
+                    .expect("base64");
+                String::from_utf8(bytes).expect("PEM")
+            };
+            let (cert, key) = if data.contains_key("ca.pem") {
+                ("ca.pem", "ca.key")
+            } else {
+                ("tls.crt", "tls.key")
+            };
+            assert!(
+                pem(cert).starts_with("-----BEGIN CERTIFICATE-----"),
+                "{}",
+                pem(cert)
+            );
+            assert!(pem(key).contains("PRIVATE KEY-----"));
+            assert_eq!(
+                secret.body["metadata"]["ownerReferences"][0]["kind"],
+                "Tenant"
+            );
+        }
+
+        let status = tenant_status(&mut server).await;
+        assert!(
+            status.uri.contains("fieldManager=imgate-operator"),
+            "{}",
+            status.uri
+        );
+        let status = &status.body["status"];
+        assert_eq!(status["tunnelEndpoint"], "203.0.113.7:4433");
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(condition(status, "Ready")["status"], "True");
+        assert_eq!(condition(status, "PolicyApplied")["status"], "True");
+        let revision = PolicySet::build(TENANT, &policies)
+            .expect("compiles")
+            .revision;
+        assert_eq!(status["policyRevision"], revision.as_str());
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("imgate_operator_reconciles_total 1")
+    );
+}
+
+#[tokio::test]
+async fn a_steady_tenant_is_applied_again_but_its_status_is_not_rewritten() {
+    let (tenant, policies) = harbor();
+    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let mut steady = finalized(tenant);
+    steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
+    let mut accepted = policies.clone();
+    let policy_status = json!({"observedGeneration": 1, "rules": 2,
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Compiled", "message": "2 content rules compiled",
+                        "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    accepted[0].status = Some(serde_json::from_value(policy_status).expect("an IMPolicyStatus"));
+    let expected = objects(&steady, &accepted);
+    let cluster = Cluster::settled();
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &accepted).await;
+        let seen = serve_objects(&mut server, &expected, &cluster).await;
+        assert!(
+            seen.iter().all(|s| s.method != Method::POST),
+            "no Secret is written again"
+        );
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn an_updated_policy_is_delivered_with_its_new_revision() {
+    let (tenant, policies) = harbor();
+    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let old_revision = status["policyRevision"].clone();
+    let mut steady = finalized(tenant);
+    steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
+    let mut changed = policies.clone();
+    changed[0].spec.content.pop();
+    changed[0].metadata.generation = Some(2);
+    let expected = objects(&steady, &changed);
+    let cluster = Cluster::settled();
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &changed).await;
+        let accepted = policy_status(&mut server).await;
+        assert_eq!(accepted.body["status"]["observedGeneration"], 2);
+        let seen = serve_objects(&mut server, &expected, &cluster).await;
+        let config_map = seen
+            .iter()
+            .find(|s| s.uri.contains("/configmaps/policy"))
+            .expect("the policy ConfigMap");
+        let revision = &config_map.body["metadata"]["annotations"]["imgate.io/policy-revision"];
+        assert_ne!(revision, &old_revision);
+        let status = tenant_status(&mut server).await;
+        assert_eq!(&status.body["status"]["policyRevision"], revision);
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn drift_is_undone_by_a_forced_apply_of_the_desired_object() {
+    let (tenant, policies) = harbor();
+    let mut drifted = StatefulSet::default();
+    drifted.metadata.name = Some("dataplane".into());
+    drifted.metadata.labels =
+        Some([(crate::names::TENANT_LABEL.to_owned(), TENANT.to_owned())].into());
+    assert_eq!(
+        tenant_of(&drifted).map(|r| r.name),
+        Some(TENANT.to_owned()),
+        "a changed StatefulSet triggers its tenant"
+    );
+    assert_eq!(
+        tenant_of_policy(&policies[0]).name,
+        TENANT,
+        "a changed policy triggers its tenant"
+    );
+
+    let steady = finalized(tenant);
+    let expected = objects(&steady, &policies);
+    let desired_image = expected
+        .iter()
+        .find_map(|o| match o {
+            Object::StatefulSet(s) => Some(
+                s.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                    .image
+                    .clone(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .expect("an image");
+    let cluster = Cluster::settled();
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        let seen = serve_objects(&mut server, &expected, &cluster).await;
+        let applied = seen
+            .iter()
+            .find(|s| s.uri.contains("/statefulsets/dataplane"))
+            .expect("the StatefulSet");
+        assert!(
+            applied.uri.contains("force=true"),
+            "the operator takes its fields back: {}",
+            applied.uri
+        );
+        assert_eq!(
+            applied.body["spec"]["template"]["spec"]["containers"][0]["image"],
+            desired_image.as_str()
+        );
+        assert!(
+            applied.body["spec"].get("replicas").is_none(),
+            "replicas stay with the autoscaler"
+        );
+        tenant_status(&mut server).await;
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn a_secret_another_replica_created_first_is_left_alone() {
+    let (tenant, policies) = harbor();
+    let steady = finalized(tenant);
+    let expected = objects(&steady, &policies);
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        for object in &expected {
+            let url = path(object);
+            match object {
+                Object::Secret(_) => {
+                    server
+                        .expect(
+                            Method::GET,
+                            &url,
+                            Reply::Fail(StatusCode::NOT_FOUND, "NotFound"),
+                        )
+                        .await;
+                    let collection = url.rsplit_once('/').expect("a name").0.to_owned();
+                    server
+                        .expect(
+                            Method::POST,
+                            &collection,
+                            Reply::Fail(StatusCode::CONFLICT, "AlreadyExists"),
+                        )
+                        .await;
+                }
+                _ => {
+                    server.expect(Method::PATCH, &url, Reply::Echo).await;
+                }
+            }
+        }
+        let status = tenant_status(&mut server).await;
+        assert_eq!(
+            condition(&status.body["status"], "TunnelReady")["reason"],
+            "AwaitingLoadBalancer"
+        );
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_finalizer_fails_the_reconcile_and_retries_soon() {
+    let (tenant, _) = harbor();
+    let (result, ctx) = run(tenant.clone(), |mut server| async move {
+        server
+            .expect(
+                Method::PATCH,
+                &tenant_path(),
+                Reply::Fail(StatusCode::CONFLICT, "Conflict"),
+            )
+            .await;
+    })
+    .await;
+    let error = result.expect_err("a conflict fails the reconcile");
+    assert_eq!(error.metric_label(), "finalizer");
+    assert_eq!(
+        error_policy(Arc::new(tenant), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("imgate_operator_reconcile_errors_total{error=\"finalizer\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_reported_and_the_last_good_set_kept() {
+    let (tenant, policies) = harbor();
+    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let good_revision = status["policyRevision"].clone();
+    let mut steady = finalized(tenant);
+    steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
+    let bad = vec![broken(policies[0].clone())];
+    let expected = desired(&steady, None, &Settings::default());
+    assert!(expected.iter().all(|o| o.kind() != "ConfigMap"));
+    let cluster = Cluster::settled();
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &bad).await;
+        let rejected = policy_status(&mut server).await;
+        let accepted = condition(&rejected.body["status"], "Accepted");
+        assert_eq!(
+            (accepted["status"].as_str(), accepted["reason"].as_str()),
+            (Some("False"), Some("Invalid"))
+        );
+        let message = accepted["message"].as_str().expect("a message");
+        assert!(message.contains("spec.content[0].match.regex"), "{message}");
+        assert_eq!(rejected.body["status"]["observedGeneration"], 2);
+
+        let event = server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/harbor-dental/events",
+                Reply::Echo,
+            )
+            .await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "InvalidPolicy");
+        assert_eq!(event.body["regarding"]["name"], "basics");
+        assert!(
+            event.body["note"]
+                .as_str()
+                .expect("a note")
+                .contains("spec.content[0].match.regex")
+        );
+
+        let seen = serve_objects(&mut server, &expected, &cluster).await;
+        assert!(
+            seen.iter().all(|s| !s.uri.contains("/configmaps/")),
+            "the last good ConfigMap is not touched"
+        );
+        let status = tenant_status(&mut server).await;
+        let status = &status.body["status"];
+        assert_eq!(status["policyRevision"], good_revision);
+        assert_eq!(
+            condition(status, "PolicyApplied")["reason"],
+            "InvalidPolicy"
+        );
+        assert_eq!(condition(status, "Ready")["status"], "False");
+    })
+    .await;
+    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+}
+
+fn deleting(tenant: Tenant) -> Tenant {
+    let mut tenant = finalized(tenant);
+    tenant.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("a time"),
+        ));
+    tenant
+}
+
+const NS: &str = "/apis/autoscaling/v2/namespaces/imgate-harbor-dental";
+
+async fn scale_down(server: &mut ApiServer, pods: usize) {
+    server
+        .expect(
+            Method::DELETE,
+            &format!("{NS}/horizontalpodautoscalers/dataplane"),
+            Reply::Json(
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            ),
+        )
+        .await;
+    let scaled = server
+        .expect(
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/imgate-harbor-dental/statefulsets/dataplane",
+            Reply::Echo,
+        )
+        .await;
+    assert_eq!(scaled.body, json!({"spec": {"replicas": 0}}));
+    let items: Vec<Value> = (0..pods)
+        .map(|i| json!({"metadata": {"name": format!("dataplane-{i}")}}))
+        .collect();
+    let listed = server
+        .expect(Method::GET, "/api/v1/namespaces/imgate-harbor-dental/pods", Reply::Json(StatusCode::OK,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items})))
+        .await;
+    assert!(listed.uri.contains("labelSelector="), "{}", listed.uri);
+}
+
+#[tokio::test]
+async fn deletion_waits_for_the_dataplanes_to_flush_and_stop() {
+    let (tenant, _) = harbor();
+    let (result, _) = run(deleting(tenant), |mut server| async move {
+        scale_down(&mut server, 2).await;
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(ready["reason"], "Draining");
+        assert!(
+            ready["message"]
+                .as_str()
+                .expect("message")
+                .contains("2 dataplanes")
+        );
+    })
+    .await;
+    assert_eq!(
+        result.expect("draining"),
+        Action::requeue(DRAIN_POLL),
+        "the finalizer stays"
+    );
+}
+
+#[tokio::test]
+async fn deletion_lets_go_once_no_dataplane_is_left() {
+    let (tenant, _) = harbor();
+    let mut tenant = deleting(tenant);
+    tenant.metadata.finalizers = Some(vec![
+        "example.com/other".into(),
+        super::super::FINALIZER.into(),
+    ]);
+    let (result, _) = run(tenant, |mut server| async move {
+        scale_down(&mut server, 0).await;
+        let released = server
+            .expect(Method::PATCH, &tenant_path(), stored(&harbor().0))
+            .await;
+        assert_eq!(
+            released.body["metadata"]["finalizers"],
+            json!(["example.com/other"]),
+            "only its own finalizer goes"
+        );
+        assert_eq!(released.body["metadata"]["resourceVersion"], "1");
+    })
+    .await;
+    assert_eq!(result.expect("released"), Action::await_change());
+}
+
+#[tokio::test]
+async fn an_api_error_fails_the_reconcile_naming_the_object() {
+    let (tenant, policies) = harbor();
+    let steady = finalized(tenant.clone());
+    let (result, ctx) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        server
+            .expect(
+                Method::PATCH,
+                "/api/v1/namespaces/imgate-harbor-dental",
+                Reply::Fail(StatusCode::FORBIDDEN, "Forbidden"),
+            )
+            .await;
+    })
+    .await;
+    let error = result.expect_err("a refused apply fails the reconcile");
+    assert_eq!(error.metric_label(), "apply");
+    assert!(
+        error.to_string().contains("Namespace/imgate-harbor-dental"),
+        "{error}"
+    );
+    assert_eq!(
+        error_policy(Arc::new(tenant), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(15))
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("imgate_operator_reconcile_errors_total{error=\"apply\"} 1")
+    );
+}
