@@ -101,6 +101,22 @@ impl Object {
         on_each!(self, o => of(o))
     }
 
+    /// The Secret, when this is one whose keys the operator makes once ([`GENERATED`]).
+    pub fn generated_secret(&self) -> Option<&Secret> {
+        match self {
+            Object::Secret(secret)
+                if secret
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(GENERATED)) =>
+            {
+                Some(secret)
+            }
+            _ => None,
+        }
+    }
+
     /// The object's API group, version and resource, for requests about it.
     pub fn api_resource(&self) -> kube::core::ApiResource {
         fn of<K: kube::Resource<DynamicType = ()>>(_: &K) -> kube::core::ApiResource {

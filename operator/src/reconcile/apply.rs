@@ -16,7 +16,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::Value;
 
 use super::{Context, Error, api};
-use crate::desired::{GENERATED, Object};
+use crate::desired::Object;
 use crate::names::{self, FIELD_MANAGER};
 
 /// What the API server returned for the objects a Tenant's status is read from.
@@ -32,9 +32,7 @@ pub struct Applied {
 pub async fn apply_all(objects: &[Object], tenant: &str, ctx: &Context) -> Result<Applied, Error> {
     let mut applied = Applied::default();
     for object in objects {
-        if let Object::Secret(secret) = object
-            && is_generated(secret)
-        {
+        if let Some(secret) = object.generated_secret() {
             create_once(secret, tenant, ctx).await?;
             continue;
         }
@@ -46,14 +44,6 @@ pub async fn apply_all(objects: &[Object], tenant: &str, ctx: &Context) -> Resul
         }
     }
     Ok(applied)
-}
-
-fn is_generated(secret: &Secret) -> bool {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(GENERATED))
 }
 
 /// Applies `object` and returns it as the API server now has it.

@@ -19,11 +19,6 @@ pub enum State {
 }
 
 impl State {
-    /// `True` or `False`.
-    pub fn from_bool(holds: bool) -> Self {
-        if holds { State::True } else { State::False }
-    }
-
     fn as_str(self) -> &'static str {
         match self {
             State::True => "True",

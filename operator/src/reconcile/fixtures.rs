@@ -52,7 +52,7 @@ pub fn pair() -> (Client, ApiServer) {
     (Client::new(service, "default"), ApiServer { handle })
 }
 
-/// An empty list of `kind`.
+/// A list of `kind` holding `items`.
 pub fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
 }

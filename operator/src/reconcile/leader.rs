@@ -139,8 +139,7 @@ pub async fn lead<F: Future<Output = ()>>(
     metrics.set_leader(true);
     let mut renewed = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval(retry);
-    let work = std::pin::pin!(work);
-    let mut work = work;
+    let mut work = std::pin::pin!(work);
     loop {
         tokio::select! {
             () = &mut work => {

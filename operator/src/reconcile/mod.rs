@@ -34,10 +34,14 @@ mod fixtures;
 #[cfg(test)]
 mod tests;
 
+use std::fmt::Debug;
+
 use imgate_crds::{Tenant, TenantStatus};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use controller::run;
 pub use metrics::Metrics;
@@ -130,18 +134,33 @@ async fn write_tenant_status(
         return Ok(());
     }
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    apply_status(&tenants, &tenant.name_any(), &status).await
+}
+
+/// Writes `status` on object `name` of `objects` by server-side apply of its status
+/// subresource, with the operator's field manager.
+async fn apply_status<K>(objects: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let body = serde_json::json!({
-        "apiVersion": Tenant::api_version(&()),
-        "kind": Tenant::kind(&()),
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
-    tenants
+    objects
         .patch_status(
-            &tenant.name_any(),
+            name,
             &PatchParams::apply(crate::names::FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
         .await
-        .map_err(api("status", format!("Tenant/{}", tenant.name_any())))?;
+        .map_err(api(
+            "status",
+            match objects.namespace() {
+                Some(namespace) => format!("{}/{namespace}/{name}", K::kind(&())),
+                None => format!("{}/{name}", K::kind(&())),
+            },
+        ))?;
     Ok(())
 }

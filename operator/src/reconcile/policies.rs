@@ -8,14 +8,13 @@
 use imgate_crds::{IMPolicy, IMPolicyStatus};
 use imgate_dataplane::inspect::policy::Diagnostic;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::conditions::{State, Wanted, find, merge};
 use super::status::PolicyOutcome;
-use super::{Context, Error, api};
-use crate::names::FIELD_MANAGER;
+use super::{Context, Error, api, apply_status};
 use crate::policy::PolicySet;
 
 /// The longest Event note the API server accepts.
@@ -111,19 +110,7 @@ async fn report(
     }
     let namespace = policy.namespace().unwrap_or_default();
     let policies: Api<IMPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let body = serde_json::json!({
-        "apiVersion": IMPolicy::api_version(&()),
-        "kind": IMPolicy::kind(&()),
-        "status": status,
-    });
-    policies
-        .patch_status(
-            &policy.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(api("status", format!("IMPolicy/{}", key(policy))))?;
+    apply_status(&policies, &policy.name_any(), &status).await?;
     let was = find(&previous.conditions, "Accepted");
     let news = was.is_none_or(|c| c.status != "False" || c.message != wanted.message);
     if wanted.state == State::False && news {

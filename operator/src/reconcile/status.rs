@@ -241,6 +241,19 @@ mod tests {
         }
     }
 
+    /// The status of a tenant with a load balancer and two ready dataplanes.
+    fn running() -> TenantStatus {
+        let service = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
+        let sts = json!({"status": {"replicas": 2, "readyReplicas": 2}});
+        tenant_status(
+            &observed(applied(), &service, &sts),
+            &TenantStatus::default(),
+            &Settings::default(),
+            &now(),
+        )
+    }
+
     fn status_of(c: &TenantStatus, type_: &str) -> String {
         find(&c.conditions, type_)
             .expect("condition")
@@ -250,15 +263,7 @@ mod tests {
 
     #[test]
     fn a_running_tenant_is_ready_with_its_endpoint_and_revision() {
-        let service = json!({"spec": {"type": "LoadBalancer"},
-            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
-        let sts = json!({"status": {"replicas": 2, "readyReplicas": 2}});
-        let status = tenant_status(
-            &observed(applied(), &service, &sts),
-            &TenantStatus::default(),
-            &Settings::default(),
-            &now(),
-        );
+        let status = running();
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.tunnel_endpoint.as_deref(), Some("203.0.113.7:4433"));
         assert_eq!(status.policy_revision.as_deref(), Some("abc123"));
@@ -350,15 +355,7 @@ mod tests {
 
     #[test]
     fn draining_replaces_ready_and_keeps_the_rest() {
-        let service = json!({"spec": {"type": "LoadBalancer"},
-            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
-        let sts = json!({"status": {"replicas": 2, "readyReplicas": 2}});
-        let running = tenant_status(
-            &observed(applied(), &service, &sts),
-            &TenantStatus::default(),
-            &Settings::default(),
-            &now(),
-        );
+        let running = running();
         let draining = draining_status(&running, Some(4), 2, &now());
         let ready = find(&draining.conditions, "Ready").expect("Ready");
         assert_eq!(

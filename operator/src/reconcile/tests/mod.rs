@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::fixtures::{ApiServer, Reply, Seen, list};
 use super::{Context, Error, reconcile};
-use crate::desired::{GENERATED, Object};
+use crate::desired::Object;
 use crate::settings::Settings;
 
 /// The small firm of the examples, and its policy.
@@ -123,13 +123,7 @@ async fn serve_objects(server: &mut ApiServer, objects: &[Object], cluster: &Clu
     let mut seen = Vec::new();
     for object in objects {
         let url = path(object);
-        if let Object::Secret(secret) = object
-            && secret
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(GENERATED))
-        {
+        if let Some(secret) = object.generated_secret() {
             if cluster.secrets_exist {
                 let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                     "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace}});

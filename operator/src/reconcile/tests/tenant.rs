@@ -52,22 +52,25 @@ fn broken(mut policy: IMPolicy) -> IMPolicy {
     policy
 }
 
+/// Expects the finalizer's addition to `tenant`, answered with the Tenant holding it.
+async fn add_finalizer(server: &mut ApiServer, tenant: &Tenant) -> Seen {
+    let holding = serde_json::to_value(finalized(tenant.clone())).expect("JSON");
+    server
+        .expect(
+            Method::PATCH,
+            &tenant_path(),
+            Reply::Json(StatusCode::OK, holding),
+        )
+        .await
+}
+
 /// A first reconcile, with its status write answered; the status written.
 async fn first_reconcile(tenant: Tenant, policies: Vec<IMPolicy>) -> Value {
     let expected = objects(&tenant, &policies);
     let written = Arc::new(std::sync::Mutex::new(Value::Null));
     let status = written.clone();
     let (result, _) = run(tenant.clone(), |mut server| async move {
-        let seen = server
-            .expect(
-                Method::PATCH,
-                &tenant_path(),
-                Reply::Json(
-                    StatusCode::OK,
-                    serde_json::to_value(finalized(tenant.clone())).expect("JSON"),
-                ),
-            )
-            .await;
+        let seen = add_finalizer(&mut server, &tenant).await;
         assert_eq!(
             seen.body["metadata"]["finalizers"],
             json!(["imgate.io/drain"])
@@ -89,16 +92,7 @@ async fn create_makes_every_object_with_new_keys_and_reports_status() {
     let (tenant, policies) = harbor();
     let expected = objects(&tenant, &policies);
     let (result, ctx) = run(tenant.clone(), |mut server| async move {
-        let seen = server
-            .expect(
-                Method::PATCH,
-                &tenant_path(),
-                Reply::Json(
-                    StatusCode::OK,
-                    serde_json::to_value(finalized(tenant.clone())).expect("JSON"),
-                ),
-            )
-            .await;
+        let seen = add_finalizer(&mut server, &tenant).await;
         assert_eq!(
             seen.body["metadata"]["resourceVersion"], "1",
             "the finalizer is added on condition"
