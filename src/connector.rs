@@ -12,7 +12,7 @@
 //! tunnel (relays, the QUIC connection and endpoint) that wake one another on one thread
 //! spend a fifth less CPU per byte than across threads (BENCHMARKS.md).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,7 @@ use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::tls::write_private;
 use imgate_dataplane::tunnel::connector::Connector;
 use imgate_dataplane::tunnel::enroll::{self, pem};
+use imgate_dataplane::tunnel::target::Target;
 use imgate_dataplane::tunnel::tokens::Token;
 use imgate_dataplane::tunnel::{endpoint, trust};
 use rustls_pki_types::CertificateDer;
@@ -37,12 +38,34 @@ pub struct DialArgs {
     /// The connector's identity folder (`key.pem`, `cert.pem`, `ca.pem`).
     #[arg(long, default_value = "imgate-connector")]
     identity: PathBuf,
-    /// A dataplane's tunnel address, `HOST:PORT` on UDP (repeat for several).
-    #[arg(long = "dataplane", required = true)]
-    dataplanes: Vec<SocketAddr>,
-    /// The name in the dataplanes' certificate.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    /// A dataplane's tunnel address, `HOST:PORT` on UDP: the tenant's tunnel endpoint, or
+    /// one dataplane's address (repeat for several). Names are looked up at every dial.
+    #[arg(long = "dataplane", required = true, value_parser = target)]
+    dataplanes: Vec<Target>,
+    /// The name in the dataplanes' certificate (default: the host, when it is a name, else
+    /// `localhost`).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+fn target(text: &str) -> Result<Target, String> {
+    Target::parse(text, None).map_err(|e| e.to_string())
+}
+
+impl DialArgs {
+    /// The dataplanes, each with the name its certificate carries.
+    fn targets(&self) -> Vec<Target> {
+        self.dataplanes
+            .iter()
+            .map(|target| match &self.server_name {
+                Some(name) => Target {
+                    server_name: name.clone(),
+                    ..target.clone()
+                },
+                None => target.clone(),
+            })
+            .collect()
+    }
 }
 
 /// `imgate connector` subcommands.
@@ -77,6 +100,10 @@ pub enum ConnectorCommand {
 pub struct RunArgs {
     #[command(flatten)]
     dial: DialArgs,
+    /// A one-time enrollment token, used only when the identity folder holds no identity
+    /// yet (so a restarted connector keeps the identity it has).
+    #[arg(long, env = "IMGATE_ENROLLMENT_TOKEN", hide_env_values = true)]
+    enrollment_token: Option<String>,
     /// Connections kept to the dataplanes (each prefers a dataplane the others do not use).
     #[arg(long, default_value_t = 2)]
     connections: usize,
@@ -120,13 +147,7 @@ pub fn run(command: ConnectorCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         ConnectorCommand::Enroll { token, dial } => runtime.block_on(async move {
-            let token = Token::parse(&token)?;
-            let config = endpoint::client(trust::enrollment_config(&token.ca_pin)?)?;
-            let id = obtain(&dial, config, Some(&token.text()), &token.connector).await?;
-            println!(
-                "connector {id} is enrolled; its identity is in {}",
-                dial.identity.display()
-            );
+            enroll_with(&token, &dial).await?;
             Ok(0)
         }),
         ConnectorCommand::Renew(dial) => runtime.block_on(async move {
@@ -136,6 +157,18 @@ pub fn run(command: ConnectorCommand) -> anyhow::Result<i32> {
         }),
         ConnectorCommand::Run(args) => runtime.block_on(serve(args)),
     }
+}
+
+/// Enrolls with a one-time `token`, storing the identity in `dial.identity`.
+async fn enroll_with(token: &str, dial: &DialArgs) -> anyhow::Result<()> {
+    let token = Token::parse(token)?;
+    let config = endpoint::client(trust::enrollment_config(&token.ca_pin)?)?;
+    let id = obtain(dial, config, Some(&token.text()), &token.connector).await?;
+    println!(
+        "connector {id} is enrolled; its identity is in {}",
+        dial.identity.display()
+    );
+    Ok(())
 }
 
 /// A UDP endpoint for tunnel connections.
@@ -156,12 +189,19 @@ async fn obtain(
     let (key, request) = trust::connector_request(id)?;
     let endpoint = udp_endpoint()?;
     let mut failures = Vec::new();
-    for address in &dial.dataplanes {
+    let mut addresses = Vec::new();
+    for target in dial.targets() {
+        match target.resolve().await {
+            Ok(resolved) => addresses.extend(resolved.into_iter().map(|a| (a, target.clone()))),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    for (address, target) in addresses {
         match enroll::request(
             &endpoint,
             config.clone(),
-            *address,
-            &dial.server_name,
+            address,
+            &target.server_name,
             token,
             &request,
         )
@@ -173,10 +213,10 @@ async fn obtain(
                 return Ok(id.to_owned());
             }
             Err(error @ enroll::EnrollError::Refused(_)) => {
-                tracing::warn!(target: "imgate::tunnel", dataplane = %address, "{error}");
+                tracing::warn!(target: "imgate::tunnel", dataplane = %target, "{error}");
                 anyhow::bail!("{error}");
             }
-            Err(error) => failures.push(format!("{address}: {error}")),
+            Err(error) => failures.push(format!("{target}: {error}")),
         }
     }
     anyhow::bail!("no dataplane could be reached: {}", failures.join("; "))
@@ -335,6 +375,12 @@ async fn listeners(args: &RunArgs) -> anyhow::Result<Vec<(TcpListener, Frontend)
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(token) = &args.enrollment_token
+        && !args.dial.identity.join("cert.pem").exists()
+    {
+        enroll_with(token, &args.dial).await?;
+        tracing::info!(target: "imgate::tunnel", identity = %args.dial.identity.display(), "enrolled with the one-time token");
+    }
     let stored = load(&args.dial.identity)?;
     let id = stored.id.clone();
     let tls = trust::connector_config(&stored.ca, stored.identity)?;
@@ -342,13 +388,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<i32> {
     let endpoints = (0..args.connections.max(1))
         .map(|_| udp_endpoint())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let dataplanes = args
-        .dial
-        .dataplanes
-        .iter()
-        .map(|address| (*address, args.dial.server_name.clone()))
-        .collect();
-    let connector = Arc::new(Connector::new(&id, endpoints, config, dataplanes));
+    let connector = Arc::new(Connector::new(&id, endpoints, config, args.dial.targets()));
     let listeners = listeners(&args).await?;
     println!("imgate connector {id} is up");
     for (listener, _) in &listeners {

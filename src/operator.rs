@@ -48,6 +48,20 @@ pub struct SettingsArgs {
     /// The namespace whose pods may scrape the dataplanes' metrics.
     #[arg(long)]
     metrics_namespace: Option<String>,
+    /// A label a node must carry to run dataplanes, `KEY=VALUE` (repeat for several).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE", value_parser = key_value)]
+    node_selector: Vec<(String, String)>,
+    /// An annotation for every tunnel Service, `KEY=VALUE` (repeat for several).
+    #[arg(long = "tunnel-service-annotation", value_name = "KEY=VALUE", value_parser = key_value)]
+    tunnel_service_annotations: Vec<(String, String)>,
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 impl SettingsArgs {
@@ -66,6 +80,8 @@ impl SettingsArgs {
                 .metrics_namespace
                 .clone()
                 .unwrap_or(defaults.metrics_namespace),
+            node_selector: self.node_selector.iter().cloned().collect(),
+            tunnel_service_annotations: self.tunnel_service_annotations.iter().cloned().collect(),
             ..defaults
         }
     }

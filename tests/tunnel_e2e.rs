@@ -2,8 +2,9 @@
 //! tenant's tunnel CA (as `imgate connector` does) opens a stream through `imgate up
 //! --tunnel` to Prosody; the XMPP stream is relayed and inspected, and the session is
 //! archived with the connector's id and the client's own address. A client enrolled with
-//! another tenant's CA is refused. `imgate connector`, enrolled with a one-time token, carries
-//! real clients' chat (slixmpp) through the tunnel, inspected and archived. A reused token, a
+//! another tenant's CA is refused. `imgate connector`, enrolling with a one-time token as it
+//! starts (and keeping that identity when restarted), dials the tunnel by name and carries
+//! real clients' chat (slixmpp) through it, inspected and archived. A reused token, a
 //! token pinning another CA, a revoked connector (its open connection too) and an expired
 //! certificate are refused with a clear line in both logs; renewal works on the strength of
 //! the current certificate; garbage datagrams on the tunnel port do no harm.
@@ -13,7 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::tunnel::{enroll, enrolled, mint_token, run_connector, wait_until_connected};
+use common::tunnel::{enroll, mint_token, run_connector, wait_until_connected};
 use common::xmpp::{check_inspected_chat, clients};
 use common::{Killed, free_port, http_get, imgate_up, prosody, stop_and_read, wait_for_line};
 use imgate_dataplane::tunnel::endpoint;
@@ -192,15 +193,36 @@ fn chat_through_imgate_connector_is_inspected_and_archived() {
         tunnel,
         imgate,
     } = setup(dir.path());
-    let identity = enrolled(dir.path(), &data, "desk-1", &[tunnel]);
+    // The connector enrolls as it starts, dialling the tunnel by name, as a connector in a
+    // cluster does with the token from its Secret.
+    let identity = dir.path().join("connector-desk-1");
+    let token = mint_token(&data, "desk-1");
+    let by_name = [format!("localhost:{}", tunnel.port())];
+    let server = format!("127.0.0.1:{server_port}");
+    let first = run_connector(
+        &identity,
+        &by_name,
+        &server,
+        &["--enrollment-token", &token],
+    );
+    wait_until_connected(&first);
+    let log = std::fs::read_to_string(&first.log).unwrap_or_default();
+    assert!(log.contains("enrolled with the one-time token"), "{log}");
+    drop(first);
+    // Restarted with the same (now used) token, it keeps the identity it has.
     let connector = run_connector(
         &identity,
-        &[tunnel],
-        &format!("127.0.0.1:{server_port}"),
-        &[],
+        &by_name,
+        &server,
+        &["--enrollment-token", &token],
     );
     let health = wait_until_connected(&connector);
     assert!(health.contains(&tunnel.to_string()), "{health}");
+    let log = std::fs::read_to_string(&connector.log).unwrap_or_default();
+    assert!(
+        !log.contains("enrolled with the one-time token"),
+        "no second enrollment: {log}"
+    );
     let received = clients(connector.port, &data.join("ca/ca.pem"), &["chat"]);
     let metrics = http_get(connector.metrics, "/metrics");
     assert!(

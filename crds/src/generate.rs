@@ -1,5 +1,6 @@
 //! The CustomResourceDefinitions generated from the Rust types, and their YAML as checked in
-//! under `crds/`.
+//! under `crds/` and in the Helm chart (`charts/imgate/crds/`, which Helm installs before
+//! the operator).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -27,30 +28,37 @@ mod tests {
 
     use super::*;
 
-    fn checked_in(crd: &CustomResourceDefinition) -> PathBuf {
+    /// Where a CRD's YAML is checked in: beside the types, and in the chart.
+    fn checked_in(crd: &CustomResourceDefinition) -> [PathBuf; 2] {
         let name = crd.metadata.name.as_deref().unwrap_or_default();
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("{name}.yaml"))
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let file = format!("{name}.yaml");
+        [
+            here.join(&file),
+            here.join("../charts/imgate/crds").join(&file),
+        ]
     }
 
-    /// The YAML under `crds/` is what the types generate. Run with `IMGATE_UPDATE_CRDS=1` to
-    /// rewrite it after changing the types.
+    /// The YAML under `crds/` and in the chart is what the types generate. Run with
+    /// `IMGATE_UPDATE_CRDS=1` to rewrite it after changing the types.
     #[test]
     fn checked_in_yaml_matches_types() {
         let update = std::env::var_os("IMGATE_UPDATE_CRDS").is_some();
         for crd in crds() {
-            let path = checked_in(&crd);
             let generated = crd_yaml(&crd);
-            if update {
-                std::fs::write(&path, &generated).expect("write CRD YAML");
-                continue;
-            }
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == generated,
-                "{} is out of date with the types in crds/src; regenerate it with \
+            for path in checked_in(&crd) {
+                if update {
+                    std::fs::write(&path, &generated).expect("write CRD YAML");
+                    continue;
+                }
+                let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    on_disk == generated,
+                    "{} is out of date with the types in crds/src; regenerate it with \
                  `IMGATE_UPDATE_CRDS=1 cargo test -p imgate-crds` and commit the result",
-                path.display()
-            );
+                    path.display()
+                );
+            }
         }
     }
 

@@ -4,6 +4,8 @@
 //! Invariant: [`Settings::default`] is what the Helm chart's defaults give, so that
 //! `imgate operator render` previews what an installed operator makes.
 
+use std::collections::BTreeMap;
+
 /// Settings shared by all tenants.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -34,6 +36,10 @@ pub struct Settings {
     /// The MSP's DNS domain for tunnels: tenant `acme` is reached as `acme.DOMAIN`, a name
     /// in the dataplanes' tunnel certificate (the in-cluster Service name always is).
     pub tunnel_domain: Option<String>,
+    /// Labels a node must carry to run dataplanes (the MSP's dataplane node group).
+    pub node_selector: BTreeMap<String, String>,
+    /// Annotations on every tunnel Service, which give it the cloud's UDP load balancer.
+    pub tunnel_service_annotations: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -52,6 +58,8 @@ impl Default for Settings {
             memory_limit: "512Mi".into(),
             metrics_namespace: "monitoring".into(),
             tunnel_domain: None,
+            node_selector: BTreeMap::new(),
+            tunnel_service_annotations: BTreeMap::new(),
         }
     }
 }

@@ -65,10 +65,11 @@ pub struct Running {
 }
 
 /// Runs the connector of `identity` (its standard error beside it, in `.log`), dialling
-/// `dataplanes`, with a port-forward to `server` through the tunnel and the `extra` options.
+/// `dataplanes` (addresses or names), with a port-forward to `server` through the tunnel and
+/// the `extra` options.
 pub fn run_connector(
     identity: &Path,
-    dataplanes: &[SocketAddr],
+    dataplanes: &[impl std::fmt::Display],
     server: &str,
     extra: &[&str],
 ) -> Running {

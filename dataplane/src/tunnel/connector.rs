@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::connector_metrics::ConnectorMetrics;
 use super::header::{Decoded, Reply, Status, StreamHeader};
+use super::target::Target;
 use crate::proxy::frontend::{Frontend, HandshakeError, Refusal};
 use crate::proxy::lean_io::relay_unread;
 
@@ -90,6 +91,8 @@ pub fn backoff(failures: u32) -> Duration {
 #[derive(Clone)]
 struct Live {
     connection: quinn::Connection,
+    /// The target it was dialled as (its index in the connector's list).
+    target: usize,
     dataplane: SocketAddr,
     draining: Arc<AtomicBool>,
     drain: Arc<Notify>,
@@ -132,7 +135,7 @@ impl Slot {
 pub struct Connector {
     id: String,
     config: Mutex<quinn::ClientConfig>,
-    dataplanes: Vec<(SocketAddr, String)>,
+    dataplanes: Vec<Target>,
     slots: Vec<Slot>,
     next: AtomicUsize,
     changed: Notify,
@@ -141,14 +144,13 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector `id` keeping one connection per endpoint to `dataplanes` (addresses and
-    /// the name each one's certificate carries), with `config` (its identity). Nothing is
-    /// dialled until [`Connector::maintain`] runs.
+    /// A connector `id` keeping one connection per endpoint to `dataplanes`, with `config`
+    /// (its identity). Nothing is dialled until [`Connector::maintain`] runs.
     pub fn new(
         id: &str,
         endpoints: Vec<quinn::Endpoint>,
         config: quinn::ClientConfig,
-        dataplanes: Vec<(SocketAddr, String)>,
+        dataplanes: Vec<Target>,
     ) -> Self {
         Self {
             id: id.to_owned(),
@@ -201,22 +203,39 @@ impl Connector {
         while slots.join_next().await.is_some() {}
     }
 
-    /// The dataplane a slot dials on attempt `choice`: the first from there on that no other
-    /// slot is connected to, else the one at `choice`.
-    fn pick(&self, index: usize, choice: usize) -> &(SocketAddr, String) {
-        let taken: Vec<SocketAddr> = self
+    /// The target a slot dials on attempt `choice` (its index): the first from there on that
+    /// no other slot is connected to, else the one at `choice`.
+    fn pick(&self, index: usize, choice: usize) -> usize {
+        let taken: Vec<usize> = self
             .slots
             .iter()
             .enumerate()
             .filter(|(other, _)| *other != index)
             .filter_map(|(_, slot)| slot.current().filter(Live::usable))
-            .map(|live| live.dataplane)
+            .map(|live| live.target)
             .collect();
         let count = self.dataplanes.len();
         (0..count)
-            .map(|k| &self.dataplanes[(choice + k) % count])
-            .find(|(address, _)| !taken.contains(address))
-            .unwrap_or(&self.dataplanes[choice % count])
+            .map(|k| (choice + k) % count)
+            .find(|target| !taken.contains(target))
+            .unwrap_or(choice % count)
+    }
+
+    /// Dials `target` from `slot`; attempt `choice` uses the target's addresses in turn.
+    async fn dial(
+        &self,
+        slot: &Slot,
+        target: &Target,
+        choice: usize,
+    ) -> Result<(SocketAddr, quinn::Connection), String> {
+        let addresses = target.resolve().await.map_err(|e| e.to_string())?;
+        let address = addresses[choice % addresses.len()];
+        let connecting = slot
+            .endpoint
+            .connect_with(self.client_config(), address, &target.server_name)
+            .map_err(|e| e.to_string())?;
+        let connection = connecting.await.map_err(|e| e.to_string())?;
+        Ok((address, connection))
     }
 
     /// Keeps slot `index` connected.
@@ -228,19 +247,13 @@ impl Connector {
         let mut choice = index;
         let mut failures = 0;
         loop {
-            let (address, name) = self.pick(index, choice).clone();
-            let connecting = slot
-                .endpoint
-                .connect_with(self.client_config(), address, &name);
-            let connected = match connecting {
-                Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
+            let target = self.pick(index, choice);
+            let dialled = self.dial(slot, &self.dataplanes[target], choice).await;
             choice += 1;
-            let connection = match connected {
-                Ok(connection) => connection,
+            let (address, connection) = match dialled {
+                Ok(dialled) => dialled,
                 Err(error) => {
-                    tracing::warn!(target: "imgate::tunnel", dataplane = %address, "cannot reach the dataplane: {error}");
+                    tracing::warn!(target: "imgate::tunnel", dataplane = %self.dataplanes[target], "cannot reach the dataplane: {error}");
                     tokio::time::sleep(backoff(failures)).await;
                     failures += 1;
                     continue;
@@ -250,6 +263,7 @@ impl Connector {
             tracing::info!(target: "imgate::tunnel", dataplane = %address, connector = %self.id, "connected to the dataplane");
             let live = Live {
                 connection: connection.clone(),
+                target,
                 dataplane: address,
                 draining: Arc::new(AtomicBool::new(false)),
                 drain: Arc::new(Notify::new()),

@@ -4,7 +4,7 @@
 //! configurations, [`tokens`] the one-time enrollment tokens and the revocation list,
 //! [`enroll`] enrollment and renewal, [`pinned`] how a new connector trusts its dataplane,
 //! [`endpoint`] the QUIC configurations, [`listener`] the dataplane's side and [`connector`]
-//! the connector's, with its [`connector_metrics`].
+//! the connector's, with its [`connector_metrics`] and the [`target`]s it dials.
 
 pub mod connector;
 pub mod connector_metrics;
@@ -13,5 +13,6 @@ pub mod enroll;
 pub mod header;
 pub mod listener;
 pub mod pinned;
+pub mod target;
 pub mod tokens;
 pub mod trust;

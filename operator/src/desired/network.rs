@@ -74,7 +74,7 @@ pub fn pods_service(tenant: &Tenant, settings: &Settings) -> Service {
 
 /// The Service connectors dial.
 pub fn tunnel_service(tenant: &Tenant, settings: &Settings) -> Service {
-    service(
+    let mut service = service(
         tenant,
         names::TUNNEL_SERVICE,
         ServiceSpec {
@@ -83,7 +83,11 @@ pub fn tunnel_service(tenant: &Tenant, settings: &Settings) -> Service {
             ports: Some(vec![port(TUNNEL_PORT_NAME, "UDP", settings.tunnel_port)]),
             ..ServiceSpec::default()
         },
-    )
+    );
+    if !settings.tunnel_service_annotations.is_empty() {
+        service.metadata.annotations = Some(settings.tunnel_service_annotations.clone());
+    }
+    service
 }
 
 /// The Service Prometheus scrapes.

@@ -287,6 +287,48 @@ fn scaling_disruption_and_network_follow_the_tenant_and_settings() {
 }
 
 #[test]
+fn the_msps_node_selector_and_load_balancer_annotations_are_passed_on() {
+    let (tenant, set) = broker();
+    let plain = desired(&tenant, Some(&set), &Settings::default());
+    let Object::Service(tunnel) = find(&plain, "Service/tunnel") else {
+        panic!("not a Service")
+    };
+    assert!(tunnel.metadata.annotations.is_none());
+    let settings = Settings {
+        node_selector: [("imgate.io/role".to_owned(), "dataplane".to_owned())].into(),
+        tunnel_service_annotations: [(
+            "service.beta.kubernetes.io/aws-load-balancer-type".to_owned(),
+            "external".to_owned(),
+        )]
+        .into(),
+        ..Settings::default()
+    };
+    let objects = desired(&tenant, Some(&set), &settings);
+    let Object::StatefulSet(set) = find(&objects, "StatefulSet/dataplane") else {
+        panic!("not a StatefulSet")
+    };
+    let pod = set.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    assert_eq!(
+        pod.and_then(|p| p.node_selector.as_ref()),
+        Some(&settings.node_selector)
+    );
+    let Object::Service(tunnel) = find(&objects, "Service/tunnel") else {
+        panic!("not a Service")
+    };
+    assert_eq!(
+        tunnel.metadata.annotations.as_ref(),
+        Some(&settings.tunnel_service_annotations)
+    );
+    let Object::Service(metrics) = find(&objects, "Service/metrics") else {
+        panic!("not a Service")
+    };
+    assert!(
+        metrics.metadata.annotations.is_none(),
+        "only the tunnel gets a load balancer"
+    );
+}
+
+#[test]
 fn the_policy_config_map_carries_the_compiled_set_and_its_revision() {
     let (tenant, set) = broker();
     let objects = desired(&tenant, Some(&set), &Settings::default());

@@ -340,6 +340,8 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
                         }),
                         ..PodSecurityContext::default()
                     }),
+                    node_selector: (!settings.node_selector.is_empty())
+                        .then(|| settings.node_selector.clone()),
                     topology_spread_constraints: Some(vec![
                         spread("kubernetes.io/hostname"),
                         spread("topology.kubernetes.io/zone"),

@@ -1,8 +1,8 @@
 //! A scripted API server for reconcile tests, on kube's tower-test mock service: each test
 //! states, in order, the requests a reconcile must make and how the server answers them.
 //!
-//! Invariants: a request that differs from the script in method or path fails the test at
-//! once, naming both; a reconcile that stops before the script ends fails the test; answers
+//! Invariants: a request that differs from the script in method or path, or that the Helm
+//! chart's RBAC does not permit, fails the test at once, naming both; a reconcile that stops before the script ends fails the test; answers
 //! are built the way a real API server builds them (an applied object is returned as
 //! applied, with a `resourceVersion`; errors are `Status` objects with reason and code).
 
@@ -83,6 +83,9 @@ impl ApiServer {
             "expected {method} {path}, got {} {uri}",
             request.method()
         );
+        if let Err(refused) = super::chart_rbac::permits(&seen_method, &uri) {
+            panic!("{refused}");
+        }
         let bytes = request
             .into_body()
             .collect_bytes()

@@ -30,6 +30,8 @@ pub mod status;
 mod tenant;
 
 #[cfg(test)]
+mod chart_rbac;
+#[cfg(test)]
 mod fixtures;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,244 @@
+//! The RBAC rules the Helm chart grants the operator, read from the chart's templates, and
+//! the check that a request is within them: every scripted API server applies it to every
+//! request, so a reconcile step that needs a permission the chart does not grant fails its
+//! scenario.
+//!
+//! Invariants: a request is authorised the way the API server's RBAC authoriser does it
+//! (verb from method, path and `watch`; API group; resource with its subresource; name
+//! against `resourceNames`); a server-side apply of a whole object also needs `create`, as
+//! the API server demands when the object does not exist yet.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use http::Method;
+use serde_json::Value;
+
+/// The chart's templates that hold the operator's rules.
+const TEMPLATES: [&str; 2] = ["clusterrole.yaml", "role.yaml"];
+
+/// One rule of a ClusterRole or Role.
+#[derive(Debug)]
+struct Rule {
+    groups: Vec<String>,
+    resources: Vec<String>,
+    verbs: Vec<String>,
+    names: Vec<String>,
+}
+
+/// Every rule the chart grants the operator.
+static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/imgate/templates");
+    TEMPLATES
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(folder.join(file)).expect("the chart's RBAC");
+            // The template lines are labels and names; the rules are plain YAML.
+            let plain: String = text
+                .lines()
+                .filter(|line| !line.contains("{{"))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            let documents: Vec<Value> =
+                serde_saphyr::from_multiple(&plain).expect("the chart's RBAC is YAML");
+            documents
+        })
+        .flat_map(|document| document["rules"].as_array().cloned().unwrap_or_default())
+        .map(|rule| {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            Rule {
+                groups: strings("apiGroups"),
+                resources: strings("resources"),
+                verbs: strings("verbs"),
+                names: strings("resourceNames"),
+            }
+        })
+        .collect()
+});
+
+/// What the RBAC authoriser sees in a request.
+#[derive(Debug, PartialEq)]
+struct Attributes {
+    verb: &'static str,
+    group: String,
+    resource: String,
+    name: Option<String>,
+}
+
+fn attributes(method: &Method, uri: &str) -> Attributes {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => panic!("not an API path: {uri}"),
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, name, subresource) = match rest {
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(*name), None),
+        [resource, name, subresource] => (*resource, Some(*name), Some(*subresource)),
+        _ => panic!("not a resource path: {uri}"),
+    };
+    let watch = query
+        .split('&')
+        .any(|pair| pair == "watch=true" || pair == "watch=1");
+    let verb = match (method, name) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => panic!("no RBAC verb for {method} {uri}"),
+    };
+    Attributes {
+        verb,
+        group,
+        resource: match subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        },
+        name: name.map(str::to_owned),
+    }
+}
+
+fn granted(wanted: &Attributes) -> bool {
+    RULES.iter().any(|rule| {
+        rule.groups.contains(&wanted.group)
+            && rule.resources.contains(&wanted.resource)
+            && rule.verbs.iter().any(|v| v == wanted.verb)
+            && (rule.names.is_empty()
+                || wanted.name.as_ref().is_some_and(|n| rule.names.contains(n)))
+    })
+}
+
+/// Whether the chart lets the operator make this request; the missing permission if not.
+pub fn permits(method: &Method, uri: &str) -> Result<(), String> {
+    let wanted = attributes(method, uri);
+    let apply = method == Method::PATCH && uri.contains("force=true");
+    let mut needed = vec![wanted];
+    if apply && !needed[0].resource.contains('/') {
+        needed.push(Attributes {
+            verb: "create",
+            name: None,
+            ..attributes(method, uri)
+        });
+    }
+    match needed.iter().find(|attributes| !granted(attributes)) {
+        None => Ok(()),
+        Some(missing) => Err(format!(
+            "charts/imgate grants the operator no `{}` on {}{}{} for {method} {uri}",
+            missing.verb,
+            missing.resource,
+            if missing.group.is_empty() { "" } else { "." },
+            missing.group,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_map_to_rbac_attributes() {
+        let cases = [
+            (
+                Method::GET,
+                "/apis/imgate.io/v1alpha1/namespaces/acme/impolicies?fieldSelector=x",
+                ("list", "imgate.io", "impolicies", None),
+            ),
+            (
+                Method::GET,
+                "/api/v1/pods?watch=true&resourceVersion=1",
+                ("watch", "", "pods", None),
+            ),
+            (
+                Method::PATCH,
+                "/apis/imgate.io/v1alpha1/tenants/acme/status?fieldManager=x",
+                ("patch", "imgate.io", "tenants/status", Some("acme")),
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/imgate-acme?fieldManager=x&force=true",
+                ("patch", "", "namespaces", Some("imgate-acme")),
+            ),
+            (
+                Method::POST,
+                "/api/v1/namespaces/imgate-acme/secrets?",
+                ("create", "", "secrets", None),
+            ),
+            (
+                Method::DELETE,
+                "/apis/autoscaling/v2/namespaces/imgate-acme/horizontalpodautoscalers/dataplane",
+                (
+                    "delete",
+                    "autoscaling",
+                    "horizontalpodautoscalers",
+                    Some("dataplane"),
+                ),
+            ),
+        ];
+        for (method, uri, (verb, group, resource, name)) in cases {
+            assert_eq!(
+                attributes(&method, uri),
+                Attributes {
+                    verb,
+                    group: group.into(),
+                    resource: resource.into(),
+                    name: name.map(str::to_owned),
+                },
+                "{method} {uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_chart_grants_what_reconciling_needs_and_no_more() {
+        assert!(
+            permits(
+                &Method::PATCH,
+                "/api/v1/namespaces/x?fieldManager=f&force=true"
+            )
+            .is_ok()
+        );
+        assert!(permits(&Method::GET, "/api/v1/namespaces/x/secrets/tunnel-ca").is_ok());
+        let denied = [
+            (Method::GET, "/api/v1/namespaces/x/secrets"),
+            (Method::PUT, "/api/v1/namespaces/x/secrets/tunnel-ca"),
+            (Method::DELETE, "/api/v1/namespaces/x"),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/x/persistentvolumeclaims/wal-dataplane-0",
+            ),
+            (
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/x/leases/someone-else",
+            ),
+        ];
+        for (method, uri) in denied {
+            let refused = permits(&method, uri).expect_err(uri);
+            assert!(refused.contains("grants the operator no"), "{refused}");
+        }
+        assert!(
+            permits(
+                &Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/x/leases/imgate-operator"
+            )
+            .is_ok()
+        );
+    }
+}
