@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use imgate_crds::IMPolicy;
-use imgate_crds::tenant::LdapDirectory;
+use imgate_crds::tenant::ArchiveFailure;
+use imgate_crds::tenant::{IdentitySpec, LdapDirectory};
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
-use imgate_dataplane::archive::store::{LocalStore, S3Config, S3Store};
+use imgate_dataplane::archive::store::{Encryption, LocalStore, S3Config, S3Store};
 use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
 use imgate_dataplane::identity::Directory;
 use imgate_dataplane::identity::ldap::{Bind, LdapSource};
@@ -118,15 +119,44 @@ pub struct UpArgs {
     /// `compliance` (nobody can shorten the lock) or `governance`.
     #[arg(long, default_value = "compliance", value_parser = ["compliance", "governance"])]
     retention_mode: String,
+    /// The tenant's identity sources, as a Tenant's `spec.identity` in YAML (static handles
+    /// and an LDAP directory); instead of a Tenant's in the `--policy` files.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Server-side encryption of archived objects: `s3` (SSE-S3) or `kms` (SSE-KMS, with
+    /// `--s3-kms-key`); the bucket's default when not given.
+    #[arg(long, value_parser = ["s3", "kms"], requires = "s3_bucket")]
+    s3_encryption: Option<String>,
+    /// The KMS key id or ARN for `--s3-encryption kms`.
+    #[arg(long, requires = "s3_bucket")]
+    s3_kms_key: Option<String>,
+    /// When a message's record cannot be made durable: `block` (fail closed: nothing is
+    /// forwarded unarchived) or `pass` (fail open: forward, and keep trying to archive).
+    #[arg(long, default_value = "block", value_parser = crate::parse_name::<ArchiveFailure>)]
+    on_archive_failure: ArchiveFailure,
     /// This dataplane's name in the archive's object keys; unique among a tenant's
     /// dataplanes (a pod's name).
     #[arg(long, env = "IMGATE_WRITER", default_value = "local-0")]
     writer: String,
 }
 
-/// The compiled policy, and the tenant's static identities when a Tenant is among the files.
+impl UpArgs {
+    /// The server-side encryption the options ask for.
+    fn encryption(&self) -> anyhow::Result<Option<Encryption>> {
+        match (self.s3_encryption.as_deref(), &self.s3_kms_key) {
+            (Some("kms"), Some(key)) => Ok(Some(Encryption::Kms(key.clone()))),
+            (Some("kms"), None) => anyhow::bail!("--s3-encryption kms needs --s3-kms-key KEY"),
+            (_, Some(_)) => anyhow::bail!("--s3-kms-key goes with --s3-encryption kms"),
+            (Some(_), None) => Ok(Some(Encryption::S3)),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The compiled policy, and who handles are: from `--identity`, else from the tenant's
+/// Tenant when it is among the `--policy` files.
 fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
-    if args.policy.is_empty() {
+    let (policy, tenant_identity) = if args.policy.is_empty() {
         // The example policy, for whichever tenant this dataplane serves.
         let mut policies: Vec<IMPolicy> =
             serde_saphyr::from_multiple(DEFAULT_POLICY).context("the embedded policy")?;
@@ -135,29 +165,47 @@ fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
         }
         let policy = CompiledPolicy::compile(&args.tenant, &policies)
             .map_err(|e| anyhow::anyhow!("the embedded policy: {e}"))?;
-        return Ok((policy, Directory::default()));
-    }
-    let workspace = Workspace::load(&args.policy);
-    if workspace.count(Level::Error) > 0 {
-        workspace.report(&mut std::io::stderr().lock())?;
-        anyhow::bail!("the policies do not lint clean; fix them first (imgate policy lint)");
-    }
-    let (_, policy) = workspace
-        .policy_for(Some(&args.tenant))
-        .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
-    let identity = workspace
-        .tenants
-        .iter()
-        .find(|t| t.metadata.name.as_deref() == Some(args.tenant.as_str()))
-        .and_then(|t| t.spec.identity.as_ref());
+        (policy, None)
+    } else {
+        let workspace = Workspace::load(&args.policy);
+        if workspace.count(Level::Error) > 0 {
+            workspace.report(&mut std::io::stderr().lock())?;
+            anyhow::bail!("the policies do not lint clean; fix them first (imgate policy lint)");
+        }
+        let (_, policy) = workspace
+            .policy_for(Some(&args.tenant))
+            .map_err(|e| anyhow::anyhow!("{e} (use --tenant)"))?;
+        let identity = workspace
+            .tenants
+            .iter()
+            .find(|t| t.metadata.name.as_deref() == Some(args.tenant.as_str()))
+            .and_then(|t| t.spec.identity.clone());
+        (policy.clone(), identity)
+    };
+    let identity = match &args.identity {
+        Some(path) => Some(read_identity(path)?),
+        None => tenant_identity,
+    };
     let Some(identity) = identity else {
-        return Ok((policy.clone(), Directory::default()));
+        return Ok((policy, Directory::default()));
     };
     let mut directory = Directory::from_static(&identity.static_entries);
     if let Some(ldap) = &identity.ldap {
         directory = directory.with_ldap(LdapSource::new(ldap, ldap_bind(ldap)?)?);
     }
-    Ok((policy.clone(), directory))
+    Ok((policy, directory))
+}
+
+/// Reads a Tenant's `spec.identity` from `path`.
+fn read_identity(path: &Path) -> anyhow::Result<IdentitySpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the identity file {}", path.display()))?;
+    serde_saphyr::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a Tenant's spec.identity (static handles and an ldap directory)",
+            path.display()
+        )
+    })
 }
 
 /// The LDAP bind for `imgate up`: the Tenant's `bindSecretRef` names a Kubernetes Secret,
@@ -199,6 +247,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             || !args.forwards.is_empty(),
         "nothing to listen on: give --socks, --http, --forward or --tunnel"
     );
+    let encryption = args.encryption()?;
     let (policy, directory) = compile(&args)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
@@ -214,6 +263,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let mut shipper_config = ShipperConfig::new(layout);
         shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
         shipper_config.retention = args.retention_days.map(|days| (days, args.retention_mode == "compliance"));
+        shipper_config.encryption = encryption;
         let store = match &args.s3_bucket {
             Some(bucket) => Store::S3(S3Store::connect(&S3Config { bucket: bucket.clone(), region: args.s3_region.clone(), endpoint: args.s3_endpoint.clone(), credentials: None }).await),
             None => Store::Local(LocalStore::new(&archive_dir)),
@@ -225,7 +275,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         for path in &args.extra_roots {
             roots.extend(load_certificates(path)?);
         }
-        let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), true);
+        let fail_closed = args.on_archive_failure == ArchiveFailure::Block;
+        let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
         shared.directory = directory;
         shared.forward_after = args.forward_after;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));

@@ -270,6 +270,37 @@ fn crds_prints_what_is_checked_in() {
     }
 }
 
+#[test]
+fn up_refuses_settings_it_cannot_honour_before_it_starts() {
+    let dir = tempdir("up-refusals");
+    let data = dir.join("data");
+    let identity = dir.join("identity.yaml");
+    std::fs::write(&identity, "ldap: {url: 42}\n").expect("write");
+    let identity = identity.to_str().expect("path");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--s3-bucket", "b", "--s3-encryption", "kms"],
+            "error: --s3-encryption kms needs --s3-kms-key KEY",
+        ),
+        (
+            &["--s3-bucket", "b", "--s3-kms-key", "alias/k"],
+            "error: --s3-kms-key goes with --s3-encryption kms",
+        ),
+        (&["--identity", identity], "is not a Tenant's spec.identity"),
+    ];
+    for (options, refusal) in cases {
+        let mut args = vec!["up", "--data", data.to_str().expect("path")];
+        args.extend(options);
+        let (code, output) = imgate(&args);
+        assert_eq!(code, 2, "{output}");
+        assert_line(&output, refusal);
+    }
+    assert!(
+        !data.exists(),
+        "nothing is opened before the settings are known to be good"
+    );
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));

@@ -2,7 +2,8 @@
 //! library): group and direct chat delivered and archived, a card number redacted in what the
 //! recipient sees while the archive keeps the original, a deal name blocked with a notice to
 //! the sender, and the disclaimer injected once per conversation; people and groups resolved
-//! from the Tenant's static map and from a real LDAP directory (OpenLDAP slapd).
+//! from the Tenant's static map and from a real LDAP directory (OpenLDAP slapd), the latter
+//! named in an identity file as the operator delivers it (`--identity`).
 
 mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
@@ -479,6 +480,8 @@ fn identities_come_from_the_ldap_directory_and_are_archived_once_per_session() {
     let (_directory, ldap_port) = slapd(dir.path());
     let (_server, irc_port) = ngircd(dir.path());
     let data = dir.path().join("data");
+    // As a dataplane in a cluster gets them: the policy set and the Tenant's
+    // `spec.identity`, side by side in the policy ConfigMap.
     let policy = dir.path().join("policy");
     std::fs::create_dir_all(&policy).expect("policy folder");
     std::fs::copy(
@@ -490,13 +493,22 @@ fn identities_come_from_the_ldap_directory_and_are_archived_once_per_session() {
     )
     .expect("policy");
     std::fs::write(
-        policy.join("tenant.yaml"),
+        policy.join("identity.yaml"),
         format!(
-            "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {{name: local}}\nspec:\n  archive:\n    s3: {{bucket: local-archive, region: eu-west-2}}\n    retention: {{days: 30}}\n  identity:\n    ldap:\n      url: ldap://127.0.0.1:{ldap_port}\n      baseDN: ou=people,dc=acme,dc=example\n      handleAttributes: {{irc: imHandle}}\n      groupAttribute: departmentNumber\n"
+            "ldap:\n  url: ldap://127.0.0.1:{ldap_port}\n  baseDN: ou=people,dc=acme,dc=example\n  handleAttributes: {{irc: imHandle}}\n  groupAttribute: departmentNumber\n"
         ),
     )
-    .expect("tenant");
-    let (imgate, front) = imgate_up(irc_port, &data, &["--policy", &policy.to_string_lossy()]);
+    .expect("identity");
+    let (imgate, front) = imgate_up(
+        irc_port,
+        &data,
+        &[
+            "--policy",
+            &policy.join("policy.yaml").to_string_lossy(),
+            "--identity",
+            &policy.join("identity.yaml").to_string_lossy(),
+        ],
+    );
     let records = alice_is_held_to_the_traders_policy(front, imgate, &data);
     let identities: Vec<&Value> = records
         .iter()

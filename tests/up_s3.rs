@@ -1,5 +1,5 @@
 //! `imgate up` as a dataplane in a cluster runs it: the archive shipped to the tenant's
-//! bucket in a real S3 API server (moto) under Object Lock, named by the pod, with the
+//! bucket in a real S3 API server (moto) under Object Lock and SSE-KMS, named by the pod, with the
 //! interception CA from a folder of its own; and `imgate operator render` and `check` on the
 //! examples.
 
@@ -84,6 +84,10 @@ fn the_archive_goes_to_the_tenants_bucket_locked_and_named_by_the_pod() {
             "7",
             "--writer",
             "dataplane-0",
+            "--s3-encryption",
+            "kms",
+            "--s3-kms-key",
+            "alias/acme-archive",
             "--interception-ca",
             ca.to_str().expect("path"),
         ],
@@ -150,6 +154,17 @@ fn the_archive_goes_to_the_tenants_bucket_locked_and_named_by_the_pod() {
                 "{key}"
             );
             assert!(head.object_lock_retain_until_date().is_some(), "{key}");
+            assert_eq!(
+                head.server_side_encryption().map(|e| e.as_str()),
+                Some("aws:kms"),
+                "{key}"
+            );
+            assert!(
+                head.ssekms_key_id()
+                    .is_some_and(|k| k.ends_with("alias/acme-archive")),
+                "{key}: {:?}",
+                head.ssekms_key_id()
+            );
         }
         keys
     });

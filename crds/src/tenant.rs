@@ -313,7 +313,8 @@ pub struct TlsSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub interception_ca_secret_ref: Option<SecretRef>,
-    /// Secret with extra PEM roots trusted for upstream servers, beside the system roots.
+    /// Secret with extra PEM roots (key `ca.crt`) trusted for upstream servers, beside the
+    /// system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_roots_secret_ref: Option<SecretRef>,
 }

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 /// The file in the policy ConfigMap that dataplanes load.
 pub const POLICY_FILE: &str = "policy.yaml";
+/// The file in the policy ConfigMap with the tenant's `spec.identity`, when it has one.
+pub const IDENTITY_FILE: &str = "identity.yaml";
 
 /// A tenant's policies as its dataplanes receive them.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! The tenant's namespace, the dataplanes' service account, the Secrets the operator makes,
-//! and the policy ConfigMap.
+//! and the policy ConfigMap (the compiled policy set, and the tenant's identity sources).
 //!
 //! Invariants: the namespace enforces the `restricted` Pod Security Standard; the service
 //! account mounts no API token (dataplanes do not call the API server); a tenant that
@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 
 use super::GENERATED;
 use crate::names;
-use crate::policy::{POLICY_FILE, PolicySet};
+use crate::policy::{IDENTITY_FILE, POLICY_FILE, PolicySet};
 
 /// The annotation with the revision of the policy set in the policy ConfigMap.
 pub const POLICY_REVISION: &str = "imgate.io/policy-revision";
@@ -86,9 +86,18 @@ pub fn policy_config_map(tenant: &Tenant, policy: &PolicySet) -> ConfigMap {
         POLICY_REVISION.into(),
         policy.revision.clone(),
     )]));
+    let mut data = BTreeMap::from([(POLICY_FILE.into(), policy.yaml.clone())]);
+    if let Some(identity) = &tenant.spec.identity {
+        data.insert(
+            IDENTITY_FILE.into(),
+            serde_saphyr::to_string(identity).unwrap_or_else(|error| {
+                unreachable!("an IdentitySpec always serializes to YAML: {error}")
+            }),
+        );
+    }
     ConfigMap {
         metadata,
-        data: Some(BTreeMap::from([(POLICY_FILE.into(), policy.yaml.clone())])),
+        data: Some(data),
         ..ConfigMap::default()
     }
 }

@@ -159,6 +159,115 @@ fn the_dataplane_is_told_the_tenants_archive_and_tunnel() {
     assert!(!args.contains("--s3-endpoint"), "AWS needs no endpoint");
 }
 
+/// The first container of the tenant's StatefulSet, and the pod's volumes.
+fn dataplane_pod(objects: &[Object]) -> &k8s_openapi::api::core::v1::PodSpec {
+    let Object::StatefulSet(set) = find(objects, "StatefulSet/dataplane") else {
+        panic!("not a StatefulSet")
+    };
+    set.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod")
+}
+
+#[test]
+fn archive_failure_encryption_identity_and_trust_reach_the_dataplane() {
+    let (mut broker, set) = broker();
+    let objects = desired(&broker, Some(&set), &Settings::default());
+    let pod = dataplane_pod(&objects);
+    let container = &pod.containers[0];
+    let args = container.args.as_ref().expect("args").join(" ");
+    for expected in [
+        "--on-archive-failure block",
+        "--s3-encryption kms --s3-kms-key arn:aws:kms:us-east-1:123456789012:key/1f9c2d3e-0000-4000-8000-000000000001",
+        "--identity /etc/imgate/policy/identity.yaml",
+    ] {
+        assert!(args.contains(expected), "{expected:?} missing from {args}");
+    }
+    assert!(!args.contains("--extra-roots"), "{args}");
+    // The identity travels in the policy ConfigMap, as the Tenant states it.
+    let Object::ConfigMap(map) = find(&objects, "ConfigMap/policy") else {
+        panic!("not a ConfigMap")
+    };
+    let identity: imgate_crds::tenant::IdentitySpec =
+        serde_saphyr::from_str(&map.data.as_ref().expect("data")[crate::policy::IDENTITY_FILE])
+            .expect("an IdentitySpec");
+    assert_eq!(Some(&identity), broker.spec.identity.as_ref());
+    // The LDAP bind comes from the tenant's Secret, under the names `imgate up` reads.
+    let bind: Vec<(String, String, String)> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let key = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.clone(), key.name.clone(), key.key.clone()))
+        })
+        .collect();
+    assert_eq!(
+        bind,
+        [
+            (
+                "IMGATE_LDAP_BIND_DN".to_owned(),
+                "meridian-ldap-bind".to_owned(),
+                "bindDN".to_owned()
+            ),
+            (
+                "IMGATE_LDAP_PASSWORD".to_owned(),
+                "meridian-ldap-bind".to_owned(),
+                "password".to_owned()
+            ),
+        ]
+    );
+
+    broker.spec.tls = Some(imgate_crds::tenant::TlsSpec {
+        extra_roots_secret_ref: Some(imgate_crds::tenant::SecretRef {
+            name: "meridian-roots".into(),
+        }),
+        ..imgate_crds::tenant::TlsSpec::default()
+    });
+    let objects = desired(&broker, Some(&set), &Settings::default());
+    let pod = dataplane_pod(&objects);
+    let args = pod.containers[0].args.as_ref().expect("args").join(" ");
+    assert!(
+        args.contains("--extra-roots /etc/imgate/extra-roots/ca.crt"),
+        "{args}"
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "extra-roots")
+        .and_then(|v| v.secret.as_ref())
+        .expect("the roots' Secret is mounted");
+    assert_eq!(volume.secret_name.as_deref(), Some("meridian-roots"));
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "extra-roots" && m.mount_path == "/etc/imgate/extra-roots")
+    );
+
+    let dental = tenant("small-firm/tenant.yaml");
+    let objects = desired(&dental, None, &Settings::default());
+    let args = dataplane_pod(&objects).containers[0]
+        .args
+        .as_ref()
+        .expect("args")
+        .join(" ");
+    assert!(args.contains("--on-archive-failure pass"), "{args}");
+    assert!(args.contains("--s3-encryption s3"), "{args}");
+    assert!(!args.contains("--s3-kms-key"), "{args}");
+    assert!(
+        dataplane_pod(&objects).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| !e.name.starts_with("IMGATE_LDAP")),
+        "no directory, no bind"
+    );
+}
+
 #[test]
 fn a_role_arn_annotates_the_service_account_and_static_keys_come_from_their_secret() {
     let (broker, _) = broker();

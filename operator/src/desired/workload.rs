@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use imgate_crds::Tenant;
-use imgate_crds::tenant::{ForwardAfter, RetentionMode};
+use imgate_crds::tenant::{ArchiveFailure, EncryptionMode, ForwardAfter, RetentionMode};
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
@@ -23,8 +23,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -33,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::network::{METRICS_PORT_NAME, TUNNEL_PORT_NAME};
 use crate::names;
-use crate::policy::POLICY_FILE;
+use crate::policy::{IDENTITY_FILE, POLICY_FILE};
 use crate::settings::Settings;
 
 /// The user and group the dataplane runs as (the image's non-root user).
@@ -43,6 +44,9 @@ pub const DATA_DIR: &str = "/var/lib/imgate";
 const POLICY_DIR: &str = "/etc/imgate/policy";
 const TUNNEL_CA_DIR: &str = "/etc/imgate/tunnel-ca";
 const INTERCEPTION_CA_DIR: &str = "/etc/imgate/interception-ca";
+const EXTRA_ROOTS_DIR: &str = "/etc/imgate/extra-roots";
+/// The key of the PEM roots in a tenant's `tls.extraRootsSecretRef`.
+pub const EXTRA_ROOTS_KEY: &str = "ca.crt";
 
 /// The names connectors may dial the tunnel by: the Service's in-cluster name, and the
 /// tenant's name under the MSP's tunnel domain when there is one.
@@ -88,6 +92,11 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         "1",
         "--writer",
         "$(POD_NAME)",
+        "--on-archive-failure",
+        match archive.on_archive_failure {
+            ArchiveFailure::Block => "block",
+            ArchiveFailure::Pass => "pass",
+        },
         "--forward-after",
         match archive.forward_after {
             ForwardAfter::Written => "written",
@@ -114,10 +123,69 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
     if let Some(prefix) = &archive.s3.prefix {
         args.extend(["--s3-prefix".into(), prefix.clone()]);
     }
+    let encryption = &archive.s3.encryption;
+    match encryption.mode {
+        EncryptionMode::S3 => args.extend(["--s3-encryption".into(), "s3".into()]),
+        EncryptionMode::Kms => {
+            args.extend(["--s3-encryption".into(), "kms".into()]);
+            // Without a key (which the API server's CEL rule refuses) the dataplane refuses
+            // to start rather than write unencrypted.
+            if let Some(key) = &encryption.kms_key_id {
+                args.extend(["--s3-kms-key".into(), key.clone()]);
+            }
+        }
+    }
+    if tenant.spec.identity.is_some() {
+        args.extend(["--identity".into(), format!("{POLICY_DIR}/{IDENTITY_FILE}")]);
+    }
+    if extra_roots(tenant).is_some() {
+        args.extend([
+            "--extra-roots".into(),
+            format!("{EXTRA_ROOTS_DIR}/{EXTRA_ROOTS_KEY}"),
+        ]);
+    }
     for name in tunnel_names(tenant, settings) {
         args.extend(["--tunnel-name".into(), name]);
     }
     args
+}
+
+/// The Secret with the tenant's extra upstream roots, if it names one.
+fn extra_roots(tenant: &Tenant) -> Option<&str> {
+    let tls = tenant.spec.tls.as_ref()?;
+    tls.extra_roots_secret_ref.as_ref().map(|s| s.name.as_str())
+}
+
+/// The LDAP bind from the tenant's `identity.ldap.bindSecretRef`, as the variables `imgate
+/// up` reads it from.
+fn ldap_bind_env(tenant: &Tenant) -> Vec<EnvVar> {
+    let secret = tenant
+        .spec
+        .identity
+        .as_ref()
+        .and_then(|identity| identity.ldap.as_ref())
+        .and_then(|ldap| ldap.bind_secret_ref.as_ref());
+    let Some(secret) = secret else {
+        return Vec::new();
+    };
+    [
+        ("IMGATE_LDAP_BIND_DN", "bindDN"),
+        ("IMGATE_LDAP_PASSWORD", "password"),
+    ]
+    .into_iter()
+    .map(|(variable, key)| EnvVar {
+        name: variable.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    })
+    .collect()
 }
 
 fn secret_volume(name: &str, secret: &str, items: &[(&str, &str)]) -> Volume {
@@ -202,17 +270,22 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
                 ..ContainerPort::default()
             },
         ]),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    api_version: None,
+        env: Some(
+            [EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
                 }),
-                ..EnvVarSource::default()
-            }),
-            value: None,
-        }]),
+                value: None,
+            }]
+            .into_iter()
+            .chain(ldap_bind_env(tenant))
+            .collect(),
+        ),
         env_from: credentials.map(|secret| {
             vec![EnvFromSource {
                 secret_ref: Some(SecretEnvSource {
@@ -242,13 +315,18 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("data", DATA_DIR, false),
-            mount("policy", POLICY_DIR, true),
-            mount("tunnel-ca", TUNNEL_CA_DIR, true),
-            mount("interception-ca", INTERCEPTION_CA_DIR, true),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("data", DATA_DIR, false),
+                mount("policy", POLICY_DIR, true),
+                mount("tunnel-ca", TUNNEL_CA_DIR, true),
+                mount("interception-ca", INTERCEPTION_CA_DIR, true),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(extra_roots(tenant).map(|_| mount("extra-roots", EXTRA_ROOTS_DIR, true)))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -261,7 +339,7 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
         .as_ref()
         .and_then(|tls| tls.interception_ca_secret_ref.as_ref())
         .map_or(names::INTERCEPTION_CA_SECRET.to_owned(), |s| s.name.clone());
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "policy".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -289,6 +367,13 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
             ..Volume::default()
         },
     ];
+    if let Some(secret) = extra_roots(tenant) {
+        volumes.push(secret_volume(
+            "extra-roots",
+            secret,
+            &[(EXTRA_ROOTS_KEY, EXTRA_ROOTS_KEY)],
+        ));
+    }
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".into()),
