@@ -10,6 +10,7 @@ mod manifest;
 mod operator;
 mod operator_run;
 mod policy;
+mod policy_watch;
 mod tunnel_admin;
 mod up;
 

@@ -1,8 +1,9 @@
 //! `imgate up`: imgate's main job on this machine with embedded defaults: a dataplane
 //! enforcing an example policy (or yours), SOCKS5 and HTTP CONNECT on loopback, optional
 //! fixed port-forwards, the archive in a local directory, and a live view of sessions and
-//! verdicts in the terminal. SIGHUP reloads `--policy` files without dropping sessions;
-//! Ctrl-C stops it after the archive is flushed.
+//! verdicts in the terminal. Changed `--policy` files (looked at every
+//! `--policy-poll-seconds`, and on SIGHUP) are reloaded without dropping sessions; Ctrl-C
+//! stops it after the archive is flushed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use imgate_dataplane::tunnel::listener;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
+use crate::policy_watch;
 
 const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
 
@@ -119,6 +121,9 @@ pub struct UpArgs {
     /// `compliance` (nobody can shorten the lock) or `governance`.
     #[arg(long, default_value = "compliance", value_parser = ["compliance", "governance"])]
     retention_mode: String,
+    /// How often to look for changed `--policy` files and reload them (0: only on SIGHUP).
+    #[arg(long, default_value_t = 2)]
+    policy_poll_seconds: u64,
     /// The tenant's identity sources, as a Tenant's `spec.identity` in YAML (static handles
     /// and an LDAP directory); instead of a Tenant's in the `--policy` files.
     #[arg(long, value_name = "FILE")]
@@ -336,8 +341,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             println!("  metrics                      http://{}/metrics", listener.local_addr()?);
             tokio::spawn(serve_metrics(listener, shared.clone()));
         }
-        println!("Point an IM client's proxy setting at the SOCKS5 address. SIGHUP reloads --policy; Ctrl-C stops.");
+        println!("Point an IM client's proxy setting at the SOCKS5 address. Changed --policy files are reloaded; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
+        let watching = (!args.policy.is_empty() && args.policy_poll_seconds > 0).then(|| {
+            let (shared, args) = (shared.clone(), args.clone());
+            let every = Duration::from_secs(args.policy_poll_seconds);
+            tokio::spawn(policy_watch::watch(args.policy.clone(), every, move || reload(&shared, &args, "changed")))
+        });
         let stop = Arc::new(tokio::sync::Notify::new());
         let shipping = {
             let stop = stop.clone();
@@ -345,6 +355,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         };
         server::run(shared, listeners, shutdown_signal()).await;
         reloads.abort();
+        if let Some(watching) = watching {
+            watching.abort();
+        }
         if let Some(tunnel) = tunnel {
             stop_tunnel.notify_one();
             tunnel.await?;
@@ -415,25 +428,30 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Recompiles the policies on SIGHUP and swaps them in; sessions keep running and pick the
-/// new policy up with their next event. A policy set that does not compile is refused and the
-/// last good one stays in force.
+/// Recompiles the policies and swaps them in; sessions keep running and pick the new policy
+/// up with their next event. A policy set that does not compile is refused and the last good
+/// one stays in force.
+fn reload(shared: &Shared, args: &UpArgs, why: &str) {
+    match compile(args) {
+        Ok((policy, _)) => {
+            let rules = policy.content_rule_count();
+            shared.reload(policy);
+            tracing::info!(target: "imgate::session", "policy {why}, reloaded ({rules} content rules)");
+        }
+        Err(error) => {
+            tracing::error!(target: "imgate::session", "policy {why}, not reloaded, the last good one stays in force: {error:#}")
+        }
+    }
+}
+
+/// Reloads the policies on SIGHUP.
 async fn reload_on_hangup(shared: Arc<Shared>, args: UpArgs) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         return;
     };
     while hangups.recv().await.is_some() {
-        match compile(&args) {
-            Ok((policy, _)) => {
-                let rules = policy.content_rule_count();
-                shared.reload(policy);
-                tracing::info!(target: "imgate::session", "policy reloaded ({rules} content rules)");
-            }
-            Err(error) => {
-                tracing::error!(target: "imgate::session", "policy not reloaded, the last good one stays in force: {error:#}")
-            }
-        }
+        reload(&shared, &args, "signalled");
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, imgate_up, presence_of, scrape, serve, slapd, stop_and_read};
+use common::{Killed, imgate_up, presence_of, scrape, serve, slapd, stop_and_read, wait_for_line};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -354,7 +354,28 @@ const POLICY_V2: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadat
 const POLICY_BROKEN: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadata: {name: cards, namespace: imgate}\nspec:\n  tenantRef: local\n  content:\n    - {name: card-numbers, match: {regex: \"(unclosed\"}, action: alert}\n";
 
 #[test]
-fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
+fn a_changed_policy_file_applies_to_open_sessions_and_a_bad_one_is_refused() {
+    reload_scenario(Reload::Poll);
+}
+
+#[test]
+fn sighup_reloads_the_policy_files_at_once() {
+    reload_scenario(Reload::Signal);
+}
+
+/// How the dataplane learns that its policy files changed.
+#[derive(Clone, Copy)]
+enum Reload {
+    /// It looks at them every second.
+    Poll,
+    /// It is sent SIGHUP (and does not look on its own).
+    Signal,
+}
+
+/// A session stays open while the policy changes from redacting cards to blocking them, and
+/// then to a set that does not compile: the block applies to the open session, and the broken
+/// set is refused with the block still in force.
+fn reload_scenario(how: Reload) {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, irc_port) = ngircd(dir.path());
@@ -362,11 +383,21 @@ fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
     std::fs::create_dir_all(&policies).expect("policies");
     std::fs::write(policies.join("cards.yaml"), POLICY_V1).expect("v1");
     let data = dir.path().join("data");
+    let poll = match how {
+        Reload::Poll => "1",
+        Reload::Signal => "0",
+    };
     let (imgate, front) = imgate_up(
         irc_port,
         &data,
-        &["--policy", policies.to_str().expect("utf-8")],
+        &[
+            "--policy",
+            policies.to_str().expect("utf-8"),
+            "--policy-poll-seconds",
+            poll,
+        ],
     );
+    let log = data.with_extension("log");
     let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
     peer.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
@@ -384,25 +415,36 @@ fn a_policy_reload_applies_to_open_sessions_and_a_bad_one_is_refused() {
     peer.write_all(b"NICK reloader\r\nUSER reloader 0 * :R\r\nJOIN #desk\r\n")
         .expect("register");
     read_for(&mut peer, Duration::from_secs(1));
-    let hangup = |pid: u32| {
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .expect("kill")
-                .success()
-        )
+    let (reloaded, refused) = match how {
+        Reload::Poll => ("policy changed, reloaded", "policy changed, not reloaded"),
+        Reload::Signal => (
+            "policy signalled, reloaded",
+            "policy signalled, not reloaded",
+        ),
+    };
+    let pid = imgate.0.id();
+    let tell = || {
+        if let Reload::Signal = how {
+            assert!(
+                Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .expect("kill")
+                    .success()
+            );
+        }
     };
     peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
         .expect("first");
+    read_for(&mut peer, Duration::from_millis(500));
     std::fs::write(policies.join("cards.yaml"), POLICY_V2).expect("v2");
-    hangup(imgate.0.id());
-    read_for(&mut peer, Duration::from_millis(1500));
+    tell();
+    wait_for_line(&log, &[reloaded]);
     peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
         .expect("second");
     std::fs::write(policies.join("cards.yaml"), POLICY_BROKEN).expect("broken");
-    hangup(imgate.0.id());
-    read_for(&mut peer, Duration::from_millis(1500));
+    tell();
+    wait_for_line(&log, &[refused]);
     peer.write_all(b"PRIVMSG #desk :card 4111 1111 1111 1111\r\n")
         .expect("third");
     let seen = read_for(&mut peer, Duration::from_secs(1));
