@@ -159,7 +159,7 @@ fn the_dataplane_is_told_the_tenants_archive_and_tunnel() {
     assert!(!args.contains("--s3-endpoint"), "AWS needs no endpoint");
 }
 
-/// The first container of the tenant's StatefulSet, and the pod's volumes.
+/// The pod template of the tenant's StatefulSet.
 fn dataplane_pod(objects: &[Object]) -> &k8s_openapi::api::core::v1::PodSpec {
     let Object::StatefulSet(set) = find(objects, "StatefulSet/dataplane") else {
         panic!("not a StatefulSet")
@@ -292,15 +292,7 @@ fn a_role_arn_annotates_the_service_account_and_static_keys_come_from_their_secr
 
     let dental = tenant("small-firm/tenant.yaml");
     let objects = desired(&dental, None, &Settings::default());
-    let Object::StatefulSet(set) = find(&objects, "StatefulSet/dataplane") else {
-        panic!("not a StatefulSet")
-    };
-    let container = &set
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod")
-        .containers[0];
+    let container = &dataplane_pod(&objects).containers[0];
     let from = container.env_from.as_ref().expect("credentials");
     assert_eq!(
         from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
@@ -413,12 +405,8 @@ fn the_msps_node_selector_and_load_balancer_annotations_are_passed_on() {
         ..Settings::default()
     };
     let objects = desired(&tenant, Some(&set), &settings);
-    let Object::StatefulSet(set) = find(&objects, "StatefulSet/dataplane") else {
-        panic!("not a StatefulSet")
-    };
-    let pod = set.spec.as_ref().and_then(|s| s.template.spec.as_ref());
     assert_eq!(
-        pod.and_then(|p| p.node_selector.as_ref()),
+        dataplane_pod(&objects).node_selector.as_ref(),
         Some(&settings.node_selector)
     );
     let Object::Service(tunnel) = find(&objects, "Service/tunnel") else {

@@ -64,7 +64,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 });
 
 /// What the RBAC authoriser sees in a request.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct Attributes {
     verb: &'static str,
     group: String,
@@ -129,12 +129,12 @@ fn granted(wanted: &Attributes) -> bool {
 pub fn permits(method: &Method, uri: &str) -> Result<(), String> {
     let wanted = attributes(method, uri);
     let apply = method == Method::PATCH && uri.contains("force=true");
-    let mut needed = vec![wanted];
-    if apply && !needed[0].resource.contains('/') {
+    let mut needed = vec![wanted.clone()];
+    if apply && !wanted.resource.contains('/') {
         needed.push(Attributes {
             verb: "create",
             name: None,
-            ..attributes(method, uri)
+            ..wanted
         });
     }
     match needed.iter().find(|attributes| !granted(attributes)) {
