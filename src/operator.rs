@@ -54,6 +54,26 @@ pub struct SettingsArgs {
     /// An annotation for every tunnel Service, `KEY=VALUE` (repeat for several).
     #[arg(long = "tunnel-service-annotation", value_name = "KEY=VALUE", value_parser = key_value)]
     tunnel_service_annotations: Vec<(String, String)>,
+    /// A range holding the API server's endpoints, which dataplanes call to redeem enrollment
+    /// tokens, e.g. `10.0.0.0/28` (repeat for several; without one, the dataplanes' network
+    /// policy lets them reach TCP 443 and 6443 at any address).
+    #[arg(long = "api-server-cidr", value_name = "CIDR", value_parser = cidr)]
+    api_server_cidrs: Vec<String>,
+}
+
+/// Checks that `text` is an IPv4 or IPv6 CIDR range.
+fn cidr(text: &str) -> Result<String, String> {
+    let (address, length) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not a CIDR range like 10.0.0.0/28"))?;
+    let address: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| format!("`{address}` is not an IP address"))?;
+    let most = if address.is_ipv4() { 32 } else { 128 };
+    match length.parse::<u8>() {
+        Ok(bits) if bits <= most => Ok(text.to_owned()),
+        _ => Err(format!("`/{length}`: a prefix length is 0 to {most}")),
+    }
 }
 
 /// Parses `KEY=VALUE`.
@@ -82,6 +102,7 @@ impl SettingsArgs {
                 .unwrap_or(defaults.metrics_namespace),
             node_selector: self.node_selector.iter().cloned().collect(),
             tunnel_service_annotations: self.tunnel_service_annotations.iter().cloned().collect(),
+            api_server_cidrs: self.api_server_cidrs.clone(),
             ..defaults
         }
     }

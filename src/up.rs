@@ -28,6 +28,8 @@ use imgate_dataplane::proxy::shared::{ForwardAfter, Shared};
 use imgate_dataplane::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
 use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use imgate_dataplane::tunnel::listener;
+use imgate_dataplane::tunnel::tokens::{Redeemer, TunnelState};
+use imgate_operator::enrollment::SecretTokens;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
@@ -94,6 +96,16 @@ pub struct UpArgs {
     /// less CPU per byte than across threads.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+    /// A file listing revoked connectors, one id a line, instead of the tunnel folder's
+    /// `revoked` (the operator delivers the tenant's in the policy ConfigMap); read at every
+    /// connection and every few seconds, a missing file revokes none.
+    #[arg(long, value_name = "FILE")]
+    tunnel_revoked: Option<PathBuf>,
+    /// Redeem enrollment tokens from this Secret of the pod's namespace, which the operator
+    /// mints into and all of a tenant's dataplanes share, instead of from the tunnel folder
+    /// (needs the Kubernetes API: in a pod with its service account, or a kubeconfig).
+    #[arg(long, value_name = "NAME")]
+    enrollment_secret: Option<String>,
     /// The tenant's tunnel CA folder (`ca.pem`, `ca.key`; made on first use), when it is not
     /// in the tunnel folder (a mounted Secret, say).
     #[arg(long, value_name = "DIR")]
@@ -260,6 +272,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
+        let tokens = token_store(&args).await?;
 
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
@@ -290,7 +303,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         // everything it leads to is ready.
         let tunnel = match args.tunnel.as_str() {
             "off" => None,
-            spec => Some(tunnel_endpoint(spec, &args, shared.clone())?),
+            spec => Some(tunnel_endpoint(spec, &args, tokens, shared.clone())?),
         };
         let mut listeners = Vec::new();
         listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
@@ -376,14 +389,37 @@ pub fn tunnel_dir(data: &Path, state: Option<&Path>) -> PathBuf {
     state.map_or_else(|| data.join("tunnel"), Path::to_owned)
 }
 
+/// The tenant's tunnel state: its tokens and revocations.
+fn tunnel_state(args: &UpArgs) -> TunnelState {
+    let state = TunnelState::new(&tunnel_dir(&args.data, args.tunnel_state.as_deref()));
+    match &args.tunnel_revoked {
+        Some(file) => state.with_revocations(file),
+        None => state,
+    }
+}
+
+/// Where enrollment tokens are redeemed: the Secret `--enrollment-secret` names, else the
+/// tunnel folder.
+async fn token_store(args: &UpArgs) -> anyhow::Result<Arc<dyn Redeemer>> {
+    let Some(name) = &args.enrollment_secret else {
+        return Ok(Arc::new(tunnel_state(args)));
+    };
+    let client = kube::Client::try_default().await.map_err(|error| {
+        anyhow::anyhow!("--enrollment-secret {name} needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG): {error}")
+    })?;
+    Ok(Arc::new(SecretTokens::new(client, name, &args.writer)))
+}
+
 /// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA (made on first use),
-/// presenting a certificate for the names connectors dial; and the tunnel it serves.
+/// presenting a certificate for the names connectors dial; and the tunnel it serves,
+/// redeeming enrollment tokens at `tokens`.
 fn tunnel_endpoint(
     spec: &str,
     args: &UpArgs,
+    tokens: Arc<dyn Redeemer>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<(quinn::Endpoint, Arc<listener::Tunnel>)> {
-    use imgate_dataplane::tunnel::{endpoint, enroll, tokens, trust};
+    use imgate_dataplane::tunnel::{endpoint, enroll, trust};
     let address: SocketAddr = spec
         .parse()
         .with_context(|| format!("{spec:?} is not an address like 127.0.0.1:4433"))?;
@@ -400,7 +436,8 @@ fn tunnel_endpoint(
     })?;
     let authority = enroll::Authority {
         ca,
-        state: tokens::TunnelState::new(&dir),
+        tokens,
+        state: tunnel_state(args),
         days: args.connector_days,
     };
     Ok((endpoint, Arc::new(listener::Tunnel::new(shared, authority))))

@@ -28,6 +28,7 @@ FULL_OPERATOR = {
             "service.beta.kubernetes.io/aws-load-balancer-type": "external",
             "service.beta.kubernetes.io/aws-load-balancer-attributes": "load_balancing.cross_zone.enabled=true",
         },
+        "apiServerCIDRs": ["10.0.0.0/28", "fd00:10::/120"],
     },
 }
 
@@ -54,6 +55,7 @@ REFUSED = {
     "misspelt key": ("imgate", {"operator": {"replica": 3}}),
     "service type": ("imgate", {"dataplane": {"tunnelServiceType": "ClusterIP"}}),
     "tunnel domain": ("imgate", {"dataplane": {"tunnelDomain": "Not A Domain"}}),
+    "api server range": ("imgate", {"dataplane": {"apiServerCIDRs": ["10.0.0.1"]}}),
     "endpoint": ("imgate-connector", {"dataplane": "acme:tunnel", "enrollment": {"token": "t"}}),
     "no endpoint": ("imgate-connector", {"enrollment": {"token": "t"}}),
     "no token": ("imgate-connector", {"dataplane": "acme.example:4433"}),

@@ -79,6 +79,7 @@ fn every_rendered_object_is_the_kubernetes_type_it_claims_to_be() {
         "CustomResourceDefinition",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ClusterRole",
         "Deployment",
         "PodDisruptionBudget",
         "Role",
@@ -95,6 +96,7 @@ fn every_rendered_object_is_the_kubernetes_type_it_claims_to_be() {
                 "CustomResourceDefinition",
                 "ClusterRole",
                 "ClusterRoleBinding",
+                "ClusterRole",
                 "Deployment",
                 "Role",
                 "RoleBinding",
@@ -190,6 +192,14 @@ fn the_operator_charts_settings_reach_every_tenants_objects() {
         out.contains("meridian-capital.tunnel.msp.example"),
         "the tunnel domain names the dataplanes' certificate"
     );
+    let egress = &find(&objects, "NetworkPolicy")["spec"]["egress"];
+    let api_server: Vec<&str> = egress[1]["to"]
+        .as_array()
+        .expect("the API server's ranges")
+        .iter()
+        .filter_map(|peer| peer["ipBlock"]["cidr"].as_str())
+        .collect();
+    assert_eq!(api_server, ["10.0.0.0/28", "fd00:10::/120"]);
     let notes = std::fs::read_to_string(
         PathBuf::from(report()["cases"]["imgate-full"].as_str().expect("case"))
             .with_extension("notes"),
@@ -312,6 +322,7 @@ fn values_the_charts_must_refuse_are_refused_saying_what_to_set() {
             "value must be one of 'LoadBalancer', 'NodePort'",
         ),
         ("tunnel domain", "/dataplane/tunnelDomain"),
+        ("api server range", "'10.0.0.1' does not match pattern"),
         ("endpoint", "'acme:tunnel' does not match pattern"),
         ("no endpoint", "set dataplane to the firm's tunnel endpoint"),
         ("no token", "set enrollment.existingSecret"),

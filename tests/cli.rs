@@ -301,6 +301,33 @@ fn up_refuses_settings_it_cannot_honour_before_it_starts() {
     );
 }
 
+#[test]
+fn up_says_what_redeeming_tokens_from_a_secret_needs_outside_a_cluster() {
+    let dir = tempdir("enrollment-secret");
+    let data = dir.join("data");
+    let output = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
+        .args([
+            "--tunnel",
+            "127.0.0.1:0",
+            "--enrollment-secret",
+            "connector-enrollment",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("imgate runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_line(
+        &stderr,
+        "error: --enrollment-secret connector-enrollment needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG)",
+    );
+    assert!(!data.exists(), "nothing is opened without the token store");
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));

@@ -49,6 +49,39 @@ pub struct TenantSpec {
     /// TLS interception settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// The connectors at the firm's sites: which one the next enrollment token is for, and
+    /// which are revoked.
+    #[serde(default)]
+    pub tunnel: TunnelSpec,
+}
+
+/// The tenant's connectors.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelSpec {
+    /// The connector the one-time token in Secret `connector-enrollment` enrolls. To enroll
+    /// another connector, name it here and delete that Secret: the operator mints a new token.
+    #[serde(default = "first_connector")]
+    #[schemars(pattern(r"^[A-Za-z0-9_-]{1,63}$"))]
+    pub enroll_connector: String,
+    /// Connectors refused from now on: their open connections are closed and their
+    /// certificates are not renewed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(pattern(r"^[A-Za-z0-9_-]{1,63}$")))]
+    pub revoked_connectors: Vec<String>,
+}
+
+fn first_connector() -> String {
+    "connector-1".into()
+}
+
+impl Default for TunnelSpec {
+    fn default() -> Self {
+        Self {
+            enroll_connector: first_connector(),
+            revoked_connectors: Vec::new(),
+        }
+    }
 }
 
 /// Dataplane sizing.

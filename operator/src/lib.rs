@@ -16,6 +16,7 @@
 
 pub mod check;
 pub mod desired;
+pub mod enrollment;
 #[cfg(test)]
 mod examples;
 pub mod names;

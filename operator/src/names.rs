@@ -28,6 +28,11 @@ pub const PODS_SERVICE: &str = "dataplane-pods";
 pub const TUNNEL_CA_SECRET: &str = "tunnel-ca";
 /// The Secret with the interception CA the operator makes when the tenant gives none.
 pub const INTERCEPTION_CA_SECRET: &str = "interception-ca";
+/// The Secret with the one-time token that enrolls the tenant's next connector.
+pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
+/// The ClusterRole (made by the Helm chart) that each tenant's RoleBinding grants its
+/// dataplanes: reading and redeeming the enrollment token, nothing else.
+pub const DATAPLANE_ROLE: &str = "imgate-dataplane";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";
 

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 pub const POLICY_FILE: &str = "policy.yaml";
 /// The file in the policy ConfigMap with the tenant's `spec.identity`, when it has one.
 pub const IDENTITY_FILE: &str = "identity.yaml";
+/// The file in the policy ConfigMap listing the tenant's revoked connectors, one a line.
+pub const REVOKED_FILE: &str = "revoked-connectors";
 
 /// A tenant's policies as its dataplanes receive them.
 #[derive(Clone, Debug, PartialEq)]

@@ -40,6 +40,9 @@ pub struct Settings {
     pub node_selector: BTreeMap<String, String>,
     /// Annotations on every tunnel Service, which give it the cloud's UDP load balancer.
     pub tunnel_service_annotations: BTreeMap<String, String>,
+    /// Where the API server's endpoints are (CIDR ranges), which dataplanes call to redeem
+    /// enrollment tokens; any address on its ports when none are given.
+    pub api_server_cidrs: Vec<String>,
 }
 
 impl Default for Settings {
@@ -60,6 +63,7 @@ impl Default for Settings {
             tunnel_domain: None,
             node_selector: BTreeMap::new(),
             tunnel_service_annotations: BTreeMap::new(),
+            api_server_cidrs: Vec::new(),
         }
     }
 }

@@ -52,4 +52,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- range $key, $value := $dp.tunnelServiceAnnotations }}
 - {{ printf "--tunnel-service-annotation=%s=%s" $key $value | quote }}
 {{- end }}
+{{- range $dp.apiServerCIDRs }}
+- {{ printf "--api-server-cidr=%s" . | quote }}
+{{- end }}
 {{- end -}}

@@ -9,12 +9,13 @@
 //! connector with its reason.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::tokens::{Token, TokenError, TunnelState};
+use super::tokens::{Redeemer, Token, TokenError, TunnelState};
 use super::trust::TunnelCa;
 use crate::telemetry::Metrics;
 
@@ -73,6 +74,7 @@ impl EnrollError {
             EnrollError::Token(TokenError::Expired(_)) => "token_expired",
             EnrollError::Token(TokenError::Unknown | TokenError::WrongConnector) => "token_unknown",
             EnrollError::Token(TokenError::Revoked(_)) => "revoked",
+            EnrollError::Token(TokenError::Store(_)) => "token_store",
             EnrollError::Connection(_) => "enrollment_broken",
             _ => "enrollment_invalid",
         }
@@ -87,7 +89,9 @@ fn connection_error(error: impl std::fmt::Display) -> EnrollError {
 pub struct Authority {
     /// The tenant's tunnel CA.
     pub ca: TunnelCa,
-    /// Its tokens and revocation list.
+    /// Where its one-time tokens are redeemed.
+    pub tokens: Arc<dyn Redeemer>,
+    /// Its revocation list.
     pub state: TunnelState,
     /// How long a connector's certificate is valid (days).
     pub days: u64,
@@ -97,7 +101,7 @@ impl Authority {
     /// Signs the certificate request in `bytes` for the connector its token enrolls or, with
     /// no token, for `presented`, the connector its verified certificate names. Returns the
     /// connector and its certificate (PEM).
-    fn decide(
+    async fn decide(
         &self,
         bytes: &[u8],
         presented: Option<&str>,
@@ -105,11 +109,13 @@ impl Authority {
         let request: Request =
             serde_json::from_slice(bytes).map_err(|e| EnrollError::Message(e.to_string()))?;
         let id = match (&request.token, presented) {
-            (Some(token), _) => self.state.redeem(&Token::parse(token)?)?,
+            (Some(token), _) => {
+                let token = Token::parse(token)?;
+                self.refuse_revoked(&token.connector)?;
+                self.tokens.redeem(&token).await?
+            }
             (None, Some(id)) => {
-                if self.state.revoked()?.contains(id) {
-                    return Err(TokenError::Revoked(id.to_owned()).into());
-                }
+                self.refuse_revoked(id)?;
                 id.to_owned()
             }
             (None, None) => {
@@ -121,6 +127,13 @@ impl Authority {
         };
         let certificate = self.ca.sign_connector(&request.request, &id, self.days)?;
         Ok((id, pem(&certificate)))
+    }
+
+    fn refuse_revoked(&self, id: &str) -> Result<(), TokenError> {
+        if self.state.revoked()?.contains(id) {
+            return Err(TokenError::Revoked(id.to_owned()));
+        }
+        Ok(())
     }
 
     /// Serves one enrollment connection from `remote`; `presented` is the connector its
@@ -140,7 +153,7 @@ impl Authority {
             }
         };
         let decided = match receive.read_to_end(MAX_MESSAGE).await {
-            Ok(bytes) => self.decide(&bytes, presented.as_deref()),
+            Ok(bytes) => self.decide(&bytes, presented.as_deref()).await,
             Err(error) => Err(connection_error(error)),
         };
         let answer = match decided {

@@ -4,14 +4,20 @@
 //! (base64url), and the SHA-256 of the tunnel CA's certificate (hex), which the connector pins
 //! to know it is talking to its own tenant's dataplane before it has the CA.
 //!
+//! Tokens are redeemed through a [`Redeemer`]: [`TunnelState`] here, for a dataplane on its
+//! own; in a cluster, the Secret the operator mints into, shared by all of a tenant's
+//! dataplanes.
+//!
 //! Invariants: the secret is never stored, only its SHA-256 (`tokens/<hash>.json`); a token is
 //! redeemed at most once, by an atomic rename to `<hash>.used`, so two dataplanes sharing the
 //! folder cannot both accept it; a used token stays recognisable as used, so its reuse is
 //! refused as such; a revoked connector id is never served again.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -46,6 +52,9 @@ pub enum TokenError {
     /// The connector was revoked.
     #[error("connector {0} is revoked")]
     Revoked(String),
+    /// The shared token store (the cluster's API server) could not be asked.
+    #[error("enrollment tokens cannot be checked now, try again: {0}")]
+    Store(String),
     /// The folder could not be read or written.
     #[error("tunnel tokens in {path}: {message}")]
     Files {
@@ -78,6 +87,14 @@ pub fn ca_pin(ca: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(ca.as_ref()))
 }
 
+/// The pin of a CA certificate given as PEM, when the text holds one.
+pub fn ca_pin_of_pem(pem: &str) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|der| ca_pin(&der))
+}
+
 /// A token's parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -90,6 +107,23 @@ pub struct Token {
 }
 
 impl Token {
+    /// A new token, with a fresh secret, enrolling `connector` under the CA whose pin is
+    /// `ca_pin` ([`ca_pin`]).
+    pub fn generate(connector: &str, ca_pin: &str) -> Result<Self, TokenError> {
+        check_id(connector)?;
+        Ok(Self {
+            connector: connector.to_owned(),
+            secret: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
+            ca_pin: ca_pin.to_owned(),
+        })
+    }
+
+    /// Whether `other` carries the same secret, compared by digest (no early exit on the
+    /// secret's own bytes).
+    pub fn same_secret(&self, other: &Token) -> bool {
+        self.file_stem() == other.file_stem()
+    }
+
     /// Parses a token's text.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let mut parts = text.trim().split('.');
@@ -130,10 +164,20 @@ impl Token {
     }
 }
 
+/// Where one-time tokens are redeemed.
+pub trait Redeemer: Send + Sync {
+    /// Redeems `token`, once: the connector it enrolls.
+    fn redeem<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send + 'a>>;
+}
+
 /// The tenant's tunnel folder: its tokens and its revocation list.
 #[derive(Debug, Clone)]
 pub struct TunnelState {
     dir: PathBuf,
+    revocations: PathBuf,
 }
 
 fn unix_now() -> u64 {
@@ -147,7 +191,15 @@ impl TunnelState {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            revocations: dir.join("revoked"),
         }
+    }
+
+    /// The same state with its revocation list read from `file` (one connector id a line),
+    /// e.g. one the operator delivers.
+    pub fn with_revocations(mut self, file: &Path) -> Self {
+        self.revocations = file.to_owned();
+        self
     }
 
     fn tokens(&self) -> PathBuf {
@@ -165,11 +217,7 @@ impl TunnelState {
         if self.revoked()?.contains(connector) {
             return Err(TokenError::Revoked(connector.to_owned()));
         }
-        let token = Token {
-            connector: connector.to_owned(),
-            secret: URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
-            ca_pin: ca_pin(ca),
-        };
+        let token = Token::generate(connector, &ca_pin(ca))?;
         let dir = self.tokens();
         std::fs::create_dir_all(&dir).map_err(files(&dir))?;
         let path = dir.join(format!("{}.json", token.file_stem()));
@@ -221,29 +269,27 @@ impl TunnelState {
         }
     }
 
-    fn revocations(&self) -> PathBuf {
-        self.dir.join("revoked")
-    }
-
     /// Revokes `connector`: no connection of it is served from now on.
     pub fn revoke(&self, connector: &str) -> Result<(), TokenError> {
         check_id(connector)?;
-        let path = self.revocations();
-        std::fs::create_dir_all(&self.dir).map_err(files(&self.dir))?;
+        let path = &self.revocations;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(files(dir))?;
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&path)
-            .map_err(files(&path))?;
+            .open(path)
+            .map_err(files(path))?;
         writeln!(file, "{connector}")
             .and_then(|()| file.sync_all())
-            .map_err(files(&path))
+            .map_err(files(path))
     }
 
     /// The revoked connectors.
     pub fn revoked(&self) -> Result<HashSet<String>, TokenError> {
-        let path = self.revocations();
-        match std::fs::read_to_string(&path) {
+        let path = &self.revocations;
+        match std::fs::read_to_string(path) {
             Ok(text) => Ok(text
                 .lines()
                 .map(str::trim)
@@ -251,8 +297,17 @@ impl TunnelState {
                 .map(str::to_owned)
                 .collect()),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
-            Err(error) => Err(files(&path)(error)),
+            Err(error) => Err(files(path)(error)),
         }
+    }
+}
+
+impl Redeemer for TunnelState {
+    fn redeem<'a>(
+        &'a self,
+        token: &'a Token,
+    ) -> Pin<Box<dyn Future<Output = Result<String, TokenError>> + Send + 'a>> {
+        Box::pin(std::future::ready(TunnelState::redeem(self, token)))
     }
 }
 

@@ -1,18 +1,23 @@
-//! The tenant's namespace, the dataplanes' service account, the Secrets the operator makes,
-//! and the policy ConfigMap (the compiled policy set, and the tenant's identity sources).
+//! The tenant's namespace, the dataplanes' service account and what it may do, the Secrets
+//! the operator makes, and the policy ConfigMap (the compiled policy set, the tenant's
+//! identity sources and its revoked connectors).
 //!
 //! Invariants: the namespace enforces the `restricted` Pod Security Standard; the service
-//! account mounts no API token (dataplanes do not call the API server); a tenant that
-//! supplies its own interception CA gets no generated one.
+//! account mounts no API token by itself (the dataplane pods ask for one) and is bound to
+//! [`DATAPLANE_ROLE`](names::DATAPLANE_ROLE) alone, which lets it read and redeem the
+//! enrollment token and nothing else; a tenant that supplies its own interception CA gets no
+//! generated one.
 
 use std::collections::BTreeMap;
 
 use imgate_crds::Tenant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 
 use super::GENERATED;
+use crate::enrollment;
 use crate::names;
-use crate::policy::{IDENTITY_FILE, POLICY_FILE, PolicySet};
+use crate::policy::{IDENTITY_FILE, POLICY_FILE, PolicySet, REVOKED_FILE};
 
 /// The annotation with the revision of the policy set in the policy ConfigMap.
 pub const POLICY_REVISION: &str = "imgate.io/policy-revision";
@@ -43,6 +48,25 @@ pub fn service_account(tenant: &Tenant) -> ServiceAccount {
         metadata,
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
+    }
+}
+
+/// Binds the dataplanes' service account to [`names::DATAPLANE_ROLE`] in the tenant's
+/// namespace.
+pub fn role_binding(tenant: &Tenant) -> RoleBinding {
+    RoleBinding {
+        metadata: names::meta(tenant, names::DATAPLANE, true),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: names::DATAPLANE_ROLE.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names::SERVICE_ACCOUNT.into(),
+            namespace: Some(names::namespace(names::tenant_name(tenant))),
+            ..Subject::default()
+        }]),
     }
 }
 
@@ -77,6 +101,21 @@ pub fn secrets(tenant: &Tenant) -> Vec<Secret> {
             "the CA that signs intercepted servers' certificates; IM clients trust its tls.crt",
         ));
     }
+    let mut enrollment = generated(
+        tenant,
+        names::ENROLLMENT_SECRET,
+        "Opaque",
+        "a one-time token (key token) that enrolls the connector it names; delete this Secret for a new one",
+    );
+    enrollment
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(
+            enrollment::CONNECTOR.into(),
+            tenant.spec.tunnel.enroll_connector.clone(),
+        );
+    secrets.push(enrollment);
     secrets
 }
 
@@ -94,6 +133,11 @@ pub fn policy_config_map(tenant: &Tenant, policy: &PolicySet) -> ConfigMap {
                 unreachable!("an IdentitySpec always serializes to YAML: {error}")
             }),
         );
+    }
+    let revoked = &tenant.spec.tunnel.revoked_connectors;
+    if !revoked.is_empty() {
+        let lines: String = revoked.iter().map(|id| format!("{id}\n")).collect();
+        data.insert(REVOKED_FILE.into(), lines);
     }
     ConfigMap {
         metadata,

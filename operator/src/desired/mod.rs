@@ -21,6 +21,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
@@ -38,6 +39,8 @@ pub enum Object {
     Namespace(Namespace),
     /// The dataplanes' identity (and cloud IAM role).
     ServiceAccount(ServiceAccount),
+    /// What the dataplanes may ask of the API server.
+    RoleBinding(RoleBinding),
     /// Keys and certificates.
     Secret(Secret),
     /// The policy set the dataplanes enforce.
@@ -60,6 +63,7 @@ macro_rules! on_each {
         match $object {
             Object::Namespace($o) => $body,
             Object::ServiceAccount($o) => $body,
+            Object::RoleBinding($o) => $body,
             Object::Secret($o) => $body,
             Object::ConfigMap($o) => $body,
             Object::StatefulSet(boxed) => {
@@ -141,6 +145,7 @@ pub fn desired(tenant: &Tenant, policy: Option<&PolicySet>, settings: &Settings)
     let mut objects = vec![
         Object::Namespace(access::namespace(tenant)),
         Object::ServiceAccount(access::service_account(tenant)),
+        Object::RoleBinding(access::role_binding(tenant)),
     ];
     objects.extend(access::secrets(tenant).into_iter().map(Object::Secret));
     if let Some(policy) = policy {

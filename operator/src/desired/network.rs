@@ -3,9 +3,11 @@
 //!
 //! Invariants: connectors reach only the tunnel port, over UDP, and the tunnel Service keeps
 //! their source addresses (`externalTrafficPolicy: Local`), which the archive records; only
-//! pods in the metrics namespace reach the metrics port; the dataplanes reach DNS and
-//! addresses outside the cluster's private ranges and the link-local range (so not the
-//! cloud's instance metadata), which is where IM servers and the object store are.
+//! pods in the metrics namespace reach the metrics port; the dataplanes reach DNS, the API
+//! server (TCP 443 and 6443, at the operator's `--api-server-cidr` ranges, or at any address
+//! when none are set), and addresses outside the cluster's private ranges and the link-local
+//! range (so not the cloud's instance metadata), which is where IM servers and the object
+//! store are.
 
 use std::collections::BTreeMap;
 
@@ -125,7 +127,7 @@ fn outside(cidr: &str, except: &[&str]) -> NetworkPolicyPeer {
     NetworkPolicyPeer {
         ip_block: Some(IPBlock {
             cidr: cidr.into(),
-            except: Some(except.iter().map(|c| (*c).to_owned()).collect()),
+            except: (!except.is_empty()).then(|| except.iter().map(|c| (*c).to_owned()).collect()),
         }),
         ..NetworkPolicyPeer::default()
     }
@@ -155,6 +157,16 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             ..NetworkPolicyPeer::default()
         }]),
     };
+    let api_server = NetworkPolicyEgressRule {
+        ports: Some(vec![policy_port("TCP", 443), policy_port("TCP", 6443)]),
+        to: (!settings.api_server_cidrs.is_empty()).then(|| {
+            settings
+                .api_server_cidrs
+                .iter()
+                .map(|cidr| outside(cidr, &[]))
+                .collect()
+        }),
+    };
     let internet = NetworkPolicyEgressRule {
         ports: None,
         to: Some(vec![
@@ -168,7 +180,7 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             pod_selector: Some(names::pod_selector(tenant)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![tunnel, metrics]),
-            egress: Some(vec![dns, internet]),
+            egress: Some(vec![dns, api_server, internet]),
         }),
     }
 }

@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::network::{METRICS_PORT_NAME, TUNNEL_PORT_NAME};
 use crate::names;
-use crate::policy::{IDENTITY_FILE, POLICY_FILE};
+use crate::policy::{IDENTITY_FILE, POLICY_FILE, REVOKED_FILE};
 use crate::settings::Settings;
 
 /// The user and group the dataplane runs as (the image's non-root user).
@@ -84,6 +84,10 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         &format!("0.0.0.0:{}", settings.tunnel_port),
         "--tunnel-ca",
         TUNNEL_CA_DIR,
+        "--tunnel-revoked",
+        &format!("{POLICY_DIR}/{REVOKED_FILE}"),
+        "--enrollment-secret",
+        names::ENROLLMENT_SECRET,
         "--interception-ca",
         INTERCEPTION_CA_DIR,
         "--drain-seconds",
@@ -410,7 +414,8 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(names::SERVICE_ACCOUNT.into()),
-                    automount_service_account_token: Some(false),
+                    // The token lets a dataplane redeem the tenant's enrollment token.
+                    automount_service_account_token: Some(true),
                     termination_grace_period_seconds: Some(
                         (settings.drain_seconds + settings.flush_seconds).into(),
                     ),

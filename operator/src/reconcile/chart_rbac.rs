@@ -1,7 +1,7 @@
-//! The RBAC rules the Helm chart grants the operator, read from the chart's templates, and
-//! the check that a request is within them: every scripted API server applies it to every
-//! request, so a reconcile step that needs a permission the chart does not grant fails its
-//! scenario.
+//! The RBAC rules the Helm chart grants the operator and the dataplanes, read from the
+//! chart's templates, and the check that a request is within them: every scripted API server
+//! applies it to every request, so a step that needs a permission the chart does not grant
+//! fails its scenario.
 //!
 //! Invariants: a request is authorised the way the API server's RBAC authoriser does it
 //! (verb from method, path and `watch`; API group; resource with its subresource; name
@@ -14,8 +14,24 @@ use std::sync::LazyLock;
 use http::Method;
 use serde_json::Value;
 
-/// The chart's templates that hold the operator's rules.
-const TEMPLATES: [&str; 2] = ["clusterrole.yaml", "role.yaml"];
+/// Who makes the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// The operator, under its ClusterRole and leader-election Role.
+    Operator,
+    /// A tenant's dataplane, under the ClusterRole its tenant's RoleBinding grants.
+    Dataplane,
+}
+
+impl Subject {
+    /// The chart's templates that hold the subject's rules.
+    fn templates(self) -> &'static [&'static str] {
+        match self {
+            Subject::Operator => &["clusterrole.yaml", "role.yaml"],
+            Subject::Dataplane => &["dataplane-clusterrole.yaml"],
+        }
+    }
+}
 
 /// One rule of a ClusterRole or Role.
 #[derive(Debug)]
@@ -26,10 +42,14 @@ struct Rule {
     names: Vec<String>,
 }
 
-/// Every rule the chart grants the operator.
-static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
+/// Every rule the chart grants the operator, and the dataplanes.
+static RULES: LazyLock<[Vec<Rule>; 2]> =
+    LazyLock::new(|| [rules(Subject::Operator), rules(Subject::Dataplane)]);
+
+fn rules(subject: Subject) -> Vec<Rule> {
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/imgate/templates");
-    TEMPLATES
+    subject
+        .templates()
         .iter()
         .flat_map(|file| {
             let text = std::fs::read_to_string(folder.join(file)).expect("the chart's RBAC");
@@ -61,7 +81,7 @@ static RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             }
         })
         .collect()
-});
+}
 
 /// What the RBAC authoriser sees in a request.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,8 +135,8 @@ fn attributes(method: &Method, uri: &str) -> Attributes {
     }
 }
 
-fn granted(wanted: &Attributes) -> bool {
-    RULES.iter().any(|rule| {
+fn granted(subject: Subject, wanted: &Attributes) -> bool {
+    RULES[subject as usize].iter().any(|rule| {
         rule.groups.contains(&wanted.group)
             && rule.resources.contains(&wanted.resource)
             && rule.verbs.iter().any(|v| v == wanted.verb)
@@ -125,8 +145,8 @@ fn granted(wanted: &Attributes) -> bool {
     })
 }
 
-/// Whether the chart lets the operator make this request; the missing permission if not.
-pub fn permits(method: &Method, uri: &str) -> Result<(), String> {
+/// Whether the chart lets `subject` make this request; the missing permission if not.
+pub fn permits(subject: Subject, method: &Method, uri: &str) -> Result<(), String> {
     let wanted = attributes(method, uri);
     let apply = method == Method::PATCH && uri.contains("force=true");
     let mut needed = vec![wanted.clone()];
@@ -137,10 +157,13 @@ pub fn permits(method: &Method, uri: &str) -> Result<(), String> {
             ..wanted
         });
     }
-    match needed.iter().find(|attributes| !granted(attributes)) {
+    match needed
+        .iter()
+        .find(|attributes| !granted(subject, attributes))
+    {
         None => Ok(()),
         Some(missing) => Err(format!(
-            "charts/imgate grants the operator no `{}` on {}{}{} for {method} {uri}",
+            "charts/imgate grants the {subject:?} no `{}` on {}{}{} for {method} {uri}",
             missing.verb,
             missing.resource,
             if missing.group.is_empty() { "" } else { "." },
@@ -210,12 +233,20 @@ mod tests {
     fn the_chart_grants_what_reconciling_needs_and_no_more() {
         assert!(
             permits(
+                Subject::Operator,
                 &Method::PATCH,
                 "/api/v1/namespaces/x?fieldManager=f&force=true"
             )
             .is_ok()
         );
-        assert!(permits(&Method::GET, "/api/v1/namespaces/x/secrets/tunnel-ca").is_ok());
+        assert!(
+            permits(
+                Subject::Operator,
+                &Method::GET,
+                "/api/v1/namespaces/x/secrets/tunnel-ca"
+            )
+            .is_ok()
+        );
         let denied = [
             (Method::GET, "/api/v1/namespaces/x/secrets"),
             (Method::PUT, "/api/v1/namespaces/x/secrets/tunnel-ca"),
@@ -230,15 +261,55 @@ mod tests {
             ),
         ];
         for (method, uri) in denied {
-            let refused = permits(&method, uri).expect_err(uri);
-            assert!(refused.contains("grants the operator no"), "{refused}");
+            let refused = permits(Subject::Operator, &method, uri).expect_err(uri);
+            assert!(refused.contains("grants the Operator no"), "{refused}");
         }
         assert!(
             permits(
+                Subject::Operator,
                 &Method::PUT,
                 "/apis/coordination.k8s.io/v1/namespaces/x/leases/imgate-operator"
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_dataplanes_may_read_and_redeem_the_enrollment_token_and_nothing_else() {
+        let secret = format!(
+            "/api/v1/namespaces/imgate-acme/secrets/{}",
+            crate::names::ENROLLMENT_SECRET
+        );
+        assert!(permits(Subject::Dataplane, &Method::GET, &secret).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::PUT, &secret).is_ok());
+        let denied = [
+            (
+                Method::GET,
+                "/api/v1/namespaces/imgate-acme/secrets/tunnel-ca",
+            ),
+            (Method::GET, "/api/v1/namespaces/imgate-acme/secrets"),
+            (Method::DELETE, secret.as_str()),
+            (Method::PATCH, secret.as_str()),
+            (Method::GET, "/api/v1/namespaces/imgate-acme/pods"),
+        ];
+        for (method, uri) in denied {
+            let refused = permits(Subject::Dataplane, &method, uri).expect_err(uri);
+            assert!(refused.contains("grants the Dataplane no"), "{refused}");
+        }
+        let template = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/imgate/templates/dataplane-clusterrole.yaml");
+        let text = std::fs::read_to_string(template).expect("the dataplanes' ClusterRole");
+        assert!(text.contains(&format!("  name: {}\n", crate::names::DATAPLANE_ROLE)));
+        let bind = |name: &str| Attributes {
+            verb: "bind",
+            group: "rbac.authorization.k8s.io".into(),
+            resource: "clusterroles".into(),
+            name: Some(name.into()),
+        };
+        assert!(granted(
+            Subject::Operator,
+            &bind(crate::names::DATAPLANE_ROLE)
+        ));
+        assert!(!granted(Subject::Operator, &bind("cluster-admin")));
     }
 }

@@ -14,12 +14,15 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
+use super::chart_rbac::Subject;
+
 /// How long a test waits for the next request before deciding the reconcile stopped.
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The scripted server's end of the client.
 pub struct ApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
+    subject: Subject,
 }
 
 /// A request the server received.
@@ -46,10 +49,18 @@ pub enum Reply {
     Fail(StatusCode, &'static str),
 }
 
-/// A client talking to a new scripted server.
+/// A client of the operator's, talking to a new scripted server.
 pub fn pair() -> (Client, ApiServer) {
+    pair_as(Subject::Operator, "default")
+}
+
+/// A client of `subject`'s in `namespace`, talking to a new scripted server.
+pub fn pair_as(subject: Subject, namespace: &str) -> (Client, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), ApiServer { handle })
+    (
+        Client::new(service, namespace),
+        ApiServer { handle, subject },
+    )
 }
 
 /// A list of `kind` holding `items`.
@@ -83,7 +94,7 @@ impl ApiServer {
             "expected {method} {path}, got {} {uri}",
             request.method()
         );
-        if let Err(refused) = super::chart_rbac::permits(&seen_method, &uri) {
+        if let Err(refused) = super::chart_rbac::permits(self.subject, &seen_method, &uri) {
             panic!("{refused}");
         }
         let bytes = request

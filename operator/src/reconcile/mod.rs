@@ -22,6 +22,7 @@
 mod apply;
 pub mod conditions;
 pub mod controller;
+mod enrollment_status;
 mod finalizer;
 pub mod leader;
 pub mod metrics;
@@ -30,9 +31,9 @@ pub mod status;
 mod tenant;
 
 #[cfg(test)]
-mod chart_rbac;
+pub(crate) mod chart_rbac;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests;
 

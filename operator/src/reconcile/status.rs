@@ -8,10 +8,13 @@
 //! the last good one; kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
 
 use imgate_crds::TenantStatus;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use imgate_crds::tenant::SecretRef;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::Value;
 
 use super::conditions::{State, Wanted, merge};
+use super::enrollment_status;
+use crate::names;
 use crate::settings::Settings;
 
 /// What became of the tenant's policy set.
@@ -44,6 +47,10 @@ pub struct Observed<'a> {
     pub tunnel_service: &'a Value,
     /// The dataplanes' StatefulSet as the API server returned it.
     pub stateful_set: &'a Value,
+    /// The enrollment Secret's metadata.
+    pub enrollment: &'a ObjectMeta,
+    /// The connector the Tenant wants the next token for.
+    pub enroll_connector: &'a str,
 }
 
 /// Where connectors reach the tunnel, and the `TunnelReady` condition.
@@ -165,6 +172,12 @@ pub fn tenant_status(
             format!("{ready} of {running} dataplanes ready"),
         )
     };
+    let enrollment = enrollment_status::condition(
+        observed.enrollment,
+        observed.tenant,
+        observed.enroll_connector,
+        now.0,
+    );
     let policy_revision = match &observed.policy {
         PolicyOutcome::Applied { revision, .. } => Some(revision.clone()),
         PolicyOutcome::Rejected { .. } => previous.policy_revision.clone(),
@@ -173,11 +186,14 @@ pub fn tenant_status(
         observed_generation: observed.generation,
         conditions: merge(
             &previous.conditions,
-            vec![overall, tunnel_ready, archive, policy],
+            vec![overall, tunnel_ready, archive, policy, enrollment],
             observed.generation,
             now,
         ),
         tunnel_endpoint: endpoint,
+        enrollment_secret_ref: Some(SecretRef {
+            name: names::ENROLLMENT_SECRET.into(),
+        }),
         policy_revision,
         ..previous.clone()
     }
@@ -232,12 +248,16 @@ mod tests {
     }
 
     fn observed<'a>(policy: PolicyOutcome, service: &'a Value, sts: &'a Value) -> Observed<'a> {
+        static ENROLLMENT: std::sync::LazyLock<ObjectMeta> =
+            std::sync::LazyLock::new(ObjectMeta::default);
         Observed {
             tenant: "acme",
             generation: Some(3),
             policy,
             tunnel_service: service,
             stateful_set: sts,
+            enrollment: &ENROLLMENT,
+            enroll_connector: "connector-1",
         }
     }
 
@@ -271,6 +291,13 @@ mod tests {
         assert_eq!(status_of(&status, "TunnelReady"), "True");
         assert_eq!(status_of(&status, "PolicyApplied"), "True");
         assert_eq!(status_of(&status, "ArchiveReachable"), "Unknown");
+        assert_eq!(
+            status
+                .enrollment_secret_ref
+                .as_ref()
+                .map(|s| s.name.as_str()),
+            Some("connector-enrollment")
+        );
         assert!(
             status
                 .conditions

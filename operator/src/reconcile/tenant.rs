@@ -48,6 +48,8 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
         policy: outcome,
         tunnel_service: &applied.tunnel_service,
         stateful_set: &applied.stateful_set,
+        enrollment: &applied.enrollment,
+        enroll_connector: &tenant.spec.tunnel.enroll_connector,
     };
     let previous = tenant.status.clone().unwrap_or_default();
     let status = tenant_status(&observed, &previous, &ctx.settings, now);

@@ -98,3 +98,27 @@ proptest! {
         prop_assert_eq!(Token::parse(&token.text()), Ok(token));
     }
 }
+
+#[test]
+fn revocations_can_come_from_a_delivered_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let delivered = dir.path().join("policy").join("revoked-connectors");
+    let state = TunnelState::new(&dir.path().join("tunnel")).with_revocations(&delivered);
+    assert!(state.revoked().expect("none yet").is_empty());
+    let token = state
+        .mint("site-b", &ca(), Duration::from_secs(60))
+        .expect("minted");
+    std::fs::create_dir_all(delivered.parent().expect("folder")).expect("folder");
+    std::fs::write(&delivered, "site-a\n\n  site-b \n").expect("delivered");
+    let revoked = state.revoked().expect("read");
+    assert_eq!(revoked.len(), 2);
+    assert!(revoked.contains("site-a") && revoked.contains("site-b"));
+    assert_eq!(
+        state.redeem(&token),
+        Err(TokenError::Revoked("site-b".into()))
+    );
+    assert!(
+        !dir.path().join("tunnel").join("revoked").exists(),
+        "the tunnel folder's own list is not consulted"
+    );
+}

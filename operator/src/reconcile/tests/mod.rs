@@ -88,10 +88,16 @@ async fn serve_policies(server: &mut ApiServer, policies: &[IMPolicy]) -> Seen {
         .await
 }
 
+/// The pin of the tunnel CA a settled cluster holds.
+const STANDING_PIN: &str = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592";
+
 /// How the scripted cluster stands.
 struct Cluster {
     /// The generated Secrets exist already.
     secrets_exist: bool,
+    /// Their annotations, by name, when a test knows them (from the reconcile that made
+    /// them); otherwise a standing CA's pin and an unused token for the wanted connector.
+    annotations: std::collections::BTreeMap<String, Value>,
     /// The tunnel's load balancer has this address.
     load_balancer: Option<&'static str>,
     /// Ready dataplanes.
@@ -102,6 +108,7 @@ impl Default for Cluster {
     fn default() -> Self {
         Self {
             secrets_exist: false,
+            annotations: std::collections::BTreeMap::new(),
             load_balancer: Some("203.0.113.7"),
             ready: 1,
         }
@@ -118,6 +125,25 @@ impl Cluster {
     }
 }
 
+/// Generated Secret `secret`'s metadata as `cluster` holds it.
+fn existing(secret: &k8s_openapi::api::core::v1::Secret, cluster: &Cluster) -> Value {
+    use crate::enrollment::{CA_PIN, EXPIRES};
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let annotations = cluster.annotations.get(&name).cloned().unwrap_or_else(|| {
+        let mut annotations = json!(secret.metadata.annotations);
+        match name.as_str() {
+            crate::names::TUNNEL_CA_SECRET => annotations[CA_PIN] = STANDING_PIN.into(),
+            crate::names::ENROLLMENT_SECRET => {
+                annotations[EXPIRES] = "2099-01-01T00:00:00Z".into();
+            }
+            _ => {}
+        }
+        annotations
+    });
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+        "metadata": {"name": name, "namespace": secret.metadata.namespace, "annotations": annotations}})
+}
+
 /// Serves the writes of `objects`, in order, as `cluster` stands; every request seen.
 async fn serve_objects(server: &mut ApiServer, objects: &[Object], cluster: &Cluster) -> Vec<Seen> {
     let mut seen = Vec::new();
@@ -125,8 +151,7 @@ async fn serve_objects(server: &mut ApiServer, objects: &[Object], cluster: &Clu
         let url = path(object);
         if let Some(secret) = object.generated_secret() {
             if cluster.secrets_exist {
-                let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                    "metadata": {"name": secret.metadata.name, "namespace": secret.metadata.namespace}});
+                let meta = existing(secret, cluster);
                 seen.push(
                     server
                         .expect(Method::GET, &url, Reply::Json(StatusCode::OK, meta))

@@ -43,6 +43,17 @@ fn objects(tenant: &Tenant, policies: &[IMPolicy]) -> Vec<Object> {
     desired(tenant, Some(&set), &Settings::default())
 }
 
+/// The token in the body of an enrollment Secret's creation.
+fn enrollment_token(created: &Seen) -> imgate_dataplane::tunnel::tokens::Token {
+    use base64::Engine;
+    let text = created.body["data"]["token"].as_str().expect("a token");
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64");
+    imgate_dataplane::tunnel::tokens::Token::parse(std::str::from_utf8(&text).expect("UTF-8"))
+        .expect("a token")
+}
+
 /// A policy of the small firm with a regular expression that does not compile.
 fn broken(mut policy: IMPolicy) -> IMPolicy {
     let rule = &mut policy.spec.content[0];
@@ -64,11 +75,14 @@ async fn add_finalizer(server: &mut ApiServer, tenant: &Tenant) -> Seen {
         .await
 }
 
-/// A first reconcile, with its status write answered; the status written.
-async fn first_reconcile(tenant: Tenant, policies: Vec<IMPolicy>) -> Value {
+/// A first reconcile, with its status write answered; the status written, and the cluster
+/// as it leaves it.
+async fn first_reconcile(tenant: Tenant, policies: Vec<IMPolicy>) -> (Value, Cluster) {
     let expected = objects(&tenant, &policies);
     let written = Arc::new(std::sync::Mutex::new(Value::Null));
     let status = written.clone();
+    let made = Arc::new(std::sync::Mutex::new(Cluster::settled()));
+    let cluster = made.clone();
     let (result, _) = run(tenant.clone(), |mut server| async move {
         let seen = add_finalizer(&mut server, &tenant).await;
         assert_eq!(
@@ -77,14 +91,21 @@ async fn first_reconcile(tenant: Tenant, policies: Vec<IMPolicy>) -> Value {
         );
         serve_policies(&mut server, &policies).await;
         policy_status(&mut server).await;
-        serve_objects(&mut server, &expected, &Cluster::default()).await;
+        let seen = serve_objects(&mut server, &expected, &Cluster::default()).await;
+        for created in seen.iter().filter(|s| s.method == Method::POST) {
+            let name = created.body["metadata"]["name"].as_str().expect("a name");
+            let annotations = created.body["metadata"]["annotations"].clone();
+            let mut cluster = cluster.lock().expect("not poisoned");
+            cluster.annotations.insert(name.to_owned(), annotations);
+        }
         let seen = tenant_status(&mut server).await;
         *status.lock().expect("not poisoned") = seen.body;
     })
     .await;
     assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
-    let written = written.lock().expect("not poisoned");
-    written["status"].clone()
+    let written = written.lock().expect("not poisoned")["status"].clone();
+    let cluster = std::mem::take(&mut *made.lock().expect("not poisoned"));
+    (written, cluster)
 }
 
 #[tokio::test]
@@ -123,8 +144,19 @@ async fn create_makes_every_object_with_new_keys_and_reports_status() {
             );
         }
         let created: Vec<&Seen> = seen.iter().filter(|s| s.method == Method::POST).collect();
-        assert_eq!(created.len(), 2, "the tunnel CA and the interception CA");
-        for secret in created {
+        assert_eq!(
+            created.len(),
+            3,
+            "the tunnel CA, the interception CA and the enrollment token"
+        );
+        let (authorities, enrollment) = created.split_at(2);
+        let pin = authorities[0].body["metadata"]["annotations"][crate::enrollment::CA_PIN]
+            .as_str()
+            .expect("the tunnel CA's pin");
+        let token = enrollment_token(enrollment[0]);
+        assert_eq!(token.ca_pin, pin, "the token pins the tunnel CA just made");
+        assert_eq!(token.connector, "connector-1");
+        for secret in authorities {
             let data = secret.body["data"].as_object().expect("data");
             let pem = |key: &str| {
                 use base64::Engine;
@@ -161,6 +193,12 @@ async fn create_makes_every_object_with_new_keys_and_reports_status() {
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(condition(status, "Ready")["status"], "True");
         assert_eq!(condition(status, "PolicyApplied")["status"], "True");
+        let enrollment = condition(status, "ConnectorEnrollment");
+        assert_eq!(enrollment["reason"], "TokenAvailable");
+        assert_eq!(
+            status["enrollmentSecretRef"]["name"],
+            "connector-enrollment"
+        );
         let revision = PolicySet::build(TENANT, &policies)
             .expect("compiles")
             .revision;
@@ -178,7 +216,7 @@ async fn create_makes_every_object_with_new_keys_and_reports_status() {
 #[tokio::test]
 async fn a_steady_tenant_is_applied_again_but_its_status_is_not_rewritten() {
     let (tenant, policies) = harbor();
-    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let (status, cluster) = first_reconcile(tenant.clone(), policies.clone()).await;
     let mut steady = finalized(tenant);
     steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
     let mut accepted = policies.clone();
@@ -187,7 +225,6 @@ async fn a_steady_tenant_is_applied_again_but_its_status_is_not_rewritten() {
                         "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     accepted[0].status = Some(serde_json::from_value(policy_status).expect("an IMPolicyStatus"));
     let expected = objects(&steady, &accepted);
-    let cluster = Cluster::settled();
     let (result, _) = run(steady, |mut server| async move {
         serve_policies(&mut server, &accepted).await;
         let seen = serve_objects(&mut server, &expected, &cluster).await;
@@ -203,7 +240,7 @@ async fn a_steady_tenant_is_applied_again_but_its_status_is_not_rewritten() {
 #[tokio::test]
 async fn an_updated_policy_is_delivered_with_its_new_revision() {
     let (tenant, policies) = harbor();
-    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let (status, cluster) = first_reconcile(tenant.clone(), policies.clone()).await;
     let old_revision = status["policyRevision"].clone();
     let mut steady = finalized(tenant);
     steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
@@ -211,7 +248,6 @@ async fn an_updated_policy_is_delivered_with_its_new_revision() {
     changed[0].spec.content.pop();
     changed[0].metadata.generation = Some(2);
     let expected = objects(&steady, &changed);
-    let cluster = Cluster::settled();
     let (result, _) = run(steady, |mut server| async move {
         serve_policies(&mut server, &changed).await;
         let accepted = policy_status(&mut server).await;
@@ -295,33 +331,45 @@ async fn a_secret_another_replica_created_first_is_left_alone() {
     let (tenant, policies) = harbor();
     let steady = finalized(tenant);
     let expected = objects(&steady, &policies);
+    let theirs = Cluster::settled();
     let (result, _) = run(steady, |mut server| async move {
         serve_policies(&mut server, &policies).await;
         policy_status(&mut server).await;
         for object in &expected {
             let url = path(object);
-            match object {
-                Object::Secret(_) => {
-                    server
-                        .expect(
-                            Method::GET,
-                            &url,
-                            Reply::Fail(StatusCode::NOT_FOUND, "NotFound"),
-                        )
-                        .await;
-                    let collection = url.rsplit_once('/').expect("a name").0.to_owned();
-                    server
-                        .expect(
-                            Method::POST,
-                            &collection,
-                            Reply::Fail(StatusCode::CONFLICT, "AlreadyExists"),
-                        )
-                        .await;
-                }
-                _ => {
-                    server.expect(Method::PATCH, &url, Reply::Echo).await;
-                }
+            let Some(secret) = object.generated_secret() else {
+                server.expect(Method::PATCH, &url, Reply::Echo).await;
+                continue;
+            };
+            server
+                .expect(
+                    Method::GET,
+                    &url,
+                    Reply::Fail(StatusCode::NOT_FOUND, "NotFound"),
+                )
+                .await;
+            let collection = url.rsplit_once('/').expect("a name").0.to_owned();
+            let ours = server
+                .expect(
+                    Method::POST,
+                    &collection,
+                    Reply::Fail(StatusCode::CONFLICT, "AlreadyExists"),
+                )
+                .await;
+            if ours.body["data"]["token"].is_string() {
+                let token = enrollment_token(&ours);
+                assert_eq!(
+                    token.ca_pin, STANDING_PIN,
+                    "the token pins the CA the other replica made, which stands"
+                );
             }
+            server
+                .expect(
+                    Method::GET,
+                    &url,
+                    Reply::Json(StatusCode::OK, existing(secret, &theirs)),
+                )
+                .await;
         }
         let status = tenant_status(&mut server).await;
         assert_eq!(
@@ -362,14 +410,13 @@ async fn a_conflict_on_the_finalizer_fails_the_reconcile_and_retries_soon() {
 #[tokio::test]
 async fn an_invalid_policy_is_reported_and_the_last_good_set_kept() {
     let (tenant, policies) = harbor();
-    let status = first_reconcile(tenant.clone(), policies.clone()).await;
+    let (status, cluster) = first_reconcile(tenant.clone(), policies.clone()).await;
     let good_revision = status["policyRevision"].clone();
     let mut steady = finalized(tenant);
     steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
     let bad = vec![broken(policies[0].clone())];
     let expected = desired(&steady, None, &Settings::default());
     assert!(expected.iter().all(|o| o.kind() != "ConfigMap"));
-    let cluster = Cluster::settled();
     let (result, _) = run(steady, |mut server| async move {
         serve_policies(&mut server, &bad).await;
         let rejected = policy_status(&mut server).await;
