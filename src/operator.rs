@@ -55,7 +55,7 @@ pub struct SettingsArgs {
     #[arg(long = "tunnel-service-annotation", value_name = "KEY=VALUE", value_parser = key_value)]
     tunnel_service_annotations: Vec<(String, String)>,
     /// A range holding the API server's endpoints, which dataplanes call to redeem enrollment
-    /// tokens, e.g. `10.0.0.0/28` (repeat for several; without one, the dataplanes' network
+    /// tokens and follow their policy, e.g. `10.0.0.0/28` (repeat for several; without one, the dataplanes' network
     /// policy lets them reach TCP 443 and 6443 at any address).
     #[arg(long = "api-server-cidr", value_name = "CIDR", value_parser = cidr)]
     api_server_cidrs: Vec<String>,

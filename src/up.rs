@@ -30,6 +30,8 @@ use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use imgate_dataplane::tunnel::listener;
 use imgate_dataplane::tunnel::tokens::{Redeemer, TunnelState};
 use imgate_operator::enrollment::SecretTokens;
+use imgate_operator::policy::compile_delivered;
+use imgate_operator::policy_follow;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
@@ -106,6 +108,11 @@ pub struct UpArgs {
     /// (needs the Kubernetes API: in a pod with its service account, or a kubeconfig).
     #[arg(long, value_name = "NAME")]
     enrollment_secret: Option<String>,
+    /// Follow the policy set in this ConfigMap of the pod's namespace through the Kubernetes
+    /// API, as the operator delivers it, instead of looking at the `--policy` files for
+    /// changes (they give the policy at start).
+    #[arg(long, value_name = "NAME")]
+    policy_config_map: Option<String>,
     /// The tenant's tunnel CA folder (`ca.pem`, `ca.key`; made on first use), when it is not
     /// in the tunnel folder (a mounted Secret, say).
     #[arg(long, value_name = "DIR")]
@@ -272,7 +279,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
-        let tokens = token_store(&args).await?;
+        let client = kube_client(&args).await?;
+        let tokens = token_store(&args, client.clone());
 
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
@@ -356,11 +364,19 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         println!("Point an IM client's proxy setting at the SOCKS5 address. Changed --policy files are reloaded; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
-        let watching = (!args.policy.is_empty() && args.policy_poll_seconds > 0).then(|| {
-            let (shared, args) = (shared.clone(), args.clone());
-            let every = Duration::from_secs(args.policy_poll_seconds);
-            tokio::spawn(policy_watch::watch(args.policy.clone(), every, move || reload(&shared, &args, "changed")))
-        });
+        let watching = match (&args.policy_config_map, client) {
+            (Some(name), Some(client)) => {
+                let (shared, tenant, name) = (shared.clone(), args.tenant.clone(), name.clone());
+                Some(tokio::spawn(async move {
+                    policy_follow::follow(kube::Api::default_namespaced(client), &name, |revision, yaml| reload_delivered(&shared, &tenant, &name, revision, yaml)).await;
+                }))
+            }
+            _ => (!args.policy.is_empty() && args.policy_poll_seconds > 0).then(|| {
+                let (shared, args) = (shared.clone(), args.clone());
+                let every = Duration::from_secs(args.policy_poll_seconds);
+                tokio::spawn(policy_watch::watch(args.policy.clone(), every, move || reload(&shared, &args, "changed")))
+            }),
+        };
         let stop = Arc::new(tokio::sync::Notify::new());
         let shipping = {
             let stop = stop.clone();
@@ -398,16 +414,28 @@ fn tunnel_state(args: &UpArgs) -> TunnelState {
     }
 }
 
-/// Where enrollment tokens are redeemed: the Secret `--enrollment-secret` names, else the
-/// tunnel folder.
-async fn token_store(args: &UpArgs) -> anyhow::Result<Arc<dyn Redeemer>> {
-    let Some(name) = &args.enrollment_secret else {
-        return Ok(Arc::new(tunnel_state(args)));
+/// A client of the Kubernetes API, when an option needs one.
+async fn kube_client(args: &UpArgs) -> anyhow::Result<Option<kube::Client>> {
+    let needs = [
+        ("--enrollment-secret", &args.enrollment_secret),
+        ("--policy-config-map", &args.policy_config_map),
+    ];
+    let Some((option, Some(name))) = needs.into_iter().find(|(_, value)| value.is_some()) else {
+        return Ok(None);
     };
     let client = kube::Client::try_default().await.map_err(|error| {
-        anyhow::anyhow!("--enrollment-secret {name} needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG): {error}")
+        anyhow::anyhow!("{option} {name} needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG): {error}")
     })?;
-    Ok(Arc::new(SecretTokens::new(client, name, &args.writer)))
+    Ok(Some(client))
+}
+
+/// Where enrollment tokens are redeemed: the Secret `--enrollment-secret` names, else the
+/// tunnel folder.
+fn token_store(args: &UpArgs, client: Option<kube::Client>) -> Arc<dyn Redeemer> {
+    match (&args.enrollment_secret, client) {
+        (Some(name), Some(client)) => Arc::new(SecretTokens::new(client, name, &args.writer)),
+        _ => Arc::new(tunnel_state(args)),
+    }
 }
 
 /// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA (made on first use),
@@ -477,6 +505,21 @@ fn reload(shared: &Shared, args: &UpArgs, why: &str) {
         }
         Err(error) => {
             tracing::error!(target: "imgate::session", "policy {why}, not reloaded, the last good one stays in force: {error:#}")
+        }
+    }
+}
+
+/// Compiles the policy set of `revision` that ConfigMap `name` delivered and swaps it in; one
+/// that does not compile is refused and the last good one stays in force.
+fn reload_delivered(shared: &Shared, tenant: &str, name: &str, revision: &str, yaml: &str) {
+    match compile_delivered(tenant, yaml) {
+        Ok(policy) => {
+            let rules = policy.content_rule_count();
+            shared.reload(policy);
+            tracing::info!(target: "imgate::session", "policy revision {revision} from ConfigMap {name}, in force ({rules} content rules)");
+        }
+        Err(error) => {
+            tracing::error!(target: "imgate::session", "policy revision {revision} from ConfigMap {name} refused, the last good one stays in force: {error}")
         }
     }
 }

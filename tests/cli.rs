@@ -302,30 +302,32 @@ fn up_refuses_settings_it_cannot_honour_before_it_starts() {
 }
 
 #[test]
-fn up_says_what_redeeming_tokens_from_a_secret_needs_outside_a_cluster() {
-    let dir = tempdir("enrollment-secret");
+fn up_says_what_the_cluster_options_need_outside_a_cluster() {
+    let dir = tempdir("cluster-options");
     let data = dir.join("data");
-    let output = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
-        .args([
-            "--tunnel",
-            "127.0.0.1:0",
-            "--enrollment-secret",
-            "connector-enrollment",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
-        .expect("imgate runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert_line(
-        &stderr,
-        "error: --enrollment-secret connector-enrollment needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG)",
-    );
-    assert!(!data.exists(), "nothing is opened without the token store");
+    for (option, name) in [
+        ("--enrollment-secret", "connector-enrollment"),
+        ("--policy-config-map", "policy"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
+            .args(["--tunnel", "127.0.0.1:0", option, name])
+            .arg("--data")
+            .arg(&data)
+            .env("KUBECONFIG", dir.join("no-such-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("imgate runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_line(
+            &stderr,
+            &format!(
+                "error: {option} {name} needs the Kubernetes API (run in a pod with its service account token, or set KUBECONFIG)"
+            ),
+        );
+    }
+    assert!(!data.exists(), "nothing is opened without the API");
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -205,7 +205,7 @@ fn render_previews_the_examples_and_check_accepts_them() {
     );
     assert!(ok, "{checked}");
     assert!(
-        checked.contains("23 objects, each the type it claims to be"),
+        checked.contains("27 objects, each the type it claims to be"),
         "{checked}"
     );
 

@@ -21,6 +21,7 @@ pub mod enrollment;
 mod examples;
 pub mod names;
 pub mod policy;
+pub mod policy_follow;
 pub mod reconcile;
 pub mod render;
 pub mod settings;

@@ -31,7 +31,8 @@ pub const INTERCEPTION_CA_SECRET: &str = "interception-ca";
 /// The Secret with the one-time token that enrolls the tenant's next connector.
 pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
 /// The ClusterRole (made by the Helm chart) that each tenant's RoleBinding grants its
-/// dataplanes: reading and redeeming the enrollment token, nothing else.
+/// dataplanes: reading and redeeming the enrollment token, and following the policy
+/// ConfigMap; nothing else.
 pub const DATAPLANE_ROLE: &str = "imgate-dataplane";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";

@@ -18,6 +18,24 @@ pub const IDENTITY_FILE: &str = "identity.yaml";
 /// The file in the policy ConfigMap listing the tenant's revoked connectors, one a line.
 pub const REVOKED_FILE: &str = "revoked-connectors";
 
+/// Why a delivered policy set was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveredError {
+    /// The text is not a YAML stream of IMPolicies.
+    #[error("the delivered policy set is not a YAML stream of IMPolicies: {0}")]
+    Yaml(String),
+    /// The policies do not compile.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// Compiles, for `tenant`, a policy set as [`PolicySet::build`] packed it (`yaml`).
+pub fn compile_delivered(tenant: &str, yaml: &str) -> Result<CompiledPolicy, DeliveredError> {
+    let policies: Vec<IMPolicy> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| DeliveredError::Yaml(e.to_string()))?;
+    Ok(CompiledPolicy::compile(tenant, &policies)?)
+}
+
 /// A tenant's policies as its dataplanes receive them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicySet {
@@ -127,5 +145,25 @@ spec:
         let first = &error.0[0];
         assert_eq!(first.policy, "ops/bad");
         assert!(first.path.contains("content"), "{first}");
+    }
+
+    #[test]
+    fn a_delivered_set_compiles_to_what_was_built() {
+        let a = policy("ops", "a", "acme", "secret");
+        let b = policy("ops", "b", "acme", "launch");
+        let set = PolicySet::build("acme", &[a.clone(), b.clone()]).expect("compiles");
+        let delivered = compile_delivered("acme", &set.yaml).expect("compiles");
+        let direct = CompiledPolicy::compile("acme", &[a, b]).expect("compiles");
+        assert_eq!(delivered.content_rule_count(), 2);
+        assert_eq!(delivered.content_rule_count(), direct.content_rule_count());
+        assert!(matches!(
+            compile_delivered("acme", "---\n[not, a, policy]\n"),
+            Err(DeliveredError::Yaml(_))
+        ));
+        let broken = set.yaml.replace("secret", "(unclosed");
+        assert!(matches!(
+            compile_delivered("acme", &broken),
+            Err(DeliveredError::Compile(_))
+        ));
     }
 }

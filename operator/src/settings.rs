@@ -41,7 +41,8 @@ pub struct Settings {
     /// Annotations on every tunnel Service, which give it the cloud's UDP load balancer.
     pub tunnel_service_annotations: BTreeMap<String, String>,
     /// Where the API server's endpoints are (CIDR ranges), which dataplanes call to redeem
-    /// enrollment tokens; any address on its ports when none are given.
+    /// enrollment tokens and follow their policy; any address on its ports when none are
+    /// given.
     pub api_server_cidrs: Vec<String>,
 }
 

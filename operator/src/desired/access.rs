@@ -5,7 +5,7 @@
 //! Invariants: the namespace enforces the `restricted` Pod Security Standard; the service
 //! account mounts no API token by itself (the dataplane pods ask for one) and is bound to
 //! [`DATAPLANE_ROLE`](names::DATAPLANE_ROLE) alone, which lets it read and redeem the
-//! enrollment token and nothing else; a tenant that supplies its own interception CA gets no
+//! enrollment token and follow the policy ConfigMap, and nothing else; a tenant that supplies its own interception CA gets no
 //! generated one.
 
 use std::collections::BTreeMap;

@@ -25,6 +25,8 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
+pub use access::POLICY_REVISION;
+
 use crate::policy::PolicySet;
 use crate::settings::Settings;
 

@@ -522,6 +522,7 @@ fn the_dataplanes_may_redeem_enrollment_tokens_and_learn_of_revoked_connectors()
     let args = pod.containers[0].args.clone().expect("args").join(" ");
     assert!(
         args.contains("--enrollment-secret connector-enrollment")
+            && args.contains("--policy-config-map policy")
             && args.contains("--tunnel-revoked /etc/imgate/policy/revoked-connectors"),
         "{args}"
     );

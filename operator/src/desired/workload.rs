@@ -78,6 +78,8 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         DATA_DIR,
         "--policy",
         &format!("{POLICY_DIR}/{POLICY_FILE}"),
+        "--policy-config-map",
+        names::POLICY_CONFIG_MAP,
         "--metrics",
         &format!("0.0.0.0:{}", settings.metrics_port),
         "--tunnel",

@@ -113,6 +113,18 @@ fn attributes(method: &Method, uri: &str) -> Attributes {
     let watch = query
         .split('&')
         .any(|pair| pair == "watch=true" || pair == "watch=1");
+    // As the API server does, a list or watch selecting one name is authorised for it.
+    let selected = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("fieldSelector="))
+        .flat_map(|selector| {
+            let decoded = selector.replace("%3D", "=").replace("%2C", ",");
+            decoded
+                .split(',')
+                .filter_map(|term| term.strip_prefix("metadata.name=").map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .next();
     let verb = match (method, name) {
         (&Method::GET, _) if watch => "watch",
         (&Method::GET, Some(_)) => "get",
@@ -131,7 +143,7 @@ fn attributes(method: &Method, uri: &str) -> Attributes {
             Some(sub) => format!("{resource}/{sub}"),
             None => resource.to_owned(),
         },
-        name: name.map(str::to_owned),
+        name: name.map(str::to_owned).or(selected),
     }
 }
 
@@ -275,13 +287,18 @@ mod tests {
     }
 
     #[test]
-    fn the_dataplanes_may_read_and_redeem_the_enrollment_token_and_nothing_else() {
+    fn the_dataplanes_may_redeem_the_enrollment_token_and_follow_their_policy_and_nothing_else() {
         let secret = format!(
             "/api/v1/namespaces/imgate-acme/secrets/{}",
             crate::names::ENROLLMENT_SECRET
         );
         assert!(permits(Subject::Dataplane, &Method::GET, &secret).is_ok());
         assert!(permits(Subject::Dataplane, &Method::PUT, &secret).is_ok());
+        let policy =
+            "/api/v1/namespaces/imgate-acme/configmaps?fieldSelector=metadata.name%3Dpolicy";
+        assert!(permits(Subject::Dataplane, &Method::GET, policy).is_ok());
+        let watch = format!("{policy}&watch=true&resourceVersion=10");
+        assert!(permits(Subject::Dataplane, &Method::GET, &watch).is_ok());
         let denied = [
             (
                 Method::GET,
@@ -291,6 +308,15 @@ mod tests {
             (Method::DELETE, secret.as_str()),
             (Method::PATCH, secret.as_str()),
             (Method::GET, "/api/v1/namespaces/imgate-acme/pods"),
+            (Method::GET, "/api/v1/namespaces/imgate-acme/configmaps"),
+            (
+                Method::GET,
+                "/api/v1/namespaces/imgate-acme/configmaps?watch=true",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/imgate-acme/configmaps/policy",
+            ),
         ];
         for (method, uri) in denied {
             let refused = permits(Subject::Dataplane, &method, uri).expect_err(uri);

@@ -47,6 +47,8 @@ pub enum Reply {
     Json(StatusCode, Value),
     /// A `Status` failure with this code and reason.
     Fail(StatusCode, &'static str),
+    /// `200` with these objects, one JSON document a line (a watch's events).
+    Lines(Vec<Value>),
 }
 
 /// A client of the operator's, talking to a new scripted server.
@@ -107,22 +109,32 @@ impl ApiServer {
         } else {
             serde_json::from_slice(&bytes).expect("a JSON request body")
         };
+        let json = |value: &Value| serde_json::to_vec(value).expect("JSON");
         let (status, answer) = match reply {
-            Reply::Echo => (StatusCode::OK, with_version(body.clone())),
+            Reply::Lines(lines) => (
+                StatusCode::OK,
+                lines
+                    .iter()
+                    .flat_map(|line| json(line).into_iter().chain([b'\n']))
+                    .collect(),
+            ),
+            Reply::Echo => (StatusCode::OK, json(&with_version(body.clone()))),
             Reply::EchoOver(mut base) => {
                 merge(&mut base, body.clone());
-                (StatusCode::OK, with_version(base))
+                (StatusCode::OK, json(&with_version(base)))
             }
-            Reply::Json(status, value) => (status, value),
+            Reply::Json(status, value) => (status, json(&value)),
             Reply::Fail(status, reason) => (
                 status,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                json(
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "message": format!("{reason} (scripted)"), "reason": reason, "code": status.as_u16()}),
+                ),
             ),
         };
         let response = Response::builder()
             .status(status)
-            .body(Body::from(serde_json::to_vec(&answer).expect("JSON")))
+            .body(Body::from(answer))
             .expect("a response");
         respond.send_response(response);
         Seen {
