@@ -2,8 +2,10 @@
 //! enforcing an example policy (or yours), SOCKS5 and HTTP CONNECT on loopback, optional
 //! fixed port-forwards, the archive in a local directory, and a live view of sessions and
 //! verdicts in the terminal. Changed `--policy` files (looked at every
-//! `--policy-poll-seconds`, and on SIGHUP) are reloaded without dropping sessions; Ctrl-C
-//! stops it after the archive is flushed.
+//! `--policy-poll-seconds`, and on SIGHUP) are reloaded without dropping sessions; in a
+//! cluster, the policy follows its ConfigMap through the API instead
+//! (`--policy-config-map`), and enrollment tokens are redeemed from the Secret the operator
+//! mints into (`--enrollment-secret`). Ctrl-C stops it after the archive is flushed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -350,7 +352,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             None => None,
             Some((endpoint, tunnel)) => {
                 let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
-                println!("  tunnel (QUIC, UDP)           {} (enroll a connector: imgate tunnel token --state {} --connector NAME)", endpoint.local_addr()?, dir.display());
+                let enroll = match &args.enrollment_secret {
+                    Some(name) => format!("enrollment tokens from Secret {name}"),
+                    None => format!("enroll a connector: imgate tunnel token --state {} --connector NAME", dir.display()),
+                };
+                println!("  tunnel (QUIC, UDP)           {} ({enroll})", endpoint.local_addr()?);
                 let stop = stop_tunnel.clone();
                 let drain = Duration::from_secs(args.drain_seconds);
                 Some(tokio::spawn(listener::run(tunnel, endpoint, async move { stop.notified().await }, drain)))
@@ -362,7 +368,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             println!("  metrics                      http://{}/metrics", listener.local_addr()?);
             tokio::spawn(serve_metrics(listener, shared.clone()));
         }
-        println!("Point an IM client's proxy setting at the SOCKS5 address. Changed --policy files are reloaded; Ctrl-C stops.");
+        let reloading = match &args.policy_config_map {
+            Some(name) => format!("The policy follows ConfigMap {name}"),
+            None => "Changed --policy files are reloaded".to_owned(),
+        };
+        println!("Point an IM client's proxy setting at the SOCKS5 address. {reloading}; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
         let watching = match (&args.policy_config_map, client) {
             (Some(name), Some(client)) => {
