@@ -9,11 +9,11 @@
 //! metadata without reading the token.
 //!
 //! Invariants: a token is accepted only if its secret matches the Secret's (compared by
-//! digest), it names the Secret's connector, it has not expired, and the Secret does not
-//! carry [`REDEEMED`]; redeeming is an update carrying the `resourceVersion` that was read,
-//! so of two dataplanes racing for one token exactly one wins (the other gets
-//! `409 Conflict`, reads again and sees it used); when the API server cannot be asked, the
-//! enrollment is refused and the token stays unused.
+//! digest), it names the connector the Secret's token was minted for, it has not expired,
+//! and the Secret does not carry [`REDEEMED`]; redeeming is an update carrying the
+//! `resourceVersion` that was read, so of two dataplanes racing for one token exactly one
+//! wins (the other gets `409 Conflict`, reads again and sees it used); when the API server
+//! cannot be asked, the enrollment is refused and the token stays unused.
 
 mod redeem;
 #[cfg(test)]

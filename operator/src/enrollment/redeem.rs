@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::{CONNECTOR, EXPIRES, REDEEMED, TOKEN_KEY};
+use super::{EXPIRES, REDEEMED, TOKEN_KEY};
 
 /// How many times a redemption reads again after losing a race for the Secret.
 const ATTEMPTS: usize = 3;
@@ -48,12 +48,10 @@ impl SecretTokens {
         if !minted.same_secret(token) {
             return Err(TokenError::Unknown);
         }
-        let annotations = secret.annotations();
-        if minted.connector != token.connector
-            || annotations.get(CONNECTOR) != Some(&minted.connector)
-        {
+        if minted.connector != token.connector {
             return Err(TokenError::WrongConnector);
         }
+        let annotations = secret.annotations();
         if annotations.contains_key(REDEEMED) {
             return Err(TokenError::Reused(token.connector.clone()));
         }

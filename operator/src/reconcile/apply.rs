@@ -133,10 +133,10 @@ fn fill(secret: &mut Secret, tenant: &str, ca_pin: Option<&str>) -> Result<(), E
         secret: name.clone(),
         message,
     };
-    let pair = |cert: &str, key: &str, made: &CaPem| {
+    let pair = |cert: &str, key: &str, made: CaPem| {
         BTreeMap::from([
-            (cert.to_owned(), ByteString(made.cert.clone().into_bytes())),
-            (key.to_owned(), ByteString(made.key.clone().into_bytes())),
+            (cert.to_owned(), ByteString(made.cert.into_bytes())),
+            (key.to_owned(), ByteString(made.key.into_bytes())),
         ])
     };
     let (data, annotations) = match name.as_str() {
@@ -145,11 +145,11 @@ fn fill(secret: &mut Secret, tenant: &str, ca_pin: Option<&str>) -> Result<(), E
             let pin = ca_pin_of_pem(&made.cert)
                 .ok_or_else(|| failed("the new CA certificate does not parse".into()))?;
             let annotations = BTreeMap::from([(enrollment::CA_PIN.into(), pin)]);
-            (pair("ca.pem", "ca.key", &made), annotations)
+            (pair("ca.pem", "ca.key", made), annotations)
         }
         names::INTERCEPTION_CA_SECRET => {
             let made = InterceptionCa::generate_pem().map_err(|e| failed(e.to_string()))?;
-            (pair("tls.crt", "tls.key", &made), BTreeMap::new())
+            (pair("tls.crt", "tls.key", made), BTreeMap::new())
         }
         names::ENROLLMENT_SECRET => {
             let pin = ca_pin.ok_or_else(|| {
