@@ -142,17 +142,17 @@ impl Object {
 }
 
 /// Everything `tenant` becomes, given its compiled `policy` set (none yet: no ConfigMap, and
-/// the dataplanes wait for it) and the operator's `settings`.
+/// the dataplanes wait for it) and the operator's `settings`, in the order they are applied:
+/// the namespace, then the policy ConfigMap (a changed policy reaches running dataplanes
+/// after two writes, not after every object), then what the dataplanes run with.
 pub fn desired(tenant: &Tenant, policy: Option<&PolicySet>, settings: &Settings) -> Vec<Object> {
-    let mut objects = vec![
-        Object::Namespace(access::namespace(tenant)),
-        Object::ServiceAccount(access::service_account(tenant)),
-        Object::RoleBinding(access::role_binding(tenant)),
-    ];
-    objects.extend(access::secrets(tenant).into_iter().map(Object::Secret));
+    let mut objects = vec![Object::Namespace(access::namespace(tenant))];
     if let Some(policy) = policy {
         objects.push(Object::ConfigMap(access::policy_config_map(tenant, policy)));
     }
+    objects.push(Object::ServiceAccount(access::service_account(tenant)));
+    objects.push(Object::RoleBinding(access::role_binding(tenant)));
+    objects.extend(access::secrets(tenant).into_iter().map(Object::Secret));
     objects.push(Object::Service(network::pods_service(tenant, settings)));
     objects.push(Object::StatefulSet(Box::new(workload::stateful_set(
         tenant, settings,

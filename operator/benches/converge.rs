@@ -1,17 +1,15 @@
 //! Reconcile cost: how long the operator takes, and how much memory it holds, to converge
 //! `CONVERGE_TENANTS` tenants (default 1,000), each with one policy, against an in-memory API
-//! server over HTTP ([`fake_api`]). The reference, in the same run, is the same operator
+//! server over HTTP (`imgate_fake_api`). The reference, in the same run, is the same operator
 //! watching the same server with no tenant at all: the memory figures are reported beside it.
 //!
 //! The operator runs in a child process (this binary again, with `CONVERGE_OPERATOR_URL`), so
 //! its memory is its own and not the fake server's.
 
-mod fake_api;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_api::FakeApi;
+use imgate_fake_api::FakeApi;
 use imgate_operator::Settings;
 use imgate_operator::reconcile::{self, Context};
 use serde_json::Value;
@@ -87,15 +85,7 @@ struct Figures {
 
 async fn measure(n: usize) -> Figures {
     let api = populated(n);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let url = format!("http://{}", listener.local_addr().expect("an address"));
-    let served = api.clone();
-    let app = axum::Router::new().fallback(move |method, uri, headers, body| {
-        served.clone().handle(method, uri, headers, body)
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = api.serve().await.expect("a port");
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
         .env("CONVERGE_OPERATOR_URL", &url)
         .env("RUST_LOG", "error")

@@ -1,17 +1,22 @@
-//! An in-memory Kubernetes API server, enough of one for the operator: list and watch (with
-//! label and field selectors), get (also as metadata), create, server-side apply, merge
-//! patch with a `resourceVersion` precondition, and the status subresource. It answers over
-//! real HTTP, so the operator under test pays for encoding and decoding as it would against a
-//! cluster.
+//! An in-memory Kubernetes API server, enough of one for the operator and the dataplanes: list
+//! and watch (with label and field selectors), get (also as metadata), create, server-side
+//! apply, merge patch and update with a `resourceVersion` precondition, and the status
+//! subresource. It answers over real HTTP, so a client under test pays for encoding and
+//! decoding as it would against a cluster, and programs in other processes reach it through
+//! the kubeconfig [`FakeApi::kubeconfig`] writes.
 //!
 //! Invariants: every write bumps one global `resourceVersion`; a write that changes nothing
-//! (apart from `resourceVersion`) is not an event, as on a real API server; a created
+//! (apart from `resourceVersion`) is not an event, as on a real API server; a write that
+//! changes an object's `spec` bumps its `generation`, and a status write never does; a created
 //! StatefulSet reports one ready replica and a created LoadBalancer Service an address, as a
 //! healthy cluster would shortly after.
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -31,6 +36,8 @@ pub struct FakeApi {
     events: broadcast::Sender<(String, Value)>,
     /// Requests served, by method.
     pub requests: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// How long each request waits before it is served, as on a busy API server.
+    latency: Duration,
 }
 
 struct Target {
@@ -147,6 +154,12 @@ fn respond(code: StatusCode, body: &Value) -> Response {
         .unwrap_or_default()
 }
 
+impl Default for FakeApi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeApi {
     /// An empty server.
     pub fn new() -> Self {
@@ -155,7 +168,34 @@ impl FakeApi {
             version: Arc::new(AtomicU64::new(1)),
             events: broadcast::channel(1 << 16).0,
             requests: Arc::default(),
+            latency: Duration::ZERO,
         }
+    }
+
+    /// This server, making each request wait `latency` before it is served.
+    pub fn with_latency(self, latency: Duration) -> Self {
+        Self { latency, ..self }
+    }
+
+    /// Serves this API over HTTP on a free loopback port until the runtime stops; returns its
+    /// URL.
+    pub async fn serve(&self) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let served = self.clone();
+        let app = axum::Router::new().fallback(move |method, uri, headers, body| {
+            served.clone().handle(method, uri, headers, body)
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(url)
+    }
+
+    /// A kubeconfig that points at `url` (from [`FakeApi::serve`]) with no credentials, in
+    /// `namespace`, as a pod's service account would be.
+    pub fn kubeconfig(url: &str, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: {namespace}}}\nusers:\n- name: fake\n  user: {{}}\n"
+        )
     }
 
     fn next_version(&self) -> String {
@@ -224,6 +264,7 @@ impl FakeApi {
             .expect("lock")
             .entry(method.to_string())
             .or_default() += 1;
+        tokio::time::sleep(self.latency).await;
         let Some(target) = parse(uri.path()) else {
             return status(StatusCode::NOT_FOUND, "NotFound");
         };
@@ -338,6 +379,7 @@ impl FakeApi {
             return status(StatusCode::CONFLICT, "AlreadyExists");
         }
         object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
+        object["metadata"]["generation"] = 1.into();
         let stored = self.store(key, object, None);
         respond(StatusCode::CREATED, &stored)
     }
@@ -386,6 +428,12 @@ impl FakeApi {
         }
         if object["metadata"]["uid"].is_null() {
             object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
+        }
+        if let Some(before) = &before
+            && before["spec"] != object["spec"]
+        {
+            let generation = before["metadata"]["generation"].as_u64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = generation.into();
         }
         let stored = self.store(key, object, before.as_ref());
         respond(StatusCode::OK, &stored)

@@ -1,0 +1,112 @@
+//! A policy change travels the whole cluster path: an IMPolicy applied to the API server is
+//! compiled by `imgate operator run` into the tenant's policy ConfigMap, which a running
+//! `imgate up --policy-config-map` follows and puts in force; an invalid policy is refused by
+//! the operator and the dataplane keeps enforcing the last good one. The API server is the
+//! in-memory one (none can be installed here); the operator and the dataplane are the real
+//! programs, reaching it through a kubeconfig.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{self, namespace, object, policy_revision, wait_until};
+use common::{free_port, imgate_up_with_env, wait_for_line};
+use imgate_crds::IMPolicy;
+use imgate_fake_api::FakeApi;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const TENANT: &str = "acme";
+
+/// The tenant's one IMPolicy, blocking `keyword`, or with a rule whose regular expression does
+/// not compile when `keyword` is `None`.
+fn policy(keyword: Option<&str>) -> Value {
+    let matcher = match keyword {
+        Some(keyword) => json!({"keywords": [keyword]}),
+        None => json!({"regex": "(unclosed"}),
+    };
+    json!({
+        "apiVersion": "imgate.io/v1alpha1", "kind": "IMPolicy",
+        "metadata": {"name": "deals", "namespace": TENANT},
+        "spec": {"tenantRef": TENANT, "content": [{"name": "deal-names", "match": matcher, "action": "block"}]},
+    })
+}
+
+#[test]
+fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let api = FakeApi::new();
+    api.insert("tenants", cluster::example_tenant(TENANT));
+    api.insert("impolicies", policy(Some("project falcon")));
+    let url = runtime.block_on(api.serve()).expect("a port");
+    let kubeconfig = cluster::kubeconfig(dir.path(), &url, &namespace(TENANT));
+    let operator_log = dir.path().join("operator.log");
+    let _operator = cluster::operator(&kubeconfig, &operator_log);
+    let first = policy_revision(&api, TENANT, None, &operator_log);
+
+    let data = dir.path().join("dataplane");
+    let log = data.with_extension("log");
+    let kubeconfig_text = kubeconfig.to_string_lossy();
+    let (_dataplane, _) = imgate_up_with_env(
+        free_port(),
+        &data,
+        &["--tenant", TENANT, "--policy-config-map", "policy"],
+        &[("KUBECONFIG", &kubeconfig_text), ("RUST_LOG", "info")],
+    );
+    wait_for_line(
+        &log,
+        &[&format!(
+            "policy revision {first} from ConfigMap policy, in force"
+        )],
+    );
+
+    let _entered = runtime.enter();
+    let client =
+        kube::Client::try_from(kube::Config::new(url.parse().expect("a URL"))).expect("a client");
+    let policies: Api<IMPolicy> = Api::namespaced(client, TENANT);
+    let apply = |policy: Value| {
+        runtime
+            .block_on(policies.patch(
+                "deals",
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(policy),
+            ))
+            .expect("the API server takes the apply");
+    };
+    apply(policy(Some("project osprey")));
+    let second = policy_revision(&api, TENANT, Some(&first), &operator_log);
+    wait_for_line(
+        &log,
+        &[&format!(
+            "policy revision {second} from ConfigMap policy, in force"
+        )],
+    );
+
+    apply(policy(None));
+    let refused = wait_until("the invalid policy's condition", &operator_log, || {
+        let stored = object(&api, "impolicies", Some(TENANT), "deals")?;
+        let conditions = stored["status"]["conditions"].as_array()?;
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Accepted" && c["status"] == "False")
+            .cloned()
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("(unclosed"),
+        "the condition names the bad expression: {refused}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let kept =
+        object(&api, "configmaps", Some(&namespace(TENANT)), "policy").expect("the ConfigMap");
+    assert_eq!(
+        kept["metadata"]["annotations"]["imgate.io/policy-revision"], second,
+        "the operator keeps delivering the last good policy"
+    );
+    let text = std::fs::read_to_string(&log).expect("the dataplane's log");
+    assert!(
+        !text.contains("from ConfigMap policy refused"),
+        "the invalid policy never reached the dataplane:\n{text}"
+    );
+}

@@ -1,0 +1,88 @@
+//! A cluster for end-to-end runs where no API server can be installed: an in-memory API
+//! server (`imgate_fake_api`) on loopback, `imgate operator run` against it, and dataplanes
+//! that reach it through a kubeconfig as a pod reaches its API server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgate_fake_api::FakeApi;
+use serde_json::Value;
+
+use super::Killed;
+
+/// The namespace the operator gives tenant `tenant`.
+pub fn namespace(tenant: &str) -> String {
+    format!("imgate-{tenant}")
+}
+
+/// The small firm of the examples, named `tenant`.
+pub fn example_tenant(tenant: &str) -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/small-firm/tenant.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("the example Tenant");
+    let mut object: Value = serde_saphyr::from_str(&text).expect("a Tenant");
+    object["metadata"]["name"] = tenant.into();
+    object
+}
+
+/// Writes a kubeconfig for the API server at `url` whose context is in `namespace`, as a
+/// tenant's dataplane pod sees its API server; returns its path.
+pub fn kubeconfig(dir: &Path, url: &str, namespace: &str) -> PathBuf {
+    let path = dir.join(format!("kubeconfig-{namespace}"));
+    std::fs::write(&path, FakeApi::kubeconfig(url, namespace)).expect("kubeconfig");
+    path
+}
+
+/// Starts `imgate operator run` against the API server of `kubeconfig`, its log in `log`.
+pub fn operator(kubeconfig: &Path, log: &Path) -> Killed {
+    let file = std::fs::File::create(log).expect("log file");
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(["operator", "run", "--metrics", "127.0.0.1:0"])
+            .args(["--lease-namespace", "imgate-system"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the operator starts"),
+    )
+}
+
+/// The object `name` of `plural` in `namespace`, if `api` holds it.
+pub fn object(api: &FakeApi, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+    api.all(plural)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == name && o["metadata"]["namespace"].as_str() == namespace)
+}
+
+/// Waits until `ready` holds of what `api` has, for up to 30 s; `what` says what was awaited
+/// and `log` where to look should it not come.
+pub fn wait_until<T>(what: &str, log: &Path, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 30 s; the log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The revision of the policy ConfigMap the operator wrote for `tenant`, once there is one
+/// other than `not`.
+pub fn policy_revision(api: &FakeApi, tenant: &str, not: Option<&str>, log: &Path) -> String {
+    let namespace = namespace(tenant);
+    wait_until("a new policy ConfigMap", log, || {
+        let map = object(api, "configmaps", Some(&namespace), "policy")?;
+        let revision = map["metadata"]["annotations"]["imgate.io/policy-revision"].as_str()?;
+        (Some(revision) != not).then(|| revision.to_owned())
+    })
+}
