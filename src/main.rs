@@ -13,6 +13,7 @@ mod policy;
 mod policy_watch;
 mod tunnel_admin;
 mod up;
+mod up_report;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -37,7 +37,7 @@ use imgate_operator::policy_follow;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
-use crate::policy_watch;
+use crate::{policy_watch, up_report};
 
 const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
 
@@ -115,6 +115,14 @@ pub struct UpArgs {
     /// changes (they give the policy at start).
     #[arg(long, value_name = "NAME")]
     policy_config_map: Option<String>,
+    /// Report this dataplane's policy revision, open sessions, connectors and archive shipping
+    /// in Lease NAME of the pod's namespace, from which the operator fills the Tenant's
+    /// status (needs the Kubernetes API, as --enrollment-secret does).
+    #[arg(long, value_name = "NAME")]
+    report_lease: Option<String>,
+    /// The pod's UID, which makes the report Lease the pod's (deleted with it).
+    #[arg(long, env = "POD_UID", requires = "report_lease")]
+    pod_uid: Option<String>,
     /// The tenant's tunnel CA folder (`ca.pem`, `ca.key`; made on first use), when it is not
     /// in the tunnel folder (a mounted Secret, say).
     #[arg(long, value_name = "DIR")]
@@ -315,6 +323,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             "off" => None,
             spec => Some(tunnel_endpoint(spec, &args, tokens, shared.clone())?),
         };
+        let connectors = tunnel.as_ref().map(|(_, tunnel)| tunnel.clone());
         let mut listeners = Vec::new();
         listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
         listeners.extend(bind(&args.http, Frontend::HttpConnect).await?);
@@ -374,11 +383,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         };
         println!("Point an IM client's proxy setting at the SOCKS5 address. {reloading}; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
-        let watching = match (&args.policy_config_map, client) {
+        let enforced = Arc::new(Mutex::new(None));
+        let watching = match (&args.policy_config_map, client.clone()) {
             (Some(name), Some(client)) => {
-                let (shared, tenant, name) = (shared.clone(), args.tenant.clone(), name.clone());
+                let (shared, tenant, name, enforced) = (shared.clone(), args.tenant.clone(), name.clone(), enforced.clone());
                 Some(tokio::spawn(async move {
-                    policy_follow::follow(kube::Api::default_namespaced(client), &name, |revision, yaml| reload_delivered(&shared, &tenant, &name, revision, yaml)).await;
+                    policy_follow::follow(kube::Api::default_namespaced(client), &name, |revision, yaml| reload_delivered(&shared, &tenant, &name, revision, yaml, &enforced)).await;
                 }))
             }
             _ => (!args.policy.is_empty() && args.policy_poll_seconds > 0).then(|| {
@@ -388,11 +398,24 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             }),
         };
         let stop = Arc::new(tokio::sync::Notify::new());
+        let archive_health = shipper.health();
         let shipping = {
             let stop = stop.clone();
             shipper.spawn(async move { stop.notified().await }, Duration::from_secs(30)).context("cannot start the archive shipper")?
         };
+        let reporting = match (&args.report_lease, client) {
+            (Some(name), Some(client)) => {
+                println!("  reports to the operator in   Lease {name}");
+                let sources = up_report::Sources { shared: shared.clone(), tunnel: connectors, archive: archive_health, revision: enforced };
+                Some(up_report::spawn(client, name, args.pod_uid.clone(), &args.tenant, sources))
+            }
+            _ => None,
+        };
         server::run(shared, listeners, shutdown_signal()).await;
+        if let Some((task, stop)) = reporting {
+            stop.notify_one();
+            let _ = task.await;
+        }
         reloads.abort();
         if let Some(watching) = watching {
             watching.abort();
@@ -429,6 +452,7 @@ async fn kube_client(args: &UpArgs) -> anyhow::Result<Option<kube::Client>> {
     let needs = [
         ("--enrollment-secret", &args.enrollment_secret),
         ("--policy-config-map", &args.policy_config_map),
+        ("--report-lease", &args.report_lease),
     ];
     let Some((option, Some(name))) = needs.into_iter().find(|(_, value)| value.is_some()) else {
         return Ok(None);
@@ -519,13 +543,24 @@ fn reload(shared: &Shared, args: &UpArgs, why: &str) {
     }
 }
 
-/// Compiles the policy set of `revision` that ConfigMap `name` delivered and swaps it in; one
-/// that does not compile is refused and the last good one stays in force.
-fn reload_delivered(shared: &Shared, tenant: &str, name: &str, revision: &str, yaml: &str) {
+/// Compiles the policy set of `revision` that ConfigMap `name` delivered and swaps it in,
+/// recording the revision as `enforced`; one that does not compile is refused and the last
+/// good one stays in force.
+fn reload_delivered(
+    shared: &Shared,
+    tenant: &str,
+    name: &str,
+    revision: &str,
+    yaml: &str,
+    enforced: &Mutex<Option<String>>,
+) {
     match compile_delivered(tenant, yaml) {
         Ok(policy) => {
             let rules = policy.content_rule_count();
             shared.reload(policy);
+            *enforced
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(revision.to_owned());
             tracing::info!(target: "imgate::session", "policy revision {revision} from ConfigMap {name}, in force ({rules} content rules)");
         }
         Err(error) => {

@@ -1,7 +1,9 @@
 //! A policy change travels the whole cluster path: an IMPolicy applied to the API server is
 //! compiled by `imgate operator run` into the tenant's policy ConfigMap, which a running
 //! `imgate up --policy-config-map` follows and puts in force; an invalid policy is refused by
-//! the operator and the dataplane keeps enforcing the last good one. The API server is the
+//! the operator and the dataplane keeps enforcing the last good one. The dataplane reports
+//! back (`--report-lease`): the Tenant's status shows the revision it enforces beside the
+//! operator's own conditions, and loses it when the dataplane stops. The API server is the
 //! in-memory one (none can be installed here); the operator and the dataplane are the real
 //! programs, reaching it through a kubeconfig.
 
@@ -48,10 +50,17 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     let data = dir.path().join("dataplane");
     let log = data.with_extension("log");
     let kubeconfig_text = kubeconfig.to_string_lossy();
-    let (_dataplane, _) = imgate_up_with_env(
+    let (dataplane, _) = imgate_up_with_env(
         free_port(),
         &data,
-        &["--tenant", TENANT, "--policy-config-map", "policy"],
+        &[
+            "--tenant",
+            TENANT,
+            "--policy-config-map",
+            "policy",
+            "--report-lease",
+            "dataplane-0",
+        ],
         &[("KUBECONFIG", &kubeconfig_text), ("RUST_LOG", "info")],
     );
     wait_for_line(
@@ -109,4 +118,47 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
         !text.contains("from ConfigMap policy refused"),
         "the invalid policy never reached the dataplane:\n{text}"
     );
+
+    let reported = wait_until(
+        "the dataplane's report in the Tenant's status",
+        &operator_log,
+        || {
+            let status = object(&api, "tenants", None, TENANT)?["status"].clone();
+            let pod = status["dataplanes"].as_array()?.first()?.clone();
+            (pod["name"] == "dataplane-0" && pod["policyRevision"] == second.as_str())
+                .then_some(status)
+        },
+    );
+    let types: Vec<&str> = reported["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    for wanted in ["Ready", "PolicyApplied", "ArchiveReachable"] {
+        assert!(types.contains(&wanted), "{wanted} in {reported}");
+    }
+    assert_eq!(reported["activeSessions"], 0, "{reported}");
+
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &dataplane.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(stopped.success());
+    let gone = wait_until(
+        "the stopped dataplane's report leaving the status",
+        &operator_log,
+        || {
+            let status = object(&api, "tenants", None, TENANT)?["status"].clone();
+            let none = status["dataplanes"].as_array().is_none_or(Vec::is_empty);
+            none.then_some(status)
+        },
+    );
+    let archive = gone["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "ArchiveReachable"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(archive["reason"], "NoReports", "{gone}");
+    assert!(object(&api, "leases", Some(&namespace(TENANT)), "dataplane-0").is_none());
 }

@@ -375,7 +375,28 @@ pub struct TenantStatus {
     /// IM sessions currently proxied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_sessions: Option<i32>,
-    /// Revision of the compiled policy set the dataplanes enforce.
+    /// Revision of the compiled policy set delivered to the dataplanes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_revision: Option<String>,
+    /// What each running dataplane last reported, by pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dataplanes: Vec<DataplaneReport>,
+}
+
+/// What one dataplane reports about itself.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneReport {
+    /// The dataplane's pod.
+    pub name: String,
+    /// Revision of the policy set it enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_revision: Option<String>,
+    /// IM sessions it proxies now.
+    pub active_sessions: i64,
+    /// Connectors with a tunnel connection to it, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connectors: Vec<String>,
+    /// Its archive shipping: `Shipped`, `Failing` or `NothingShipped` (since it started).
+    pub archive: String,
 }

@@ -49,6 +49,7 @@ const HOLD_BUCKETS: [f64; 13] = [
 pub struct Metrics {
     registry: Registry,
     sessions: Family<ProtocolLabel, Counter>,
+    active_sessions: Gauge<i64, AtomicI64>,
     verdicts: Family<ActionLabel, Counter>,
     held: Family<DirectionLabel, Histogram>,
     unshipped: Gauge<u64, AtomicU64>,
@@ -76,6 +77,12 @@ impl Default for Metrics {
             "sessions",
             "IM sessions identified, by protocol",
             sessions.clone(),
+        );
+        let active_sessions = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "sessions_active",
+            "IM sessions open now",
+            active_sessions.clone(),
         );
         registry.register(
             "verdicts",
@@ -108,6 +115,7 @@ impl Default for Metrics {
         Self {
             registry,
             sessions,
+            active_sessions,
             verdicts,
             held,
             unshipped,
@@ -126,6 +134,17 @@ impl Metrics {
                 protocol: protocol.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a session open until the returned guard is dropped.
+    pub fn session_open(&self) -> OpenSession<'_> {
+        self.active_sessions.inc();
+        OpenSession(&self.active_sessions)
+    }
+
+    /// Sessions open now.
+    pub fn active_sessions(&self) -> u64 {
+        u64::try_from(self.active_sessions.get()).unwrap_or(0)
     }
 
     /// Counts a verdict.
@@ -171,6 +190,15 @@ impl Metrics {
     pub fn render(&self, log: &ArchiveLog) -> String {
         self.unshipped.set(log.unshipped_bytes());
         encode(&self.registry)
+    }
+}
+
+/// A session counted as open; dropping it counts it closed.
+pub struct OpenSession<'a>(&'a Gauge<i64, AtomicI64>);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

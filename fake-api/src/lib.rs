@@ -5,15 +5,18 @@
 //! decoding as it would against a cluster, and programs in other processes reach it through
 //! the kubeconfig [`FakeApi::kubeconfig`] writes.
 //!
-//! Invariants: every write bumps one global `resourceVersion`; a write that changes nothing
-//! (apart from `resourceVersion`) is not an event, as on a real API server; a write that
-//! changes an object's `spec` bumps its `generation`, and a status write never does; a created
-//! StatefulSet reports one ready replica and a created LoadBalancer Service an address, as a
-//! healthy cluster would shortly after.
+//! Invariants: an object written to a namespaced path carries that namespace; every write
+//! bumps one global `resourceVersion`; a write that changes nothing (apart from
+//! `resourceVersion`) is not an event, as on a real API server, and a deletion is; a write
+//! that changes an object's `spec` bumps its `generation`, and a status write never does; a
+//! server-side apply of status keeps the fields other field managers applied, merging
+//! `conditions` by type, and drops those its own manager applied before and left out; a
+//! created StatefulSet reports one ready replica and a created LoadBalancer Service an
+//! address, as a healthy cluster would shortly after.
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +30,8 @@ use tokio::sync::broadcast;
 
 /// Where an object lives: its plural, namespace and name.
 type Key = (String, Option<String>, String);
+/// An object and a field manager of its status.
+type Owner = (Key, String);
 
 /// The server's state.
 #[derive(Clone)]
@@ -38,6 +43,8 @@ pub struct FakeApi {
     pub requests: Arc<Mutex<BTreeMap<String, u64>>>,
     /// How long each request waits before it is served, as on a busy API server.
     latency: Duration,
+    /// The status fields each field manager applied, per object.
+    status_owners: Arc<Mutex<BTreeMap<Owner, BTreeSet<String>>>>,
 }
 
 struct Target {
@@ -169,6 +176,7 @@ impl FakeApi {
             events: broadcast::channel(1 << 16).0,
             requests: Arc::default(),
             latency: Duration::ZERO,
+            status_owners: Arc::default(),
         }
     }
 
@@ -277,19 +285,28 @@ impl FakeApi {
             (Method::GET, None) => self.list(&target, &params),
             (Method::GET, Some(name)) => self.get(&target, name, &headers),
             (Method::POST, None) => self.create(&target, body),
-            (Method::PATCH, Some(name)) => self.patch(&target, name, body, &headers),
-            (Method::PUT, Some(name)) => self.patch(&target, name, body, &headers),
+            (Method::PATCH, Some(name)) => {
+                let manager = params.get("fieldManager").cloned().unwrap_or_default();
+                self.patch(&target, name, body, &headers, &manager)
+            }
+            (Method::PUT, Some(name)) => self.patch(&target, name, body, &headers, ""),
             (Method::DELETE, Some(name)) => {
                 let key = (
                     target.plural.clone(),
                     target.namespace.clone(),
                     name.clone(),
                 );
-                match self.objects.lock().expect("lock").remove(&key) {
-                    Some(_) => respond(
-                        StatusCode::OK,
-                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
-                    ),
+                let removed = self.objects.lock().expect("lock").remove(&key);
+                match removed {
+                    Some(mut object) => {
+                        object["metadata"]["resourceVersion"] = self.next_version().into();
+                        let event = json!({"type": "DELETED", "object": object});
+                        let _ = self.events.send((target.plural.clone(), event));
+                        respond(
+                            StatusCode::OK,
+                            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+                        )
+                    }
                     None => status(StatusCode::NOT_FOUND, "NotFound"),
                 }
             }
@@ -380,11 +397,21 @@ impl FakeApi {
         }
         object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
         object["metadata"]["generation"] = 1.into();
+        if let Some(namespace) = &target.namespace {
+            object["metadata"]["namespace"] = namespace.as_str().into();
+        }
         let stored = self.store(key, object, None);
         respond(StatusCode::CREATED, &stored)
     }
 
-    fn patch(&self, target: &Target, name: &str, body: Value, headers: &HeaderMap) -> Response {
+    fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        body: Value,
+        headers: &HeaderMap,
+        manager: &str,
+    ) -> Response {
         let key = (
             target.plural.clone(),
             target.namespace.clone(),
@@ -407,7 +434,13 @@ impl FakeApi {
         {
             return status(StatusCode::CONFLICT, "Conflict");
         }
-        if target.status {
+        if target.status && apply {
+            let owner = (key.clone(), manager.to_owned());
+            let mut owners = self.status_owners.lock().expect("lock");
+            let before = owners.remove(&owner).unwrap_or_default();
+            let owned = apply_status(&mut object["status"], &body["status"], &before);
+            owners.insert(owner, owned);
+        } else if target.status {
             object["status"] = body["status"].clone();
         } else if apply {
             let kept_meta = object["metadata"].clone();
@@ -429,6 +462,9 @@ impl FakeApi {
         if object["metadata"]["uid"].is_null() {
             object["metadata"]["uid"] = format!("uid-{}-{name}", target.plural).into();
         }
+        if let Some(namespace) = &target.namespace {
+            object["metadata"]["namespace"] = namespace.as_str().into();
+        }
         if let Some(before) = &before
             && before["spec"] != object["spec"]
         {
@@ -438,6 +474,77 @@ impl FakeApi {
         let stored = self.store(key, object, before.as_ref());
         respond(StatusCode::OK, &stored)
     }
+}
+
+/// Server-side apply of `applied` to `status` by a field manager that owned `before`: what it
+/// owned and no longer applies goes, the rest is set; `conditions` merge by `type` (a list map,
+/// as the CRDs declare it). Returns what the manager owns now: top-level fields by name, and
+/// conditions as `conditions/TYPE`.
+fn apply_status(
+    status: &mut Value,
+    applied: &Value,
+    before: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let mut owned = BTreeSet::new();
+    let empty = serde_json::Map::new();
+    let fields = applied.as_object().unwrap_or(&empty);
+    for (field, value) in fields {
+        if field == "conditions" {
+            for condition in value.as_array().into_iter().flatten() {
+                owned.insert(format!(
+                    "conditions/{}",
+                    condition["type"].as_str().unwrap_or_default()
+                ));
+            }
+        } else {
+            owned.insert(field.clone());
+        }
+    }
+    let mut conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            let key = format!("conditions/{}", c["type"].as_str().unwrap_or_default());
+            !before.contains(&key) || owned.contains(&key)
+        })
+        .collect();
+    for condition in fields
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match conditions
+            .iter_mut()
+            .find(|c| c["type"] == condition["type"])
+        {
+            Some(existing) => *existing = condition.clone(),
+            None => conditions.push(condition.clone()),
+        }
+    }
+    let object = status.as_object_mut().expect("made an object above");
+    for field in before
+        .iter()
+        .filter(|f| !f.starts_with("conditions/") && !owned.contains(*f))
+    {
+        object.remove(field);
+    }
+    for (field, value) in fields {
+        if field != "conditions" {
+            object.insert(field.clone(), value.clone());
+        }
+    }
+    if conditions.is_empty() {
+        object.remove("conditions");
+    } else {
+        object.insert("conditions".into(), conditions.into());
+    }
+    owned
 }
 
 /// The status a healthy cluster gives a new object of `plural` shortly after it is made.

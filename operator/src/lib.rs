@@ -24,6 +24,7 @@ pub mod policy;
 pub mod policy_follow;
 pub mod reconcile;
 pub mod render;
+pub mod report;
 pub mod settings;
 
 pub use desired::{Object, desired};

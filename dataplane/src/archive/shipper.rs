@@ -13,6 +13,7 @@
 //! rebuilt from the log; failures are retried with exponential back-off and full jitter.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,6 +23,7 @@ use super::error::ArchiveError;
 use super::fs::Filesystem;
 use super::log::ArchiveLog;
 use super::segment::{GENESIS, Layout, Manifest, SegmentInput, seal};
+use super::ship_health::ShipMonitor;
 use super::store::{Encryption, PutOptions, Retention, Store};
 use super::wal::Wal;
 
@@ -96,6 +98,7 @@ pub struct Shipper<F: Filesystem> {
     config: ShipperConfig,
     state: ShipState,
     unsealed_since: Option<Instant>,
+    health: Arc<ShipMonitor>,
 }
 
 impl<F: Filesystem> Shipper<F> {
@@ -136,6 +139,7 @@ impl<F: Filesystem> Shipper<F> {
             config,
             state,
             unsealed_since: None,
+            health: Arc::default(),
         };
         shipper.remove_stale_outbox()?;
         Ok(shipper)
@@ -165,6 +169,11 @@ impl<F: Filesystem> Shipper<F> {
             }
         }
         Ok(())
+    }
+
+    /// Where the shipper writes its health, for whoever reports it.
+    pub fn health(&self) -> Arc<ShipMonitor> {
+        self.health.clone()
     }
 
     /// What has been sealed and shipped.
@@ -361,19 +370,26 @@ impl<F: Filesystem> Shipper<F> {
         tokio::pin!(stop);
         loop {
             let result = match self.seal_due(false) {
-                Ok(_) => self.ship_sealed().await.map(|_| ()),
+                Ok(_) => self.ship_sealed().await,
                 Err(error) => Err(error),
             };
             let delay = match result {
-                Ok(()) => {
+                Ok(shipped) => {
+                    if shipped > 0 {
+                        self.health.shipped();
+                    }
                     backoff = Backoff::default();
                     Duration::from_millis(500)
                 }
                 Err(error) if retryable(&error) => {
                     tracing::warn!(%error, "archive shipping failed; retrying");
+                    self.health.failed(&error);
                     backoff.next_delay()
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.health.failed(&error);
+                    return Err(error);
+                }
             };
             tokio::select! {
                 () = &mut stop => return self.flush(drain).await,

@@ -56,6 +56,7 @@ pub async fn serve<S: Client>(
     peer: SocketAddr,
     id: u64,
 ) {
+    let _open = shared.metrics.session_open();
     if let Err(error) = serve_session(&shared, &frontend, client, peer, id).await {
         tracing::info!(target: "imgate::session", session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
     }

@@ -106,6 +106,18 @@ impl Tunnel {
         }
     }
 
+    /// The connectors with a usable connection to this dataplane now, by id.
+    pub fn connectors(&self) -> Vec<String> {
+        let live = self.live();
+        let mut ids: Vec<String> = live
+            .iter()
+            .filter(|(_, open)| open.iter().any(|c| c.close_reason().is_none()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Closes the connections of connectors revoked since the last check.
     fn enforce_revocations(&self) {
         let revoked = match self.authority.state.revoked() {

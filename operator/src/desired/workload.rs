@@ -98,6 +98,8 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         "1",
         "--writer",
         "$(POD_NAME)",
+        "--report-lease",
+        "$(POD_NAME)",
         "--on-archive-failure",
         match archive.on_archive_failure {
             ArchiveFailure::Block => "block",
@@ -164,6 +166,21 @@ fn extra_roots(tenant: &Tenant) -> Option<&str> {
 
 /// The LDAP bind from the tenant's `identity.ldap.bindSecretRef`, as the variables `imgate
 /// up` reads it from.
+/// The environment variable `name` holding the pod's field `path` (downward API).
+fn pod_field((name, path): (&str, &str)) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    }
+}
+
 fn ldap_bind_env(tenant: &Tenant) -> Vec<EnvVar> {
     let secret = tenant
         .spec
@@ -277,20 +294,11 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
             },
         ]),
         env: Some(
-            [EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        api_version: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                value: None,
-            }]
-            .into_iter()
-            .chain(ldap_bind_env(tenant))
-            .collect(),
+            [("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid")]
+                .into_iter()
+                .map(pod_field)
+                .chain(ldap_bind_env(tenant))
+                .collect(),
         ),
         env_from: credentials.map(|secret| {
             vec![EnvFromSource {

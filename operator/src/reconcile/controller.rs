@@ -1,8 +1,9 @@
 //! The Tenant controller: what triggers a Tenant's reconcile, and what happens when one
 //! fails.
 //!
-//! Invariants: a Tenant is reconciled when it changes, when any IMPolicy naming it changes
-//! or goes, and when any object the operator made for it changes (drift is undone within
+//! Invariants: a Tenant is reconciled when its spec changes or its deletion begins (both bump
+//! its `generation`; status writes, the operator's own and the dataplane reports', do not),
+//! when any IMPolicy naming it changes or goes, and when any object the operator made for it changes (drift is undone within
 //! one reconcile); objects are mapped to their Tenant by the tenant label, which every
 //! operator-made object carries, since owner references cannot name a cluster-scoped owner
 //! from a namespaced object in a way the controller's store resolves; only objects labelled
@@ -17,12 +18,13 @@ use imgate_crds::{IMPolicy, Tenant};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, Error, reconcile};
 use crate::names::{FIELD_MANAGER, TENANT_LABEL};
+use crate::report;
 
 /// The delay before a reconcile that lost a race (`409 Conflict`) runs again.
 const AFTER_CONFLICT: Duration = Duration::from_secs(1);
@@ -59,40 +61,58 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-/// Runs the Tenant controller until `shutdown` completes.
+/// Runs the Tenant controller, and the gathering of dataplane reports into Tenant status,
+/// until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    Controller::new(
+    let (tenants, writer) = reflector::store::<Tenant>();
+    let changed = watcher(
         Api::<Tenant>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches(
-        Api::<IMPolicy>::all(client.clone()),
-        watcher::Config::default(),
-        |policy| Some(tenant_of_policy(&policy)),
-    )
-    .watches(
-        Api::<StatefulSet>::all(client.clone()),
-        managed.clone(),
-        |object| tenant_of(&object),
-    )
-    .watches(
-        Api::<Service>::all(client.clone()),
-        managed.clone(),
-        |object| tenant_of(&object),
-    )
-    .watches(Api::<ConfigMap>::all(client), managed, |object| {
-        tenant_of(&object)
-    })
-    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "controller event");
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let gathering = tokio::spawn(report::gather::run(
+        client.clone(),
+        tenants.clone(),
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    Controller::for_stream(changed, tenants)
+        .watches(
+            Api::<IMPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            |policy| Some(tenant_of_policy(&policy)),
+        )
+        .watches(
+            Api::<StatefulSet>::all(client.clone()),
+            managed.clone(),
+            |object| tenant_of(&object),
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            managed.clone(),
+            |object| tenant_of(&object),
+        )
+        .watches(Api::<ConfigMap>::all(client), managed, |object| {
+            tenant_of(&object)
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+    let _ = stop.send(true);
+    let _ = gathering.await;
 }

@@ -133,7 +133,8 @@ async fn write_tenant_status(
     status: TenantStatus,
     ctx: &Context,
 ) -> Result<(), Error> {
-    if tenant.status.as_ref() == Some(&status) {
+    let stored = tenant.status.as_ref().map(status::reconciled_part);
+    if stored == Some(status::reconciled_part(&status)) {
         return Ok(());
     }
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());

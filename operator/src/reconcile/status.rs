@@ -2,7 +2,8 @@
 //! outcome, the tunnel Service and the dataplanes' StatefulSet as the API server returned
 //! them.
 //!
-//! Invariants: `Ready` is `True` only when the policy set is applied, the tunnel can be
+//! Invariants: reconciles own every field but the dataplanes' reports ([`reconciled_part`]);
+//! `Ready` is `True` only when the policy set is applied, the tunnel can be
 //! reached and at least one dataplane is ready, and otherwise names the first thing missing;
 //! `policyRevision` is the revision in the policy ConfigMap, so an invalid set leaves it at
 //! the last good one; kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
@@ -137,12 +138,6 @@ pub fn tenant_status(
     let (endpoint, tunnel_ready) = tunnel(observed, settings);
     let policy = policy_applied(&observed.policy);
     let (ready, running) = dataplanes(observed.stateful_set);
-    let archive = Wanted::new(
-        "ArchiveReachable",
-        State::Unknown,
-        "NotReported",
-        "the dataplanes do not report the archive's reachability to the operator yet; their imgate_archive metrics show it".into(),
-    );
     let overall = if policy.state != State::True {
         Wanted::new(
             "Ready",
@@ -186,7 +181,7 @@ pub fn tenant_status(
         observed_generation: observed.generation,
         conditions: merge(
             &previous.conditions,
-            vec![overall, tunnel_ready, archive, policy, enrollment],
+            vec![overall, tunnel_ready, policy, enrollment],
             observed.generation,
             now,
         ),
@@ -195,7 +190,28 @@ pub fn tenant_status(
             name: names::ENROLLMENT_SECRET.into(),
         }),
         policy_revision,
-        ..previous.clone()
+        ..TenantStatus::default()
+    }
+}
+
+/// The part of `status` that reconciles write: all but the dataplanes' reports (the
+/// `dataplanes`, `connectors` and `activeSessions` fields and the `ArchiveReachable`
+/// condition, which [`crate::report`] writes with a field manager of its own), with the
+/// conditions in type order, since the API server may merge the two managers' in any order.
+pub fn reconciled_part(status: &TenantStatus) -> TenantStatus {
+    let mut conditions: Vec<_> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != crate::report::summary::ARCHIVE_REACHABLE)
+        .cloned()
+        .collect();
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    TenantStatus {
+        conditions,
+        connectors: None,
+        active_sessions: None,
+        dataplanes: Vec::new(),
+        ..status.clone()
     }
 }
 
@@ -222,11 +238,11 @@ pub fn draining_status(
             .filter(|c| c.type_ != "Ready")
             .cloned(),
     );
-    TenantStatus {
+    reconciled_part(&TenantStatus {
         observed_generation: generation,
         conditions,
         ..previous.clone()
-    }
+    })
 }
 
 #[cfg(test)]
@@ -290,7 +306,13 @@ mod tests {
         assert_eq!(status_of(&status, "Ready"), "True");
         assert_eq!(status_of(&status, "TunnelReady"), "True");
         assert_eq!(status_of(&status, "PolicyApplied"), "True");
-        assert_eq!(status_of(&status, "ArchiveReachable"), "Unknown");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != "ArchiveReachable"),
+            "the dataplanes' reports decide ArchiveReachable, not the reconcile"
+        );
         assert_eq!(
             status
                 .enrollment_secret_ref
