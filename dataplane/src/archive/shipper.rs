@@ -10,7 +10,8 @@
 //!
 //! Invariants: segments are shipped one at a time in chain order; an outbox file not covered
 //! by `state.json` (sealed, then a crash before the state was written) is ignored and
-//! rebuilt from the log; failures are retried with exponential back-off and full jitter.
+//! rebuilt from the log; failures are retried with exponential back-off and full jitter; each
+//! round's outcome is recorded in the shipper's [`ShipMonitor`], which health reports read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -314,6 +315,21 @@ impl<F: Filesystem> Shipper<F> {
         Ok(shipped)
     }
 
+    /// Seals what is due (everything durable when `force`) and ships it, recording the outcome
+    /// in the shipper's health; returns how many segments were shipped.
+    async fn round(&mut self, force: bool) -> Result<usize, ArchiveError> {
+        let result = match self.seal_due(force) {
+            Ok(_) => self.ship_sealed().await,
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(0) => {}
+            Ok(_) => self.health.shipped(),
+            Err(error) => self.health.failed(error),
+        }
+        result
+    }
+
     /// Waits until every record appended so far is durable, then seals everything durable
     /// and ships it, retrying failures until `deadline` passes.
     pub async fn flush(&mut self, deadline: Duration) -> Result<(), ArchiveError> {
@@ -323,12 +339,8 @@ impl<F: Filesystem> Shipper<F> {
         }
         let mut backoff = Backoff::default();
         loop {
-            let result = match self.seal_due(true) {
-                Ok(_) => self.ship_sealed().await.map(|_| ()),
-                Err(error) => Err(error),
-            };
-            match result {
-                Ok(()) => return Ok(()),
+            match self.round(true).await {
+                Ok(_) => return Ok(()),
                 Err(error) if start.elapsed() < deadline && retryable(&error) => {
                     tracing::warn!(%error, "archive shipping failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -369,27 +381,16 @@ impl<F: Filesystem> Shipper<F> {
         let mut backoff = Backoff::default();
         tokio::pin!(stop);
         loop {
-            let result = match self.seal_due(false) {
-                Ok(_) => self.ship_sealed().await,
-                Err(error) => Err(error),
-            };
-            let delay = match result {
-                Ok(shipped) => {
-                    if shipped > 0 {
-                        self.health.shipped();
-                    }
+            let delay = match self.round(false).await {
+                Ok(_) => {
                     backoff = Backoff::default();
                     Duration::from_millis(500)
                 }
                 Err(error) if retryable(&error) => {
                     tracing::warn!(%error, "archive shipping failed; retrying");
-                    self.health.failed(&error);
                     backoff.next_delay()
                 }
-                Err(error) => {
-                    self.health.failed(&error);
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             };
             tokio::select! {
                 () = &mut stop => return self.flush(drain).await,

@@ -615,6 +615,12 @@ fn an_unreachable_store_delays_shipping_and_loses_nothing() {
         matches!(error, ArchiveError::Io { .. } | ArchiveError::Store { .. }),
         "{error}"
     );
+    let health = shipper.health();
+    assert!(
+        matches!(health.get(), crate::archive::ShipHealth::Failing { .. }),
+        "the failure is reported: {:?}",
+        health.get()
+    );
     append_all(&log, (0..20).map(|i| format!("while down {i}")));
     shipper
         .seal_due(true)
@@ -622,6 +628,11 @@ fn an_unreachable_store_delays_shipping_and_loses_nothing() {
     std::fs::remove_file(&blocked).expect("store back");
     rt.block_on(shipper.flush(Duration::from_secs(5)))
         .expect("ships");
+    assert!(
+        matches!(health.get(), crate::archive::ShipHealth::Shipped { .. }),
+        "the recovery is reported: {:?}",
+        health.get()
+    );
     let report = rt
         .block_on(verify(&store, "", "acme", &mut |_, _| {}))
         .expect("verify");
