@@ -76,15 +76,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let gathering = tokio::spawn(report::gather::run(
-        client.clone(),
-        tenants.clone(),
-        async move {
-            let mut stopped = stopped;
-            let _ = stopped.wait_for(|stop| *stop).await;
-        },
-    ));
+    let gathering = tokio::spawn(report::gather::run(client.clone(), tenants.clone()));
     Controller::for_stream(changed, tenants)
         .watches(
             Api::<IMPolicy>::all(client.clone()),
@@ -113,6 +105,5 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
-    let _ = stop.send(true);
-    let _ = gathering.await;
+    gathering.abort();
 }

@@ -147,6 +147,19 @@ async fn apply_status<K>(objects: &Api<K>, name: &str, status: &impl Serialize) 
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    apply_status_as(crate::names::FIELD_MANAGER, objects, name, status).await
+}
+
+/// [`apply_status`] with field manager `manager`.
+pub(crate) async fn apply_status_as<K>(
+    manager: &str,
+    objects: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -155,7 +168,7 @@ where
     objects
         .patch_status(
             name,
-            &PatchParams::apply(crate::names::FIELD_MANAGER).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(body),
         )
         .await

@@ -16,7 +16,6 @@ use imgate_crds::Tenant;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -24,6 +23,7 @@ use kube::{Api, Client, ResourceExt};
 use super::summary::{Summary, current, summarize};
 use super::{COMPONENT, COUNTS_EVERY, STATUS_MANAGER};
 use crate::names::{self, TENANT_LABEL};
+use crate::reconcile::apply_status_as;
 
 /// How often Tenants whose Leases changed are looked at.
 const TICK: Duration = Duration::from_secs(2);
@@ -50,7 +50,7 @@ impl Gatherer {
     }
 
     /// The summary Tenant `name` needs written at `now`, if any.
-    pub fn wanted(&self, name: &str, now: Instant) -> Option<(Summary, Tenant)> {
+    pub fn wanted(&self, name: &str, now: Instant) -> Option<Summary> {
         let tenant = self.tenants.get(&ObjectRef::new(name))?;
         if tenant.metadata.deletion_timestamp.is_some() {
             return None;
@@ -86,7 +86,7 @@ impl Gatherer {
         if counts_only && recent {
             return None;
         }
-        Some((summary, (*tenant).clone()))
+        Some(summary)
     }
 
     /// Writes the report fields of each of `tenants` that needs it; returns those whose write
@@ -95,14 +95,10 @@ impl Gatherer {
         let api: Api<Tenant> = Api::all(self.client.clone());
         let mut failed = BTreeSet::new();
         for name in tenants {
-            let Some((summary, _)) = self.wanted(&name, Instant::now()) else {
+            let Some(summary) = self.wanted(&name, Instant::now()) else {
                 continue;
             };
-            let params = PatchParams::apply(STATUS_MANAGER).force();
-            match api
-                .patch_status(&name, &params, &Patch::Apply(summary.patch()))
-                .await
-            {
+            match apply_status_as(STATUS_MANAGER, &api, &name, &summary.status()).await {
                 Ok(_) => {
                     self.written.insert(name, (summary, Instant::now()));
                 }
@@ -126,8 +122,8 @@ fn tenant_of(lease: &Lease) -> Option<String> {
     lease.labels().get(TENANT_LABEL).cloned()
 }
 
-/// Watches report Leases and writes Tenants' report fields until `stop` resolves.
-pub async fn run(client: Client, tenants: Store<Tenant>, stop: impl Future<Output = ()>) {
+/// Watches report Leases and writes Tenants' report fields, for as long as it runs.
+pub async fn run(client: Client, tenants: Store<Tenant>) {
     let (leases, writer) = reflector::store::<Lease>();
     let config =
         watcher::Config::default().labels(&format!("app.kubernetes.io/component={COMPONENT}"));
@@ -135,14 +131,12 @@ pub async fn run(client: Client, tenants: Store<Tenant>, stop: impl Future<Outpu
         .default_backoff()
         .reflect(writer);
     let mut events = std::pin::pin!(events);
-    let mut stop = std::pin::pin!(stop);
     let mut gatherer = Gatherer::new(client, tenants, leases);
     let mut dirty = BTreeSet::new();
     let mut tick = tokio::time::interval(TICK);
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         tokio::select! {
-            () = &mut stop => return,
             event = events.next() => match event {
                 Some(Ok(watcher::Event::Apply(lease) | watcher::Event::Delete(lease) | watcher::Event::InitApply(lease))) => {
                     dirty.extend(tenant_of(&lease));

@@ -153,17 +153,13 @@ impl Summary {
         summary
     }
 
-    /// The status fields to apply, with the Tenant's `apiVersion` and `kind`.
-    pub fn patch(&self) -> serde_json::Value {
+    /// The status fields the operator's report writes own.
+    pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
-            "apiVersion": "imgate.io/v1alpha1",
-            "kind": "Tenant",
-            "status": {
-                "dataplanes": self.dataplanes,
-                "connectors": self.connectors,
-                "activeSessions": self.active_sessions,
-                "conditions": self.archive.iter().collect::<Vec<_>>(),
-            },
+            "dataplanes": self.dataplanes,
+            "connectors": self.connectors,
+            "activeSessions": self.active_sessions,
+            "conditions": self.archive.iter().collect::<Vec<_>>(),
         })
     }
 }

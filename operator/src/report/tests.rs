@@ -411,7 +411,7 @@ async fn session_counts_alone_wait_while_news_goes_at_once() {
         "counts are written when nothing was written lately"
     );
     let moved = report("bbb", 5, &["site-1"], shipped());
-    let (summary, _) = with(&moved).wanted("acme", now).expect("news");
+    let summary = with(&moved).wanted("acme", now).expect("news");
     assert_eq!(
         summary.dataplanes[0].policy_revision.as_deref(),
         Some("bbb")
