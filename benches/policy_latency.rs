@@ -28,7 +28,8 @@ use imgate_crds::IMPolicy;
 use imgate_fake_api::FakeApi;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::common::{cluster, imgate_up_with_env, prosody, wait_for_line};
+use support::common::cluster::Cluster;
+use support::common::{imgate_up_with_env, prosody, wait_for_line};
 use support::{imgate_roots, login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -205,17 +206,17 @@ async fn through_cluster(
     let dir = dir.join(format!("cluster-{}ms", latency.as_millis()));
     std::fs::create_dir_all(&dir).expect("a folder");
     let dir = dir.as_path();
-    let api = FakeApi::new().with_latency(latency);
-    api.insert("tenants", cluster::example_tenant(TENANT));
-    api.insert("impolicies", policy(true));
-    let url = api.serve().await.expect("a port");
-    let kubeconfig = cluster::kubeconfig(dir, &url, &cluster::namespace(TENANT));
-    let operator_log = dir.join("operator.log");
-    let _operator = cluster::operator(&kubeconfig, &operator_log);
-    cluster::policy_revision(&api, TENANT, None, &operator_log);
+    let cluster = Cluster::start(
+        dir,
+        FakeApi::new().with_latency(latency),
+        TENANT,
+        policy(true),
+    )
+    .await;
+    let api = &cluster.api;
     let data = dir.join("imgate-cluster");
     let cert = cert.to_string_lossy();
-    let kubeconfig = kubeconfig.to_string_lossy();
+    let kubeconfig = cluster.kubeconfig.to_string_lossy();
     let (_dataplane, front) = imgate_up_with_env(
         prosody_port,
         &data,
@@ -239,9 +240,7 @@ async fn through_cluster(
     let _probe = probe(front, &data, record.clone()).await;
     wait_blocking(&record).await;
     let before = api.requests.lock().expect("lock").clone();
-    let client =
-        kube::Client::try_from(kube::Config::new(url.parse().expect("a URL"))).expect("a client");
-    let policies: Api<IMPolicy> = Api::namespaced(client, POLICY_NAMESPACE);
+    let policies: Api<IMPolicy> = Api::namespaced(cluster.client(), POLICY_NAMESPACE);
     let latencies = time_changes(&record, |block| {
         let policies = policies.clone();
         async move {

@@ -317,7 +317,7 @@ fn relay(role: &str) {
         match role {
             "server" => {
                 let identity = ca
-                    .issue_dataplane(&["localhost".to_owned()], 1)
+                    .issue_dataplane(&["localhost".to_owned()], Duration::from_secs(86_400))
                     .expect("identity");
                 let config = dataplane_config(ca.certificate(), identity).expect("TLS");
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));

@@ -13,6 +13,8 @@ mod policy;
 mod policy_watch;
 mod tunnel_admin;
 mod up;
+mod up_follow;
+mod up_identity;
 mod up_report;
 
 use std::io::IsTerminal;

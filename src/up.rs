@@ -3,9 +3,11 @@
 //! fixed port-forwards, the archive in a local directory, and a live view of sessions and
 //! verdicts in the terminal. Changed `--policy` files (looked at every
 //! `--policy-poll-seconds`, and on SIGHUP) are reloaded without dropping sessions; in a
-//! cluster, the policy follows its ConfigMap through the API instead
-//! (`--policy-config-map`), and enrollment tokens are redeemed from the Secret the operator
-//! mints into (`--enrollment-secret`). Ctrl-C stops it after the archive is flushed.
+//! cluster, the policy, the identity sources and the revoked connectors follow their ConfigMap
+//! through the API instead (`--policy-config-map`, [`crate::up_follow`]), and enrollment
+//! tokens are redeemed from the Secret the operator mints into (`--enrollment-secret`). The
+//! tunnel's certificate is issued again before it expires. Ctrl-C stops it after the archive
+//! is flushed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,13 +18,11 @@ use anyhow::Context;
 use clap::Args;
 use imgate_crds::IMPolicy;
 use imgate_crds::tenant::ArchiveFailure;
-use imgate_crds::tenant::{IdentitySpec, LdapDirectory};
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::{Encryption, LocalStore, S3Config, S3Store};
 use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
 use imgate_dataplane::identity::Directory;
-use imgate_dataplane::identity::ldap::{Bind, LdapSource};
 use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
 use imgate_dataplane::proxy::server;
@@ -30,16 +30,19 @@ use imgate_dataplane::proxy::shared::{ForwardAfter, Shared};
 use imgate_dataplane::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
 use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use imgate_dataplane::tunnel::listener;
+use imgate_dataplane::tunnel::server_cert::{self, ServerCertificate};
 use imgate_dataplane::tunnel::tokens::{Redeemer, TunnelState};
 use imgate_operator::enrollment::SecretTokens;
-use imgate_operator::policy::compile_delivered;
-use imgate_operator::policy_follow;
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
-use crate::{policy_watch, up_report};
+use crate::up_follow::Delivery;
+use crate::{policy_watch, up_identity, up_report};
 
 const DEFAULT_POLICY: &str = include_str!("default-policy.yaml");
+
+/// How long the dataplane's tunnel certificate is valid; a new one is issued in time.
+const TUNNEL_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 
 /// `imgate up` options.
 #[derive(Args, Clone)]
@@ -101,8 +104,8 @@ pub struct UpArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// A file listing revoked connectors, one id a line, instead of the tunnel folder's
-    /// `revoked` (the operator delivers the tenant's in the policy ConfigMap); read at every
-    /// connection and every few seconds, a missing file revokes none.
+    /// `revoked`; read at every connection and every second, a missing file revokes none.
+    /// With --policy-config-map, the list that ConfigMap delivers replaces it once it arrives.
     #[arg(long, value_name = "FILE")]
     tunnel_revoked: Option<PathBuf>,
     /// Redeem enrollment tokens from this Secret of the pod's namespace, which the operator
@@ -154,7 +157,8 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2)]
     policy_poll_seconds: u64,
     /// The tenant's identity sources, as a Tenant's `spec.identity` in YAML (static handles
-    /// and an LDAP directory); instead of a Tenant's in the `--policy` files.
+    /// and an LDAP directory); instead of a Tenant's in the `--policy` files. With
+    /// --policy-config-map, the sources that ConfigMap delivers replace them once they arrive.
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
     /// Server-side encryption of archived objects: `s3` (SSE-S3) or `kms` (SSE-KMS, with
@@ -217,46 +221,10 @@ fn compile(args: &UpArgs) -> anyhow::Result<(CompiledPolicy, Directory)> {
         (policy.clone(), identity)
     };
     let identity = match &args.identity {
-        Some(path) => Some(read_identity(path)?),
+        Some(path) => Some(up_identity::read(path)?),
         None => tenant_identity,
     };
-    let Some(identity) = identity else {
-        return Ok((policy, Directory::default()));
-    };
-    let mut directory = Directory::from_static(&identity.static_entries);
-    if let Some(ldap) = &identity.ldap {
-        directory = directory.with_ldap(LdapSource::new(ldap, ldap_bind(ldap)?)?);
-    }
-    Ok((policy, directory))
-}
-
-/// Reads a Tenant's `spec.identity` from `path`.
-fn read_identity(path: &Path) -> anyhow::Result<IdentitySpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the identity file {}", path.display()))?;
-    serde_saphyr::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a Tenant's spec.identity (static handles and an ldap directory)",
-            path.display()
-        )
-    })
-}
-
-/// The LDAP bind for `imgate up`: the Tenant's `bindSecretRef` names a Kubernetes Secret,
-/// which a local run reads from `IMGATE_LDAP_BIND_DN` and `IMGATE_LDAP_PASSWORD` instead.
-fn ldap_bind(ldap: &LdapDirectory) -> anyhow::Result<Option<Bind>> {
-    if ldap.bind_secret_ref.is_none() {
-        return Ok(None);
-    }
-    match (
-        std::env::var("IMGATE_LDAP_BIND_DN"),
-        std::env::var("IMGATE_LDAP_PASSWORD"),
-    ) {
-        (Ok(dn), Ok(password)) => Ok(Some(Bind { dn, password })),
-        _ => anyhow::bail!(
-            "the Tenant's identity.ldap has a bindSecretRef: set IMGATE_LDAP_BIND_DN and IMGATE_LDAP_PASSWORD to the Secret's bindDN and password"
-        ),
-    }
+    Ok((policy, up_identity::directory(identity.as_ref())?))
 }
 
 async fn bind(spec: &str, frontend: Frontend) -> anyhow::Result<Option<(TcpListener, Frontend)>> {
@@ -290,7 +258,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let client = kube_client(&args).await?;
-        let tokens = token_store(&args, client.clone());
+        let tunnel_state = tunnel_state(&args);
+        let tokens = token_store(&args, client.clone(), &tunnel_state);
 
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
@@ -313,7 +282,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         let fail_closed = args.on_archive_failure == ArchiveFailure::Block;
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
-        shared.directory = directory;
+        shared.set_directory(directory);
         shared.forward_after = args.forward_after;
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
@@ -321,9 +290,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         // everything it leads to is ready.
         let tunnel = match args.tunnel.as_str() {
             "off" => None,
-            spec => Some(tunnel_endpoint(spec, &args, tokens, shared.clone())?),
+            spec => Some(tunnel_endpoint(spec, &args, tokens, tunnel_state.clone(), shared.clone())?),
         };
-        let connectors = tunnel.as_ref().map(|(_, tunnel)| tunnel.clone());
+        let connectors = tunnel.as_ref().map(|parts| parts.tunnel.clone());
         let mut listeners = Vec::new();
         listeners.extend(bind(&args.socks, Frontend::Socks5).await?);
         listeners.extend(bind(&args.http, Frontend::HttpConnect).await?);
@@ -359,7 +328,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let stop_tunnel = Arc::new(tokio::sync::Notify::new());
         let tunnel = match tunnel {
             None => None,
-            Some((endpoint, tunnel)) => {
+            Some(TunnelParts { endpoint, tunnel, renewing }) => {
                 let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
                 let enroll = match &args.enrollment_secret {
                     Some(name) => format!("enrollment tokens from Secret {name}"),
@@ -368,7 +337,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
                 println!("  tunnel (QUIC, UDP)           {} ({enroll})", endpoint.local_addr()?);
                 let stop = stop_tunnel.clone();
                 let drain = Duration::from_secs(args.drain_seconds);
-                Some(tokio::spawn(listener::run(tunnel, endpoint, async move { stop.notified().await }, drain)))
+                Some((tokio::spawn(listener::run(tunnel, endpoint, async move { stop.notified().await }, drain)), renewing))
             }
         };
         if args.metrics != "off" {
@@ -386,10 +355,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let enforced = Arc::new(Mutex::new(None));
         let watching = match (&args.policy_config_map, client.clone()) {
             (Some(name), Some(client)) => {
-                let (shared, tenant, name, enforced) = (shared.clone(), args.tenant.clone(), name.clone(), enforced.clone());
-                Some(tokio::spawn(async move {
-                    policy_follow::follow(kube::Api::default_namespaced(client), &name, |revision, yaml| reload_delivered(&shared, &tenant, &name, revision, yaml, &enforced)).await;
-                }))
+                let delivery = Delivery { shared: shared.clone(), tenant: args.tenant.clone(), name: name.clone(), enforced: enforced.clone(), tunnel: tunnel_state };
+                Some(tokio::spawn(delivery.follow(client)))
             }
             _ => (!args.policy.is_empty() && args.policy_poll_seconds > 0).then(|| {
                 let (shared, args) = (shared.clone(), args.clone());
@@ -420,9 +387,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         if let Some(watching) = watching {
             watching.abort();
         }
-        if let Some(tunnel) = tunnel {
+        if let Some((tunnel, renewing)) = tunnel {
             stop_tunnel.notify_one();
             tunnel.await?;
+            renewing.abort();
         }
         println!("stopping: flushing the archive");
         stop.notify_one();
@@ -464,12 +432,26 @@ async fn kube_client(args: &UpArgs) -> anyhow::Result<Option<kube::Client>> {
 }
 
 /// Where enrollment tokens are redeemed: the Secret `--enrollment-secret` names, else the
-/// tunnel folder.
-fn token_store(args: &UpArgs, client: Option<kube::Client>) -> Arc<dyn Redeemer> {
+/// tunnel folder `state`.
+fn token_store(
+    args: &UpArgs,
+    client: Option<kube::Client>,
+    state: &TunnelState,
+) -> Arc<dyn Redeemer> {
     match (&args.enrollment_secret, client) {
         (Some(name), Some(client)) => Arc::new(SecretTokens::new(client, name, &args.writer)),
-        _ => Arc::new(tunnel_state(args)),
+        _ => Arc::new(state.clone()),
     }
+}
+
+/// A running tunnel's parts.
+struct TunnelParts {
+    /// Its QUIC endpoint.
+    endpoint: quinn::Endpoint,
+    /// What it serves.
+    tunnel: Arc<listener::Tunnel>,
+    /// The task that issues the endpoint new certificates in time.
+    renewing: tokio::task::JoinHandle<()>,
 }
 
 /// The tunnel's QUIC endpoint on `spec`, under the tenant's tunnel CA (made on first use),
@@ -479,8 +461,9 @@ fn tunnel_endpoint(
     spec: &str,
     args: &UpArgs,
     tokens: Arc<dyn Redeemer>,
+    state: TunnelState,
     shared: Arc<Shared>,
-) -> anyhow::Result<(quinn::Endpoint, Arc<listener::Tunnel>)> {
+) -> anyhow::Result<TunnelParts> {
     use imgate_dataplane::tunnel::{endpoint, enroll, trust};
     let address: SocketAddr = spec
         .parse()
@@ -489,20 +472,31 @@ fn tunnel_endpoint(
     let ca_dir = args.tunnel_ca.as_deref().unwrap_or(&dir);
     let ca = trust::TunnelCa::load_or_generate(ca_dir, &args.tenant)
         .with_context(|| format!("the tunnel CA in {}", ca_dir.display()))?;
-    let identity = ca.issue_dataplane(&args.tunnel_names, 30)?;
-    let config = endpoint::server(trust::dataplane_config(ca.certificate(), identity)?)?;
+    let ca = Arc::new(ca);
+    let certificate = ServerCertificate::new(&args.tunnel_names, TUNNEL_CERTIFICATE_LIFETIME);
+    let (config, issued) = certificate.issue(&ca)?;
     let endpoint = endpoint::bind(address, Some(config)).with_context(|| {
         format!(
             "cannot listen for the tunnel on UDP {address} (in use? choose another with --tunnel)"
         )
     })?;
+    let renewing = tokio::spawn(server_cert::keep_renewed(
+        endpoint.clone(),
+        ca.clone(),
+        certificate,
+        issued,
+    ));
     let authority = enroll::Authority {
         ca,
         tokens,
-        state: tunnel_state(args),
+        state,
         days: args.connector_days,
     };
-    Ok((endpoint, Arc::new(listener::Tunnel::new(shared, authority))))
+    Ok(TunnelParts {
+        endpoint,
+        tunnel: Arc::new(listener::Tunnel::new(shared, authority)),
+        renewing,
+    })
 }
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz`.
@@ -539,32 +533,6 @@ fn reload(shared: &Shared, args: &UpArgs, why: &str) {
         }
         Err(error) => {
             tracing::error!(target: "imgate::session", "policy {why}, not reloaded, the last good one stays in force: {error:#}")
-        }
-    }
-}
-
-/// Compiles the policy set of `revision` that ConfigMap `name` delivered and swaps it in,
-/// recording the revision as `enforced`; one that does not compile is refused and the last
-/// good one stays in force.
-fn reload_delivered(
-    shared: &Shared,
-    tenant: &str,
-    name: &str,
-    revision: &str,
-    yaml: &str,
-    enforced: &Mutex<Option<String>>,
-) {
-    match compile_delivered(tenant, yaml) {
-        Ok(policy) => {
-            let rules = policy.content_rule_count();
-            shared.reload(policy);
-            *enforced
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(revision.to_owned());
-            tracing::info!(target: "imgate::session", "policy revision {revision} from ConfigMap {name}, in force ({rules} content rules)");
-        }
-        Err(error) => {
-            tracing::error!(target: "imgate::session", "policy revision {revision} from ConfigMap {name} refused, the last good one stays in force: {error}")
         }
     }
 }

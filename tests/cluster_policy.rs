@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{self, namespace, object, policy_revision, wait_until};
+use common::cluster::{Cluster, namespace, object, policy_revision, wait_until};
 use common::{free_port, imgate_up_with_env, wait_for_line};
 use imgate_crds::IMPolicy;
 use imgate_fake_api::FakeApi;
@@ -38,18 +38,18 @@ fn policy(keyword: Option<&str>) -> Value {
 fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let api = FakeApi::new();
-    api.insert("tenants", cluster::example_tenant(TENANT));
-    api.insert("impolicies", policy(Some("project falcon")));
-    let url = runtime.block_on(api.serve()).expect("a port");
-    let kubeconfig = cluster::kubeconfig(dir.path(), &url, &namespace(TENANT));
-    let operator_log = dir.path().join("operator.log");
-    let _operator = cluster::operator(&kubeconfig, &operator_log);
-    let first = policy_revision(&api, TENANT, None, &operator_log);
+    let cluster = runtime.block_on(Cluster::start(
+        dir.path(),
+        FakeApi::new(),
+        TENANT,
+        policy(Some("project falcon")),
+    ));
+    let (api, operator_log) = (&cluster.api, &cluster.operator_log);
+    let first = cluster.revision.clone();
 
     let data = dir.path().join("dataplane");
     let log = data.with_extension("log");
-    let kubeconfig_text = kubeconfig.to_string_lossy();
+    let kubeconfig_text = cluster.kubeconfig.to_string_lossy();
     let (dataplane, _) = imgate_up_with_env(
         free_port(),
         &data,
@@ -71,9 +71,7 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     );
 
     let _entered = runtime.enter();
-    let client =
-        kube::Client::try_from(kube::Config::new(url.parse().expect("a URL"))).expect("a client");
-    let policies: Api<IMPolicy> = Api::namespaced(client, TENANT);
+    let policies: Api<IMPolicy> = Api::namespaced(cluster.client(), TENANT);
     let apply = |policy: Value| {
         runtime
             .block_on(policies.patch(
@@ -84,7 +82,7 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
             .expect("the API server takes the apply");
     };
     apply(policy(Some("project osprey")));
-    let second = policy_revision(&api, TENANT, Some(&first), &operator_log);
+    let second = policy_revision(api, TENANT, Some(&first), operator_log);
     wait_for_line(
         &log,
         &[&format!(
@@ -93,8 +91,8 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     );
 
     apply(policy(None));
-    let refused = wait_until("the invalid policy's condition", &operator_log, || {
-        let stored = object(&api, "impolicies", Some(TENANT), "deals")?;
+    let refused = wait_until("the invalid policy's condition", operator_log, || {
+        let stored = object(api, "impolicies", Some(TENANT), "deals")?;
         let conditions = stored["status"]["conditions"].as_array()?;
         conditions
             .iter()
@@ -108,7 +106,7 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let kept =
-        object(&api, "configmaps", Some(&namespace(TENANT)), "policy").expect("the ConfigMap");
+        object(api, "configmaps", Some(&namespace(TENANT)), "policy").expect("the ConfigMap");
     assert_eq!(
         kept["metadata"]["annotations"]["imgate.io/policy-revision"], second,
         "the operator keeps delivering the last good policy"
@@ -121,9 +119,9 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
 
     let reported = wait_until(
         "the dataplane's report in the Tenant's status",
-        &operator_log,
+        operator_log,
         || {
-            let status = object(&api, "tenants", None, TENANT)?["status"].clone();
+            let status = object(api, "tenants", None, TENANT)?["status"].clone();
             let pod = status["dataplanes"].as_array()?.first()?.clone();
             (pod["name"] == "dataplane-0" && pod["policyRevision"] == second.as_str())
                 .then_some(status)
@@ -147,9 +145,9 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     assert!(stopped.success());
     let gone = wait_until(
         "the stopped dataplane's report leaving the status",
-        &operator_log,
+        operator_log,
         || {
-            let status = object(&api, "tenants", None, TENANT)?["status"].clone();
+            let status = object(api, "tenants", None, TENANT)?["status"].clone();
             let none = status["dataplanes"].as_array().is_none_or(Vec::is_empty);
             none.then_some(status)
         },
@@ -160,5 +158,5 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(archive["reason"], "NoReports", "{gone}");
-    assert!(object(&api, "leases", Some(&namespace(TENANT)), "dataplane-0").is_none());
+    assert!(object(api, "leases", Some(&namespace(TENANT)), "dataplane-0").is_none());
 }

@@ -28,6 +28,50 @@ pub fn example_tenant(tenant: &str) -> Value {
     object
 }
 
+/// The in-memory API server serving the example Tenant as `tenant` and its IMPolicy `policy`,
+/// and `imgate operator run` against it, which has delivered the first policy set.
+pub struct Cluster {
+    /// The API server.
+    pub api: FakeApi,
+    /// Its URL.
+    pub url: String,
+    /// A kubeconfig for it, in the tenant's namespace, as a dataplane pod sees it.
+    pub kubeconfig: PathBuf,
+    /// The operator's log.
+    pub operator_log: PathBuf,
+    /// The revision of the first policy set.
+    pub revision: String,
+    _operator: Killed,
+}
+
+impl Cluster {
+    /// Starts it with `api`, its files in `dir`.
+    pub async fn start(dir: &Path, api: FakeApi, tenant: &str, policy: Value) -> Self {
+        api.insert("tenants", example_tenant(tenant));
+        api.insert("impolicies", policy);
+        let url = api.serve().await.expect("a port");
+        let kubeconfig = kubeconfig(dir, &url, &namespace(tenant));
+        let operator_log = dir.join("operator.log");
+        let running = operator(&kubeconfig, &operator_log);
+        let revision = policy_revision(&api, tenant, None, &operator_log);
+        Self {
+            api,
+            url,
+            kubeconfig,
+            operator_log,
+            revision,
+            _operator: running,
+        }
+    }
+
+    /// A client of the API server, for changes a user would make with kubectl; needs a
+    /// runtime entered.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(kube::Config::new(self.url.parse().expect("a URL")))
+            .expect("a client")
+    }
+}
+
 /// Writes a kubeconfig for the API server at `url` whose context is in `namespace`, as a
 /// tenant's dataplane pod sees its API server; returns its path.
 pub fn kubeconfig(dir: &Path, url: &str, namespace: &str) -> PathBuf {

@@ -1,6 +1,6 @@
-//! What every session of one tenant's dataplane shares: the compiled policy (swapped whole
-//! on reload, so a session sees either the old or the new policy, never a mix), the sender
-//! tracker, the archive log and the timeouts.
+//! What every session of one tenant's dataplane shares: the compiled policy and the identity
+//! directory (each swapped whole on reload, so a lookup sees either the old or the new one,
+//! never a mix), the sender tracker, the archive log and the timeouts.
 //!
 //! Invariants: a record is appended for every event before the event's effect is forwarded,
 //! and with `fail_closed` the effect waits (in [`Shared::settle`]) until the record is
@@ -65,8 +65,7 @@ pub struct Shared {
     pub tls: Option<Arc<super::xmpp_relay::TlsContext>>,
     /// Prometheus metrics.
     pub metrics: crate::telemetry::Metrics,
-    /// Who handles are.
-    pub directory: crate::identity::Directory,
+    directory: RwLock<Arc<crate::identity::Directory>>,
     /// Messages archived recently, so that carbon copies are archived once.
     pub copies: super::copies::Copies,
     /// The number the next session gets (its name is `<writer>-<number>`).
@@ -94,7 +93,7 @@ impl Shared {
             limits: Limits::default(),
             tls: None,
             metrics: crate::telemetry::Metrics::default(),
-            directory: crate::identity::Directory::default(),
+            directory: RwLock::default(),
             copies: super::copies::Copies::default(),
             next_session: std::sync::atomic::AtomicU64::new(1),
         }
@@ -117,7 +116,12 @@ impl Shared {
         handle: String,
         named: Option<String>,
     ) -> Party {
-        let Some((identity, source)) = self.directory.resolve(protocol, &handle).await else {
+        let directory = self
+            .directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some((identity, source)) = directory.resolve(protocol, &handle).await else {
             return Party {
                 handle,
                 person: named,
@@ -150,6 +154,12 @@ impl Shared {
     /// Replaces the policy; sessions pick it up with their next event.
     pub fn reload(&self, policy: CompiledPolicy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// Resolves handles through `directory` from now on; lookups under way finish with the
+    /// directory they started with.
+    pub fn set_directory(&self, directory: crate::identity::Directory) {
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
     }
 
     /// Evaluates one event against the current policy.

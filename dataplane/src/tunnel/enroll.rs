@@ -88,7 +88,7 @@ fn connection_error(error: impl std::fmt::Display) -> EnrollError {
 /// What the dataplane needs to sign connectors' certificates.
 pub struct Authority {
     /// The tenant's tunnel CA.
-    pub ca: TunnelCa,
+    pub ca: Arc<TunnelCa>,
     /// Where its one-time tokens are redeemed.
     pub tokens: Arc<dyn Redeemer>,
     /// Its revocation list.

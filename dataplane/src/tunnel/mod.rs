@@ -2,9 +2,10 @@
 //! mutual TLS under a per-tenant tunnel CA, one bidirectional stream per proxied TCP
 //! connection: [`header`] is the per-stream wire format, [`trust`] the CA, certificates and TLS
 //! configurations, [`tokens`] the one-time enrollment tokens and the revocation list,
-//! [`enroll`] enrollment and renewal, [`pinned`] how a new connector trusts its dataplane,
-//! [`endpoint`] the QUIC configurations, [`listener`] the dataplane's side and [`connector`]
-//! the connector's, with its [`connector_metrics`] and the [`target`]s it dials.
+//! [`enroll`] enrollment and renewal, [`server_cert`] the dataplane's own certificate and its
+//! renewal, [`pinned`] how a new connector trusts its dataplane, [`endpoint`] the QUIC
+//! configurations, [`listener`] the dataplane's side and [`connector`] the connector's, with
+//! its [`connector_metrics`] and the [`target`]s it dials.
 
 pub mod connector;
 pub mod connector_metrics;
@@ -13,6 +14,7 @@ pub mod enroll;
 pub mod header;
 pub mod listener;
 pub mod pinned;
+pub mod server_cert;
 pub mod target;
 pub mod tokens;
 pub mod trust;

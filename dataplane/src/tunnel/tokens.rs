@@ -11,13 +11,16 @@
 //! Invariants: the secret is never stored, only its SHA-256 (`tokens/<hash>.json`); a token is
 //! redeemed at most once, by an atomic rename to `<hash>.used`, so two dataplanes sharing the
 //! folder cannot both accept it; a used token stays recognisable as used, so its reuse is
-//! refused as such; a revoked connector id is never served again.
+//! refused as such; a revoked connector id is never served again. Once a revocation list has
+//! been delivered through the API ([`TunnelState::deliver_revocations`]), it alone says who is
+//! revoked, for every clone of that state.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -178,6 +181,7 @@ pub trait Redeemer: Send + Sync {
 pub struct TunnelState {
     dir: PathBuf,
     revocations: PathBuf,
+    delivered: Arc<RwLock<Option<HashSet<String>>>>,
 }
 
 fn unix_now() -> u64 {
@@ -192,6 +196,7 @@ impl TunnelState {
         Self {
             dir: dir.to_owned(),
             revocations: dir.join("revoked"),
+            delivered: Arc::default(),
         }
     }
 
@@ -286,8 +291,26 @@ impl TunnelState {
             .map_err(files(path))
     }
 
+    /// From now on the revoked connectors are `ids`, as the operator delivers them through the
+    /// API, and no longer the revocation file's (which the kubelet refreshes a minute or more
+    /// later); this state's clones see them too.
+    pub fn deliver_revocations(&self, ids: HashSet<String>) {
+        *self
+            .delivered
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(ids);
+    }
+
     /// The revoked connectors.
     pub fn revoked(&self) -> Result<HashSet<String>, TokenError> {
+        if let Some(ids) = self
+            .delivered
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            return Ok(ids.clone());
+        }
         let path = &self.revocations;
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(text

@@ -79,11 +79,11 @@ fn ca_params(tenant: &str) -> CertificateParams {
     crate::proxy::tls::ca_params(&format!("imgate tunnel CA for {tenant}"))
 }
 
-/// Validity from an hour ago (clock skew) for `days`.
-fn validity(params: &mut CertificateParams, days: u64) {
+/// Validity from an hour ago (clock skew) for `lifetime` from now.
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
-    params.not_after = (now + Duration::from_secs(days * 86_400)).into();
+    params.not_after = (now + lifetime).into();
 }
 
 /// The URI naming connector `id` of `tenant` in its certificate.
@@ -125,9 +125,14 @@ impl TunnelCa {
         &self.cert
     }
 
-    /// Issues the dataplane's server certificate for the names connectors dial; the chain
-    /// carries the CA, which a connector holding only a token's pin of it needs.
-    pub fn issue_dataplane(&self, names: &[String], days: u64) -> Result<Identity, TrustError> {
+    /// Issues the dataplane's server certificate for the names connectors dial, valid for
+    /// `lifetime` from now ([`super::server_cert`] issues it again in time); the chain carries
+    /// the CA, which a connector holding only a token's pin of it needs.
+    pub fn issue_dataplane(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<Identity, TrustError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.to_vec())?;
         params.distinguished_name.push(
@@ -135,7 +140,7 @@ impl TunnelCa {
             format!("imgate dataplane for {}", self.tenant),
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut params, days);
+        validity(&mut params, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Identity {
             chain: vec![cert.der().clone(), self.cert.clone()],
@@ -162,7 +167,7 @@ impl TunnelCa {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(params, days);
+        validity(params, Duration::from_secs(days * 86_400));
         Ok(request.signed_by(&self.issuer)?.der().clone())
     }
 }
@@ -273,4 +278,4 @@ pub fn connector_of(cert: &CertificateDer<'_>) -> Option<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -122,3 +122,29 @@ fn revocations_can_come_from_a_delivered_file() {
         "the tunnel folder's own list is not consulted"
     );
 }
+
+#[test]
+fn a_delivered_revocation_list_replaces_the_file_for_every_clone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = TunnelState::new(dir.path());
+    state.revoke("site-a").expect("revoked in the file");
+    let listener_view = state.clone();
+    let token = state
+        .mint("site-b", &ca(), Duration::from_secs(60))
+        .expect("minted");
+    state.deliver_revocations(HashSet::from(["site-b".to_owned()]));
+    assert_eq!(
+        listener_view.revoked().expect("delivered"),
+        HashSet::from(["site-b".to_owned()]),
+        "the delivered list alone counts, in a clone made before it came"
+    );
+    assert_eq!(
+        listener_view.redeem(&token),
+        Err(TokenError::Revoked("site-b".into()))
+    );
+    state.deliver_revocations(HashSet::new());
+    assert!(
+        listener_view.revoked().expect("delivered").is_empty(),
+        "a connector taken off the delivered list is served again"
+    );
+}

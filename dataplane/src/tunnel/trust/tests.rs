@@ -1,15 +1,16 @@
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::*;
 use crate::tunnel::endpoint;
 use crate::tunnel::header::{Decoded, Reply, Status, StreamHeader};
 
-const DIALLED: &str = "tunnel.acme.example";
+pub(in crate::tunnel) const DIALLED: &str = "tunnel.acme.example";
 
 /// A dataplane of `ca`'s tenant listening on loopback.
 fn dataplane(ca: &TunnelCa) -> quinn::Endpoint {
     let identity = ca
-        .issue_dataplane(&[DIALLED.to_owned()], 30)
+        .issue_dataplane(&[DIALLED.to_owned()], Duration::from_secs(86_400))
         .expect("server certificate");
     let tls = dataplane_config(ca.certificate(), identity).expect("server TLS");
     let config = endpoint::server(tls).expect("QUIC server");
@@ -18,7 +19,11 @@ fn dataplane(ca: &TunnelCa) -> quinn::Endpoint {
 
 /// A connector enrolled with `signer` (its key made here, only the request signed there),
 /// trusting dataplanes of `trusted`.
-fn connector(signer: &TunnelCa, trusted: &TunnelCa, id: &str) -> quinn::Endpoint {
+pub(in crate::tunnel) fn connector(
+    signer: &TunnelCa,
+    trusted: &TunnelCa,
+    id: &str,
+) -> quinn::Endpoint {
     let (key, request) = connector_request(id).expect("request");
     let cert = signer.sign_connector(&request, id, 30).expect("signed");
     let identity = connector_identity(&key, cert).expect("identity");
@@ -79,7 +84,10 @@ async fn serve(endpoint: &quinn::Endpoint) -> Result<(String, String), String> {
     Ok(who)
 }
 
-async fn dial(endpoint: &quinn::Endpoint, at: SocketAddr) -> Result<quinn::Connection, String> {
+pub(in crate::tunnel) async fn dial(
+    endpoint: &quinn::Endpoint,
+    at: SocketAddr,
+) -> Result<quinn::Connection, String> {
     endpoint
         .connect(at, DIALLED)
         .map_err(|e| e.to_string())?
