@@ -2,10 +2,10 @@
 //! compiled by `imgate operator run` into the tenant's policy ConfigMap, which a running
 //! `imgate up --policy-config-map` follows and puts in force; an invalid policy is refused by
 //! the operator and the dataplane keeps enforcing the last good one. The dataplane reports
-//! back (`--report-lease`): the Tenant's status shows the revision it enforces beside the
-//! operator's own conditions, and loses it when the dataplane stops. The API server is the
-//! in-memory one (none can be installed here); the operator and the dataplane are the real
-//! programs, reaching it through a kubeconfig.
+//! back (`--report-lease`): the Tenant's status shows the revision it enforces, and that every
+//! dataplane enforces the delivered one, beside the operator's own conditions, and loses it
+//! when the dataplane stops. The API server is the in-memory one (none can be installed here);
+//! the operator and the dataplane are the real programs, reaching it through a kubeconfig.
 
 mod common;
 
@@ -123,9 +123,23 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
         || {
             let status = object(api, "tenants", None, TENANT)?["status"].clone();
             let pod = status["dataplanes"].as_array()?.first()?.clone();
-            (pod["name"] == "dataplane-0" && pod["policyRevision"] == second.as_str())
+            let enforced = status["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "PolicyEnforced" && c["status"] == "True");
+            (pod["name"] == "dataplane-0" && pod["policyRevision"] == second.as_str() && enforced)
                 .then_some(status)
         },
+    );
+    let enforced = reported["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PolicyEnforced"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        enforced["message"],
+        format!("every dataplane (1) enforces revision {second}"),
+        "{reported}"
     );
     let types: Vec<&str> = reported["conditions"]
         .as_array()

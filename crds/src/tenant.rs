@@ -359,7 +359,8 @@ pub struct TenantStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `TunnelReady`, `ArchiveReachable`, `PolicyApplied`.
+    /// `Ready`, `TunnelReady`, `ArchiveReachable`, `PolicyApplied`, `PolicyEnforced`,
+    /// `ConnectorEnrollment`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::conditions::schema")]
     pub conditions: Vec<Condition>,

@@ -76,7 +76,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let gathering = tokio::spawn(report::gather::run(client.clone(), tenants.clone()));
+    let gathering = tokio::spawn(report::gather::run(ctx.clone(), tenants.clone()));
     Controller::for_stream(changed, tenants)
         .watches(
             Api::<IMPolicy>::all(client.clone()),

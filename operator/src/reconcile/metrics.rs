@@ -1,8 +1,10 @@
 //! The operator's Prometheus metrics: reconciles, their failures by the step that failed,
-//! their duration, and whether this replica leads.
+//! their duration, whether this replica leads, and the writes of dataplane reports into
+//! Tenant status by outcome.
 //!
 //! Invariants: counters only grow; every reconcile is counted once, when it ends, and a
-//! failed one once more under its error's [`metric_label`](super::Error::metric_label).
+//! failed one once more under its error's [`metric_label`](super::Error::metric_label); every
+//! report write is counted once, when the API server has answered.
 
 use std::sync::atomic::AtomicI64;
 use std::time::Instant;
@@ -21,6 +23,11 @@ struct ErrorLabel {
     error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -28,6 +35,7 @@ pub struct Metrics {
     failures: Family<ErrorLabel, Counter>,
     duration: Histogram,
     leader: Gauge<i64, AtomicI64>,
+    report_writes: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -37,6 +45,7 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabel, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::<i64, AtomicI64>::default();
+        let report_writes = Family::<OutcomeLabel, Counter>::default();
         registry.register("reconciles", "Tenant reconciles ended", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -53,12 +62,18 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "report_writes",
+            "Writes of dataplane reports into Tenant status, by outcome (written or failed)",
+            report_writes.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            report_writes,
         }
     }
 }
@@ -80,6 +95,14 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a write of dataplane reports into a Tenant's status, `written` or not.
+    pub fn report_written(&self, written: bool) {
+        let outcome = if written { "written" } else { "failed" };
+        self.report_writes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Records whether this replica leads.

@@ -35,7 +35,7 @@ pub(crate) mod chart_rbac;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt::Debug;
 

@@ -195,14 +195,21 @@ pub fn tenant_status(
 }
 
 /// The part of `status` that reconciles write: all but the dataplanes' reports (the
-/// `dataplanes`, `connectors` and `activeSessions` fields and the `ArchiveReachable`
-/// condition, which [`crate::report`] writes with a field manager of its own), with the
+/// `dataplanes`, `connectors` and `activeSessions` fields and the `ArchiveReachable` and
+/// `PolicyEnforced` conditions, which [`crate::report`] writes with a field manager of its
+/// own), with the
 /// conditions in type order, since the API server may merge the two managers' in any order.
 pub fn reconciled_part(status: &TenantStatus) -> TenantStatus {
     let mut conditions: Vec<_> = status
         .conditions
         .iter()
-        .filter(|c| c.type_ != crate::report::summary::ARCHIVE_REACHABLE)
+        .filter(|c| {
+            ![
+                crate::report::summary::ARCHIVE_REACHABLE,
+                crate::report::summary::POLICY_ENFORCED,
+            ]
+            .contains(&c.type_.as_str())
+        })
         .cloned()
         .collect();
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));

@@ -1,14 +1,16 @@
 //! The operator's side of reporting: a watch on every report Lease, and the report fields of
 //! each Tenant's status written from them.
 //!
-//! Invariants: a Tenant is looked at again when one of its Leases changes, and every Tenant
-//! every [`SWEEP`] (reports expire without an event); a write happens only when the summary
+//! Invariants: a Tenant is looked at again when one of its Leases changes or its delivered
+//! policy revision differs from the one its last write saw, and every Tenant every [`SWEEP`]
+//! (reports expire without an event); a write happens only when the summary
 //! differs from both what the Tenant's status holds and what was last written (the watch may
 //! lag), and a change in session counts alone waits until [`COUNTS_EVERY`] has passed since
-//! the Tenant's last write; a failed write is retried at the next look; a Tenant being deleted
-//! is left alone.
+//! the Tenant's last write; a failed write is retried at the next look, and every write is
+//! counted on `/metrics` by outcome; a Tenant being deleted is left alone.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,39 +20,49 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::summary::{Summary, current, summarize};
 use super::{COMPONENT, COUNTS_EVERY, STATUS_MANAGER};
 use crate::names::{self, TENANT_LABEL};
-use crate::reconcile::apply_status_as;
+use crate::reconcile::{Context, apply_status_as};
 
 /// How often Tenants whose Leases changed are looked at.
 const TICK: Duration = Duration::from_secs(2);
 /// How often every Tenant is looked at.
 pub const SWEEP: Duration = Duration::from_secs(30);
 
+/// What was last written into a Tenant's status.
+struct Written {
+    summary: Summary,
+    at: Instant,
+    /// The policy revision delivered then.
+    delivered: Option<String>,
+}
+
 /// The report fields last written, per Tenant.
 pub struct Gatherer {
-    client: Client,
+    ctx: Arc<Context>,
     tenants: Store<Tenant>,
     leases: Store<Lease>,
-    written: HashMap<String, (Summary, Instant)>,
+    written: HashMap<String, Written>,
 }
 
 impl Gatherer {
-    /// A gatherer writing through `client`, reading Tenants and report Leases from the stores.
-    pub fn new(client: Client, tenants: Store<Tenant>, leases: Store<Lease>) -> Self {
+    /// A gatherer writing through the client of `ctx` and counting its writes in its metrics,
+    /// reading Tenants and report Leases from the stores.
+    pub fn new(ctx: Arc<Context>, tenants: Store<Tenant>, leases: Store<Lease>) -> Self {
         Self {
-            client,
+            ctx,
             tenants,
             leases,
             written: HashMap::new(),
         }
     }
 
-    /// The summary Tenant `name` needs written at `now`, if any.
-    pub fn wanted(&self, name: &str, now: Instant) -> Option<Summary> {
+    /// The summary Tenant `name` needs written at `now`, if any, and the policy revision
+    /// delivered it describes.
+    pub fn wanted(&self, name: &str, now: Instant) -> Option<(Summary, Option<String>)> {
         let tenant = self.tenants.get(&ObjectRef::new(name))?;
         if tenant.metadata.deletion_timestamp.is_some() {
             return None;
@@ -65,42 +77,51 @@ impl Gatherer {
         let reports = current(&own, Timestamp::now());
         let status = tenant.status.clone().unwrap_or_default();
         let last = self.written.get(name);
-        // The condition last written is newer than the store's copy when the watch lags.
-        let previous = match last.and_then(|(written, _)| written.archive.clone()) {
-            Some(condition) => vec![condition],
-            None => status.conditions.clone(),
+        // The conditions last written are newer than the store's copy when the watch lags.
+        let previous = match last {
+            Some(written) => &written.summary.conditions,
+            None => &status.conditions,
         };
         let summary = summarize(
             &reports,
-            &previous,
+            status.policy_revision.as_deref(),
+            previous,
             tenant.metadata.generation,
             &Time(Timestamp::now()),
         );
         let stored = Summary::of_status(&status);
-        if summary == stored || last.is_some_and(|(written, _)| *written == summary) {
+        if summary == stored || last.is_some_and(|written| written.summary == summary) {
             return None;
         }
-        let known = last.map_or(&stored, |(written, _)| written);
+        let known = last.map_or(&stored, |written| &written.summary);
         let counts_only = summary.without_counts() == known.without_counts();
-        let recent = last.is_some_and(|(_, at)| now.duration_since(*at) < COUNTS_EVERY);
+        let recent = last.is_some_and(|written| now.duration_since(written.at) < COUNTS_EVERY);
         if counts_only && recent {
             return None;
         }
-        Some(summary)
+        Some((summary, status.policy_revision))
     }
 
     /// Writes the report fields of each of `tenants` that needs it; returns those whose write
     /// failed, to try again.
     pub async fn write(&mut self, tenants: BTreeSet<String>) -> BTreeSet<String> {
-        let api: Api<Tenant> = Api::all(self.client.clone());
+        let api: Api<Tenant> = Api::all(self.ctx.client.clone());
         let mut failed = BTreeSet::new();
         for name in tenants {
-            let Some(summary) = self.wanted(&name, Instant::now()) else {
+            let Some((summary, delivered)) = self.wanted(&name, Instant::now()) else {
                 continue;
             };
-            match apply_status_as(STATUS_MANAGER, &api, &name, &summary.status()).await {
+            let result = apply_status_as(STATUS_MANAGER, &api, &name, &summary.status()).await;
+            self.ctx.metrics.report_written(result.is_ok());
+            match result {
                 Ok(_) => {
-                    self.written.insert(name, (summary, Instant::now()));
+                    let at = Instant::now();
+                    let written = Written {
+                        summary,
+                        at,
+                        delivered,
+                    };
+                    self.written.insert(name, written);
                 }
                 Err(error) => {
                     tracing::warn!(tenant = %name, %error, "cannot write the dataplanes' reports into the Tenant's status; retrying");
@@ -109,6 +130,24 @@ impl Gatherer {
             }
         }
         failed
+    }
+
+    /// The Tenants whose delivered policy revision is not the one their last write saw.
+    pub fn redelivered(&self) -> BTreeSet<String> {
+        self.tenants
+            .state()
+            .iter()
+            .filter(|tenant| {
+                let delivered = tenant
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.policy_revision.as_ref());
+                self.written
+                    .get(&tenant.name_any())
+                    .is_some_and(|written| written.delivered.as_ref() != delivered)
+            })
+            .map(|tenant| tenant.name_any())
+            .collect()
     }
 
     /// Every Tenant known.
@@ -123,15 +162,15 @@ fn tenant_of(lease: &Lease) -> Option<String> {
 }
 
 /// Watches report Leases and writes Tenants' report fields, for as long as it runs.
-pub async fn run(client: Client, tenants: Store<Tenant>) {
+pub async fn run(ctx: Arc<Context>, tenants: Store<Tenant>) {
     let (leases, writer) = reflector::store::<Lease>();
     let config =
         watcher::Config::default().labels(&format!("app.kubernetes.io/component={COMPONENT}"));
-    let events = watcher(Api::<Lease>::all(client.clone()), config)
+    let events = watcher(Api::<Lease>::all(ctx.client.clone()), config)
         .default_backoff()
         .reflect(writer);
     let mut events = std::pin::pin!(events);
-    let mut gatherer = Gatherer::new(client, tenants, leases);
+    let mut gatherer = Gatherer::new(ctx, tenants, leases);
     let mut dirty = BTreeSet::new();
     let mut tick = tokio::time::interval(TICK);
     let mut sweep = tokio::time::interval(SWEEP);
@@ -146,6 +185,7 @@ pub async fn run(client: Client, tenants: Store<Tenant>) {
                 None => return,
             },
             _ = tick.tick() => {
+                dirty.extend(gatherer.redelivered());
                 dirty = gatherer.write(std::mem::take(&mut dirty)).await;
             }
             _ = sweep.tick() => dirty.extend(gatherer.all()),

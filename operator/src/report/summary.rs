@@ -1,11 +1,14 @@
 //! The report fields of a Tenant's status, as a pure function of its dataplanes' report
-//! Leases: `dataplanes`, `connectors`, `activeSessions` and the `ArchiveReachable` condition.
+//! Leases and the policy revision delivered: `dataplanes`, `connectors`, `activeSessions`, and
+//! the `ArchiveReachable` and `PolicyEnforced` conditions.
 //!
 //! Invariants: only current Leases count (renewed within their duration); a Lease whose report
 //! does not parse is left out, never guessed at; `connectors` counts distinct connector ids
 //! (a connector keeps connections to several dataplanes); `ArchiveReachable` is `False` when
 //! any dataplane's shipping fails, `True` when some shipped and none fails, and `Unknown`
-//! otherwise; the fields come out in pod order, so equal reports give an equal summary.
+//! otherwise; `PolicyEnforced` is `True` when every reporting dataplane enforces the delivered
+//! revision, `False` naming those that do not, and `Unknown` without reports or a delivered
+//! revision; the fields come out in pod order, so equal reports give an equal summary.
 
 use imgate_crds::TenantStatus;
 use imgate_crds::tenant::DataplaneReport;
@@ -17,8 +20,10 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use super::{REPORT, Report};
 use crate::reconcile::conditions::{State, Wanted, find, merge};
 
-/// The condition the reports decide.
+/// Whether the tenant's records reach its bucket, as the reports show.
 pub const ARCHIVE_REACHABLE: &str = "ArchiveReachable";
+/// Whether every dataplane enforces the policy revision delivered.
+pub const POLICY_ENFORCED: &str = "PolicyEnforced";
 
 /// The report fields of a Tenant's status.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,8 +34,8 @@ pub struct Summary {
     pub connectors: i32,
     /// Sessions proxied, over all dataplanes.
     pub active_sessions: i32,
-    /// `ArchiveReachable`, if decided.
-    pub archive: Option<Condition>,
+    /// `ArchiveReachable` and `PolicyEnforced`.
+    pub conditions: Vec<Condition>,
 }
 
 /// The reports among `leases` that are current at `now`, by pod name.
@@ -99,10 +104,45 @@ fn archive(reports: &[(String, Report)]) -> Wanted {
     condition(State::Unknown, "NothingShippedYet", message)
 }
 
-/// The summary of `reports`, its condition for `generation` with its transition time kept
-/// from `previous` when its status is unchanged.
+/// `PolicyEnforced` as `reports` show it, when revision `delivered` is the one delivered.
+fn enforced(reports: &[(String, Report)], delivered: Option<&str>) -> Wanted {
+    let condition = |state, reason, message| Wanted::new(POLICY_ENFORCED, state, reason, message);
+    if reports.is_empty() {
+        let message = "no dataplane of this tenant reports: none is running, or they cannot reach the API server (see their logs)".into();
+        return condition(State::Unknown, "NoReports", message);
+    }
+    let Some(delivered) = delivered else {
+        let message = "no policy set has been delivered yet (see PolicyApplied)".into();
+        return condition(State::Unknown, "NothingDelivered", message);
+    };
+    let behind: Vec<String> = reports
+        .iter()
+        .filter(|(_, report)| report.policy_revision.as_deref() != Some(delivered))
+        .map(|(pod, report)| match &report.policy_revision {
+            Some(revision) => format!("{pod} enforces {revision}"),
+            None => format!("{pod} enforces none delivered yet"),
+        })
+        .collect();
+    if behind.is_empty() {
+        let message = format!(
+            "every dataplane ({}) enforces revision {delivered}",
+            reports.len()
+        );
+        return condition(State::True, "Enforced", message);
+    }
+    let message = format!(
+        "revision {delivered} is delivered, but {}; a dataplane that refused it says why in its log",
+        behind.join(", ")
+    );
+    condition(State::False, "NotEnforced", message)
+}
+
+/// The summary of `reports` when revision `delivered` is the one delivered, its conditions for
+/// `generation` with their transition times kept from `previous` when their status is
+/// unchanged.
 pub fn summarize(
     reports: &[(String, Report)],
+    delivered: Option<&str>,
     previous: &[Condition],
     generation: Option<i64>,
     now: &Time,
@@ -114,7 +154,8 @@ pub fn summarize(
     connectors.sort_unstable();
     connectors.dedup();
     let sessions: u64 = reports.iter().map(|(_, r)| r.active_sessions).sum();
-    let archive = merge(previous, vec![archive(reports)], generation, now);
+    let wanted = vec![archive(reports), enforced(reports, delivered)];
+    let conditions = merge(previous, wanted, generation, now);
     Summary {
         dataplanes: reports
             .iter()
@@ -128,7 +169,7 @@ pub fn summarize(
             .collect(),
         connectors: i32::try_from(connectors.len()).unwrap_or(i32::MAX),
         active_sessions: i32::try_from(sessions).unwrap_or(i32::MAX),
-        archive: archive.into_iter().next(),
+        conditions,
     }
 }
 
@@ -139,7 +180,10 @@ impl Summary {
             dataplanes: status.dataplanes.clone(),
             connectors: status.connectors.unwrap_or(0),
             active_sessions: status.active_sessions.unwrap_or(0),
-            archive: find(&status.conditions, ARCHIVE_REACHABLE).cloned(),
+            conditions: [ARCHIVE_REACHABLE, POLICY_ENFORCED]
+                .into_iter()
+                .filter_map(|type_| find(&status.conditions, type_).cloned())
+                .collect(),
         }
     }
 
@@ -159,7 +203,7 @@ impl Summary {
             "dataplanes": self.dataplanes,
             "connectors": self.connectors,
             "activeSessions": self.active_sessions,
-            "conditions": self.archive.iter().collect::<Vec<_>>(),
+            "conditions": self.conditions,
         })
     }
 }

@@ -17,10 +17,12 @@ use kube::runtime::watcher;
 
 use super::gather::Gatherer;
 use super::lease::{LeaseReporter, due};
-use super::summary::{ARCHIVE_REACHABLE, current, summarize};
+use super::summary::{ARCHIVE_REACHABLE, POLICY_ENFORCED, current, summarize};
 use super::*;
 use crate::reconcile::chart_rbac::Subject;
+use crate::reconcile::conditions::find;
 use crate::reconcile::fixtures::{Reply, pair, pair_as};
+use crate::reconcile::tests::context;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/imgate-acme/leases";
 
@@ -211,7 +213,7 @@ fn the_summary_counts_distinct_connectors_and_all_sessions() {
             report("bbb", 4, &["site-2"], ShipHealth::NothingShipped),
         ),
     ];
-    let summary = summarize(&reports, &[], Some(4), &now());
+    let summary = summarize(&reports, Some("aaa"), &[], Some(4), &now());
     assert_eq!(summary.connectors, 2);
     assert_eq!(summary.active_sessions, 7);
     let revisions: Vec<_> = summary
@@ -232,12 +234,66 @@ fn the_summary_counts_distinct_connectors_and_all_sessions() {
             ("dataplane-1", Some("bbb"), "NothingShipped")
         ]
     );
-    let archive = summary.archive.expect("a condition");
+    let archive = find(&summary.conditions, ARCHIVE_REACHABLE).expect("a condition");
     assert_eq!(
         (archive.status.as_str(), archive.reason.as_str()),
         ("True", "Shipping")
     );
     assert_eq!(archive.observed_generation, Some(4));
+}
+
+#[test]
+fn policy_enforcement_names_the_dataplanes_behind_the_delivered_revision() {
+    let of = |revisions: &[Option<&str>]| -> Vec<(String, Report)> {
+        revisions
+            .iter()
+            .enumerate()
+            .map(|(i, revision)| {
+                let mut report = report("", 0, &[], shipped());
+                report.policy_revision = revision.map(str::to_owned);
+                (format!("dataplane-{i}"), report)
+            })
+            .collect()
+    };
+    let cases = [
+        (of(&[]), Some("bbb"), "Unknown", "NoReports"),
+        (of(&[Some("aaa")]), None, "Unknown", "NothingDelivered"),
+        (
+            of(&[Some("bbb"), Some("bbb")]),
+            Some("bbb"),
+            "True",
+            "Enforced",
+        ),
+        (
+            of(&[Some("bbb"), Some("aaa"), None]),
+            Some("bbb"),
+            "False",
+            "NotEnforced",
+        ),
+    ];
+    for (reports, delivered, status, reason) in cases {
+        let summary = summarize(&reports, delivered, &[], Some(3), &now());
+        let condition = find(&summary.conditions, POLICY_ENFORCED).expect("a condition");
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (status, reason),
+            "{}",
+            condition.message
+        );
+        assert_eq!(condition.observed_generation, Some(3));
+        if status == "False" {
+            assert_eq!(
+                condition.message,
+                "revision bbb is delivered, but dataplane-1 enforces aaa, dataplane-2 enforces none delivered yet; a dataplane that refused it says why in its log"
+            );
+        }
+        if status == "True" {
+            assert_eq!(
+                condition.message,
+                "every dataplane (2) enforces revision bbb"
+            );
+        }
+    }
 }
 
 #[test]
@@ -266,9 +322,8 @@ fn archive_reachability_follows_the_worst_report() {
             .enumerate()
             .map(|(i, h)| (format!("dataplane-{i}"), report("aaa", 0, &[], h)))
             .collect();
-        let condition = summarize(&reports, &[], None, &now())
-            .archive
-            .expect("a condition");
+        let summary = summarize(&reports, Some("aaa"), &[], None, &now());
+        let condition = find(&summary.conditions, ARCHIVE_REACHABLE).expect("a condition");
         assert_eq!(condition.type_, ARCHIVE_REACHABLE);
         assert_eq!(
             (condition.status.as_str(), condition.reason.as_str()),
@@ -307,7 +362,8 @@ fn stores(tenant: Tenant, leases: Vec<Lease>) -> (Store<Tenant>, Store<Lease>) {
 #[tokio::test]
 async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_they_change() {
     let sent = report("aaa", 5, &["site-1"], shipped());
-    let (tenants, _) = stores(tenant(None), vec![]);
+    let (tenants, mut tenant_writer) = reflector::store();
+    tenant_writer.apply_watcher_event(&watcher::Event::Apply(tenant(None)));
     let (leases, mut lease_writer) = reflector::store();
     lease_writer.apply_watcher_event(&watcher::Event::Apply(lease(
         "dataplane-0",
@@ -316,9 +372,15 @@ async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_th
     )));
     let (client, mut server) = pair();
     let writing = tokio::spawn(async move {
-        let mut gatherer = Gatherer::new(client, tenants, leases);
+        let ctx = context(client);
+        let mut gatherer = Gatherer::new(ctx.clone(), tenants, leases);
         let failed = gatherer.write(["acme".to_owned()].into()).await;
         assert!(failed.is_empty());
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains("imgate_operator_report_writes_total{outcome=\"written\"} 1"),
+            "{metrics}"
+        );
         let now = Instant::now();
         assert!(
             gatherer.wanted("acme", now).is_none(),
@@ -352,6 +414,17 @@ async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_th
             gatherer.wanted("acme", now).is_some(),
             "a new revision goes at once"
         );
+        assert!(gatherer.redelivered().is_empty());
+        let delivered = TenantStatus {
+            policy_revision: Some("aaa".into()),
+            ..TenantStatus::default()
+        };
+        tenant_writer.apply_watcher_event(&watcher::Event::Apply(tenant(Some(delivered))));
+        assert_eq!(
+            gatherer.redelivered(),
+            ["acme".to_owned()].into(),
+            "a newly delivered revision is looked at"
+        );
     });
     let written = server
         .expect(
@@ -371,8 +444,12 @@ async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_th
     assert_eq!(status["connectors"], 1);
     assert_eq!(status["activeSessions"], 5);
     let conditions = status["conditions"].as_array().expect("conditions");
-    assert_eq!(conditions.len(), 1, "only ArchiveReachable: {status}");
-    assert_eq!(conditions[0]["type"], ARCHIVE_REACHABLE);
+    let types: Vec<&serde_json::Value> = conditions.iter().map(|c| &c["type"]).collect();
+    assert_eq!(
+        types,
+        [ARCHIVE_REACHABLE, POLICY_ENFORCED],
+        "only the reports' conditions: {status}"
+    );
     assert!(
         status.get("observedGeneration").is_none(),
         "the reconcile's field: {status}"
@@ -384,12 +461,13 @@ async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_th
 async fn session_counts_alone_wait_while_news_goes_at_once() {
     let stored_report = report("aaa", 5, &["site-1"], shipped());
     let reports = vec![("dataplane-0".to_owned(), stored_report.clone())];
-    let summary = summarize(&reports, &[], Some(2), &now());
+    let summary = summarize(&reports, Some("aaa"), &[], Some(2), &now());
     let status = TenantStatus {
         dataplanes: summary.dataplanes.clone(),
         connectors: Some(summary.connectors),
         active_sessions: Some(summary.active_sessions),
-        conditions: summary.archive.iter().cloned().collect(),
+        conditions: summary.conditions.clone(),
+        policy_revision: Some("aaa".into()),
         ..TenantStatus::default()
     };
     let (client, _server) = pair();
@@ -398,7 +476,7 @@ async fn session_counts_alone_wait_while_news_goes_at_once() {
             tenant(Some(status.clone())),
             vec![lease("dataplane-0", report, Duration::ZERO)],
         );
-        Gatherer::new(client.clone(), tenants, leases)
+        Gatherer::new(context(client.clone()), tenants, leases)
     };
     let now = Instant::now();
     assert!(
@@ -411,9 +489,12 @@ async fn session_counts_alone_wait_while_news_goes_at_once() {
         "counts are written when nothing was written lately"
     );
     let moved = report("bbb", 5, &["site-1"], shipped());
-    let summary = with(&moved).wanted("acme", now).expect("news");
+    let (summary, delivered) = with(&moved).wanted("acme", now).expect("news");
     assert_eq!(
         summary.dataplanes[0].policy_revision.as_deref(),
         Some("bbb")
     );
+    assert_eq!(delivered.as_deref(), Some("aaa"));
+    let behind = find(&summary.conditions, POLICY_ENFORCED).expect("PolicyEnforced");
+    assert_eq!(behind.reason, "NotEnforced", "{}", behind.message);
 }

@@ -22,7 +22,8 @@ use crate::settings::Settings;
 /// The small firm of the examples, and its policy.
 const TENANT: &str = "harbor-dental";
 
-fn context(client: Client) -> Arc<Context> {
+/// The operator's context for `client`, with default settings.
+pub(crate) fn context(client: Client) -> Arc<Context> {
     Arc::new(Context::new(
         client,
         Settings::default(),
