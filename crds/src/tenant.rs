@@ -398,6 +398,7 @@ pub struct DataplaneReport {
     /// Connectors with a tunnel connection to it, by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connectors: Vec<String>,
-    /// Its archive shipping: `Shipped`, `Failing` or `NothingShipped` (since it started).
+    /// Its archive shipping: `Shipped`, `Reachable` (nothing was due, the store answers),
+    /// `Failing` or `NothingShipped` (since it started).
     pub archive: String,
 }

@@ -1,7 +1,8 @@
 //! The archive against a real S3 API server (moto, which enforces Object Lock): retention and
 //! encryption land on every object, locked versions cannot be deleted, verify passes on an
 //! intact archive and fails on an altered or incomplete one, an outage delays shipping without
-//! losing or reordering anything, and DuckDB reads the segments straight from the bucket.
+//! losing or reordering anything, a probe of an idle store finds a bucket without Object Lock,
+//! a missing bucket and an outage, and DuckDB reads the segments straight from the bucket.
 
 mod support;
 
@@ -17,7 +18,7 @@ use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::{Encryption, S3Config, S3Store};
 use imgate_dataplane::archive::verify::verify;
 use imgate_dataplane::archive::{
-    ArchiveLog, Body, LogConfig, Record, Shipper, ShipperConfig, Store,
+    ArchiveLog, Body, LogConfig, Record, ShipHealth, Shipper, ShipperConfig, Store,
 };
 use support::{Moto, Relay};
 
@@ -252,6 +253,53 @@ async fn verify_finds_altered_and_removed_segments() {
         problems.contains(&format!("{}: segment missing", segments[2])),
         "{problems}"
     );
+    log.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_finds_an_unlocked_bucket_a_missing_one_and_an_outage() {
+    let moto = Moto::start();
+    let relay = Relay::start(moto.port).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) =
+        ArchiveLog::open(StdFs, &dir.path().join("wal"), LogConfig::default()).expect("log");
+    let probed = |bucket: &str, retention| {
+        let (dir, log, endpoint) = (dir.path().to_owned(), log.clone(), relay.endpoint());
+        let bucket = bucket.to_owned();
+        async move {
+            let store = s3(&endpoint, &bucket).await;
+            let mut shipper = shipper(&dir, &log, Store::S3(store), retention);
+            let result = shipper.probe().await.map_err(|e| e.to_string());
+            (result, shipper.health().get())
+        }
+    };
+    let locked = s3(&moto.endpoint(), "locked").await;
+    create_bucket(&locked, true).await;
+    let plain = s3(&moto.endpoint(), "plain").await;
+    create_bucket(&plain, false).await;
+
+    let (result, health) = probed("locked", Some((1, true))).await;
+    assert_eq!(result, Ok(()));
+    assert!(matches!(health, ShipHealth::Reachable { .. }), "{health:?}");
+    let (result, _) = probed("plain", None).await;
+    assert_eq!(result, Ok(()), "no retention asked, no lock needed");
+    let (result, health) = probed("plain", Some((1, true))).await;
+    let error = result.expect_err("retention needs Object Lock");
+    assert!(
+        error.contains("bucket plain: Object Lock is not enabled"),
+        "{error}"
+    );
+    assert!(matches!(health, ShipHealth::Failing { .. }), "{health:?}");
+    let (result, _) = probed("missing", None).await;
+    assert!(
+        result
+            .expect_err("no such bucket")
+            .contains("bucket missing")
+    );
+    relay.set_up(false);
+    let (result, health) = probed("locked", Some((1, true))).await;
+    assert!(result.is_err(), "the store is down");
+    assert!(matches!(health, ShipHealth::Failing { .. }), "{health:?}");
     log.close();
 }
 

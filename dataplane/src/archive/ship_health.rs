@@ -1,9 +1,10 @@
 //! Whether the shipper reaches the object store, for health reports: the outcome of its last
 //! attempt to ship, shared between the shipper's thread and whoever reports it.
 //!
-//! Invariants: the health moves only on a round that had something to seal or ship (a round
-//! with nothing due says nothing about the store); `Failing` keeps the time the failures
-//! began across retries, and the latest error.
+//! Invariants: the health moves on a round that had something to seal or ship, and on a probe
+//! of the store while nothing is due (a round with nothing due says nothing about the store);
+//! a probe that succeeds never hides a shipment (`Shipped` stays); `Failing` keeps the time
+//! the failures began across retries, and the latest error.
 
 use std::sync::Mutex;
 
@@ -19,6 +20,11 @@ pub enum ShipHealth {
     NothingShipped,
     /// The last segment due was shipped, at `at`.
     Shipped {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Nothing was due to ship, and the store answered a probe at `at`.
+    Reachable {
         /// When.
         at: DateTime<Utc>,
     },
@@ -44,6 +50,14 @@ impl ShipMonitor {
     /// Records that a segment was shipped now.
     pub(super) fn shipped(&self) {
         *self.lock() = ShipHealth::Shipped { at: Utc::now() };
+    }
+
+    /// Records that the store answered a probe now, unless a shipment says more.
+    pub(super) fn reachable(&self) {
+        let mut health = self.lock();
+        if !matches!(*health, ShipHealth::Shipped { .. }) {
+            *health = ShipHealth::Reachable { at: Utc::now() };
+        }
     }
 
     /// Records a failure with `error`.
@@ -94,5 +108,19 @@ mod tests {
         })
         .expect("JSON");
         assert!(text.starts_with(r#"{"state":"Failing","since":"#), "{text}");
+    }
+
+    #[test]
+    fn a_probe_clears_a_failure_but_never_hides_a_shipment() {
+        let monitor = ShipMonitor::default();
+        monitor.reachable();
+        assert!(matches!(monitor.get(), ShipHealth::Reachable { .. }));
+        monitor.failed(&"the bucket is unreachable");
+        monitor.reachable();
+        assert!(matches!(monitor.get(), ShipHealth::Reachable { .. }));
+        monitor.shipped();
+        let shipped = monitor.get();
+        monitor.reachable();
+        assert_eq!(monitor.get(), shipped);
     }
 }

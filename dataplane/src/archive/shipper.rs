@@ -11,7 +11,10 @@
 //! Invariants: segments are shipped one at a time in chain order; an outbox file not covered
 //! by `state.json` (sealed, then a crash before the state was written) is ignored and
 //! rebuilt from the log; failures are retried with exponential back-off and full jitter; each
-//! round's outcome is recorded in the shipper's [`ShipMonitor`], which health reports read.
+//! round's outcome is recorded in the shipper's [`ShipMonitor`], which health reports read;
+//! while nothing is due, the store is probed every [`ShipperConfig::probe_every`] (after a
+//! failed probe, every [`PROBE_RETRY`]), so that an idle dataplane knows whether its records
+//! would reach the store, and whether it keeps them under Object Lock when retention is asked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +31,9 @@ use super::ship_health::ShipMonitor;
 use super::store::{Encryption, PutOptions, Retention, Store};
 use super::wal::Wal;
 
+/// How soon a failed probe of the store is repeated.
+pub const PROBE_RETRY: Duration = Duration::from_secs(30);
+
 /// Shipper settings.
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
@@ -41,10 +47,13 @@ pub struct ShipperConfig {
     pub retention: Option<(u32, bool)>,
     /// Server-side encryption.
     pub encryption: Option<Encryption>,
+    /// How often the store is probed while nothing is due to ship.
+    pub probe_every: Duration,
 }
 
 impl ShipperConfig {
-    /// Defaults for `layout`: 32 MiB or 20 s per segment, no retention, no encryption.
+    /// Defaults for `layout`: 32 MiB or 20 s per segment, no retention, no encryption, a
+    /// probe of the store every 5 minutes while idle.
     pub fn new(layout: Layout) -> Self {
         Self {
             layout,
@@ -52,6 +61,7 @@ impl ShipperConfig {
             max_segment_age: Duration::from_secs(20),
             retention: None,
             encryption: None,
+            probe_every: Duration::from_secs(300),
         }
     }
 
@@ -100,6 +110,7 @@ pub struct Shipper<F: Filesystem> {
     state: ShipState,
     unsealed_since: Option<Instant>,
     health: Arc<ShipMonitor>,
+    next_probe: Instant,
 }
 
 impl<F: Filesystem> Shipper<F> {
@@ -141,6 +152,7 @@ impl<F: Filesystem> Shipper<F> {
             state,
             unsealed_since: None,
             health: Arc::default(),
+            next_probe: Instant::now(),
         };
         shipper.remove_stale_outbox()?;
         Ok(shipper)
@@ -330,6 +342,24 @@ impl<F: Filesystem> Shipper<F> {
         result
     }
 
+    /// Checks that the store answers (and keeps objects under Object Lock when retention is
+    /// configured), records the outcome in the shipper's health, and schedules the next probe.
+    pub async fn probe(&mut self) -> Result<(), ArchiveError> {
+        let result = self.store.probe(self.config.retention.is_some()).await;
+        let wait = match &result {
+            Ok(()) => {
+                self.health.reachable();
+                self.config.probe_every
+            }
+            Err(error) => {
+                self.health.failed(error);
+                PROBE_RETRY
+            }
+        };
+        self.next_probe = Instant::now() + wait;
+        result
+    }
+
     /// Waits until every record appended so far is durable, then seals everything durable
     /// and ships it, retrying failures until `deadline` passes.
     pub async fn flush(&mut self, deadline: Duration) -> Result<(), ArchiveError> {
@@ -382,8 +412,15 @@ impl<F: Filesystem> Shipper<F> {
         tokio::pin!(stop);
         loop {
             let delay = match self.round(false).await {
-                Ok(_) => {
+                Ok(shipped) => {
                     backoff = Backoff::default();
+                    if shipped > 0 {
+                        self.next_probe = Instant::now() + self.config.probe_every;
+                    } else if Instant::now() >= self.next_probe
+                        && let Err(error) = self.probe().await
+                    {
+                        tracing::warn!(%error, "the archive's object store does not answer as it should; nothing is due to ship yet");
+                    }
                     Duration::from_millis(500)
                 }
                 Err(error) if retryable(&error) => {

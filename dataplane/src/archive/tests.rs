@@ -642,6 +642,70 @@ fn an_unreachable_store_delays_shipping_and_loses_nothing() {
 }
 
 #[test]
+fn an_idle_shipper_probes_its_store_and_reports_what_it_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bucket = tempfile::tempdir().expect("bucket");
+    let blocked = bucket.path().join("store");
+    std::fs::write(&blocked, b"a file where the store's folder should be").expect("block");
+    let (log, _) = ArchiveLog::open(StdFs, &dir.path().join("wal"), config()).expect("open");
+    let rt = runtime();
+    let mut shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        Store::Local(LocalStore::new(&blocked)),
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    let health = shipper.health();
+    rt.block_on(shipper.probe())
+        .expect_err("the store is blocked");
+    assert!(
+        matches!(health.get(), ShipHealth::Failing { .. }),
+        "{:?}",
+        health.get()
+    );
+    drop(shipper);
+
+    let store = Store::Local(LocalStore::new(bucket.path().join("archive")));
+    let shipper = Shipper::open(
+        StdFs,
+        dir.path(),
+        log.clone(),
+        store,
+        ShipperConfig::new(layout()),
+    )
+    .expect("shipper");
+    let health = shipper.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = rt.spawn(shipper.run(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    let found = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let ShipHealth::Reachable { .. } = health.get() {
+                    return health.get();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    });
+    assert!(
+        found.is_ok(),
+        "with no records, a running shipper probes the store: {:?}",
+        health.get()
+    );
+    let _ = stop.send(());
+    rt.block_on(running).expect("joined").expect("stopped");
+    log.close();
+}
+
+#[test]
 fn leftovers_of_a_crash_are_cleaned_and_a_lost_log_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bucket = tempfile::tempdir().expect("bucket");

@@ -5,8 +5,8 @@
 //! Invariants: only current Leases count (renewed within their duration); a Lease whose report
 //! does not parse is left out, never guessed at; `connectors` counts distinct connector ids
 //! (a connector keeps connections to several dataplanes); `ArchiveReachable` is `False` when
-//! any dataplane's shipping fails, `True` when some shipped and none fails, and `Unknown`
-//! otherwise; `PolicyEnforced` is `True` when every reporting dataplane enforces the delivered
+//! any dataplane's shipping or probe of the store fails, `True` when some shipped or found the
+//! store answering and none fails, and `Unknown` otherwise; `PolicyEnforced` is `True` when every reporting dataplane enforces the delivered
 //! revision, `False` naming those that do not, and `Unknown` without reports or a delivered
 //! revision; the fields come out in pod order, so equal reports give an equal summary.
 
@@ -66,6 +66,7 @@ fn archive_state(health: &ShipHealth) -> &'static str {
     match health {
         ShipHealth::NothingShipped => "NothingShipped",
         ShipHealth::Shipped { .. } => "Shipped",
+        ShipHealth::Reachable { .. } => "Reachable",
         ShipHealth::Failing { .. } => "Failing",
     }
 }
@@ -95,6 +96,14 @@ fn archive(reports: &[(String, Report)]) -> Wanted {
     {
         let message = "the dataplanes ship their archive segments to the object store".into();
         return condition(State::True, "Shipping", message);
+    }
+    if reports
+        .iter()
+        .any(|(_, r)| matches!(r.archive, ShipHealth::Reachable { .. }))
+    {
+        let message =
+            "the object store answers the dataplanes; no records were due to ship yet".into();
+        return condition(State::True, "Reachable", message);
     }
     if reports.is_empty() {
         let message = "no dataplane of this tenant reports: none is running, or they cannot reach the API server (see their logs)".into();

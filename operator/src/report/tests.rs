@@ -314,6 +314,14 @@ fn archive_reachability_follows_the_worst_report() {
             "True",
             "Shipping",
         ),
+        (
+            vec![
+                ShipHealth::Reachable { at: Utc::now() },
+                ShipHealth::NothingShipped,
+            ],
+            "True",
+            "Reachable",
+        ),
         (vec![shipped(), failing], "False", "ShippingFailing"),
     ];
     for (healths, status, reason) in cases {

@@ -67,6 +67,12 @@ impl LocalStore {
         Ok(keys)
     }
 
+    pub(super) fn probe(&self) -> Result<(), ArchiveError> {
+        StdFs
+            .create_dir_all(&self.root)
+            .map_err(|e| ArchiveError::io(&self.root, e))
+    }
+
     pub(super) fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), ArchiveError> {
         let path = self.path(key)?;
         if !path.exists() {

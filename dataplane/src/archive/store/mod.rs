@@ -87,6 +87,15 @@ impl Store {
         }
     }
 
+    /// Checks that the store answers and, when `locked`, that it keeps objects under Object
+    /// Lock: what a dataplane with nothing due to ship knows of its store.
+    pub async fn probe(&self, locked: bool) -> Result<(), ArchiveError> {
+        match self {
+            Store::Local(store) => store.probe(),
+            Store::S3(store) => store.probe(locked).await,
+        }
+    }
+
     /// Where the store is, for messages.
     pub fn describe(&self) -> String {
         match self {

@@ -10,9 +10,9 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockLegalHold,
-    ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode,
-    ServerSideEncryption,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled,
+    ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockMode, ObjectLockRetention,
+    ObjectLockRetentionMode, ServerSideEncryption,
 };
 use aws_smithy_http_client::tls;
 
@@ -83,6 +83,48 @@ impl S3Store {
     /// The bucket name.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    pub(super) async fn probe(&self, locked: bool) -> Result<(), ArchiveError> {
+        let bucket = format!("bucket {}", self.bucket);
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| store_error(&bucket, e))?;
+        if !locked {
+            return Ok(());
+        }
+        let not_locked = || {
+            ArchiveError::Store {
+            key: bucket.clone(),
+            message: "Object Lock is not enabled, so records would not be kept as WORM; ship to a bucket created with Object Lock enabled".into(),
+        }
+        };
+        let lock = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(lock) => lock,
+            Err(error)
+                if error.as_service_error().and_then(|e| e.meta().code())
+                    == Some("ObjectLockConfigurationNotFoundError") =>
+            {
+                return Err(not_locked());
+            }
+            Err(error) => return Err(store_error(&bucket, error)),
+        };
+        let enabled = lock
+            .object_lock_configuration()
+            .and_then(|c| c.object_lock_enabled());
+        if enabled != Some(&ObjectLockEnabled::Enabled) {
+            return Err(not_locked());
+        }
+        Ok(())
     }
 
     /// The SDK client, for administrative calls the archive does not wrap.
