@@ -1,8 +1,9 @@
 //! Memory per idle session, side by side in one run: 10,000 XMPP clients log in to Prosody
 //! (STARTTLS, SASL PLAIN, bind) through HAProxy as a plain TCP relay, through `imgate up` with
 //! the embedded policy but TLS passed through, and through `imgate up` with the embedded
-//! policy (TLS intercepted on both sides, every stanza read), and stay idle; the relay's resident memory is read before and after, and the difference is divided
-//! by the number of sessions.
+//! policy (TLS intercepted on both sides, every stanza read), and stay idle; the relay's
+//! resident memory is read before and after, and the difference is divided by the number of
+//! sessions.
 //! Run: `cargo bench --bench idle_sessions` (needs prosody, haproxy, openssl and prlimit;
 //! `IDLE_SESSIONS=N` for another count). The file-descriptor limit is raised for the run.
 
