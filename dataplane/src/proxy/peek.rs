@@ -88,9 +88,10 @@ impl<S> Prefixed<S> {
         }
     }
 
-    /// The wrapped stream.
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// The prefix's bytes not yet read, and the wrapped stream.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.offset);
+        (self.prefix, self.inner)
     }
 }
 

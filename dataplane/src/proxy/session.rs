@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use super::frontend::{Frontend, HandshakeError, Refusal};
 use super::peek::{Prefixed, identify};
+use super::pieces::IntoPieces;
 use super::shared::SessionInfo;
 use super::shared::{Shared, now_ms};
 use super::xmpp_relay;
@@ -75,9 +76,9 @@ enum Route {
 }
 
 /// What a session's client side can be: a TCP connection or a tunnel stream.
-pub trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub trait Client: AsyncRead + AsyncWrite + IntoPieces + Unpin + Send + 'static {}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Client for S {}
+impl<S: AsyncRead + AsyncWrite + IntoPieces + Unpin + Send + 'static> Client for S {}
 
 /// A session that policy let through: its two connections, who it is, and how to relay it.
 struct Admitted<S> {
@@ -131,7 +132,7 @@ async fn serve_session<S: Client>(
             .await
         }
         Route::Unread => {
-            Box::pin(super::lean_io::relay_unread(
+            Box::pin(super::unread_relay::relay_unread(
                 client,
                 upstream,
                 shared.limits.idle,

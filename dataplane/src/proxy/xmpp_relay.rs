@@ -17,10 +17,12 @@ use rustls::server::UnbufferedServerConnection;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::lean_io::{read_into, relay_unread};
+use super::lean_io::read_into;
 use super::lean_tls::{self, LeanTls};
+use super::pieces::Plain;
 use super::shared::{SessionInfo, Shared};
 use super::tls::InterceptionCa;
+use super::unread_relay::relay_unread;
 use crate::archive::record::Body;
 use crate::inspect::xmpp::{Framer, Item, Stanza, stream_error};
 
@@ -247,7 +249,11 @@ where
                 None => {
                     client.write_all(&proceed).await?;
                     tracing::info!(target: "imgate::session", session = %info.session, "TLS passed through unread");
-                    Box::pin(relay_unread(client, upstream, shared.limits.idle))
+                    Box::pin(relay_unread(
+                        Plain(client),
+                        Plain(upstream),
+                        shared.limits.idle,
+                    ))
                 }
             },
         }

@@ -29,7 +29,7 @@ use super::connector_metrics::ConnectorMetrics;
 use super::header::{Decoded, Reply, Status, StreamHeader};
 use super::target::Target;
 use crate::proxy::frontend::{Frontend, HandshakeError, Refusal};
-use crate::proxy::lean_io::relay_unread;
+use crate::proxy::unread_relay::relay_unread;
 
 /// How long a new client waits for a usable connection to a dataplane.
 pub const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);

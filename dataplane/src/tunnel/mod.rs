@@ -5,7 +5,8 @@
 //! [`enroll`] enrollment and renewal, [`server_cert`] the dataplane's own certificate and its
 //! renewal, [`pinned`] how a new connector trusts its dataplane, [`endpoint`] the QUIC
 //! configurations, [`listener`] the dataplane's side and [`connector`] the connector's, with
-//! its [`connector_metrics`] and the [`target`]s it dials.
+//! its [`connector_metrics`] and the [`target`]s it dials; `stream_pieces` lets the relay move a
+//! tunnel stream's bytes without copying them.
 
 pub mod connector;
 pub mod connector_metrics;
@@ -15,6 +16,7 @@ pub mod header;
 pub mod listener;
 pub mod pinned;
 pub mod server_cert;
+mod stream_pieces;
 pub mod target;
 pub mod tokens;
 pub mod trust;

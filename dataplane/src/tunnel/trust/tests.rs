@@ -8,7 +8,7 @@ use crate::tunnel::header::{Decoded, Reply, Status, StreamHeader};
 pub(in crate::tunnel) const DIALLED: &str = "tunnel.acme.example";
 
 /// A dataplane of `ca`'s tenant listening on loopback.
-fn dataplane(ca: &TunnelCa) -> quinn::Endpoint {
+pub(in crate::tunnel) fn dataplane(ca: &TunnelCa) -> quinn::Endpoint {
     let identity = ca
         .issue_dataplane(&[DIALLED.to_owned()], Duration::from_secs(86_400))
         .expect("server certificate");
