@@ -11,6 +11,7 @@ mod operator;
 mod operator_run;
 mod policy;
 mod policy_watch;
+mod traces;
 mod tunnel_admin;
 mod up;
 mod up_follow;
@@ -155,19 +156,61 @@ fn default_log_filter() -> &'static str {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log_filter()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let traces = start_logging(cli.command.service());
+    let code = match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
+        }
+    };
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
+}
+
+/// Logs to stderr as `RUST_LOG` (or [`default_log_filter`]) says; for a long-running
+/// `service`, also exports traces when an OTLP endpoint is configured ([`traces`]).
+fn start_logging(service: Option<&str>) -> Option<traces::Traces> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log_filter()));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let exporting = service
+        .filter(|_| traces::wanted())
+        .map(traces::layer::<tracing_subscriber::Registry>);
+    let (layer, traces, failed) = match exporting {
+        Some(Ok((layer, traces))) => (Some(layer), Some(traces), None),
+        Some(Err(error)) => (None, None, Some(error)),
+        None => (None, None, None),
+    };
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(stderr)
+        .init();
+    if let Some(error) = failed {
+        tracing::error!("{error:#}; running without traces");
+    }
+    traces
+}
+
+impl Command {
+    /// The OpenTelemetry service name of a long-running command.
+    fn service(&self) -> Option<&'static str> {
+        match self {
+            Self::Up(_) => Some("imgate-dataplane"),
+            Self::Operator(_) => Some("imgate-operator"),
+            Self::Connector(_) => Some("imgate-connector"),
+            _ => None,
         }
     }
 }

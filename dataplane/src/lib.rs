@@ -10,6 +10,10 @@
 //! - [`telemetry`], metrics.
 #![forbid(unsafe_code)]
 
+/// The target of the tracing spans that are exported as OpenTelemetry traces when an OTLP
+/// endpoint is configured (a session, its admission); disabled otherwise.
+pub const TRACE_TARGET: &str = "imgate::trace";
+
 pub mod archive;
 pub mod identity;
 pub mod inspect;

@@ -82,6 +82,11 @@ pub fn kubeconfig(dir: &Path, url: &str, namespace: &str) -> PathBuf {
 
 /// Starts `imgate operator run` against the API server of `kubeconfig`, its log in `log`.
 pub fn operator(kubeconfig: &Path, log: &Path) -> Killed {
+    operator_with_env(kubeconfig, log, &[])
+}
+
+/// [`operator`] with the environment variables `env` set.
+pub fn operator_with_env(kubeconfig: &Path, log: &Path, env: &[(&str, &str)]) -> Killed {
     let file = std::fs::File::create(log).expect("log file");
     Killed(
         Command::new(env!("CARGO_BIN_EXE_imgate"))
@@ -89,6 +94,7 @@ pub fn operator(kubeconfig: &Path, log: &Path) -> Killed {
             .args(["--lease-namespace", "imgate-system"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

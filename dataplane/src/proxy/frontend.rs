@@ -54,6 +54,18 @@ pub enum Frontend {
     },
 }
 
+impl Frontend {
+    /// How the front end is named in traces.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Socks5 => "socks5",
+            Self::HttpConnect => "http-connect",
+            Self::Forward { .. } => "forward",
+            Self::Tunnel { .. } => "tunnel",
+        }
+    }
+}
+
 /// Why a handshake failed (the client has been told, where the protocol allows).
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {

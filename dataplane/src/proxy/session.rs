@@ -13,6 +13,8 @@ use std::sync::Arc;
 use imgate_crds::policy::{Direction, Protocol, TlsMode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::frontend::{Frontend, HandshakeError, Refusal};
 use super::peek::{Prefixed, identify};
@@ -21,6 +23,7 @@ use super::shared::SessionInfo;
 use super::shared::{Shared, now_ms};
 use super::xmpp_relay;
 use super::{irc_relay, xmpp_direct_tls};
+use crate::TRACE_TARGET;
 use crate::archive::record::Body;
 use crate::inspect::detect::Detected;
 use crate::inspect::event::{Content, ConversationKind, Event};
@@ -58,8 +61,25 @@ pub async fn serve<S: Client>(
     id: u64,
 ) {
     let _open = shared.metrics.session_open();
-    if let Err(error) = serve_session(&shared, &frontend, client, peer, id).await {
-        tracing::info!(target: "imgate::session", session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "session",
+        imgate.session = %format!("{}-{id}", shared.writer),
+        imgate.tenant = %shared.tenant,
+        imgate.frontend = frontend.kind(),
+        imgate.connector = Empty,
+        client.address = %peer,
+        server.address = Empty,
+        imgate.protocol = Empty,
+        imgate.action = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    let session = serve_session(&shared, &frontend, client, peer, id).instrument(span.clone());
+    if let Err(error) = session.await {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", tracing::field::display(&error));
+        tracing::info!(target: "imgate::session", parent: &span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
     }
 }
 
@@ -102,7 +122,16 @@ async fn serve_session<S: Client>(
         upstream,
         info,
         route,
-    }) = Box::pin(admit(shared, frontend, client, peer, id)).await?
+    }) = Box::pin(admit(
+        shared,
+        frontend,
+        client,
+        peer,
+        id,
+        &tracing::Span::current(),
+    ))
+    .instrument(tracing::info_span!(target: TRACE_TARGET, "admit"))
+    .await?
     else {
         return Ok(());
     };
@@ -162,6 +191,7 @@ async fn admit<S: Client>(
     mut client: S,
     peer: SocketAddr,
     id: u64,
+    span: &tracing::Span,
 ) -> Result<Option<Admitted<S>>, SessionError> {
     let target = tokio::time::timeout(
         shared.limits.handshake,
@@ -172,6 +202,11 @@ async fn admit<S: Client>(
     let server = format!("{}:{}", target.host, target.port);
     // Through a connector, the client is the one the connector saw.
     let peer = target.client.unwrap_or(peer);
+    span.record("server.address", server.as_str());
+    span.record("client.address", tracing::field::display(peer));
+    if let Some(connector) = &target.connector {
+        span.record("imgate.connector", connector.as_str());
+    }
     let connected = tokio::time::timeout(
         shared.limits.connect,
         TcpStream::connect((target.host.as_str(), target.port)),
@@ -267,6 +302,8 @@ async fn admit<S: Client>(
         (None, Some(sni)) => format!("{} ({sni})", protocol.as_str()),
         _ => protocol.as_str().to_owned(),
     };
+    span.record("imgate.protocol", protocol.as_str());
+    span.record("imgate.action", action.as_str());
     tracing::info!(target: "imgate::session", %session, "{peer} -> {server}: {what}, {}{}", action.as_str(), verdict.rules_note());
     if matches!(action, Action::Block | Action::Quarantine)
         || verdict.tls == Some(TlsMode::Block) && matches!(peeked.detected, Detected::Tls(_))

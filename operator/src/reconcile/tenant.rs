@@ -12,26 +12,45 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::status::{Observed, tenant_status};
 use super::{Context, Error, apply, finalizer, policies, write_tenant_status};
 use crate::desired::desired;
+use imgate_dataplane::TRACE_TARGET;
 
 /// How often a Tenant is reconciled when nothing it watches changes.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Brings `tenant` to its desired state, or drains it when it is being deleted.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "reconcile",
+        imgate.tenant = %tenant.name_any(),
+        k8s.namespace.name = tenant.namespace().as_deref().unwrap_or_default(),
+        imgate.generation = tenant.metadata.generation.unwrap_or_default(),
+        imgate.deleting = tenant.metadata.deletion_timestamp.is_some(),
+        error.type = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
     let timer = ctx.metrics.started();
     let now = Time(Timestamp::now());
     let result = if tenant.metadata.deletion_timestamp.is_some() {
-        finalizer::drain(&tenant, &ctx, &now).await
+        finalizer::drain(&tenant, &ctx, &now)
+            .instrument(span.clone())
+            .await
     } else {
-        converge(&tenant, &ctx, &now).await
+        converge(&tenant, &ctx, &now).instrument(span.clone()).await
     };
     ctx.metrics.finished(timer, result.as_ref().err());
     if let Err(error) = &result {
-        tracing::warn!(tenant = %tenant.name_any(), %error, "reconcile failed");
+        span.record("error.type", error.metric_label());
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", tracing::field::display(error));
+        tracing::warn!(parent: &span, tenant = %tenant.name_any(), %error, "reconcile failed");
     }
     result
 }
