@@ -59,6 +59,15 @@ pub struct SettingsArgs {
     /// policy lets them reach TCP 443 and 6443 at any address).
     #[arg(long = "api-server-cidr", value_name = "CIDR", value_parser = cidr)]
     api_server_cidrs: Vec<String>,
+    /// The OTLP/HTTP endpoint every tenant's dataplanes export OpenTelemetry traces to, e.g.
+    /// `http://otel-collector.monitoring:4318` (their network policy lets them reach its port).
+    #[arg(long, value_name = "URL", value_parser = otlp_endpoint)]
+    otlp_endpoint: Option<String>,
+}
+
+/// Checks that `text` is an OTLP/HTTP endpoint URL.
+fn otlp_endpoint(text: &str) -> Result<String, String> {
+    imgate_operator::settings::otlp_port(text).map(|_| text.to_owned())
 }
 
 /// Checks that `text` is an IPv4 or IPv6 CIDR range.
@@ -103,6 +112,7 @@ impl SettingsArgs {
             node_selector: self.node_selector.iter().cloned().collect(),
             tunnel_service_annotations: self.tunnel_service_annotations.iter().cloned().collect(),
             api_server_cidrs: self.api_server_cidrs.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
             ..defaults
         }
     }

@@ -30,6 +30,7 @@ FULL_OPERATOR = {
         },
         "apiServerCIDRs": ["10.0.0.0/28", "fd00:10::/120"],
     },
+    "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4318"},
 }
 
 CONNECTOR = {
@@ -56,6 +57,7 @@ REFUSED = {
     "service type": ("imgate", {"dataplane": {"tunnelServiceType": "ClusterIP"}}),
     "tunnel domain": ("imgate", {"dataplane": {"tunnelDomain": "Not A Domain"}}),
     "api server range": ("imgate", {"dataplane": {"apiServerCIDRs": ["10.0.0.1"]}}),
+    "otlp endpoint": ("imgate", {"telemetry": {"otlpEndpoint": "otel-collector:4318"}}),
     "endpoint": ("imgate-connector", {"dataplane": "acme:tunnel", "enrollment": {"token": "t"}}),
     "no endpoint": ("imgate-connector", {"enrollment": {"token": "t"}}),
     "no token": ("imgate-connector", {"dataplane": "acme.example:4433"}),

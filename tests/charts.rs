@@ -200,6 +200,31 @@ fn the_operator_charts_settings_reach_every_tenants_objects() {
         .filter_map(|peer| peer["ipBlock"]["cidr"].as_str())
         .collect();
     assert_eq!(api_server, ["10.0.0.0/28", "fd00:10::/120"]);
+    assert_eq!(
+        egress[3],
+        serde_json::json!({"ports": [{"port": 4318, "protocol": "TCP"}]}),
+        "the dataplanes reach the trace collector's port"
+    );
+    let traces: Vec<(&str, &str)> = pod["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://otel-collector.observability:4318"
+            ),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "imgate.tenant=meridian-capital,k8s.namespace.name=imgate-meridian-capital,k8s.pod.name=$(POD_NAME)"
+            ),
+        ],
+        "the dataplanes export traces, saying whose they are"
+    );
     let notes = std::fs::read_to_string(
         PathBuf::from(report()["cases"]["imgate-full"].as_str().expect("case"))
             .with_extension("notes"),
@@ -235,6 +260,15 @@ fn the_operator_deployment_runs_what_imgate_accepts_knowing_its_pod() {
             ("POD_NAME", "metadata.name"),
             ("POD_NAMESPACE", "metadata.namespace")
         ]
+    );
+    assert!(
+        container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT"
+                && e["value"] == "http://otel-collector.observability:4318"),
+        "the operator exports its traces: {container}"
     );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(deployment["spec"]["replicas"], 3);
@@ -323,6 +357,10 @@ fn values_the_charts_must_refuse_are_refused_saying_what_to_set() {
         ),
         ("tunnel domain", "/dataplane/tunnelDomain"),
         ("api server range", "'10.0.0.1' does not match pattern"),
+        (
+            "otlp endpoint",
+            "'otel-collector:4318' does not match pattern",
+        ),
         ("endpoint", "'acme:tunnel' does not match pattern"),
         ("no endpoint", "set dataplane to the firm's tunnel endpoint"),
         ("no token", "set enrollment.existingSecret"),

@@ -3,8 +3,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set, `imgate up` exports a span per session, with its
 //! admission as a child span, named for the service and carrying what the session was (tenant,
 //! front end, client, server, protocol, verdict), and a refused session is marked as such.
-//! Conversations stay out of traces: no exported span or event holds a message's text. The
-//! operator exports a span per reconcile of a Tenant.
+//! Conversations stay out of traces: no exported span or event holds a message's text. A
+//! connection carried by `imgate connector` is traced at both ends, and the operator exports a
+//! span per reconcile of a Tenant.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{example_tenant, kubeconfig, namespace, operator_with_env};
+use common::tunnel::{enrolled, run_connector_with_env, wait_until_connected};
 use common::xmpp::clients;
 use common::{Killed, free_port, imgate_up_with_env, prosody, serve, stop_and_read};
 use imgate_fake_api::FakeApi;
@@ -187,4 +189,95 @@ fn the_operator_exports_a_span_per_reconcile() {
         reconcile["parent_span_id"], "",
         "a reconcile starts a trace"
     );
+}
+
+#[test]
+fn a_connection_through_a_connector_is_traced_at_both_ends() {
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (_receiver, endpoint) = receiver(&out);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    // The server: echoes each connection's first read back.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let server_address = server.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut peer in server.incoming().flatten() {
+            let mut buffer = [0u8; 64];
+            if let Ok(read) = peer.read(&mut buffer) {
+                let _ = peer.write_all(&buffer[..read]);
+            }
+        }
+    });
+    let data = dir.path().join("data");
+    let tunnel = format!("127.0.0.1:{}", free_port());
+    let (dataplane, _) = imgate_up_with_env(9, &data, &["--tunnel", &tunnel], &env);
+    let identity = enrolled(
+        dir.path(),
+        &data,
+        "site-1",
+        &[tunnel.parse().expect("address")],
+    );
+    let connector = run_connector_with_env(
+        &identity,
+        &[&tunnel],
+        &server_address.to_string(),
+        &[],
+        &env,
+    );
+    wait_until_connected(&connector);
+
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", connector.port)).expect("connect");
+    let client_address = client.local_addr().expect("address");
+    client.write_all(b"\x00\x01traced").expect("write");
+    let mut back = [0u8; 8];
+    client.read_exact(&mut back).expect("echoed");
+    assert_eq!(&back, b"\x00\x01traced");
+    drop(client);
+    let carried = spans(&out, "carry", 2);
+    drop(connector);
+    stop_and_read(dataplane, &data);
+    let spans = spans(&out, "session", 3);
+
+    let carry = carried
+        .iter()
+        .find(|s| {
+            s["name"] == "carry" && s["attributes"]["client.address"] == client_address.to_string()
+        })
+        .unwrap_or_else(|| panic!("no span from the connector for the client: {carried:?}"));
+    assert_eq!(carry["resource"]["service.name"], "imgate-connector");
+    assert_eq!(
+        carry["attributes"]["server.address"],
+        server_address.to_string()
+    );
+    assert_eq!(carry["attributes"]["imgate.dataplane"], tunnel, "{carry}");
+    assert_eq!(carry["status"], 0, "carried: {carry}");
+    // The start-up checks' connections to `imgate up`'s port-forward and to the connector's
+    // make sessions too: the one to look at carries the client's bytes.
+    let session = spans
+        .iter()
+        .find(|s| {
+            s["name"] == "session"
+                && s["attributes"]["client.address"] == client_address.to_string()
+        })
+        .unwrap_or_else(|| panic!("no span from the dataplane for the client: {spans:?}"));
+    assert_eq!(session["resource"]["service.name"], "imgate-dataplane");
+    assert_eq!(
+        session["attributes"]["imgate.frontend"], "tunnel",
+        "{session}"
+    );
+    assert_eq!(
+        session["attributes"]["imgate.connector"], "site-1",
+        "{session}"
+    );
+    assert_eq!(
+        session["attributes"]["client.address"],
+        client_address.to_string(),
+        "the client the connector saw: {session}"
+    );
+    assert_eq!(session["attributes"]["imgate.action"], "allow", "{session}");
 }

@@ -44,6 +44,9 @@ pub struct Settings {
     /// enrollment tokens and follow their policy; any address on its ports when none are
     /// given.
     pub api_server_cidrs: Vec<String>,
+    /// The OTLP/HTTP endpoint (a URL, see [`otlp_port`]) that dataplanes export their
+    /// OpenTelemetry traces to; none export any when absent.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Settings {
@@ -65,6 +68,48 @@ impl Default for Settings {
             node_selector: BTreeMap::new(),
             tunnel_service_annotations: BTreeMap::new(),
             api_server_cidrs: Vec::new(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// The TCP port of the OTLP/HTTP endpoint `url` (`http://otel-collector.monitoring:4318`):
+/// the one it names, or its scheme's; an error saying what is expected when `url` is not an
+/// `http://` or `https://` URL with a host.
+pub fn otlp_port(url: &str) -> Result<u16, String> {
+    let expected = "an OTLP endpoint is an http:// or https:// URL, like http://otel-collector.monitoring:4318";
+    let uri: http::Uri = url.parse().map_err(|_| format!("`{url}`: {expected}"))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}`: {expected}"));
+    }
+    match (uri.scheme_str(), uri.port_u16()) {
+        (Some("http" | "https"), Some(port)) => Ok(port),
+        (Some("http"), None) => Ok(80),
+        (Some("https"), None) => Ok(443),
+        _ => Err(format!("`{url}`: {expected}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_port;
+
+    #[test]
+    fn an_otlp_endpoint_gives_its_port_or_its_schemes() {
+        assert_eq!(otlp_port("http://otel-collector.monitoring:4318"), Ok(4318));
+        assert_eq!(otlp_port("http://collector"), Ok(80));
+        assert_eq!(otlp_port("https://otlp.example.com/"), Ok(443));
+        for bad in [
+            "otel-collector:4318",
+            "ftp://collector:21",
+            "http://",
+            "not a url",
+        ] {
+            let error = otlp_port(bad).expect_err(bad);
+            assert!(
+                error.contains("http://otel-collector.monitoring:4318"),
+                "{error}"
+            );
         }
     }
 }

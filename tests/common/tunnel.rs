@@ -73,9 +73,21 @@ pub fn run_connector(
     server: &str,
     extra: &[&str],
 ) -> Running {
+    run_connector_with_env(identity, dataplanes, server, extra, &[])
+}
+
+/// [`run_connector`] with the environment variables `env` set.
+pub fn run_connector_with_env(
+    identity: &Path,
+    dataplanes: &[impl std::fmt::Display],
+    server: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
     let port = free_port();
     let metrics = free_port();
     let mut command = imgate();
+    command.envs(env.iter().copied());
     command
         .args(["connector", "run", "--socks", "off", "--identity"])
         .arg(identity)

@@ -55,4 +55,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- range $dp.apiServerCIDRs }}
 - {{ printf "--api-server-cidr=%s" . | quote }}
 {{- end }}
+{{- with .Values.telemetry.otlpEndpoint }}
+- {{ printf "--otlp-endpoint=%s" . | quote }}
+{{- end }}
 {{- end -}}

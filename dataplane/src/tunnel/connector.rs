@@ -24,10 +24,13 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::connector_metrics::ConnectorMetrics;
 use super::header::{Decoded, Reply, Status, StreamHeader};
 use super::target::Target;
+use crate::TRACE_TARGET;
 use crate::proxy::frontend::{Frontend, HandshakeError, Refusal};
 use crate::proxy::unread_relay::relay_unread;
 
@@ -308,14 +311,47 @@ impl Connector {
     }
 
     /// Admits one accepted connection through the tunnel, then relays it in a task of its own
-    /// until both sides close; returns once it is admitted or refused.
+    /// until both sides close; returns once it is admitted or refused. The admission is a
+    /// trace span (`carry`) when traces are exported.
     pub async fn serve(
+        self: Arc<Self>,
+        frontend: Frontend,
+        client: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), ConnectorError> {
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "carry",
+            imgate.frontend = frontend.kind(),
+            client.address = %peer,
+            server.address = Empty,
+            imgate.dataplane = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        );
+        let carried = self
+            .carry(frontend, client, peer, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &carried {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", tracing::field::display(error));
+        }
+        carried
+    }
+
+    async fn carry(
         self: Arc<Self>,
         frontend: Frontend,
         mut client: TcpStream,
         peer: SocketAddr,
+        span: &tracing::Span,
     ) -> Result<(), ConnectorError> {
         let target = frontend.accept(&mut client).await?;
+        span.record(
+            "server.address",
+            tracing::field::display(format_args!("{}:{}", target.host, target.port)),
+        );
         let header = StreamHeader {
             host: target.host,
             port: target.port,
@@ -357,6 +393,7 @@ impl Connector {
                 });
             }
             self.metrics.stream("connected");
+            span.record("imgate.dataplane", tracing::field::display(&live.dataplane));
             frontend.succeed(&mut client).await?;
             let tunnel = tokio::io::join(receive, send);
             // A task of its own, so that what admission needed is freed while it relays.

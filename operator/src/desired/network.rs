@@ -7,7 +7,7 @@
 //! server (TCP 443 and 6443, at the operator's `--api-server-cidr` ranges, or at any address
 //! when none are set), and addresses outside the cluster's private ranges and the link-local
 //! range (so not the cloud's instance metadata), which is where IM servers and the object
-//! store are.
+//! store are, and the trace collector's port at any address when the settings name one.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::names;
-use crate::settings::Settings;
+use crate::settings::{Settings, otlp_port};
 
 /// The port names on the pods and Services.
 pub const TUNNEL_PORT_NAME: &str = "tunnel";
@@ -174,13 +174,28 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             outside("::/0", &PRIVATE_V6),
         ]),
     };
+    // The trace collector usually runs in the cluster, at a private address: its port is open
+    // at any address.
+    let collector = settings
+        .otlp_endpoint
+        .as_deref()
+        .and_then(|url| otlp_port(url).ok())
+        .map(|port| NetworkPolicyEgressRule {
+            ports: Some(vec![policy_port("TCP", port)]),
+            to: None,
+        });
     NetworkPolicy {
         metadata: names::meta(tenant, names::DATAPLANE, true),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(names::pod_selector(tenant)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![tunnel, metrics]),
-            egress: Some(vec![dns, api_server, internet]),
+            egress: Some(
+                [dns, api_server, internet]
+                    .into_iter()
+                    .chain(collector)
+                    .collect(),
+            ),
         }),
     }
 }

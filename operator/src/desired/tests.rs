@@ -360,6 +360,19 @@ fn scaling_disruption_and_network_follow_the_tenant_and_settings() {
         ("TCP".into(), Some(IntOrString::Int(9464)))
     );
     let egress = spec.egress.as_ref().expect("egress");
+    assert_eq!(
+        egress.len(),
+        3,
+        "DNS, the API server, the internet: no collector"
+    );
+    assert!(
+        dataplane_pod(&objects).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .all(|e| !e.name.starts_with("OTEL_")),
+        "no traces without an endpoint"
+    );
     let blocks: Vec<_> = egress[2]
         .to
         .iter()

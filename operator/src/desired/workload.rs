@@ -164,8 +164,6 @@ fn extra_roots(tenant: &Tenant) -> Option<&str> {
     tls.extra_roots_secret_ref.as_ref().map(|s| s.name.as_str())
 }
 
-/// The LDAP bind from the tenant's `identity.ldap.bindSecretRef`, as the variables `imgate
-/// up` reads it from.
 /// The environment variable `name` holding the pod's field `path` (downward API).
 fn pod_field((name, path): (&str, &str)) -> EnvVar {
     EnvVar {
@@ -181,6 +179,32 @@ fn pod_field((name, path): (&str, &str)) -> EnvVar {
     }
 }
 
+/// Where the dataplane exports its traces, and the resource attributes that say whose they
+/// are (`$(POD_NAME)` is the variable set before it), when the settings name an endpoint.
+fn traces_env(tenant: &Tenant, settings: &Settings) -> Vec<EnvVar> {
+    let Some(endpoint) = &settings.otlp_endpoint else {
+        return Vec::new();
+    };
+    let name = names::tenant_name(tenant);
+    let attributes = format!(
+        "imgate.tenant={name},k8s.namespace.name={},k8s.pod.name=$(POD_NAME)",
+        names::namespace(name)
+    );
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_RESOURCE_ATTRIBUTES", attributes),
+    ]
+    .into_iter()
+    .map(|(variable, value)| EnvVar {
+        name: variable.into(),
+        value: Some(value),
+        value_from: None,
+    })
+    .collect()
+}
+
+/// The LDAP bind from the tenant's `identity.ldap.bindSecretRef`, as the variables `imgate
+/// up` reads it from.
 fn ldap_bind_env(tenant: &Tenant) -> Vec<EnvVar> {
     let secret = tenant
         .spec
@@ -298,6 +322,7 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
                 .into_iter()
                 .map(pod_field)
                 .chain(ldap_bind_env(tenant))
+                .chain(traces_env(tenant, settings))
                 .collect(),
         ),
         env_from: credentials.map(|secret| {
