@@ -75,11 +75,15 @@ pub async fn serve<S: Client>(
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
-    let session = serve_session(&shared, &frontend, client, peer, id).instrument(span.clone());
-    if let Err(error) = session.await {
+    // Pinned in place and awaited through a reference, so that the span is read back from the
+    // instrumented future rather than kept twice in every idle session.
+    let mut session =
+        std::pin::pin!(serve_session(&shared, &frontend, client, peer, id).instrument(span));
+    if let Err(error) = session.as_mut().await {
+        let span = session.span();
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_description", tracing::field::display(&error));
-        tracing::info!(target: "imgate::session", parent: &span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+        tracing::info!(target: "imgate::session", parent: span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
     }
 }
 
@@ -116,7 +120,8 @@ async fn serve_session<S: Client>(
     id: u64,
 ) -> Result<(), SessionError> {
     // Admission and the relay are separate boxed stages: what admission needed is freed before
-    // the relay starts, so an idle session holds only its relay.
+    // the relay starts, so an idle session holds only its relay. The session's span goes to
+    // admission by value, so that this frame keeps no copy of it.
     let Some(Admitted {
         client,
         upstream,
@@ -128,7 +133,7 @@ async fn serve_session<S: Client>(
         client,
         peer,
         id,
-        &tracing::Span::current(),
+        tracing::Span::current(),
     ))
     .instrument(tracing::info_span!(target: TRACE_TARGET, "admit"))
     .await?
@@ -191,7 +196,7 @@ async fn admit<S: Client>(
     mut client: S,
     peer: SocketAddr,
     id: u64,
-    span: &tracing::Span,
+    span: tracing::Span,
 ) -> Result<Option<Admitted<S>>, SessionError> {
     let target = tokio::time::timeout(
         shared.limits.handshake,
