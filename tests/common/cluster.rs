@@ -109,17 +109,19 @@ pub fn object(api: &FakeApi, plural: &str, namespace: Option<&str>, name: &str) 
         .find(|o| o["metadata"]["name"] == name && o["metadata"]["namespace"].as_str() == namespace)
 }
 
-/// Waits until `ready` holds of what `api` has, for up to 30 s; `what` says what was awaited
-/// and `log` where to look should it not come.
+/// Waits until `ready` holds of what `api` has, for up to 60 s; `what` says what was awaited
+/// and `log` where to look should it not come. The operator's slowest legitimate path, a
+/// report Lease change that only its periodic sweep picks up, takes up to 30 s
+/// (`report::gather::SWEEP`); a loaded machine needs more.
 pub fn wait_until<T>(what: &str, log: &Path, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(value) = ready() {
             return value;
         }
         assert!(
             Instant::now() < deadline,
-            "{what} did not happen within 30 s; the log:\n{}",
+            "{what} did not happen within 60 s; the log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
