@@ -1,13 +1,15 @@
 //! The operator's side of reporting: a watch on every report Lease, and the report fields of
 //! each Tenant's status written from them.
 //!
-//! Invariants: a Tenant is looked at again when one of its Leases changes or its delivered
-//! policy revision differs from the one its last write saw, and every Tenant every [`SWEEP`]
-//! (reports expire without an event); a write happens only when the summary
-//! differs from both what the Tenant's status holds and what was last written (the watch may
-//! lag), and a change in session counts alone waits until [`COUNTS_EVERY`] has passed since
-//! the Tenant's last write; a failed write is retried at the next look, and every write is
-//! counted on `/metrics` by outcome; a Tenant being deleted is left alone.
+//! Invariants: a Tenant is looked at again when one of its Leases changes, when its delivered
+//! policy revision differs from the one it was last looked at with or it was never looked at
+//! (a Lease's event can come before its Tenant is in the store), and every Tenant every
+//! [`SWEEP`] (reports expire without an event); a write happens only when the summary differs
+//! from what was last written, or from what the Tenant's status holds before any write (the
+//! watch may lag behind a write), and a change in session counts alone waits until
+//! [`COUNTS_EVERY`] has passed since the Tenant's last write; a failed write is retried at the
+//! next look, and every write is counted on `/metrics` by outcome; a Tenant being deleted is
+//! left alone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,8 +38,6 @@ pub const SWEEP: Duration = Duration::from_secs(30);
 struct Written {
     summary: Summary,
     at: Instant,
-    /// The policy revision delivered then.
-    delivered: Option<String>,
 }
 
 /// The report fields last written, per Tenant.
@@ -46,6 +46,9 @@ pub struct Gatherer {
     tenants: Store<Tenant>,
     leases: Store<Lease>,
     written: HashMap<String, Written>,
+    /// The policy revision delivered to each Tenant when it was last looked at, whether or
+    /// not anything was written then.
+    looked: HashMap<String, Option<String>>,
 }
 
 impl Gatherer {
@@ -57,12 +60,12 @@ impl Gatherer {
             tenants,
             leases,
             written: HashMap::new(),
+            looked: HashMap::new(),
         }
     }
 
-    /// The summary Tenant `name` needs written at `now`, if any, and the policy revision
-    /// delivered it describes.
-    pub fn wanted(&self, name: &str, now: Instant) -> Option<(Summary, Option<String>)> {
+    /// The summary Tenant `name` needs written at `now`, if any.
+    pub fn wanted(&self, name: &str, now: Instant) -> Option<Summary> {
         let tenant = self.tenants.get(&ObjectRef::new(name))?;
         if tenant.metadata.deletion_timestamp.is_some() {
             return None;
@@ -89,17 +92,30 @@ impl Gatherer {
             tenant.metadata.generation,
             &Time(Timestamp::now()),
         );
+        // What was last written is newer than the store's copy when the watch lags: a
+        // summary back to what the store still shows must be written again.
         let stored = Summary::of_status(&status);
-        if summary == stored || last.is_some_and(|written| written.summary == summary) {
+        let known = last.map_or(&stored, |written| &written.summary);
+        if summary == *known {
             return None;
         }
-        let known = last.map_or(&stored, |written| &written.summary);
         let counts_only = summary.without_counts() == known.without_counts();
         let recent = last.is_some_and(|written| now.duration_since(written.at) < COUNTS_EVERY);
         if counts_only && recent {
             return None;
         }
-        Some((summary, status.policy_revision))
+        Some(summary)
+    }
+
+    /// The policy revision delivered to Tenant `name`, as the store has it.
+    fn delivered(&self, name: &str) -> Option<Option<String>> {
+        let tenant = self.tenants.get(&ObjectRef::new(name))?;
+        Some(
+            tenant
+                .status
+                .as_ref()
+                .and_then(|s| s.policy_revision.clone()),
+        )
     }
 
     /// Writes the report fields of each of `tenants` that needs it; returns those whose write
@@ -108,7 +124,10 @@ impl Gatherer {
         let api: Api<Tenant> = Api::all(self.ctx.client.clone());
         let mut failed = BTreeSet::new();
         for name in tenants {
-            let Some((summary, delivered)) = self.wanted(&name, Instant::now()) else {
+            if let Some(delivered) = self.delivered(&name) {
+                self.looked.insert(name.clone(), delivered);
+            }
+            let Some(summary) = self.wanted(&name, Instant::now()) else {
                 continue;
             };
             let result = apply_status_as(STATUS_MANAGER, &api, &name, &summary.status()).await;
@@ -116,12 +135,7 @@ impl Gatherer {
             match result {
                 Ok(_) => {
                     let at = Instant::now();
-                    let written = Written {
-                        summary,
-                        at,
-                        delivered,
-                    };
-                    self.written.insert(name, written);
+                    self.written.insert(name, Written { summary, at });
                 }
                 Err(error) => {
                     tracing::warn!(tenant = %name, %error, "cannot write the dataplanes' reports into the Tenant's status; retrying");
@@ -132,7 +146,8 @@ impl Gatherer {
         failed
     }
 
-    /// The Tenants whose delivered policy revision is not the one their last write saw.
+    /// The Tenants whose delivered policy revision is not the one they were last looked at
+    /// with, and those never looked at (a report can come before its Tenant is in the store).
     pub fn redelivered(&self) -> BTreeSet<String> {
         self.tenants
             .state()
@@ -141,10 +156,8 @@ impl Gatherer {
                 let delivered = tenant
                     .status
                     .as_ref()
-                    .and_then(|s| s.policy_revision.as_ref());
-                self.written
-                    .get(&tenant.name_any())
-                    .is_some_and(|written| written.delivered.as_ref() != delivered)
+                    .and_then(|s| s.policy_revision.clone());
+                self.looked.get(&tenant.name_any()) != Some(&delivered)
             })
             .map(|tenant| tenant.name_any())
             .collect()
