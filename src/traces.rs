@@ -63,6 +63,14 @@ pub fn layer<S>(service: &str) -> anyhow::Result<(impl Layer<S> + use<S>, Traces
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Ok(protocol) = std::env::var(name) {
+            unsupported_protocol(name, &protocol)?;
+        }
+    }
     let exporter = SpanExporter::builder()
         .with_http()
         .with_http_client(Exporting::new()?)
@@ -93,6 +101,16 @@ where
         .with_tracer(tracer)
         .with_filter(exported);
     Ok((layer, Traces { provider }))
+}
+
+/// Refuses an OTLP protocol other than HTTP with protobuf, saying what to set instead.
+fn unsupported_protocol(variable: &str, protocol: &str) -> anyhow::Result<()> {
+    match protocol.trim() {
+        "" | "http/protobuf" => Ok(()),
+        other => anyhow::bail!(
+            "{variable}={other}: imgate exports traces over OTLP/HTTP with protobuf; set it to http/protobuf (or unset it) and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's HTTP port (usually 4318)"
+        ),
+    }
 }
 
 /// An HTTP client for the exporter: hyper on a runtime of its own, as the batch processor
@@ -143,5 +161,25 @@ impl HttpClient for Exporting {
         self.runtime
             .spawn(async move { client.send_bytes(request).await })
             .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsupported_protocol;
+
+    #[test]
+    fn only_otlp_over_http_with_protobuf_is_accepted() {
+        assert!(unsupported_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").is_ok());
+        assert!(unsupported_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", "").is_ok());
+        for other in ["grpc", "http/json"] {
+            let error = unsupported_protocol("OTEL_EXPORTER_OTLP_PROTOCOL", other)
+                .expect_err(other)
+                .to_string();
+            assert!(
+                error.contains("set it to http/protobuf") && error.contains(other),
+                "{error}"
+            );
+        }
     }
 }
