@@ -37,6 +37,14 @@ fn receiver(out: &Path) -> (Killed, String) {
     (receiver, format!("http://127.0.0.1:{port}"))
 }
 
+/// The environment that has a component export its traces to `endpoint` within 200 ms.
+fn exporting(endpoint: &str) -> [(&'static str, &str); 2] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]
+}
+
 /// The spans in `out` once at least `wanted` spans named `name` are there (or 30 s pass).
 fn spans(out: &Path, name: &str, wanted: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,10 +73,7 @@ fn sessions_are_exported_as_traces_without_their_messages() {
         port,
         &data,
         &["--extra-roots", &server_cert.to_string_lossy()],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
+        &exporting(&endpoint),
     );
     let received = clients(front, &data.join("ca/ca.pem"), &["chat"]);
     assert!(
@@ -166,10 +171,7 @@ fn the_operator_exports_a_span_per_reconcile() {
     let _operator = operator_with_env(
         &config,
         &dir.path().join("operator.log"),
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
+        &exporting(&endpoint),
     );
     let spans = spans(&out, "reconcile", 1);
     let reconcile = spans
@@ -198,10 +200,7 @@ fn a_connection_through_a_connector_is_traced_at_both_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
     let (_receiver, endpoint) = receiver(&out);
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-    ];
+    let env = exporting(&endpoint);
     // The server: echoes each connection's first read back.
     let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let server_address = server.local_addr().expect("address");
