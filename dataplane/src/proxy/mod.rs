@@ -13,6 +13,7 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod tls;
+pub mod tls_records;
 pub mod unread_relay;
 pub mod xmpp_direct_tls;
 mod xmpp_inspect;

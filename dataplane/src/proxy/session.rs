@@ -143,7 +143,7 @@ async fn serve_session<S: Client>(
     let session = info.session.clone();
     let outcome = match route {
         Route::DirectXmpp(domain, context) => {
-            Box::pin(xmpp_direct_tls::relay(
+            let relaying = Box::pin(xmpp_direct_tls::relaying(
                 shared.clone(),
                 client,
                 upstream,
@@ -151,11 +151,12 @@ async fn serve_session<S: Client>(
                 domain,
                 context,
             ))
-            .await
+            .await;
+            run_stage(relaying).await
         }
         Route::Irc => Box::pin(irc_relay::relay(shared.clone(), client, upstream, info)).await,
         Route::Xmpp(intercept) => {
-            Box::pin(xmpp_relay::relay(
+            let relaying = Box::pin(xmpp_relay::relaying(
                 shared.clone(),
                 client,
                 upstream,
@@ -163,7 +164,8 @@ async fn serve_session<S: Client>(
                 shared.tls.clone(),
                 intercept,
             ))
-            .await
+            .await;
+            run_stage(relaying).await
         }
         Route::Unread => {
             Box::pin(super::unread_relay::relay_unread(
@@ -186,6 +188,11 @@ async fn serve_session<S: Client>(
     let _ = Box::pin(shared.archive(&session, end)).await;
     tracing::info!(target: "imgate::session", %session, "ended");
     outcome.map_err(Into::into)
+}
+
+/// Relays with the stage that preparing the relay gave, once that preparation is dropped.
+async fn run_stage(relaying: std::io::Result<xmpp_relay::Stage>) -> std::io::Result<()> {
+    relaying?.await
 }
 
 /// The front-end handshake, the upstream connection, identification and the session-level

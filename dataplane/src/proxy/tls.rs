@@ -129,12 +129,13 @@ impl InterceptionCa {
             .map_err(|e| rustls::Error::General(e.to_owned()))?;
         let signing = default_provider().key_provider.load_private_key(private)?;
         let leaf = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
-        let config = Arc::new(
-            ServerConfig::builder_with_provider(Arc::new(default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(Arc::new(Fixed(leaf.clone()))),
-        );
+        let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(leaf.clone())));
+        // Intercepted connections protect their own records after the handshake.
+        config.enable_secret_extraction = true;
+        let config = Arc::new(config);
         let mut minted = self.minted.lock().unwrap_or_else(|p| p.into_inner());
         // Another session may have minted this name meanwhile: keep the first.
         Ok(minted.entry(name).or_insert((leaf, config)).clone())
@@ -237,10 +238,12 @@ pub fn upstream_config(
     for certificate in extra_roots {
         roots.add(certificate.clone())?;
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+    let mut config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Intercepted connections protect their own records after the handshake.
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

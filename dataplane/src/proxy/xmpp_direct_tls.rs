@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::shared::{SessionInfo, Shared};
-use super::xmpp_relay::{self, TlsContext, connect_verified};
+use super::xmpp_relay::{self, Stage, TlsContext, connect_verified, ended};
 use crate::inspect::tls_hello::ClientHello;
 
 /// The ALPN protocol of XMPP client streams over direct TLS (XEP-0368).
@@ -28,21 +28,22 @@ pub fn xmpp_server_name(hello: &ClientHello, port: u16) -> Option<&str> {
     hello.sni.as_deref().filter(|_| xmpp)
 }
 
-/// Intercepts and inspects an XMPP session that starts with TLS for `domain`.
-pub async fn relay<C, U>(
+/// Intercepts an XMPP session that starts with TLS for `domain`, and gives the stage that
+/// inspects it (see [`xmpp_relay::relaying`]).
+pub async fn relaying<C, U>(
     shared: Arc<Shared>,
     client: C,
     upstream: U,
     info: SessionInfo,
     domain: String,
     tls: Arc<TlsContext>,
-) -> std::io::Result<()>
+) -> std::io::Result<Stage>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(upstream) = connect_verified(&shared, &info, upstream, &domain, &tls).await else {
-        return Ok(());
+        return Ok(ended());
     };
     let config = tls
         .ca
@@ -50,7 +51,7 @@ where
         .map_err(std::io::Error::other)?;
     let client = Box::pin(super::lean_tls::accept(config, client)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "direct TLS intercepted for {domain}");
-    Box::pin(xmpp_relay::relay(
+    Box::pin(xmpp_relay::relaying(
         shared, client, upstream, info, None, false,
     ))
     .await

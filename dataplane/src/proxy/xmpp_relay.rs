@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::{ClientConfig, UnbufferedClientConnection};
-use rustls::server::UnbufferedServerConnection;
+use rustls::client::{ClientConfig, ClientConnectionData};
+use rustls::server::ServerConnectionData;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -190,26 +190,27 @@ pub(super) fn strip_stream_management(features: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// Relays an XMPP client session.
-pub async fn relay<C, U>(
+/// Follows an XMPP client session until its stream is readable (or relayed unread), and
+/// gives the stage that relays it from then on. The caller awaits the stage once this future
+/// is dropped, so that an idle session holds only the stage, not what led to it.
+pub async fn relaying<C, U>(
     shared: Arc<Shared>,
     client: C,
     upstream: U,
     info: SessionInfo,
     tls: Option<Arc<TlsContext>>,
     intercept: bool,
-) -> std::io::Result<()>
+) -> std::io::Result<Stage>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Each stage is boxed and finishes before the next starts, so an idle session holds only
-    // the stage it is in, not the negotiation's or the handshakes' state. The relaying stage
-    // is chosen in a block, so that nothing the handshakes returned stays in this frame.
+    // Each step is boxed and finishes before the next starts, so that the relaying stage is
+    // made once the negotiation's and the handshakes' state is gone.
     let relaying: Stage = {
         let negotiated = Box::pin(negotiate(&shared, &info, client, upstream)).await?;
         match negotiated {
-            Negotiated::Ended => return Ok(()),
+            Negotiated::Ended => return Ok(ended()),
             Negotiated::Plain {
                 client,
                 upstream,
@@ -235,7 +236,7 @@ where
                     ))
                     .await?;
                     let Some((client, upstream)) = streams else {
-                        return Ok(());
+                        return Ok(ended());
                     };
                     Box::pin(super::xmpp_inspect::inspect(
                         shared,
@@ -258,11 +259,16 @@ where
             },
         }
     };
-    relaying.await
+    Ok(relaying)
 }
 
 /// A session's relaying stage, boxed.
-type Stage = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+pub type Stage = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+/// The stage of a session that has ended already (it allocates nothing).
+pub fn ended() -> Stage {
+    Box::pin(std::future::ready(Ok(())))
+}
 
 /// Where stream negotiation left a session.
 enum Negotiated<C, U> {
@@ -364,7 +370,7 @@ pub(super) async fn connect_verified<U>(
     upstream: U,
     domain: &str,
     tls: &TlsContext,
-) -> Option<LeanTls<U, UnbufferedClientConnection>>
+) -> Option<LeanTls<U, ClientConnectionData>>
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -394,8 +400,8 @@ where
 
 /// The client's and the server's TLS streams of an intercepted session.
 type Intercepted<C, U> = (
-    LeanTls<C, UnbufferedServerConnection>,
-    LeanTls<U, UnbufferedClientConnection>,
+    LeanTls<C, ServerConnectionData>,
+    LeanTls<U, ClientConnectionData>,
 );
 
 /// Completes STARTTLS on both sides: verified TLS to the server first, then TLS with the

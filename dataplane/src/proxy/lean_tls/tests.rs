@@ -1,6 +1,10 @@
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::ring::default_provider;
+use rustls::{SignatureAlgorithm, SupportedCipherSuite};
+
 use super::*;
 use crate::proxy::tls::{InterceptionCa, load_certificates, upstream_config};
 
@@ -23,8 +27,8 @@ fn name() -> ServerName<'static> {
 }
 
 type Pair = (
-    LeanTls<DuplexStream, UnbufferedClientConnection>,
-    LeanTls<DuplexStream, UnbufferedServerConnection>,
+    LeanTls<DuplexStream, ClientConnectionData>,
+    LeanTls<DuplexStream, ServerConnectionData>,
 );
 
 async fn handshake(ca: &InterceptionCa, client: Arc<ClientConfig>) -> io::Result<Pair> {
@@ -83,34 +87,269 @@ async fn both_sides_exchange_data_across_many_records_and_hold_no_buffer_when_id
     assert!(rest.is_empty(), "nothing follows close_notify");
 }
 
-#[tokio::test]
-async fn works_with_rustls_buffered_connections_on_the_other_side() {
-    let (_dir, ca, client_config) = setup(true);
+/// The provider's cipher suites that the CA's (ECDSA) leaves can serve.
+fn suites() -> Vec<SupportedCipherSuite> {
+    default_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|suite| suite.usable_for_signature_algorithm(SignatureAlgorithm::ECDSA))
+        .collect()
+}
 
+/// A client configuration trusting the CA that offers `suite` alone.
+fn client_offering(ca: &InterceptionCa, suite: SupportedCipherSuite) -> Arc<ClientConfig> {
+    let provider = CryptoProvider {
+        cipher_suites: vec![suite],
+        ..default_provider()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in load_certificates(&ca.cert_path).expect("CA certificate") {
+        roots.add(certificate).expect("root");
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[suite.version()])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.enable_secret_extraction = true;
+    Arc::new(config)
+}
+
+/// Many records each way between a lean connection and a rustls one, then close_notify
+/// each way.
+async fn exchange<L, B>(lean: &mut L, buffered: &mut B, what: &str)
+where
+    L: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let sent = payload(40_000);
+    lean.write_all(&sent).await.expect("lean writes");
+    lean.flush().await.expect("lean flushes");
+    let mut received = vec![0u8; sent.len()];
+    buffered
+        .read_exact(&mut received)
+        .await
+        .expect("rustls reads");
+    assert!(
+        received == sent,
+        "{what}: rustls reads what the lean side wrote"
+    );
+    buffered.write_all(&sent).await.expect("rustls writes");
+    buffered.flush().await.expect("rustls flushes");
+    lean.read_exact(&mut received).await.expect("lean reads");
+    assert!(
+        received == sent,
+        "{what}: the lean side reads what rustls wrote"
+    );
+
+    lean.shutdown().await.expect("lean close_notify");
+    let mut rest = Vec::new();
+    buffered
+        .read_to_end(&mut rest)
+        .await
+        .expect("rustls sees a clean end");
+    buffered.shutdown().await.expect("rustls close_notify");
+    lean.read_to_end(&mut rest)
+        .await
+        .expect("the lean side sees a clean end");
+    assert!(rest.is_empty(), "{what}: nothing follows close_notify");
+}
+
+#[tokio::test]
+async fn every_cipher_suite_works_with_rustls_on_the_other_side_in_both_roles() {
+    let (_dir, ca, _) = setup(true);
+    let suites = suites();
+    assert!(
+        suites.len() >= 6,
+        "three TLS 1.3 and three TLS 1.2 suites: {suites:?}"
+    );
+    for suite in suites {
+        let what = format!("{:?}", suite.suite());
+        let ((mut lean_client, mut rustls_server), (mut rustls_client, mut lean_server)) =
+            pairs_with_rustls(&ca, client_offering(&ca, suite)).await;
+        assert_eq!(
+            rustls_server.get_ref().1.negotiated_cipher_suite(),
+            Some(suite)
+        );
+        assert_eq!(
+            rustls_client.get_ref().1.negotiated_cipher_suite(),
+            Some(suite)
+        );
+        exchange(
+            &mut lean_client,
+            &mut rustls_server,
+            &format!("lean client, {what}"),
+        )
+        .await;
+        exchange(
+            &mut lean_server,
+            &mut rustls_client,
+            &format!("lean server, {what}"),
+        )
+        .await;
+    }
+}
+
+/// A lean client connected to a rustls server, and a rustls client to a lean server.
+async fn pairs_with_rustls(
+    ca: &InterceptionCa,
+    client_config: Arc<ClientConfig>,
+) -> (
+    (
+        LeanTls<DuplexStream, ClientConnectionData>,
+        tokio_rustls::server::TlsStream<DuplexStream>,
+    ),
+    (
+        tokio_rustls::client::TlsStream<DuplexStream>,
+        LeanTls<DuplexStream, ServerConnectionData>,
+    ),
+) {
     let (near, far) = tokio::io::duplex(1 << 16);
     let acceptor =
         tokio_rustls::TlsAcceptor::from(ca.server_config("chat.example").expect("config"));
-    let (lean, buffered) = tokio::join!(
+    let (lean_client, rustls_server) = tokio::join!(
         connect(client_config.clone(), name(), near),
         acceptor.accept(far)
     );
-    let (mut lean, mut buffered) = (lean.expect("lean client"), buffered.expect("server"));
-    buffered.write_all(b"<stream>").await.expect("write");
-    buffered.flush().await.expect("flush");
-    let mut greeting = [0u8; 8];
-    lean.read_exact(&mut greeting).await.expect("read");
-    assert_eq!(&greeting, b"<stream>");
-
     let (near, far) = tokio::io::duplex(1 << 16);
     let connector = tokio_rustls::TlsConnector::from(client_config);
     let server = ca.server_config("chat.example").expect("config");
-    let (buffered, lean) = tokio::join!(connector.connect(name(), near), accept(server, far));
-    let (mut buffered, mut lean) = (buffered.expect("client"), lean.expect("lean server"));
-    buffered.write_all(b"<message/>").await.expect("write");
+    let (rustls_client, lean_server) =
+        tokio::join!(connector.connect(name(), near), accept(server, far));
+    (
+        (
+            lean_client.expect("lean client"),
+            rustls_server.expect("rustls server"),
+        ),
+        (
+            rustls_client.expect("rustls client"),
+            lean_server.expect("lean server"),
+        ),
+    )
+}
+
+/// The peer updates its keys and asks for ours; the lean side reads under the peer's new
+/// key and answers under its own.
+async fn follows_a_key_update<L, B>(
+    lean: &mut LeanTls<DuplexStream, L>,
+    buffered: &mut B,
+    refresh: impl FnOnce(&mut B),
+) where
+    L: Side + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    lean.write_all(b"before").await.expect("write");
+    let mut before = [0u8; 6];
+    buffered.read_exact(&mut before).await.expect("read");
+
+    refresh(buffered);
+    buffered
+        .write_all(b"after the update")
+        .await
+        .expect("write");
     buffered.flush().await.expect("flush");
-    let mut message = [0u8; 10];
-    lean.read_exact(&mut message).await.expect("read");
-    assert_eq!(&message, b"<message/>");
+    let mut after = [0u8; 16];
+    lean.read_exact(&mut after)
+        .await
+        .expect("the lean side follows the peer's new key");
+    assert_eq!(&after, b"after the update");
+    assert_eq!(lean.rx.seq(), 1, "one record under the peer's new key");
+
+    lean.write_all(b"answer").await.expect("write");
+    assert_eq!(
+        lean.tx.seq(),
+        1,
+        "the answer went under this side's new key"
+    );
+    let mut answer = [0u8; 6];
+    buffered
+        .read_exact(&mut answer)
+        .await
+        .expect("the peer reads under the new key");
+    assert_eq!(&answer, b"answer");
+}
+
+#[tokio::test]
+async fn key_updates_from_the_peer_are_followed_and_answered_in_both_roles() {
+    let (_dir, ca, client_config) = setup(true);
+    let ((mut lean_client, mut rustls_server), (mut rustls_client, mut lean_server)) =
+        pairs_with_rustls(&ca, client_config).await;
+    follows_a_key_update(&mut lean_client, &mut rustls_server, |server| {
+        server.get_mut().1.refresh_traffic_keys().expect("refresh");
+    })
+    .await;
+    follows_a_key_update(&mut lean_server, &mut rustls_client, |client| {
+        client.get_mut().1.refresh_traffic_keys().expect("refresh");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn this_side_updates_its_key_at_the_suites_limit_and_tls12_stops_there() {
+    let (_dir, ca, client_config) = setup(true);
+    let ((mut lean, mut rustls_server), _) = pairs_with_rustls(&ca, client_config).await;
+    lean.records_per_key = 3;
+    for round in 0..10u8 {
+        lean.write_all(&[round; 5]).await.expect("write");
+        let mut record = [0u8; 5];
+        rustls_server
+            .read_exact(&mut record)
+            .await
+            .expect("the peer follows");
+        assert_eq!(record, [round; 5]);
+        assert!(
+            lean.tx.seq() <= 3,
+            "never more than the limit under one key"
+        );
+    }
+
+    let tls12 = suites()
+        .into_iter()
+        .find(|suite| suite.version() == &rustls::version::TLS12)
+        .expect("a TLS 1.2 suite");
+    let ((mut lean, mut rustls_server), _) =
+        pairs_with_rustls(&ca, client_offering(&ca, tls12)).await;
+    // The handshake's Finished used the first sequence number.
+    lean.records_per_key = lean.tx.seq() + 3;
+    for _ in 0..3 {
+        lean.write_all(b"ok").await.expect("write");
+    }
+    let error = lean.write_all(b"one too many").await.expect_err("refused");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("must be reopened"), "{error}");
+    let mut received = [0u8; 6];
+    rustls_server
+        .read_exact(&mut received)
+        .await
+        .expect("what was written arrives");
+    assert_eq!(&received, b"okokok");
+}
+
+#[tokio::test]
+async fn a_forged_record_after_the_handshake_is_refused_and_the_peer_told_why() {
+    let (_dir, ca, client_config) = setup(true);
+    let (_, (mut rustls_client, mut lean_server)) = pairs_with_rustls(&ca, client_config).await;
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend_from_slice(&payload(40));
+    rustls_client
+        .get_mut()
+        .0
+        .write_all(&forged)
+        .await
+        .expect("write");
+    let mut buffer = [0u8; 16];
+    let error = lean_server.read(&mut buffer).await.expect_err("refused");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("bad_record_mac"), "{error}");
+    assert!(
+        lean_server.read(&mut buffer).await.is_err(),
+        "not used again"
+    );
+    let told = rustls_client
+        .read(&mut buffer)
+        .await
+        .expect_err("the alert arrives");
+    assert!(told.to_string().contains("BadRecordMac"), "{told}");
 }
 
 #[tokio::test]
@@ -188,4 +427,31 @@ async fn a_peer_that_does_not_read_holds_back_writes_at_a_bounded_buffer_and_los
         "every byte arrives as written"
     );
     assert_eq!(client.held(), 0, "nothing is held once the peer has read");
+}
+
+#[tokio::test]
+async fn bytes_after_the_peers_close_notify_are_ignored_and_not_kept() {
+    let (_dir, ca, client_config) = setup(true);
+    let (_, (mut rustls_client, mut lean_server)) = pairs_with_rustls(&ca, client_config).await;
+    rustls_client.write_all(b"last words").await.expect("write");
+    rustls_client.get_mut().1.send_close_notify();
+    rustls_client.flush().await.expect("flush");
+    rustls_client
+        .get_mut()
+        .0
+        .write_all(b"\x17\x03\x03\x00\x05after")
+        .await
+        .expect("write after close_notify");
+
+    let mut received = Vec::new();
+    lean_server
+        .read_to_end(&mut received)
+        .await
+        .expect("a clean end at close_notify");
+    assert_eq!(received, b"last words");
+    assert_eq!(
+        lean_server.held(),
+        0,
+        "what followed close_notify is not kept"
+    );
 }
