@@ -1,5 +1,6 @@
 //! A tenant's IMPolicies: listed by the field `spec.tenantRef`, compiled together with the
-//! dataplane's compiler, and each told whether it was accepted.
+//! dataplane's compiler, and each told whether it was accepted; a set that does not compile
+//! leaves the revision the policy ConfigMap carries.
 //!
 //! Invariants: each policy's `Accepted` condition names exactly the problems found in it, by
 //! field; a Warning Event is published only when a policy's problems change, not on every
@@ -7,6 +8,7 @@
 
 use imgate_crds::{IMPolicy, IMPolicyStatus};
 use imgate_dataplane::inspect::policy::Diagnostic;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType};
@@ -15,6 +17,8 @@ use kube::{Resource, ResourceExt};
 use super::conditions::{State, Wanted, find, merge};
 use super::status::PolicyOutcome;
 use super::{Context, Error, api, apply_status};
+use crate::desired::POLICY_REVISION;
+use crate::names;
 use crate::policy::PolicySet;
 
 /// The longest Event note the API server accepts.
@@ -55,9 +59,24 @@ pub async fn evaluate(
             None,
             PolicyOutcome::Rejected {
                 message: error.to_string(),
+                kept: kept_revision(tenant, ctx).await?,
             },
         ),
     })
+}
+
+/// The revision `tenant`'s policy ConfigMap carries, read from the API server: the Tenant a
+/// reconcile is handed may lag behind the status the previous reconcile wrote.
+async fn kept_revision(tenant: &str, ctx: &Context) -> Result<Option<String>, Error> {
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &names::namespace(tenant));
+    let kept = maps
+        .get_metadata_opt(names::POLICY_CONFIG_MAP)
+        .await
+        .map_err(api(
+            "get",
+            format!("ConfigMap/{}", names::POLICY_CONFIG_MAP),
+        ))?;
+    Ok(kept.and_then(|map| map.annotations().get(POLICY_REVISION).cloned()))
 }
 
 /// `namespace/name`, as diagnostics name a policy.

@@ -6,7 +6,7 @@
 //! `Ready` is `True` only when the policy set is applied, the tunnel can be
 //! reached and at least one dataplane is ready, and otherwise names the first thing missing;
 //! `policyRevision` is the revision in the policy ConfigMap, so an invalid set leaves it at
-//! the last good one; kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
+//! the last good one, as the API server has it (never as a lagging cache's Tenant has it); kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
 
 use imgate_crds::TenantStatus;
 use imgate_crds::tenant::SecretRef;
@@ -32,6 +32,9 @@ pub enum PolicyOutcome {
     Rejected {
         /// What is wrong, by policy and field.
         message: String,
+        /// The revision the ConfigMap still carries, as the API server returned it (none
+        /// when no set was ever delivered).
+        kept: Option<String>,
     },
 }
 
@@ -110,7 +113,7 @@ fn policy_applied(outcome: &PolicyOutcome) -> Wanted {
             "Compiled",
             format!("revision {revision} ({policies} policies) delivered to the dataplanes"),
         ),
-        PolicyOutcome::Rejected { message } => Wanted::new(
+        PolicyOutcome::Rejected { message, .. } => Wanted::new(
             "PolicyApplied",
             State::False,
             "InvalidPolicy",
@@ -175,7 +178,7 @@ pub fn tenant_status(
     );
     let policy_revision = match &observed.policy {
         PolicyOutcome::Applied { revision, .. } => Some(revision.clone()),
-        PolicyOutcome::Rejected { .. } => previous.policy_revision.clone(),
+        PolicyOutcome::Rejected { kept, .. } => kept.clone(),
     };
     TenantStatus {
         observed_generation: observed.generation,
@@ -386,16 +389,17 @@ mod tests {
     fn an_invalid_policy_keeps_the_last_good_revision() {
         let service = json!({"spec": {"type": "NodePort", "ports": [{"nodePort": 30443}]}});
         let sts = json!({"status": {"replicas": 1, "readyReplicas": 1}});
-        let previous = TenantStatus {
-            policy_revision: Some("good01".into()),
+        let lagging = TenantStatus {
+            policy_revision: Some("older0".into()),
             ..TenantStatus::default()
         };
         let rejected = PolicyOutcome::Rejected {
             message: "default/p: spec.content[0].match.regex: unclosed group".into(),
+            kept: Some("good01".into()),
         };
         let status = tenant_status(
             &observed(rejected, &service, &sts),
-            &previous,
+            &lagging,
             &Settings::default(),
             &now(),
         );

@@ -414,6 +414,10 @@ async fn an_invalid_policy_is_reported_and_the_last_good_set_kept() {
     let good_revision = status["policyRevision"].clone();
     let mut steady = finalized(tenant);
     steady.status = Some(serde_json::from_value(status).expect("a TenantStatus"));
+    // The Tenant handed to the reconcile lags: its status still shows an older revision.
+    if let Some(status) = steady.status.as_mut() {
+        status.policy_revision = Some("older0".into());
+    }
     let bad = vec![broken(policies[0].clone())];
     let expected = desired(&steady, None, &Settings::default());
     assert!(expected.iter().all(|o| o.kind() != "ConfigMap"));
@@ -445,6 +449,18 @@ async fn an_invalid_policy_is_reported_and_the_last_good_set_kept() {
                 .expect("a note")
                 .contains("spec.content[0].match.regex")
         );
+        server
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental/configmaps/policy",
+                Reply::Json(
+                    StatusCode::OK,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "policy", "namespace": "imgate-harbor-dental",
+                            "annotations": {"imgate.io/policy-revision": good_revision}}}),
+                ),
+            )
+            .await;
 
         let seen = serve_objects(&mut server, &expected, &cluster).await;
         assert!(
@@ -453,7 +469,10 @@ async fn an_invalid_policy_is_reported_and_the_last_good_set_kept() {
         );
         let status = tenant_status(&mut server).await;
         let status = &status.body["status"];
-        assert_eq!(status["policyRevision"], good_revision);
+        assert_eq!(
+            status["policyRevision"], good_revision,
+            "the revision the ConfigMap carries, not the lagging Tenant's"
+        );
         assert_eq!(
             condition(status, "PolicyApplied")["reason"],
             "InvalidPolicy"
