@@ -9,9 +9,12 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{Cluster, namespace, object, policy_revision, wait_until};
+use common::cluster::{
+    Cluster, namespace, object, policy_revision, wait_until, wait_until_showing,
+};
 use common::{free_port, imgate_up_with_env, wait_for_line};
 use imgate_crds::IMPolicy;
 use imgate_fake_api::FakeApi;
@@ -117,9 +120,20 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
         "the invalid policy never reached the dataplane:\n{text}"
     );
 
-    let reported = wait_until(
+    // Everything the report passes through, should it not arrive.
+    let show = || {
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        format!(
+            "the Tenant: {}\nthe report Leases: {}\nthe operator's log:\n{}\nthe dataplane's log:\n{}",
+            object(api, "tenants", None, TENANT).unwrap_or_default(),
+            Value::Array(api.all("leases")),
+            read(operator_log),
+            read(&log),
+        )
+    };
+    let reported = wait_until_showing(
         "the dataplane's report in the Tenant's status",
-        operator_log,
+        show,
         || {
             let status = object(api, "tenants", None, TENANT)?["status"].clone();
             let pod = status["dataplanes"].as_array()?.first()?.clone();

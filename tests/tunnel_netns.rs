@@ -16,7 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::xmpp::{check_inspected_chat, clients_in};
-use common::{Killed, in_netns, prosody_in, stop_and_read, wait_for_line, wait_for_port_in};
+use common::{
+    Killed, LogsOnFailure, in_netns, prosody_in, stop_and_read, wait_for_line, wait_for_port_in,
+};
 use serde_json::Value;
 
 const CUSTOMER_IP: &str = "10.201.1.2";
@@ -109,10 +111,16 @@ fn imgate_in(netns: &str) -> Command {
 }
 
 /// A dataplane in the cloud: tunnel on `CLOUD_IP:tunnel_port`, data in `data`, the
-/// tenant's tunnel folder `state`, trusting the server's certificate.
-fn dataplane(hosts: &Hosts, data: &Path, state: &Path, tunnel_port: u16, cert: &Path) -> Killed {
+/// tenant's tunnel folder `state`, trusting the server's certificate, logging to `log`.
+fn dataplane(
+    hosts: &Hosts,
+    (data, log): (&Path, &Path),
+    state: &Path,
+    tunnel_port: u16,
+    cert: &Path,
+) -> Killed {
     let forward = common::free_port();
-    let log = std::fs::File::create(data.with_extension("log")).expect("log");
+    let log = std::fs::File::create(log).expect("log");
     let child = imgate_in(&hosts.cloud)
         .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
         .args(["--seal-seconds", "1", "--drain-seconds", "5", "--forward"])
@@ -175,13 +183,22 @@ fn chat_crosses_hosts_through_the_tunnel_and_survives_a_dataplane_lost_and_one_d
     let (_prosody, server_port, _, cert) = prosody_in(dir.path(), Some(&hosts.server), SERVER_IP);
     let state = dir.path().join("tenant-tunnel");
     let (data_1, data_2): (PathBuf, PathBuf) = (dir.path().join("dp1"), dir.path().join("dp2"));
-    let dp1 = dataplane(&hosts, &data_1, &state, 4433, &cert);
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let (log_1, log_2, log_1_again) = (log("dp1"), log("dp2"), log("dp1-restarted"));
+    let connector_log = log("connector");
+    let _logs = LogsOnFailure(vec![
+        connector_log.clone(),
+        log_1.clone(),
+        log_2.clone(),
+        log_1_again.clone(),
+    ]);
+    let dp1 = dataplane(&hosts, (&data_1, &log_1), &state, 4433, &cert);
     // Dataplanes of one tenant share its interception CA, as the operator's Secret makes them.
     std::fs::create_dir_all(data_2.join("ca")).expect("ca");
     for file in ["ca.pem", "ca.key"] {
         std::fs::copy(data_1.join("ca").join(file), data_2.join("ca").join(file)).expect("copy");
     }
-    let dp2 = dataplane(&hosts, &data_2, &state, 4434, &cert);
+    let dp2 = dataplane(&hosts, (&data_2, &log_2), &state, 4434, &cert);
     let dataplanes = [format!("{CLOUD_IP}:4433"), format!("{CLOUD_IP}:4434")];
 
     // The customer enrolls its connector with a token and runs it.
@@ -201,7 +218,6 @@ fn chat_crosses_hosts_through_the_tunnel_and_survives_a_dataplane_lost_and_one_d
         .expect("imgate connector enroll");
     assert!(enrolled.status.success(), "{enrolled:?}");
     let forward = 5222;
-    let connector_log = dir.path().join("connector.log");
     let _connector = Killed(
         imgate_in(&hosts.customer)
             .args(["connector", "run", "--socks", "off", "--identity"])
@@ -260,11 +276,8 @@ fn chat_crosses_hosts_through_the_tunnel_and_survives_a_dataplane_lost_and_one_d
     let second = clients_in(Some(&hosts.customer), forward, &ca, &["chat"]);
 
     // The killed dataplane comes back, recovering its log; the connector uses it again.
-    let dp1 = dataplane(&hosts, &data_1, &state, 4433, &cert);
-    wait_for_line(
-        &data_1.with_extension("log"),
-        &["connector connected", "site-a"],
-    );
+    let dp1 = dataplane(&hosts, (&data_1, &log_1_again), &state, 4433, &cert);
+    wait_for_line(&log_1_again, &["connector connected", "site-a"]);
 
     // The other one is stopped with SIGTERM under traffic: it drains, and no client notices.
     let traffic = probes(&hosts, forward, 8);
@@ -275,7 +288,7 @@ fn chat_crosses_hosts_through_the_tunnel_and_survives_a_dataplane_lost_and_one_d
         results.len() >= 20 && results.iter().all(|r| r["ok"] == true),
         "a draining dataplane's new streams go to the other, unnoticed: {results:?}"
     );
-    wait_for_line(&data_2.with_extension("log"), &["draining"]);
+    wait_for_line(&log_2, &["draining"]);
     let records_1 = stop_and_read(dp1, &data_1);
 
     // Nothing archived was lost: both conversations are in the tenant's archive, whole.

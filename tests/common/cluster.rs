@@ -113,7 +113,25 @@ pub fn object(api: &FakeApi, plural: &str, namespace: Option<&str>, name: &str) 
 /// and `log` where to look should it not come. The operator's slowest legitimate path, a
 /// report Lease change that only its periodic sweep picks up, takes up to 30 s
 /// (`report::gather::SWEEP`); a loaded machine needs more.
-pub fn wait_until<T>(what: &str, log: &Path, mut ready: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, log: &Path, ready: impl FnMut() -> Option<T>) -> T {
+    wait_until_showing(
+        what,
+        || {
+            format!(
+                "the log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        },
+        ready,
+    )
+}
+
+/// [`wait_until`], showing what `show` gives should it not come.
+pub fn wait_until_showing<T>(
+    what: &str,
+    show: impl Fn() -> String,
+    mut ready: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(value) = ready() {
@@ -121,8 +139,8 @@ pub fn wait_until<T>(what: &str, log: &Path, mut ready: impl FnMut() -> Option<T
         }
         assert!(
             Instant::now() < deadline,
-            "{what} did not happen within 60 s; the log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            "{what} did not happen within 60 s; {}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

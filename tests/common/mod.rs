@@ -24,6 +24,22 @@ impl Drop for Killed {
     }
 }
 
+/// Logs printed to standard error when the test fails while this is alive, so a failure
+/// anywhere in a test of several processes shows what each of them said. Declare it after
+/// the folder holding the logs, so it is dropped first.
+pub struct LogsOnFailure(pub Vec<PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for path in &self.0 {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("--- {} ---\n{text}", path.display());
+            }
+        }
+    }
+}
+
 /// Starts `command` with its output discarded and waits until it listens on `port`; `what`
 /// names it, with how to install it, should it not start.
 pub fn serve(command: &mut Command, port: u16, what: &str) -> Killed {
