@@ -1,7 +1,7 @@
 """An OTLP/HTTP trace receiver for the tests: accepts protobuf exports on /v1/traces with the
 official OpenTelemetry protobuf bindings, and appends each span, as one JSON line, to the file
-given as its second argument (name, ids, its resource's and its own attributes, status, and
-events with their attributes).
+given as its second argument (name, ids, its resource's and its own attributes, status,
+events with their attributes, and the spans it links to).
 
 Usage: otlp_receiver.py PORT OUT_FILE  (prints "listening" once it accepts exports)
 """
@@ -47,6 +47,10 @@ class Receiver(BaseHTTPRequestHandler):
                             "events": [
                                 {"name": e.name, "attributes": attributes(e.attributes)}
                                 for e in span.events
+                            ],
+                            "links": [
+                                {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
+                                for link in span.links
                             ],
                         }) + "\n")
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()

@@ -55,6 +55,7 @@ async fn xmpp_through(
         client: Some("192.0.2.7:51000".parse().expect("address")),
         connector: "laptop-3".into(),
         user: Some("alice".into()),
+        trace: None,
     };
     send.write_all(&header.encode().expect("header"))
         .await

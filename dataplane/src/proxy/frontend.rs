@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::tunnel::header::{Decoded, Reply, Status, StreamHeader};
+use crate::tunnel::header::{Decoded, Reply, Status, StreamHeader, TraceParent};
 
 /// Most bytes a handshake may take.
 pub const MAX_HANDSHAKE: usize = 8192;
@@ -30,6 +30,8 @@ pub struct Target {
     pub connector: Option<String>,
     /// The client's own address, when the connection came through a connector.
     pub client: Option<std::net::SocketAddr>,
+    /// The connector's span that carried the connection, when it exports traces.
+    pub trace: Option<TraceParent>,
 }
 
 /// Which handshake a listener speaks.
@@ -115,6 +117,7 @@ impl Frontend {
                 user: None,
                 connector: None,
                 client: None,
+                trace: None,
             }),
             Frontend::Tunnel { connector } => tunnel_header(client, connector).await,
         }
@@ -210,6 +213,7 @@ async fn tunnel_header<S: AsyncRead + AsyncWrite + Unpin>(
                     user: header.user,
                     connector: Some(header.connector),
                     client: header.client,
+                    trace: header.trace,
                 });
             }
             Err(error) => break error.to_string(),
@@ -290,6 +294,7 @@ async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
         user,
         connector: None,
         client: None,
+        trace: None,
     })
 }
 
@@ -358,6 +363,7 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
         user,
         connector: None,
         client: None,
+        trace: None,
     })
 }
 
@@ -402,6 +408,7 @@ mod tests {
                 user: Some("jane".into()),
                 connector: None,
                 client: None,
+                trace: None,
             }
         );
         Frontend::Socks5.succeed(&mut server).await.expect("reply");
@@ -447,6 +454,7 @@ mod tests {
                 user: Some("jane".into()),
                 connector: None,
                 client: None,
+                trace: None,
             }
         );
     }
@@ -483,6 +491,11 @@ mod tests {
             client: Some("192.0.2.7:51000".parse().expect("address")),
             connector: connector.into(),
             user: Some("alice".into()),
+            trace: Some(TraceParent {
+                trace_id: [7; 16],
+                span_id: [9; 8],
+                flags: 1,
+            }),
         }
         .encode()
         .expect("header")
@@ -509,6 +522,11 @@ mod tests {
                 user: Some("alice".into()),
                 connector: Some("laptop-3".into()),
                 client: Some("192.0.2.7:51000".parse().expect("address")),
+                trace: Some(TraceParent {
+                    trace_id: [7; 16],
+                    span_id: [9; 8],
+                    flags: 1,
+                }),
             }
         );
         let mut payload = [0u8; 15];

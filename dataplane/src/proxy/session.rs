@@ -219,6 +219,9 @@ async fn admit<S: Client>(
     if let Some(connector) = &target.connector {
         span.record("imgate.connector", connector.as_str());
     }
+    if let Some(carrier) = target.trace {
+        crate::tunnel::trace_context::link(&span, carrier);
+    }
     let connected = tokio::time::timeout(
         shared.limits.connect,
         TcpStream::connect((target.host.as_str(), target.port)),

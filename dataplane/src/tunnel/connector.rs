@@ -358,6 +358,7 @@ impl Connector {
             client: Some(peer),
             connector: self.id.clone(),
             user: target.user,
+            trace: super::trace_context::of(span),
         };
         let header = header.encode().map_err(stream_error)?;
         // Each slot may be found draining or broken once; then there is nowhere left to try.

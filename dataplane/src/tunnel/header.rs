@@ -8,8 +8,11 @@
 //! Layout (integers big-endian):
 //! - header: `IMGT`, version (1 byte), body length (2 bytes), then the body: fields as
 //!   type (1 byte), length (1 byte), value. Required: target host (1), target port (2).
-//!   Optional: client address (3, text), connector id (4), user (5). Unknown field types are
-//!   skipped, so a newer connector can add fields an older dataplane ignores.
+//!   Optional: client address (3, text), connector id (4), user (5), the connector's trace
+//!   context (6: trace id, span id and trace flags, 16 + 8 + 1 bytes, as W3C Trace Context's
+//!   `traceparent` carries them). Unknown field types are skipped, so a newer connector can add
+//!   fields an older dataplane ignores; a trace context that is not valid is ignored, as W3C
+//!   Trace Context asks, and never fails a stream.
 //! - reply: version (1 byte), status (1 byte), reason length (1 byte), reason (UTF-8).
 //!
 //! Invariants: decoding never reads past what it was given and never panics; it reports
@@ -32,6 +35,7 @@ const FIELD_PORT: u8 = 2;
 const FIELD_CLIENT: u8 = 3;
 const FIELD_CONNECTOR: u8 = 4;
 const FIELD_USER: u8 = 5;
+const FIELD_TRACE: u8 = 6;
 
 /// What a stream carries and for whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,45 @@ pub struct StreamHeader {
     pub connector: String,
     /// The SOCKS user, when the client gave one.
     pub user: Option<String>,
+    /// The connector's span that carries the stream, when the connector exports traces.
+    pub trace: Option<TraceParent>,
+}
+
+/// A span in another process, as W3C Trace Context's `traceparent` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// The trace's id (never all zeros).
+    pub trace_id: [u8; 16],
+    /// The span's id (never all zeros).
+    pub span_id: [u8; 8],
+    /// The trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    const LENGTH: usize = 16 + 8 + 1;
+
+    fn encode(&self) -> [u8; Self::LENGTH] {
+        let mut out = [0; Self::LENGTH];
+        out[..16].copy_from_slice(&self.trace_id);
+        out[16..24].copy_from_slice(&self.span_id);
+        out[24] = self.flags;
+        out
+    }
+
+    /// The trace context in `value`; `None` when it is not one (wrong length, or an id of
+    /// zeros).
+    fn decode(value: &[u8]) -> Option<Self> {
+        let value: &[u8; Self::LENGTH] = value.try_into().ok()?;
+        let (trace_id, rest) = value.split_at(16);
+        let (span_id, flags) = rest.split_at(8);
+        let parent = Self {
+            trace_id: trace_id.try_into().ok()?,
+            span_id: span_id.try_into().ok()?,
+            flags: flags[0],
+        };
+        (parent.trace_id != [0; 16] && parent.span_id != [0; 8]).then_some(parent)
+    }
 }
 
 /// How the dataplane answers a stream.
@@ -165,6 +208,9 @@ impl StreamHeader {
         if let Some(user) = &self.user {
             field(&mut body, FIELD_USER, user.as_bytes(), "user")?;
         }
+        if let Some(trace) = &self.trace {
+            field(&mut body, FIELD_TRACE, &trace.encode(), "trace context")?;
+        }
         if body.len() > MAX_BODY {
             return Err(HeaderError::TooLong(body.len()));
         }
@@ -199,8 +245,8 @@ impl StreamHeader {
     }
 
     fn from_body(mut body: &[u8]) -> Result<Self, HeaderError> {
-        let (mut host, mut port, mut client, mut connector, mut user) =
-            (None, None, None, None, None);
+        let (mut host, mut port, mut client, mut connector, mut user, mut trace) =
+            (None, None, None, None, None, None);
         while let [kind, length, rest @ ..] = body {
             let length = *length as usize;
             let value = rest.get(..length).ok_or(HeaderError::Truncated)?;
@@ -221,6 +267,7 @@ impl StreamHeader {
                 }
                 FIELD_CONNECTOR => connector = Some(text(value, "connector id")?),
                 FIELD_USER => user = Some(text(value, "user")?),
+                FIELD_TRACE => trace = TraceParent::decode(value),
                 _ => {}
             }
             body = &rest[length..];
@@ -238,6 +285,7 @@ impl StreamHeader {
             client,
             connector: connector.ok_or(HeaderError::Missing("connector id"))?,
             user,
+            trace,
         })
     }
 }
@@ -307,6 +355,11 @@ mod tests {
             client: Some("192.0.2.7:51000".parse().expect("address")),
             connector: "acme-laptop-3".into(),
             user: Some("alice".into()),
+            trace: Some(TraceParent {
+                trace_id: *b"0123456789abcdef",
+                span_id: *b"span-id!",
+                flags: 1,
+            }),
         }
     }
 
@@ -380,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_context_that_is_not_valid_is_ignored_and_the_stream_goes_on() {
+        let without = StreamHeader {
+            trace: None,
+            ..header()
+        };
+        let mut zeros = without.encode().expect("encode");
+        let mut short = zeros.clone();
+        zeros.extend_from_slice(&[FIELD_TRACE, 25]);
+        zeros.extend_from_slice(&[0; 25]);
+        short.extend_from_slice(&[FIELD_TRACE, 3, 1, 2, 3]);
+        for mut bytes in [zeros, short] {
+            let body = (bytes.len() - 7) as u16;
+            bytes[5..7].copy_from_slice(&body.to_be_bytes());
+            assert_eq!(
+                StreamHeader::decode(&bytes),
+                Ok(Decoded::Complete(without.clone(), bytes.len()))
+            );
+        }
+    }
+
+    #[test]
     fn a_long_reason_is_cut_at_a_character_boundary() {
         let reply = Reply {
             status: Status::Refused,
@@ -414,11 +488,15 @@ mod tests {
             connector in "\\PC{0,40}",
             user in proptest::option::of("\\PC{0,40}"),
             v6 in any::<bool>(),
+            trace in proptest::option::of((any::<[u8; 16]>(), any::<[u8; 8]>(), any::<u8>())),
         ) {
             let client: SocketAddr = if v6 { "[2001:db8::1]:4000" } else { "10.0.0.1:4000" }
                 .parse()
                 .expect("address");
-            let header = StreamHeader { host, port, client: Some(client), connector, user };
+            let trace = trace
+                .map(|(trace_id, span_id, flags)| TraceParent { trace_id, span_id, flags })
+                .filter(|t| t.trace_id != [0; 16] && t.span_id != [0; 8]);
+            let header = StreamHeader { host, port, client: Some(client), connector, user, trace };
             let bytes = header.encode().expect("encode");
             prop_assert_eq!(
                 StreamHeader::decode(&bytes),

@@ -6,7 +6,8 @@
 //! renewal, [`pinned`] how a new connector trusts its dataplane, [`endpoint`] the QUIC
 //! configurations, [`listener`] the dataplane's side and [`connector`] the connector's, with
 //! its [`connector_metrics`] and the [`target`]s it dials; `stream_pieces` lets the relay move a
-//! tunnel stream's bytes without copying them.
+//! tunnel stream's bytes without copying them, and [`trace_context`] links the spans at its two
+//! ends.
 
 pub mod connector;
 pub mod connector_metrics;
@@ -19,4 +20,5 @@ pub mod server_cert;
 mod stream_pieces;
 pub mod target;
 pub mod tokens;
+pub mod trace_context;
 pub mod trust;

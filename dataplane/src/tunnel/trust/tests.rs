@@ -111,6 +111,7 @@ async fn an_enrolled_connector_carries_a_stream_and_is_known_by_its_certificate(
         client: Some("192.0.2.7:51000".parse().expect("address")),
         connector: "laptop-3".into(),
         user: None,
+        trace: None,
     };
     send.write_all(&header.encode().expect("header"))
         .await
