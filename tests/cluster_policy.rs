@@ -9,13 +9,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{
     Cluster, namespace, object, policy_revision, wait_until, wait_until_showing,
 };
-use common::{free_port, imgate_up_with_env, wait_for_line};
+use common::{LogsOnFailure, free_port, imgate_up_with_env, wait_for_line};
 use imgate_crds::IMPolicy;
 use imgate_fake_api::FakeApi;
 use kube::api::{Api, Patch, PatchParams};
@@ -52,6 +51,7 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
 
     let data = dir.path().join("dataplane");
     let log = data.with_extension("log");
+    let _logs = LogsOnFailure(vec![operator_log.clone(), log.clone()]);
     let kubeconfig_text = cluster.kubeconfig.to_string_lossy();
     let (dataplane, _) = imgate_up_with_env(
         free_port(),
@@ -120,15 +120,12 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
         "the invalid policy never reached the dataplane:\n{text}"
     );
 
-    // Everything the report passes through, should it not arrive.
+    // What the report passes through, should it not arrive (the logs follow on failure).
     let show = || {
-        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
         format!(
-            "the Tenant: {}\nthe report Leases: {}\nthe operator's log:\n{}\nthe dataplane's log:\n{}",
+            "the Tenant: {}\nthe report Leases: {}",
             object(api, "tenants", None, TENANT).unwrap_or_default(),
             Value::Array(api.all("leases")),
-            read(operator_log),
-            read(&log),
         )
     };
     let reported = wait_until_showing(

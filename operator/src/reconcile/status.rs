@@ -6,7 +6,8 @@
 //! `Ready` is `True` only when the policy set is applied, the tunnel can be
 //! reached and at least one dataplane is ready, and otherwise names the first thing missing;
 //! `policyRevision` is the revision in the policy ConfigMap, so an invalid set leaves it at
-//! the last good one, as the API server has it (never as a lagging cache's Tenant has it); kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
+//! the last good one, as the API server has it (never as a lagging cache's Tenant has it);
+//! kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
 
 use imgate_crds::TenantStatus;
 use imgate_crds::tenant::SecretRef;
