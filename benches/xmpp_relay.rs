@@ -3,26 +3,43 @@
 //! embedded policy (every message inspected and archived, fail-closed, in both directions),
 //! once forwarding when a record is written to the log and once when it is fsynced.
 //! The client logs in (STARTTLS, SASL PLAIN, bind) and sends chat messages to its own full
-//! JID, so each message crosses the relay twice.
+//! JID, so each message crosses the relay twice. Throughput: [`THROUGHPUT_ROUNDS`] rounds of
+//! [`MESSAGES`] per path, the paths taking turns. Latency: [`ROUNDS`] rounds, each giving every
+//! path [`ROUND_SECONDS`] at the same rate; what a relay adds is the median over rounds of its
+//! p50 and p99 minus direct's in the same round. Each round also measures the floor: a
+//! one-byte round trip between the client's core and the relays' core. Each latency run
+//! prints how long imgate held its batches (its `imgate_held_seconds` histogram).
 //! Run: `cargo bench --bench xmpp_relay` (needs prosody, haproxy and openssl installed).
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use support::common::prosody;
+use support::common::{Killed, free_port, prosody, wait_for_port};
 use support::{haproxy, imgate, imgate_roots, login, pin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const MESSAGES: usize = 20_000;
+/// Set in the environment of this binary started again as the echo peer of [`handoff`].
+const ROLE: &str = "XMPP_RELAY_ROLE";
+
+/// Messages per path and round of the throughput run.
+const MESSAGES: usize = 10_000;
+/// Rounds of the throughput run.
+const THROUGHPUT_ROUNDS: usize = 3;
+/// How long a run waits for its next message before it fails, naming what it saw.
+const STALL: Duration = Duration::from_secs(30);
 /// Messages per second of the light-load latency run.
 const LIGHT_RATE: f64 = 500.0;
 
 /// Sends `count` messages to the own JID, at most `rate` per second (0: as fast as
 /// possible); returns messages per second and the latencies.
 async fn run(
+    name: &str,
     port: u16,
     roots: &[CertificateDer<'static>],
     count: usize,
@@ -43,13 +60,24 @@ async fn run(
             );
             writer.write_all(message.as_bytes()).await.expect("send");
         }
+        // TLS may hold the last records back until flushed.
+        writer.flush().await.expect("flush");
         writer
     });
     let mut latencies = Vec::with_capacity(count);
     let mut pending = String::new();
     let mut chunk = vec![0u8; 65536];
     while latencies.len() < count {
-        let n = reader.read(&mut chunk).await.expect("read");
+        let n = tokio::time::timeout(STALL, reader.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name}: nothing arrived for {STALL:?} after {} of {count} messages; \
+                     unparsed: {pending:?}",
+                    latencies.len()
+                )
+            })
+            .expect("read");
         assert!(
             n > 0,
             "the stream closed after {} messages",
@@ -75,62 +103,145 @@ async fn run(
     (count as f64 / elapsed, latencies)
 }
 
-/// Rounds of the latency runs; the paths take turns, and each figure is the median round,
-/// so that a burst of noise on this shared machine does not decide a comparison.
-const ROUNDS: usize = 3;
-
-/// Runs each path for 5 s at `rate` messages per second, [`ROUNDS`] times in turn, and
-/// prints the median round's p50 and p99 (and the range of the p99s).
-fn latency(
+/// Sends [`MESSAGES`] as fast as possible on each path, [`THROUGHPUT_ROUNDS`] times, the
+/// paths taking turns; prints each path's median rate and each imgate's median ratio to
+/// HAProxy's rate in the same round, and returns the median rates.
+fn throughput(
     runtime: &tokio::runtime::Runtime,
     paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
-    rate: f64,
-    what: &str,
-) {
-    println!("latency at {rate:.0} messages/s ({what}), {ROUNDS} rounds of 5 s each:");
-    let mut rounds: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); paths.len()];
-    for _ in 0..ROUNDS {
-        for ((_, port, roots), results) in paths.iter().zip(&mut rounds) {
-            let (_, mut latencies) =
-                runtime.block_on(run(*port, roots, (rate * 5.0) as usize, rate));
-            results.push((
-                percentile(&mut latencies, 0.5),
-                percentile(&mut latencies, 0.99),
-            ));
+) -> Vec<f64> {
+    println!(
+        "XMPP, {MESSAGES} messages to the own JID (each crosses the relay twice), \
+         {THROUGHPUT_ROUNDS} rounds:"
+    );
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..THROUGHPUT_ROUNDS {
+        for turn in 0..paths.len() {
+            let path = (round + turn) % paths.len();
+            let (name, port, roots) = paths[path];
+            let (rate, _) = runtime.block_on(run(name, port, roots, MESSAGES, 0.0));
+            rounds[path].push(rate);
         }
     }
     let mut medians = Vec::new();
-    for ((name, _, _), results) in paths.iter().zip(&mut rounds) {
-        let mut p50: Vec<Duration> = results.iter().map(|r| r.0).collect();
-        let mut p99: Vec<Duration> = results.iter().map(|r| r.1).collect();
-        let (p50, low, p99, high) = (
-            percentile(&mut p50, 0.5),
-            p99.iter().min().copied().unwrap_or_default(),
-            percentile(&mut p99, 0.5),
-            p99.iter().max().copied().unwrap_or_default(),
+    for ((name, _, _), rates) in paths.iter().zip(&rounds) {
+        let rate = spread(rates.iter().copied());
+        println!(
+            "  {name:<40} {:>9.0} messages/s  ({:.0}-{:.0})",
+            rate.median, rate.low, rate.high
         );
+        medians.push(rate.median);
+    }
+    let ratio = |i: usize| spread(rounds[i].iter().zip(&rounds[1]).map(|(r, h)| r / h)).median;
+    println!(
+        "  imgate / HAProxy, median of the rounds: {:.2} ({:.2} forwarding after fsync)",
+        ratio(2),
+        ratio(3)
+    );
+    medians
+}
+
+/// Rounds of the latency runs and the length of each path's turn in a round. Many short
+/// rounds rather than a few long ones: a burst of noise on this shared machine spoils a round
+/// or two, and the figures are medians over rounds.
+const ROUNDS: usize = 9;
+const ROUND_SECONDS: f64 = 2.0;
+
+/// Runs each path for [`ROUND_SECONDS`] at `rate` messages per second, [`ROUNDS`] times,
+/// the paths taking turns (each round starting with the next path, so that no path always
+/// follows the same one). Prints each path's median round (p50, p99 and the range of the
+/// p99s), then what each relay adds over direct: per round, the relay's p50 and p99 minus
+/// direct's in the same round, and the median of those differences with their middle half.
+fn latency(
+    runtime: &tokio::runtime::Runtime,
+    paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
+    echo: u16,
+    rate: f64,
+    what: &str,
+) {
+    println!(
+        "latency at {rate:.0} messages/s ({what}), {ROUNDS} rounds of {ROUND_SECONDS} s per path:"
+    );
+    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
+    let mut handoffs = Vec::new();
+    for round in 0..ROUNDS {
+        let mut latencies = handoff(echo, rate);
+        handoffs.push((
+            ms(percentile(&mut latencies, 0.5)),
+            ms(percentile(&mut latencies, 0.99)),
+        ));
+        for turn in 0..paths.len() {
+            let path = (round + turn) % paths.len();
+            let (name, port, roots) = paths[path];
+            let (_, mut latencies) = runtime.block_on(run(
+                name,
+                port,
+                roots,
+                (rate * ROUND_SECONDS) as usize,
+                rate,
+            ));
+            rounds[path].push((
+                ms(percentile(&mut latencies, 0.5)),
+                ms(percentile(&mut latencies, 0.99)),
+            ));
+        }
+    }
+    for ((name, _, _), results) in paths.iter().zip(&rounds) {
+        let p50 = spread(results.iter().map(|r| r.0));
+        let p99 = spread(results.iter().map(|r| r.1));
         println!(
             "  {name:<40} p50 {:>7.3} ms  p99 {:>7.3} ms  (p99 {:.3}-{:.3} ms)",
-            ms(p50),
-            ms(p99),
-            ms(low),
-            ms(high)
+            p50.median, p99.median, p99.low, p99.high
         );
-        medians.push((p50, p99));
     }
-    let added = |i: usize| {
-        (
-            ms(medians[i].0) - ms(medians[0].0),
-            ms(medians[i].1) - ms(medians[0].1),
-        )
-    };
+    let (p50, p99) = (
+        spread(handoffs.iter().map(|r| r.0)),
+        spread(handoffs.iter().map(|r| r.1)),
+    );
+    println!(
+        "  one round trip between the cores (1-byte echo) p50 {:>7.3} ms  p99 {:>7.3} ms  (p99 {:.3}-{:.3} ms)",
+        p50.median, p99.median, p99.low, p99.high
+    );
     for (i, name) in [
         (1, "HAProxy"),
         (2, "imgate"),
         (3, "imgate forwarding after fsync"),
     ] {
-        let (p50, p99) = added(i);
-        println!("  added over direct by {name}: p50 {p50:+.3} ms, p99 {p99:+.3} ms");
+        let added = |part: fn(&(f64, f64)) -> f64| {
+            spread(
+                rounds[i]
+                    .iter()
+                    .zip(&rounds[0])
+                    .map(|(relay, direct)| part(relay) - part(direct)),
+            )
+        };
+        let (p50, p99) = (added(|r| r.0), added(|r| r.1));
+        println!(
+            "  added over direct by {name}: p50 {:+.3} ms (middle half {:+.3} to {:+.3}), p99 {:+.3} ms (middle half {:+.3} to {:+.3})",
+            p50.median, p50.q1, p50.q3, p99.median, p99.q1, p99.q3
+        );
+    }
+}
+
+/// The median, quartiles and range of some figures.
+struct Spread {
+    low: f64,
+    q1: f64,
+    median: f64,
+    q3: f64,
+    high: f64,
+}
+
+fn spread(values: impl Iterator<Item = f64>) -> Spread {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    Spread {
+        low: at(0.0),
+        q1: at(0.25),
+        median: at(0.5),
+        q3: at(0.75),
+        high: at(1.0),
     }
 }
 
@@ -144,6 +255,10 @@ fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
 }
 
 fn main() {
+    if std::env::var_os(ROLE).is_some() {
+        echo();
+        return;
+    }
     if std::env::args().any(|a| a == "--list") {
         println!("xmpp_relay: bench");
         return;
@@ -178,6 +293,16 @@ fn main() {
         prosody_port,
         &server_cert,
     );
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(std::env::current_exe().expect("this binary"))
+            .env(ROLE, "echo")
+            .arg(echo_port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("echo peer"),
+    );
+    wait_for_port(echo_port, "echo peer");
     if let Some((relay, rest)) = &pinning {
         pinned &= [server.0.id(), std::process::id()]
             .into_iter()
@@ -213,57 +338,103 @@ fn main() {
             &synced_roots,
         ),
     ];
-    println!("XMPP, {MESSAGES} messages to the own JID (each crosses the relay twice):");
-    let mut rates = Vec::new();
-    for (name, port, roots) in paths {
-        let (rate, _) = runtime.block_on(run(port, roots, MESSAGES, 0.0));
-        println!("  {name:<40} {rate:>9.0} messages/s");
-        rates.push(rate);
-    }
-    println!(
-        "  imgate / HAProxy: {:.2} ({:.2} forwarding after fsync)",
-        rates[2] / rates[1],
-        rates[3] / rates[1]
-    );
+    let rates = throughput(&runtime, &paths);
     let half = rates[2].min(rates[1]) / 2.0;
     for (rate, what) in [
         (half, "half of the slower relay's rate"),
         (LIGHT_RATE, "light load"),
     ] {
-        latency(&runtime, &paths, rate, what);
+        let before = held(&support::common::scrape(metrics_port));
+        latency(&runtime, &paths, echo_port, rate, what);
+        let after = held(&support::common::scrape(metrics_port));
+        print_held(&before, &after);
     }
-    held(&support::common::scrape(metrics_port));
 }
 
-/// Prints, from imgate's `imgate_held_seconds` histogram (default `written` instance, all
-/// runs above), the bucket bounds under which half and 99 % of the forwarded batches were
-/// held: the part of the added latency spent inside imgate.
-fn held(metrics: &str) {
-    println!("time imgate held a batch before forwarding it (imgate_held_seconds, all runs):");
-    for direction in ["outbound", "inbound"] {
-        let buckets: Vec<(f64, f64)> = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("imgate_held_seconds_bucket{")
-                    && l.contains(&format!("direction=\"{direction}\""))
-            })
-            .filter_map(|l| {
-                let bound = l.split("le=\"").nth(1)?.split('"').next()?;
-                let count = l.rsplit(' ').next()?;
-                Some((bound.parse().ok()?, count.parse().ok()?))
-            })
+/// The echo peer: started on the relays' core like them, it answers each byte on one
+/// loopback connection at a time with the same byte, and does nothing else.
+fn echo() {
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let mut byte = [0u8; 1];
+        while stream.read_exact(&mut byte).is_ok() && stream.write_all(&byte).is_ok() {}
+    }
+}
+
+/// The floor under any relay's added latency on this machine: round trips of one byte
+/// between this process (on the client's core) and the echo peer (on the relays' core), at
+/// `rate` per second for [`ROUND_SECONDS`]. A relay on its own core crosses between the
+/// cores four times per message, as two of these round trips do; direct crosses never.
+fn handoff(port: u16, rate: f64) -> Vec<Duration> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("echo peer");
+    stream.set_nodelay(true).expect("nodelay");
+    let count = (rate * ROUND_SECONDS) as usize;
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    (0..count)
+        .map(|i| {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let sent = Instant::now();
+            stream.write_all(&byte).expect("echo write");
+            stream.read_exact(&mut byte).expect("echo read");
+            sent.elapsed()
+        })
+        .collect()
+}
+
+/// Cumulative counts of imgate's `imgate_held_seconds` histogram (default `written`
+/// instance), by direction: (bucket bound in seconds, batches held at most that long).
+type Held = Vec<(&'static str, Vec<(f64, f64)>)>;
+
+fn held(metrics: &str) -> Held {
+    ["outbound", "inbound"]
+        .into_iter()
+        .map(|direction| {
+            let buckets = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("imgate_held_seconds_bucket{")
+                        && l.contains(&format!("direction=\"{direction}\""))
+                })
+                .filter_map(|l| {
+                    let bound = l.split("le=\"").nth(1)?.split('"').next()?;
+                    let count = l.rsplit(' ').next()?;
+                    Some((bound.parse().ok()?, count.parse().ok()?))
+                })
+                .collect();
+            (direction, buckets)
+        })
+        .collect()
+}
+
+/// Prints, for the batches imgate forwarded between two scrapes (one latency run), the
+/// share held at most each bucket bound: the part of the added latency spent inside imgate,
+/// from the read that completed a batch to its forwarding.
+fn print_held(before: &Held, after: &Held) {
+    println!("  time imgate held a batch before forwarding it (imgate_held_seconds, this run):");
+    for ((direction, before), (_, after)) in before.iter().zip(after) {
+        let counts: Vec<(f64, f64)> = after
+            .iter()
+            .zip(before.iter().map(|b| b.1).chain(std::iter::repeat(0.0)))
+            .map(|(&(bound, now), then)| (bound, now - then))
             .collect();
-        let total = buckets.last().map_or(0.0, |b| b.1);
-        let under = |q: f64| {
-            buckets
-                .iter()
-                .find(|(_, count)| *count >= q * total)
-                .map_or(f64::INFINITY, |(bound, _)| *bound * 1e3)
-        };
+        let total = counts.last().map_or(0.0, |c| c.1).max(1.0);
+        let shares: Vec<String> = counts
+            .iter()
+            .filter(|(bound, _)| *bound <= 0.005)
+            .map(|(bound, count)| format!("{} ms {:.2} %", bound * 1e3, count / total * 100.0))
+            .collect();
         println!(
-            "  {direction:<8} {total:>8.0} batches: half within {} ms, 99 % within {} ms",
-            under(0.5),
-            under(0.99)
+            "    {direction:<8} {:>7.0} batches; within {}",
+            counts.last().map_or(0.0, |c| c.1),
+            shares.join(", ")
         );
     }
 }
