@@ -2,7 +2,10 @@
 //!
 //! Invariants: idle connections are closed after [`IDLE_TIMEOUT`] unless the connector's
 //! keep-alives ([`KEEP_ALIVE`]) hold them open; a connection carries at most
-//! [`MAX_STREAMS`] proxied sessions at once; every tunnel socket asks the kernel for
+//! [`MAX_STREAMS`] proxied sessions at once; a connection holds at most [`RECEIVE_WINDOW`]
+//! bytes that have arrived and that its sessions have not read yet, whatever its peer sends
+//! and however many streams it spreads them over (QUIC's connection-level flow control: the
+//! peer may send more only as the sessions read); every tunnel socket asks the kernel for
 //! [`SOCKET_BUFFER`] bytes of receive and send buffer, and says so when it gets less.
 
 use std::io;
@@ -27,6 +30,13 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// Most proxied sessions (bidirectional streams) open at once on one connection.
 pub const MAX_STREAMS: u32 = 4096;
+
+/// Most bytes one connection accepts that its sessions have not read yet. Without it, a
+/// connector (or a dataplane, seen from the connector) could make the other end buffer every
+/// stream's own window (about 1.2 MB, QUIC's default here) in each of [`MAX_STREAMS`] streams:
+/// gigabytes. Several times one stream's window, so that one busy session still runs at full
+/// speed, and one stalled session (whose upstream does not read) leaves room for the others.
+pub const RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// Receive and send buffer asked for each tunnel socket. A QUIC sender bursts many datagrams
 /// at once; with the kernel's usual 208 KiB, a busy connection loses some of them at the
@@ -77,6 +87,7 @@ fn transport() -> Arc<TransportConfig> {
     let mut transport = TransportConfig::default();
     transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     transport.max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     Arc::new(transport)
@@ -97,3 +108,6 @@ pub fn client(tls: ClientConfig) -> Result<quinn::ClientConfig, TrustError> {
     config.transport_config(transport());
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests;
