@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::frontend::{Frontend, HandshakeError, Refusal};
+use super::frontend::{Frontend, HandshakeError, Refusal, Target};
 use super::peek::{Prefixed, identify};
 use super::pieces::IntoPieces;
 use super::shared::SessionInfo;
@@ -56,7 +56,7 @@ pub enum SessionError {
 pub async fn serve<S: Client>(
     shared: Arc<Shared>,
     frontend: Frontend,
-    client: S,
+    mut client: S,
     peer: SocketAddr,
     id: u64,
 ) {
@@ -75,16 +75,39 @@ pub async fn serve<S: Client>(
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
+    // The front end's handshake runs before the session's span is first entered, so that the
+    // span a connector names in a tunnel stream's header can still become its parent. In a
+    // block of its own, so that its state is not kept beside the session's.
+    let target = {
+        let handshake = tokio::time::timeout(
+            shared.limits.handshake,
+            Box::pin(frontend.accept(&mut client)),
+        )
+        .await;
+        match handshake {
+            Ok(Ok(target)) => Box::new(target),
+            Ok(Err(error)) => return failed(&span, &shared, id, peer, &error.into()),
+            Err(_) => return failed(&span, &shared, id, peer, &SessionError::HandshakeTimeout),
+        }
+    };
+    if let Some(parent) = target.trace {
+        crate::tunnel::trace_context::adopt(&span, parent);
+    }
     // Pinned in place and awaited through a reference, so that the span is read back from the
     // instrumented future rather than kept twice in every idle session.
-    let mut session =
-        std::pin::pin!(serve_session(&shared, &frontend, client, peer, id).instrument(span));
+    let mut session = std::pin::pin!(
+        serve_session(&shared, &frontend, client, target, peer, id).instrument(span)
+    );
     if let Err(error) = session.as_mut().await {
-        let span = session.span();
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", tracing::field::display(&error));
-        tracing::info!(target: "imgate::session", parent: span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+        failed(session.span(), &shared, id, peer, &error);
     }
+}
+
+/// Marks the session's span as failed and logs why the session ended.
+fn failed(span: &tracing::Span, shared: &Shared, id: u64, peer: SocketAddr, error: &SessionError) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(error));
+    tracing::info!(target: "imgate::session", parent: span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
 }
 
 /// How an admitted session is relayed.
@@ -116,6 +139,7 @@ async fn serve_session<S: Client>(
     shared: &Arc<Shared>,
     frontend: &Frontend,
     client: S,
+    target: Box<Target>,
     peer: SocketAddr,
     id: u64,
 ) -> Result<(), SessionError> {
@@ -131,6 +155,7 @@ async fn serve_session<S: Client>(
         shared,
         frontend,
         client,
+        target,
         peer,
         id,
         tracing::Span::current(),
@@ -195,22 +220,18 @@ async fn run_stage(relaying: std::io::Result<xmpp_relay::Stage>) -> std::io::Res
     relaying?.await
 }
 
-/// The front-end handshake, the upstream connection, identification and the session-level
-/// verdict; `None` when policy refused the session (which is then archived as ended).
+/// The upstream connection, identification and the session-level verdict for the `target`
+/// the front end's handshake gave; `None` when policy refused the session (which is then
+/// archived as ended).
 async fn admit<S: Client>(
     shared: &Arc<Shared>,
     frontend: &Frontend,
     mut client: S,
+    target: Box<Target>,
     peer: SocketAddr,
     id: u64,
     span: tracing::Span,
 ) -> Result<Option<Admitted<S>>, SessionError> {
-    let target = tokio::time::timeout(
-        shared.limits.handshake,
-        Box::pin(frontend.accept(&mut client)),
-    )
-    .await
-    .map_err(|_| SessionError::HandshakeTimeout)??;
     let server = format!("{}:{}", target.host, target.port);
     // Through a connector, the client is the one the connector saw.
     let peer = target.client.unwrap_or(peer);
@@ -218,9 +239,6 @@ async fn admit<S: Client>(
     span.record("client.address", tracing::field::display(peer));
     if let Some(connector) = &target.connector {
         span.record("imgate.connector", connector.as_str());
-    }
-    if let Some(carrier) = target.trace {
-        crate::tunnel::trace_context::link(&span, carrier);
     }
     let connected = tokio::time::timeout(
         shared.limits.connect,

@@ -6,8 +6,8 @@
 //! renewal, [`pinned`] how a new connector trusts its dataplane, [`endpoint`] the QUIC
 //! configurations, [`listener`] the dataplane's side and [`connector`] the connector's, with
 //! its [`connector_metrics`] and the [`target`]s it dials; `stream_pieces` lets the relay move a
-//! tunnel stream's bytes without copying them, and [`trace_context`] links the spans at its two
-//! ends.
+//! tunnel stream's bytes without copying them, and [`trace_context`] joins the spans at its two
+//! ends in one trace.
 
 pub mod connector;
 pub mod connector_metrics;

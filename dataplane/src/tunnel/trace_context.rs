@@ -1,14 +1,17 @@
 //! The trace context a tunnel stream carries, between `tracing` spans and the stream header:
 //! the connector puts the OpenTelemetry context of the span that carries a connection in the
-//! header, and the dataplane's session span links to it, so a trace viewer can go from either
-//! end of a proxied connection to the other.
+//! header, and the dataplane's session span becomes its child, so that one trace shows a
+//! proxied connection from the connector's accept to the dataplane's relay.
 //!
 //! Invariants: without an OpenTelemetry layer (no trace export configured), nothing is read
-//! and nothing is linked; a context from the header is marked remote.
+//! and nothing is adopted; a context from the header is marked remote; a span adopts its
+//! parent before it is first entered (the OpenTelemetry layer fixes a span's parent then), and
+//! one already entered links to it instead.
 
+use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 
 use super::header::TraceParent;
 
@@ -23,13 +26,19 @@ pub fn of(span: &Span) -> Option<TraceParent> {
     })
 }
 
-/// Links `span` to the span in another process that `parent` names.
-pub fn link(span: &Span, parent: TraceParent) {
-    span.add_link(SpanContext::new(
+/// Makes the span in another process that `parent` names the parent of `span`, or, if `span`
+/// has already been entered, links to it.
+pub fn adopt(span: &Span, parent: TraceParent) {
+    let remote = SpanContext::new(
         TraceId::from_bytes(parent.trace_id),
         SpanId::from_bytes(parent.span_id),
         TraceFlags::new(parent.flags),
         true,
         TraceState::default(),
-    ));
+    );
+    match span.set_parent(Context::new().with_remote_span_context(remote.clone())) {
+        Err(SetParentError::AlreadyStarted) => span.add_link(remote),
+        // Without an OpenTelemetry layer, or for a span filtered out, nothing is exported.
+        Ok(()) | Err(SetParentError::LayerNotFound | SetParentError::SpanDisabled) => {}
+    }
 }
