@@ -165,11 +165,7 @@ fn latency(
     let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
     let mut handoffs = Vec::new();
     for round in 0..ROUNDS {
-        let mut latencies = handoff(echo, rate);
-        handoffs.push((
-            ms(percentile(&mut latencies, 0.5)),
-            ms(percentile(&mut latencies, 0.99)),
-        ));
+        handoffs.push(p50_p99(&mut handoff(echo, rate)));
         for turn in 0..paths.len() {
             let path = (round + turn) % paths.len();
             let (name, port, roots) = paths[path];
@@ -180,10 +176,7 @@ fn latency(
                 (rate * ROUND_SECONDS) as usize,
                 rate,
             ));
-            rounds[path].push((
-                ms(percentile(&mut latencies, 0.5)),
-                ms(percentile(&mut latencies, 0.99)),
-            ));
+            rounds[path].push(p50_p99(&mut latencies));
         }
     }
     for ((name, _, _), results) in paths.iter().zip(&rounds) {
@@ -247,6 +240,14 @@ fn spread(values: impl Iterator<Item = f64>) -> Spread {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
+}
+
+/// The p50 and p99 of some latencies, in milliseconds.
+fn p50_p99(latencies: &mut [Duration]) -> (f64, f64) {
+    (
+        ms(percentile(latencies, 0.5)),
+        ms(percentile(latencies, 0.99)),
+    )
 }
 
 fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
