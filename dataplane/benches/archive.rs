@@ -20,7 +20,7 @@ use imgate_dataplane::archive::segment::{GENESIS, Layout, SegmentInput, seal};
 use imgate_dataplane::archive::store::LocalStore;
 use imgate_dataplane::archive::wal::encode_frame;
 use imgate_dataplane::archive::{
-    ArchiveLog, Body, LogConfig, Record, Shipper, ShipperConfig, Store,
+    ArchiveLog, Body, Draft, LogConfig, Record, Shipper, ShipperConfig, Store,
 };
 
 /// Chat-like message records: a few hundred people, each talking to a handful of clients.
@@ -87,8 +87,9 @@ fn fresh_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// `producers` threads append `per_producer` records each; each waits for durability every
-/// `wait_every` records (1 = a fail-closed session waiting for each of its messages).
+/// `producers` threads queue `per_producer` records each, drafted as the dataplane's sessions
+/// draft them; each writes what is queued and waits for durability every `wait_every` records
+/// (1 = a fail-closed session waiting for each of its messages).
 fn through_log(
     records: &Arc<Vec<Record>>,
     producers: usize,
@@ -111,14 +112,11 @@ fn through_log(
             let (log, records) = (log.clone(), records.clone());
             std::thread::spawn(move || {
                 for i in 0..per_producer {
-                    let template = &records[(p * per_producer + i) % records.len()];
-                    let seq = log
-                        .append(|seq| Record {
-                            seq,
-                            ..template.clone()
-                        })
-                        .expect("append");
+                    let r = &records[(p * per_producer + i) % records.len()];
+                    let draft = Draft::new(&r.tenant, &r.writer, &r.conv, &r.body);
+                    let seq = log.queue(&draft).expect("queue");
                     if (i + 1) % wait_every == 0 || i + 1 == per_producer {
+                        log.write_now(seq).expect("write");
                         log.wait_durable(seq).expect("durable");
                     }
                 }

@@ -1,39 +1,45 @@
 //! The archive log: many producers, a writer thread and a syncer thread, group commit.
 //!
 //! Producers call [`ArchiveLog::append`], which assigns the next sequence number, encodes the
-//! record and queues it. The writer appends everything queued in one write and reports it
-//! *written* (in the log file: it survives a crash or kill of the process). A producer that
+//! record and queues it. The dataplane's sessions [`queue`](ArchiveLog::queue) records they
+//! have encoded beforehand ([`Draft`]), so that under the log's lock only the sequence number
+//! and the timestamp are encoded. The writer appends everything queued in one write and reports
+//! it *written* (in the log file: it survives a crash or kill of the process). A producer that
 //! must wait for its records anyway may instead [`queue`](ArchiveLog::queue) them and write
 //! them itself with [`ArchiveLog::write_now`] (one page-cache write, no thread hand-off),
 //! falling back to the writer thread when the file is busy or due for rotation; the syncer
-//! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it
-//! survives the machine losing power). Sessions wait without holding a thread in
-//! [`ArchiveLog::written`] or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks.
-//! While one fsync runs, writes continue and the next fsync covers them all, so throughput
-//! grows with concurrency instead of paying an fsync per record, and waiting for a write
-//! never waits behind an fsync. The syncer syncs at once when someone waits for durability
-//! or 1 MiB is unsynced; otherwise it syncs once per [`LogConfig::sync_interval`], so a
-//! dataplane that forwards once records are written does not spend a core on fsyncs nobody awaits.
-//! A thread is notified only when it sleeps (each sleeper says so under the lock before it
-//! waits), so appending to a busy log costs no system call.
+//! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it survives
+//! the machine losing power). Sessions wait without holding a thread in [`ArchiveLog::written`]
+//! or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks. While one fsync runs, writes
+//! continue and the next fsync covers them all, so throughput grows with concurrency instead of
+//! paying an fsync per record, and waiting for a write never waits behind an fsync. The syncer
+//! syncs at once when someone waits for durability or 1 MiB is unsynced; otherwise it syncs
+//! once per [`LogConfig::sync_interval`], so a dataplane that forwards once records are written
+//! does not spend a core on fsyncs nobody awaits. A thread is notified only when it sleeps
+//! (each sleeper says so under the lock before it waits), so appending to a busy log costs no
+//! system call.
 //!
-//! Invariants: sequence numbers are assigned under one lock in the order records are queued
-//! and written in that order (only the holder of the WAL's lock takes the queue, and it takes
-//! all of it); only the writer thread rotates files (a rotation fsyncs the full file);
-//! `durable_seq <= written_seq`, both only grow, and neither passes what was written or synced; the syncer's file handle and its target are published
-//! together, so a target is never claimed durable by syncing another file (the writer syncs
-//! a full file itself before moving to the next); when the unshipped bytes plus the queue
-//! would exceed the limit, `append` refuses with [`ArchiveError::Full`] (back-pressure)
-//! instead of growing without bound; after a write or sync error the log refuses everything
-//! ([`ArchiveError::Failed`]) until it is reopened, because what follows a failed batch must
-//! not be acknowledged; a written record waits at most one `sync_interval` (plus one fsync)
-//! to become durable.
+//! Invariants: sequence numbers are assigned under one lock in the order records are queued and
+//! written in that order, and [`queue`](ArchiveLog::queue) stamps records under that lock, so
+//! that their timestamps follow their sequence (only the holder of the WAL's lock takes the queue, and it takes all
+//! of it); only the writer thread rotates files (a rotation fsyncs the full file); `durable_seq
+//! <= written_seq`, both only grow, and neither passes what was written or synced; the syncer's
+//! file handle and its target are published together, so a target is never claimed durable by
+//! syncing another file (the writer syncs a full file itself before moving to the next); when
+//! the unshipped bytes plus the queue would exceed the limit, `append` refuses with
+//! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write or
+//! sync error the log refuses everything ([`ArchiveError::Failed`]) until it is reopened,
+//! because what follows a failed batch must not be acknowledged; a written record waits at most
+//! one `sync_interval` (plus one fsync) to become durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use chrono::Utc;
+
+use super::draft::Draft;
 use super::error::ArchiveError;
 use super::fs::Filesystem;
 use super::log_commit::{Progress, Shared, State, sync_loop, write_loop, write_queued};
@@ -133,18 +139,22 @@ impl ArchiveLog {
     /// it. Returns that number; the record is durable once
     /// [`wait_durable`](Self::wait_durable) returns for it.
     pub fn append(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
-        self.push(make, true)
+        self.push(|seq| make(seq).to_json(), true)
     }
 
-    /// Queues a record like [`append`](Self::append) without waking the writer thread: the
-    /// caller follows with [`write_now`](Self::write_now), [`written`](Self::written),
-    /// [`synced`](Self::synced) or [`wait_durable`](Self::wait_durable), which write it or
-    /// wake the writer.
-    pub fn queue(&self, make: impl FnOnce(u64) -> Record) -> Result<u64, ArchiveError> {
-        self.push(make, false)
+    /// Queues a drafted record, stamped with the current time, without waking the writer
+    /// thread: the caller follows with [`write_now`](Self::write_now),
+    /// [`written`](Self::written), [`synced`](Self::synced) or
+    /// [`wait_durable`](Self::wait_durable), which write it or wake the writer. Only the
+    /// sequence number and the time are encoded under the log's lock. Returns the sequence
+    /// number.
+    pub fn queue(&self, draft: &Draft) -> Result<u64, ArchiveError> {
+        self.push(|seq| draft.finish(seq, Utc::now()), false)
     }
 
-    fn push(&self, make: impl FnOnce(u64) -> Record, wake: bool) -> Result<u64, ArchiveError> {
+    /// Assigns the next sequence number, encodes the record with `encode` and queues it,
+    /// all under the log's lock (so that records are queued in sequence and time order).
+    fn push(&self, encode: impl FnOnce(u64) -> Vec<u8>, wake: bool) -> Result<u64, ArchiveError> {
         let mut state = self.shared.lock();
         if let Some(reason) = &state.failed {
             return Err(ArchiveError::Failed(reason.clone()));
@@ -160,7 +170,7 @@ impl ArchiveLog {
             });
         }
         let seq = state.next_seq;
-        let payload = make(seq).to_json();
+        let payload = encode(seq);
         state.next_seq += 1;
         state.queued_bytes += (payload.len() + FRAME_HEADER) as u64;
         state.queue.push((seq, payload));

@@ -7,6 +7,7 @@
 //! deleted locally only after the store acknowledged it; damage is reported with its
 //! location, never skipped. The record format is documented in `docs/archive-format.md`.
 
+pub mod draft;
 pub mod error;
 pub mod export;
 pub mod fs;
@@ -24,6 +25,7 @@ pub mod wal;
 #[cfg(test)]
 mod tests;
 
+pub use draft::Draft;
 pub use error::ArchiveError;
 pub use log::{ArchiveLog, LogConfig};
 pub use record::{Body, Record};

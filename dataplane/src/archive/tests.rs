@@ -21,6 +21,12 @@ fn config() -> LogConfig {
     }
 }
 
+/// A message record with `text`, drafted as the dataplane's sessions queue them.
+fn draft(text: &str) -> Draft {
+    let record = message(0, text);
+    Draft::new(&record.tenant, &record.writer, &record.conv, &record.body)
+}
+
 fn append_all(log: &ArchiveLog, texts: impl IntoIterator<Item = String>) -> u64 {
     let mut last = 0;
     for text in texts {
@@ -121,7 +127,7 @@ fn producers_writing_for_themselves_and_the_writer_keep_the_order_through_rotati
                 let mut counts = (0, 0);
                 for i in 0..250 {
                     let text = format!("thread {t} message {i}");
-                    let seq = log.queue(|seq| message(seq, &text)).expect("queued");
+                    let seq = log.queue(&draft(&text)).expect("queued");
                     if log.write_now(seq).expect("log works") {
                         counts.0 += 1;
                     } else {
@@ -150,6 +156,10 @@ fn producers_writing_for_themselves_and_the_writer_keep_the_order_through_rotati
             .iter()
             .enumerate()
             .all(|(i, (seq, record))| *seq == i as u64 + 1 && record.seq == *seq)
+    );
+    assert!(
+        records.windows(2).all(|pair| pair[0].1.ts <= pair[1].1.ts),
+        "records drafted on four threads are stamped in sequence order"
     );
     assert!(
         StdFs.list(dir.path()).expect("list").len() > 10,
@@ -276,11 +286,11 @@ fn a_producer_writing_for_itself_on_a_full_disk_is_refused_and_corrupts_nothing(
     let fs = FaultyFs::default();
     let (log, _) = ArchiveLog::open(fs.clone(), dir.path(), config()).expect("open");
     append_all(&log, ["the writer thread opens the first file".to_owned()]);
-    let second = log.queue(|seq| message(seq, "fits")).expect("queued");
+    let second = log.queue(&draft("fits")).expect("queued");
     assert!(log.write_now(second).expect("written by this thread"));
     fs.faults.lock().expect("lock").space_left = Some(10);
     let seq = log
-        .queue(|seq| message(seq, "this record does not fit on the disk"))
+        .queue(&draft("this record does not fit on the disk"))
         .expect("queued");
     let error = log.write_now(seq).expect_err("the write fails");
     assert!(
@@ -288,7 +298,7 @@ fn a_producer_writing_for_itself_on_a_full_disk_is_refused_and_corrupts_nothing(
         "{error}"
     );
     assert!(matches!(
-        log.queue(|seq| message(seq, "more")),
+        log.queue(&draft("more")),
         Err(ArchiveError::Failed(_))
     ));
     log.close();

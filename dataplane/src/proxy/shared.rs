@@ -11,12 +11,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chrono::Utc;
-
 pub use imgate_crds::tenant::ForwardAfter;
 
-use crate::archive::record::{Body, Record};
-use crate::archive::{ArchiveError, ArchiveLog};
+use crate::archive::record::Body;
+use crate::archive::{ArchiveError, ArchiveLog, Draft};
 use crate::inspect::event::{Event, Party};
 use crate::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
 use crate::inspect::services::ServiceCatalogue;
@@ -182,15 +180,8 @@ impl Shared {
     }
 
     fn append(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
-        self.archive.queue(|seq| Record {
-            v: crate::archive::record::FORMAT_VERSION,
-            tenant: self.tenant.clone(),
-            writer: self.writer.clone(),
-            seq,
-            ts: Utc::now(),
-            conv: conv.to_owned(),
-            body,
-        })
+        self.archive
+            .queue(&Draft::new(&self.tenant, &self.writer, conv, &body))
     }
 
     /// Writes the records this session queued (on the calling thread when the log file is
