@@ -426,15 +426,20 @@ fn print_held(before: &Held, after: &Held) {
             .zip(before.iter().map(|b| b.1).chain(std::iter::repeat(0.0)))
             .map(|(&(bound, now), then)| (bound, now - then))
             .collect();
-        let total = counts.last().map_or(0.0, |c| c.1).max(1.0);
+        let batches = counts.last().map_or(0.0, |c| c.1);
         let shares: Vec<String> = counts
             .iter()
             .filter(|(bound, _)| *bound <= 0.005)
-            .map(|(bound, count)| format!("{} ms {:.2} %", bound * 1e3, count / total * 100.0))
+            .map(|(bound, count)| {
+                format!(
+                    "{} ms {:.2} %",
+                    bound * 1e3,
+                    count / batches.max(1.0) * 100.0
+                )
+            })
             .collect();
         println!(
-            "    {direction:<8} {:>7.0} batches; within {}",
-            counts.last().map_or(0.0, |c| c.1),
+            "    {direction:<8} {batches:>7.0} batches; within {}",
             shares.join(", ")
         );
     }

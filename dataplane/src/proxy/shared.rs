@@ -138,7 +138,7 @@ impl Shared {
                 groups: identity.groups.clone(),
                 source: source.as_str().into(),
             };
-            if let Err(error) = self.append(&info.session, record) {
+            if let Err(error) = self.append(&info.session, &record) {
                 tracing::warn!(%error, "the identity record could not be archived");
             }
         }
@@ -174,14 +174,14 @@ impl Shared {
     /// Archives one record of conversation `conv`; in fail-closed mode, waits until it is
     /// durable.
     pub async fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
-        let seq = self.append(conv, body)?;
+        let seq = self.append(conv, &body)?;
         self.settle().await?;
         Ok(seq)
     }
 
-    fn append(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
+    fn append(&self, conv: &str, body: &Body) -> Result<u64, ArchiveError> {
         self.archive
-            .queue(&Draft::new(&self.tenant, &self.writer, conv, &body))
+            .queue(&Draft::new(&self.tenant, &self.writer, conv, body))
     }
 
     /// Writes the records this session queued (on the calling thread when the log file is
@@ -221,7 +221,7 @@ impl Shared {
     /// judge (a join, a new nickname) use it directly. The caller forwards it only after
     /// [`settle`](Self::settle).
     pub fn record_event(&self, conv: &str, body: Body) -> bool {
-        match self.append(conv, body) {
+        match self.append(conv, &body) {
             Ok(_) => true,
             Err(error) if self.fail_closed => {
                 tracing::error!(%error, "archive failed; not forwarding (fail closed)");
