@@ -2,15 +2,20 @@
 //! connections to an echo server through two processes:
 //! - **tunnel**: `imgate connector run` (a port-forward) → one QUIC connection with mutual
 //!   TLS → `imgate up --tunnel` → the echo server. The dataplane runs its whole session
-//!   pipeline (identification, policy, session records in the archive);
+//!   pipeline (identification, policy, session records in the archive). Loopback carries
+//!   the largest datagrams the tunnel uses (`endpoint::MAX_DATAGRAM`), as a network with
+//!   jumbo frames does;
+//! - **tunnel at 1,452**: the same dataplane and another connector held to datagrams of
+//!   1,452 bytes (`--max-datagram`), as over the internet;
 //! - **TCP+TLS**: a client relay → one TCP connection and TLS session (tokio-rustls, the same
 //!   rustls configurations and certificates as the tunnel) per client connection → a server
 //!   relay → the echo server. The relays are this binary, started again in another role.
 //!
-//! Measured: one connection's throughput (bytes echoed back) and the CPU time the two relay
+//! Measured on each path: one connection's throughput (bytes echoed back) and the CPU time the two relay
 //! processes spend on it per GiB, connections opened per second
-//! (each one echoing a few bytes), and the resident memory each of the two processes adds
-//! per idle connection at 10,000 connections (`TUNNEL_SESSIONS=N` for another count).
+//! (each one echoing a few bytes); and, for the tunnel and TCP+TLS, the resident memory each
+//! of the two processes adds per idle connection at 10,000 connections (`TUNNEL_SESSIONS=N`
+//! for another count).
 //! Run: `cargo bench --bench tunnel` (needs prlimit and root for the open-file limit).
 
 mod support;
@@ -112,32 +117,49 @@ fn main() {
     let client_relay = start_relay("client", &ca_dir, client_port, server_port);
 
     println!("tunnel against TCP+TLS, {count} idle sessions");
-    let paths = [
-        (
-            "tunnel",
-            connector.port,
-            connector.process.0.id(),
-            dataplane.0.id(),
-        ),
-        (
-            "TCP+TLS",
-            client_port,
-            client_relay.0.id(),
-            server_relay.0.id(),
-        ),
-    ];
+    let tunnel_path = (
+        "tunnel",
+        connector.port,
+        connector.process.0.id(),
+        dataplane.0.id(),
+    );
+    let tcp_path = (
+        "TCP+TLS",
+        client_port,
+        client_relay.0.id(),
+        server_relay.0.id(),
+    );
     // Memory first, on fresh processes: after thousands of connections have come and gone,
     // memory the allocator keeps would hide what idle sessions cost.
-    for (name, port, near, far) in paths {
+    for (name, port, near, far) in [tunnel_path, tcp_path] {
         runtime.block_on(idle_memory(name, port, near, far, count));
     }
+
+    let held = enrolled(dir.path(), &data, "bench-1452", &[tunnel]);
+    let held = run_connector(
+        &held,
+        &[tunnel],
+        &echo.to_string(),
+        &["--max-datagram", "1452"],
+    );
+    wait_for_line(&held.log, &["connected to the dataplane"]);
+    let paths = [
+        tunnel_path,
+        (
+            "tunnel at 1,452",
+            held.port,
+            held.process.0.id(),
+            dataplane.0.id(),
+        ),
+        tcp_path,
+    ];
     // The closed sessions' records are archived in the background: wait for quiet.
     for (_, _, near, far) in paths {
         settle(near, far);
     }
-    let mut throughput = [0.0; 2];
-    let mut rate = [0.0; 2];
-    let mut cpu = [f64::MAX; 2];
+    let mut throughput = [0.0; 3];
+    let mut rate = [0.0; 3];
+    let mut cpu = [f64::MAX; 3];
     for round in 0..3 {
         for (i, (name, port, near, far)) in paths.iter().enumerate() {
             let spent = || cpu_seconds(*near) + cpu_seconds(*far);
@@ -146,19 +168,23 @@ fn main() {
             let per_gib = (spent() - before) / (BULK as f64 / f64::from(1u32 << 30));
             let per_second = runtime.block_on(open_many(*port, OPENED));
             println!(
-                "  round {round} {name:<8} {mbps:>8.1} MB/s ({per_gib:.2} CPU s per GiB)  {per_second:>8.0} connections/s"
+                "  round {round} {name:<15} {mbps:>8.1} MB/s ({per_gib:.2} CPU s per GiB)  {per_second:>8.0} connections/s"
             );
             throughput[i] = f64::max(throughput[i], mbps);
             cpu[i] = f64::min(cpu[i], per_gib);
             rate[i] = f64::max(rate[i], per_second);
         }
     }
-    println!(
-        "  best of three: throughput tunnel/TCP+TLS {:.2}, CPU per byte tunnel/TCP+TLS {:.2}, connections per second tunnel/TCP+TLS {:.2}",
-        throughput[0] / throughput[1],
-        cpu[0] / cpu[1],
-        rate[0] / rate[1]
-    );
+    println!("  best of three, against TCP+TLS:");
+    for (i, (name, ..)) in paths.iter().enumerate().take(2) {
+        println!(
+            "    {name:<15} throughput {:.2}, CPU per byte {:.2}, connections per second {:.2}",
+            throughput[i] / throughput[2],
+            cpu[i] / cpu[2],
+            rate[i] / rate[2]
+        );
+    }
+    drop(held);
     drop(connector);
     drop(dataplane);
 }

@@ -28,7 +28,9 @@ pub async fn serve(spec: &str, connector: Arc<Connector>) -> anyhow::Result<Sock
                         "content-type",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    connector.metrics.render(connector.connected().len()),
+                    connector
+                        .metrics
+                        .render(connector.connected().len(), connector.datagram()),
                 )
             }
         }

@@ -475,7 +475,7 @@ fn tunnel_endpoint(
     let ca = Arc::new(ca);
     let certificate = ServerCertificate::new(&args.tunnel_names, TUNNEL_CERTIFICATE_LIFETIME);
     let (config, issued) = certificate.issue(&ca)?;
-    let endpoint = endpoint::bind(address, Some(config)).with_context(|| {
+    let endpoint = endpoint::bind(address, Some(config), endpoint::MAX_DATAGRAM).with_context(|| {
         format!(
             "cannot listen for the tunnel on UDP {address} (in use? choose another with --tunnel)"
         )

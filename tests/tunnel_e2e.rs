@@ -30,9 +30,13 @@ fn quic_connector(ca: &TunnelCa, trusted: &TunnelCa, id: &str) -> quinn::Endpoin
     let certificate = ca.sign_connector(&request, id, 1).expect("signed");
     let identity = connector_identity(&key, certificate).expect("identity");
     let tls = connector_config(trusted.certificate(), identity).expect("TLS");
-    let mut client =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
-    client.set_default_client_config(endpoint::client(tls).expect("QUIC"));
+    let mut client = endpoint::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        None,
+        endpoint::MAX_DATAGRAM,
+    )
+    .expect("endpoint");
+    client.set_default_client_config(endpoint::client(tls, endpoint::MAX_DATAGRAM).expect("QUIC"));
     client
 }
 
@@ -229,6 +233,13 @@ fn chat_through_imgate_connector_is_inspected_and_archived() {
     assert!(
         metrics.contains("imgate_connector_streams_total{outcome=\"connected\"}"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "imgate_connector_datagram_bytes {}",
+            endpoint::MAX_DATAGRAM
+        )),
+        "loopback carries the largest datagrams the tunnel sends, and the connector found it: {metrics}"
     );
     let records = stop_and_read(imgate, &data);
     check_inspected_chat(&received, &records);

@@ -197,6 +197,17 @@ impl Connector {
             .collect()
     }
 
+    /// The largest datagram each usable connection sends now (what discovery found its path
+    /// carries), the smallest across them; `None` while none is usable.
+    pub fn datagram(&self) -> Option<u16> {
+        self.slots
+            .iter()
+            .filter_map(Slot::current)
+            .filter(Live::usable)
+            .map(|live| live.connection.stats().path.current_mtu)
+            .min()
+    }
+
     /// Keeps every slot connected, for as long as it runs.
     pub async fn maintain(self: Arc<Self>) {
         let mut slots = tokio::task::JoinSet::new();

@@ -1,8 +1,8 @@
-//! Prometheus metrics of a connector: its usable connections to dataplanes, and the streams
-//! it carried by outcome.
+//! Prometheus metrics of a connector: its usable connections to dataplanes, the datagram size
+//! they use, and the streams it carried by outcome.
 //!
-//! Invariants: counters only grow; the connections gauge is set at scrape time from the
-//! connector's slots, so it is never stale.
+//! Invariants: counters only grow; the gauges are set at scrape time from the connector's
+//! slots, so they are never stale.
 
 use std::sync::atomic::AtomicI64;
 
@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -21,6 +21,7 @@ struct OutcomeLabel {
 pub struct ConnectorMetrics {
     registry: Registry,
     connections: Gauge<i64, AtomicI64>,
+    datagram: Gauge<i64, AtomicI64>,
     streams: Family<OutcomeLabel, Counter>,
 }
 
@@ -28,11 +29,19 @@ impl Default for ConnectorMetrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("imgate_connector");
         let connections = Gauge::<i64, AtomicI64>::default();
+        let datagram = Gauge::<i64, AtomicI64>::default();
         let streams = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "connections",
             "Usable tunnel connections to dataplanes",
             connections.clone(),
+        );
+        registry.register_with_unit(
+            "datagram",
+            "Largest datagram the usable connections send, smallest across them (what their \
+             paths were found to carry; 0 while none is usable)",
+            Unit::Bytes,
+            datagram.clone(),
         );
         registry.register(
             "streams",
@@ -43,6 +52,7 @@ impl Default for ConnectorMetrics {
         Self {
             registry,
             connections,
+            datagram,
             streams,
         }
     }
@@ -54,10 +64,12 @@ impl ConnectorMetrics {
         self.streams.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// The exposition text, with `connections` usable connections now.
-    pub fn render(&self, connections: usize) -> String {
+    /// The exposition text, with `connections` usable connections now, whose smallest
+    /// datagram size is `datagram`.
+    pub fn render(&self, connections: usize, datagram: Option<u16>) -> String {
         self.connections
             .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        self.datagram.set(datagram.map_or(0, i64::from));
         crate::telemetry::encode(&self.registry)
     }
 }
@@ -72,8 +84,14 @@ mod tests {
         metrics.stream("connected");
         metrics.stream("connected");
         metrics.stream("retried");
-        let text = metrics.render(2);
+        let text = metrics.render(2, Some(8952));
         assert!(text.contains("imgate_connector_connections 2"), "{text}");
+        assert!(
+            text.contains("imgate_connector_datagram_bytes 8952"),
+            "{text}"
+        );
+        let none = metrics.render(0, None);
+        assert!(none.contains("imgate_connector_datagram_bytes 0"), "{none}");
         assert!(
             text.contains("imgate_connector_streams_total{outcome=\"connected\"} 2"),
             "{text}"

@@ -1017,12 +1017,16 @@ impl State {
         let now = self.runtime.now();
         let mut transmits = 0;
 
-        let max_datagrams = self
+        let max_segments = self
             .socket
             .max_transmit_segments()
             .min(MAX_TRANSMIT_SEGMENTS);
 
         loop {
+            // imgate: no more datagrams than one send carries at the MTU found so far.
+            let max_datagrams = max_segments
+                .min(MAX_TRANSMIT_BYTES / usize::from(self.inner.current_mtu()))
+                .max(1);
             // Retry the last transmit, or get a new one.
             let t = match self.buffered_transmit.take() {
                 Some(t) => t,
@@ -1344,3 +1348,8 @@ const MAX_TRANSMIT_DATAGRAMS: usize = 80;
 /// imgate: 40 instead of 10 (quinn-rs/quinn#2189). 40 datagrams of the largest MTU that
 /// discovery reaches by default (1,452 bytes) stay under the 64 KiB a UDP GSO send may carry.
 const MAX_TRANSMIT_SEGMENTS: usize = 40;
+
+/// imgate: the most bytes one transmit carries. One UDP GSO send carries at most 64 KiB
+/// (less the headers); a larger one fails, and with it every datagram of the batch. Where
+/// discovery finds a larger MTU than 1,452 bytes, its datagrams go fewer at a time.
+const MAX_TRANSMIT_BYTES: usize = 63 * 1024;

@@ -3,9 +3,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::RECEIVE_WINDOW;
+use super::{MAX_DATAGRAM, RECEIVE_WINDOW};
 use crate::tunnel::trust::TunnelCa;
-use crate::tunnel::trust::tests::{connector, dataplane, dial};
+use crate::tunnel::trust::tests::{connector, connector_with, dataplane, dial};
 
 const CHUNK: usize = 16 << 10;
 
@@ -70,4 +70,78 @@ async fn a_connection_takes_no_more_unread_bytes_than_its_window_and_reopens_as_
     .await
     .expect("once the dataplane reads, the connector may send again")
     .expect("write");
+}
+
+/// Sends `bytes` over a new stream of `connection`, reads them back from `echo`'s side and
+/// echoes them; returns once the echo has been read in full.
+async fn echo_through(connection: &quinn::Connection, echoing: &quinn::Connection, bytes: usize) {
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    let chunk = vec![7u8; CHUNK];
+    let writing = async {
+        for _ in 0..bytes / CHUNK {
+            send.write_all(&chunk).await.expect("write");
+        }
+        send.finish().expect("finish");
+    };
+    let echo = async {
+        let (mut back, mut from) = echoing.accept_bi().await.expect("accepted stream");
+        let mut buf = vec![0u8; CHUNK];
+        while let Some(n) = from.read(&mut buf).await.expect("read") {
+            back.write_all(&buf[..n]).await.expect("echo");
+        }
+        back.finish().expect("finish");
+    };
+    let reading = async {
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0;
+        while let Some(n) = recv.read(&mut buf).await.expect("read echo") {
+            total += n;
+        }
+        total
+    };
+    let ((), (), total) = tokio::join!(writing, echo, reading);
+    assert_eq!(total, bytes, "every byte comes back");
+}
+
+/// Connects a connector endpoint whose datagrams are held to `max_datagram` bytes to a
+/// dataplane on loopback (whose path carries 64 KiB datagrams) and echoes 16 MiB each way;
+/// returns the path statistics of the connector's and the dataplane's ends.
+async fn echoed_over_loopback(max_datagram: u16) -> (quinn::PathStats, quinn::PathStats) {
+    let ca = TunnelCa::generate("acme").expect("CA");
+    let server = dataplane(&ca);
+    let at = server.local_addr().expect("address");
+    let client = connector_with(&ca, &ca, "laptop-3", max_datagram);
+    let accepting = server.accept();
+    let (connection, accepted) = tokio::join!(dial(&client, at), async {
+        accepting.await.expect("incoming").await.expect("accepted")
+    });
+    let connection = connection.expect("connected");
+    echo_through(&connection, &accepted, 16 << 20).await;
+    (connection.stats().path, accepted.stats().path)
+}
+
+#[tokio::test]
+async fn a_path_that_carries_jumbo_datagrams_keeps_them_both_ways() {
+    let (near, far) = echoed_over_loopback(MAX_DATAGRAM).await;
+    for (end, path) in [("connector", near), ("dataplane", far)] {
+        assert_eq!(
+            path.current_mtu, MAX_DATAGRAM,
+            "the {end} finds that loopback carries the largest datagrams it may send: {path:?}"
+        );
+        assert_eq!(
+            path.black_holes_detected, 0,
+            "no batch of large datagrams is refused by the socket: {path:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connector_held_to_smaller_datagrams_gets_none_larger_from_the_dataplane() {
+    let (near, far) = echoed_over_loopback(1452).await;
+    for (end, path) in [("connector", near), ("dataplane", far)] {
+        assert!(
+            path.current_mtu > 1200 && path.current_mtu <= 1452,
+            "the {end} probes up to the connector's limit and no further: {path:?}"
+        );
+    }
 }

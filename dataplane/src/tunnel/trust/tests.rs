@@ -14,7 +14,12 @@ pub(in crate::tunnel) fn dataplane(ca: &TunnelCa) -> quinn::Endpoint {
         .expect("server certificate");
     let tls = dataplane_config(ca.certificate(), identity).expect("server TLS");
     let config = endpoint::server(tls).expect("QUIC server");
-    quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("address")).expect("endpoint")
+    endpoint::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        Some(config),
+        endpoint::MAX_DATAGRAM,
+    )
+    .expect("endpoint")
 }
 
 /// A connector enrolled with `signer` (its key made here, only the request signed there),
@@ -24,13 +29,23 @@ pub(in crate::tunnel) fn connector(
     trusted: &TunnelCa,
     id: &str,
 ) -> quinn::Endpoint {
+    connector_with(signer, trusted, id, endpoint::MAX_DATAGRAM)
+}
+
+/// [`connector`] with its datagrams held to `max_datagram` bytes.
+pub(in crate::tunnel) fn connector_with(
+    signer: &TunnelCa,
+    trusted: &TunnelCa,
+    id: &str,
+    max_datagram: u16,
+) -> quinn::Endpoint {
     let (key, request) = connector_request(id).expect("request");
     let cert = signer.sign_connector(&request, id, 30).expect("signed");
     let identity = connector_identity(&key, cert).expect("identity");
     let tls = connector_config(trusted.certificate(), identity).expect("client TLS");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
-    endpoint.set_default_client_config(endpoint::client(tls).expect("QUIC client"));
+    let mut endpoint = endpoint::bind("127.0.0.1:0".parse().expect("address"), None, max_datagram)
+        .expect("endpoint");
+    endpoint.set_default_client_config(endpoint::client(tls, max_datagram).expect("QUIC client"));
     endpoint
 }
 
