@@ -9,6 +9,9 @@
 //! p50 and p99 minus direct's in the same round. Each round also measures the floor: a
 //! one-byte round trip between the client's core and the relays' core. Each latency run
 //! prints how long imgate held its batches (its `imgate_held_seconds` histogram).
+//! `BENCH_AWAKE=1` keeps every core from halting during the latency runs (see
+//! [`keep_cores_awake`]), which takes this virtual machine's cost of waking a core out of the
+//! figures.
 //! Run: `cargo bench --bench xmpp_relay` (needs prosody, haproxy and openssl installed).
 
 mod support;
@@ -256,9 +259,10 @@ fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    if std::env::var_os(ROLE).is_some() {
-        echo();
-        return;
+    match std::env::var(ROLE).as_deref() {
+        Ok("spin") => spin(),
+        Ok(_) => return echo(),
+        Err(_) => {}
     }
     if std::env::args().any(|a| a == "--list") {
         println!("xmpp_relay: bench");
@@ -345,10 +349,35 @@ fn main() {
         (half, "half of the slower relay's rate"),
         (LIGHT_RATE, "light load"),
     ] {
+        let _awake = std::env::var_os("BENCH_AWAKE").map(|_| keep_cores_awake(cores));
         let before = held(&support::common::scrape(metrics_port));
         latency(&runtime, &paths, echo_port, rate, what);
         let after = held(&support::common::scrape(metrics_port));
         print_held(&before, &after);
+    }
+}
+
+/// Keeps each of the `cores` CPUs from halting: one process per core in the idle scheduling
+/// class (`chrt --idle`), which spins and yields to any other task at once.
+fn keep_cores_awake(cores: usize) -> Vec<Killed> {
+    (0..cores)
+        .map(|core| {
+            Killed(
+                Command::new("chrt")
+                    .args(["--idle", "0", "taskset", "-c", &core.to_string()])
+                    .arg(std::env::current_exe().expect("this binary"))
+                    .env(ROLE, "spin")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("chrt and taskset"),
+            )
+        })
+        .collect()
+}
+
+fn spin() -> ! {
+    loop {
+        std::hint::spin_loop();
     }
 }
 
