@@ -66,9 +66,10 @@ pub fn bind(
 ) -> io::Result<quinn::Endpoint> {
     let mut config = EndpointConfig::default();
     config.max_udp_payload_size(max_datagram).map_err(|_| {
+        let range = "QUIC's range (1,200 to 65,527)";
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a tunnel datagram of at most {max_datagram} bytes is out of QUIC's range (1,200 to 65,527)"),
+            format!("a tunnel datagram of at most {max_datagram} bytes is out of {range}"),
         )
     })?;
     let socket = Socket::new(

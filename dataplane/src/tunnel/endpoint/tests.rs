@@ -145,3 +145,11 @@ async fn a_connector_held_to_smaller_datagrams_gets_none_larger_from_the_datapla
         );
     }
 }
+
+#[tokio::test]
+async fn a_datagram_size_quic_cannot_use_is_refused_saying_the_range() {
+    let refused = super::bind("127.0.0.1:0".parse().expect("address"), None, 1199)
+        .expect_err("QUIC's datagrams are at least 1,200 bytes");
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(refused.to_string().contains("1,200 to 65,527"), "{refused}");
+}
