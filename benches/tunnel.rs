@@ -11,11 +11,11 @@
 //!   rustls configurations and certificates as the tunnel) per client connection → a server
 //!   relay → the echo server. The relays are this binary, started again in another role.
 //!
-//! Measured on each path: one connection's throughput (bytes echoed back) and the CPU time the two relay
-//! processes spend on it per GiB, connections opened per second
-//! (each one echoing a few bytes); and, for the tunnel and TCP+TLS, the resident memory each
-//! of the two processes adds per idle connection at 10,000 connections (`TUNNEL_SESSIONS=N`
-//! for another count).
+//! Measured on each path: one connection's throughput (bytes echoed back) and the CPU time
+//! the two relay processes spend on it per GiB, connections opened per second (each one
+//! echoing a few bytes); and, for the tunnel and TCP+TLS, the resident memory each of the two
+//! processes adds per idle connection at 10,000 connections (`TUNNEL_SESSIONS=N` for another
+//! count).
 //! Run: `cargo bench --bench tunnel` (needs prlimit and root for the open-file limit).
 
 mod support;

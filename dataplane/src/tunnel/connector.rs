@@ -187,23 +187,23 @@ impl Connector {
             .clone()
     }
 
-    /// The dataplanes the connector is connected to now, one entry per usable connection.
-    pub fn connected(&self) -> Vec<SocketAddr> {
+    /// The connections usable now.
+    fn usable(&self) -> impl Iterator<Item = Live> + '_ {
         self.slots
             .iter()
             .filter_map(Slot::current)
             .filter(Live::usable)
-            .map(|live| live.dataplane)
-            .collect()
+    }
+
+    /// The dataplanes the connector is connected to now, one entry per usable connection.
+    pub fn connected(&self) -> Vec<SocketAddr> {
+        self.usable().map(|live| live.dataplane).collect()
     }
 
     /// The largest datagram each usable connection sends now (what discovery found its path
     /// carries), the smallest across them; `None` while none is usable.
     pub fn datagram(&self) -> Option<u16> {
-        self.slots
-            .iter()
-            .filter_map(Slot::current)
-            .filter(Live::usable)
+        self.usable()
             .map(|live| live.connection.stats().path.current_mtu)
             .min()
     }
