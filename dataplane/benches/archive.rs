@@ -169,13 +169,14 @@ fn bytes_per_message(records: &[Record]) -> (f64, f64) {
         tenant: "meridian-capital".into(),
         writer: "dataplane-0".into(),
     };
-    let sealed = seal(&layout, 1, GENESIS, &input);
+    let lines = input.line_bytes;
+    let sealed = seal(&layout, 1, GENESIS, input);
     let manifest = serde_json::to_vec_pretty(&sealed.manifest)
         .expect("manifest")
         .len();
     (
         (sealed.body.len() + manifest) as f64 / records.len() as f64,
-        input.lines.len() as f64 / records.len() as f64,
+        lines as f64 / records.len() as f64,
     )
 }
 

@@ -2,7 +2,8 @@
 //! faults (a full disk, a failing fsync) the way Vector's disk buffer does.
 //!
 //! Invariants: [`Filesystem::write_atomic`] leaves either the old or the new content, never a
-//! mix; [`LogFile::sync`] returns only once the bytes written are durable.
+//! mix; [`LogFile::sync`] returns only once the bytes written are durable; [`LogFile::reserve`]
+//! never changes a file's length or content.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -14,6 +15,11 @@ pub trait LogFile: Send {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// Allocates disk blocks for the file to grow to `bytes` without changing its length, so
+    /// that appends write into blocks that already exist. On ext4, appending into blocks
+    /// allocated while a sync writes the file back waits for the inode's block-map lock,
+    /// which the sync can hold for milliseconds (a synchronous discard on `-o discard`).
+    fn reserve(&self, bytes: u64) -> io::Result<()>;
     /// A second handle to the same file, so that another thread can sync it while appends
     /// continue on this one.
     fn try_clone(&self) -> io::Result<Self>
@@ -33,6 +39,8 @@ pub trait Filesystem: Clone + Send + Sync + 'static {
     fn open_append(&self, path: &Path) -> io::Result<Self::File>;
     /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens a file to read it in pieces.
+    fn open_read(&self, path: &Path) -> io::Result<File>;
     /// Replaces `path` with `bytes` atomically and durably.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Cuts a file to `len` bytes, durably.
@@ -52,6 +60,11 @@ impl LogFile for File {
 
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn reserve(&self, bytes: u64) -> io::Result<()> {
+        rustix::fs::fallocate(self, rustix::fs::FallocateFlags::KEEP_SIZE, 0, bytes)
+            .map_err(io::Error::from)
     }
 
     fn try_clone(&self) -> io::Result<Self> {
@@ -88,6 +101,10 @@ impl Filesystem for StdFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<File> {
+        File::open(path)
     }
 
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -182,6 +199,10 @@ pub(crate) mod faulty {
             self.file.sync_data()
         }
 
+        fn reserve(&self, bytes: u64) -> io::Result<()> {
+            self.file.reserve(bytes)
+        }
+
         fn try_clone(&self) -> io::Result<Self> {
             Ok(Self {
                 file: self.file.try_clone()?,
@@ -210,6 +231,10 @@ pub(crate) mod faulty {
 
         fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
             StdFs.read(path)
+        }
+
+        fn open_read(&self, path: &Path) -> io::Result<File> {
+            StdFs.open_read(path)
         }
 
         fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {

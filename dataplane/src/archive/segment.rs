@@ -11,6 +11,8 @@
 //! the first), so the chain proves completeness and order; sealing is deterministic, so a
 //! segment rebuilt after a crash has the same bytes and key.
 
+use std::io::Write;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -112,11 +114,12 @@ impl Layout {
     }
 }
 
-/// The raw material of a segment: consecutive records as JSON lines.
-#[derive(Debug, Clone, Default)]
+/// The raw material of a segment: consecutive records as JSON lines, compressed as they are
+/// added, so that sealing holds the compressed segment and not the records.
 pub struct SegmentInput {
-    /// The records' JSON, one per line, each line ending in `\n`.
-    pub lines: Vec<u8>,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    /// Bytes of JSON lines added, before compression.
+    pub line_bytes: u64,
     /// Number of records.
     pub records: u64,
     /// First sequence number.
@@ -129,6 +132,21 @@ pub struct SegmentInput {
     pub last_ts: DateTime<Utc>,
 }
 
+impl Default for SegmentInput {
+    fn default() -> Self {
+        Self {
+            encoder: zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
+                .unwrap_or_else(|error| unreachable!("a zstd level in range: {error}")),
+            line_bytes: 0,
+            records: 0,
+            first_seq: 0,
+            last_seq: 0,
+            first_ts: DateTime::default(),
+            last_ts: DateTime::default(),
+        }
+    }
+}
+
 impl SegmentInput {
     /// Adds the next record's JSON (as stored in the log).
     pub fn push(&mut self, seq: u64, ts: DateTime<Utc>, json: &[u8]) {
@@ -139,8 +157,12 @@ impl SegmentInput {
         self.last_seq = seq;
         self.last_ts = ts;
         self.records += 1;
-        self.lines.extend_from_slice(json);
-        self.lines.push(b'\n');
+        self.line_bytes += json.len() as u64 + 1;
+        for bytes in [json, b"\n"] {
+            self.encoder
+                .write_all(bytes)
+                .unwrap_or_else(|error| unreachable!("compressing into memory: {error}"));
+        }
     }
 
     /// The input for `records`, in order.
@@ -154,9 +176,11 @@ impl SegmentInput {
 }
 
 /// Seals `input` (non-empty) as segment number `index` after `prev_sha256`.
-pub fn seal(layout: &Layout, index: u64, prev_sha256: &str, input: &SegmentInput) -> Sealed {
-    let body = zstd::bulk::compress(&input.lines, ZSTD_LEVEL)
-        .unwrap_or_else(|error| unreachable!("compressing into memory cannot fail: {error}"));
+pub fn seal(layout: &Layout, index: u64, prev_sha256: &str, input: SegmentInput) -> Sealed {
+    let body = input
+        .encoder
+        .finish()
+        .unwrap_or_else(|error| unreachable!("compressing into memory: {error}"));
     let manifest = Manifest {
         v: MANIFEST_VERSION,
         tenant: layout.tenant.clone(),
@@ -216,9 +240,8 @@ mod tests {
     #[test]
     fn sealing_is_deterministic_and_reversible() {
         let records: Vec<Record> = (1..=50).map(|i| message(i, "hello there")).collect();
-        let input = SegmentInput::from_records(&records);
-        let a = seal(&layout(), 1, GENESIS, &input);
-        let b = seal(&layout(), 1, GENESIS, &input);
+        let a = seal(&layout(), 1, GENESIS, SegmentInput::from_records(&records));
+        let b = seal(&layout(), 1, GENESIS, SegmentInput::from_records(&records));
         assert_eq!(a.body, b.body);
         assert_eq!(a.manifest, b.manifest);
         assert_eq!(
@@ -242,7 +265,7 @@ mod tests {
             &layout(),
             1,
             GENESIS,
-            &SegmentInput::from_records(&[message(1, "x")]),
+            SegmentInput::from_records(&[message(1, "x")]),
         );
         assert!(open_segment(b"not zstd").is_err());
         let garbage = zstd::bulk::compress(b"{\"v\":1}\nnot json\n", 3).expect("compress");

@@ -235,7 +235,7 @@ impl<F: Filesystem> Shipper<F> {
     fn seal_one(&mut self, durable: u64) -> Result<(), ArchiveError> {
         let mut input = SegmentInput::default();
         let mut failure = None;
-        let limit = self.config.max_segment_bytes as usize;
+        let limit = self.config.max_segment_bytes;
         let wal_dir = self.log.dir().to_owned();
         Wal::read_range(
             &self.fs,
@@ -253,7 +253,7 @@ impl<F: Filesystem> Shipper<F> {
                         ))
                     }
                 }
-                failure.is_none() && input.lines.len() < limit
+                failure.is_none() && input.line_bytes < limit
             },
         )?;
         if let Some(failure) = failure {
@@ -273,9 +273,9 @@ impl<F: Filesystem> Shipper<F> {
             &self.config.layout,
             self.state.next_index,
             &self.state.chain_head,
-            &input,
+            input,
         );
-        let (body_path, manifest_path) = self.outbox_paths(input.first_seq);
+        let (body_path, manifest_path) = self.outbox_paths(sealed.manifest.first_seq);
         self.fs
             .write_atomic(&body_path, &sealed.body)
             .map_err(|e| ArchiveError::io(&body_path, e))?;
@@ -283,7 +283,7 @@ impl<F: Filesystem> Shipper<F> {
         self.fs
             .write_atomic(&manifest_path, &manifest)
             .map_err(|e| ArchiveError::io(&manifest_path, e))?;
-        self.state.sealed_through = input.last_seq;
+        self.state.sealed_through = sealed.manifest.last_seq;
         self.state.chain_head = sealed.manifest.sha256.clone();
         self.state.next_index += 1;
         self.save_state()

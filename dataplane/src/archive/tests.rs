@@ -10,7 +10,7 @@ use super::record::tests::message;
 use super::segment::Layout;
 use super::store::LocalStore;
 use super::verify::verify;
-use super::wal::{Frame, Wal, decode_frame, encode_frame};
+use super::wal::{FRAME_HEADER, Frame, Wal, decode_frame, encode_frame};
 use super::*;
 
 fn config() -> LogConfig {
@@ -193,6 +193,54 @@ fn a_torn_tail_is_cut_and_nothing_durable_is_lost() {
 }
 
 #[test]
+fn the_file_being_appended_to_has_its_disk_reserved_and_ends_at_its_last_frame() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reserved = 1 << 20;
+    let (mut wal, _) = Wal::open(StdFs, dir.path(), reserved).expect("open");
+    wal.append_batch(&[(1, b"first".to_vec()), (2, b"second".to_vec())])
+        .expect("append");
+    wal.sync().expect("sync");
+    let path = dir.path().join("00000000000000000001.wal");
+    let on_disk = |path: &Path| {
+        let meta = std::fs::metadata(path).expect("log file");
+        (meta.len(), meta.blocks() * 512)
+    };
+    let (len, allocated) = on_disk(&path);
+    assert_eq!(
+        len,
+        (2 * FRAME_HEADER + 11) as u64,
+        "the length is the frames'"
+    );
+    assert!(
+        allocated >= reserved,
+        "{allocated} bytes allocated, {reserved} reserved"
+    );
+    drop(wal);
+    let mut frame = Vec::new();
+    encode_frame(3, b"torn in the reserved blocks", &mut frame);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    std::io::Write::write_all(&mut file, &frame[..frame.len() / 2]).expect("torn write");
+    let (mut wal, recovery) = Wal::open(StdFs, dir.path(), reserved).expect("recovers");
+    assert_eq!(
+        (recovery.records, recovery.truncated_bytes),
+        (2, (frame.len() / 2) as u64)
+    );
+    assert!(on_disk(&path).1 >= reserved, "reserved again after the cut");
+    wal.append_batch(&[(3, b"third".to_vec())]).expect("append");
+    let mut seqs = Vec::new();
+    Wal::read_range(&StdFs, dir.path(), 1, 3, &mut |seq, _| {
+        seqs.push(seq);
+        true
+    })
+    .expect("readable");
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[test]
 fn damage_inside_the_log_is_reported_with_its_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
@@ -218,6 +266,52 @@ fn damage_inside_the_log_is_reported_with_its_location() {
         } => {
             assert_eq!((path, offset), (files[0].clone(), second as u64));
             assert_eq!(reason, "checksum mismatch");
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+}
+
+#[test]
+fn records_are_read_in_pieces_whatever_their_size_and_damage_is_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(StdFs, dir.path(), 64 << 20).expect("open");
+    let sizes = [10, 300 << 10, 0, 1 << 20, 17, 5000];
+    let batch: Vec<(u64, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| (i as u64 + 1, vec![i as u8 + b'a'; size]))
+        .collect();
+    wal.append_batch(&batch).expect("append");
+    drop(wal);
+    let mut read = Vec::new();
+    Wal::read_range(&StdFs, dir.path(), 2, 5, &mut |seq, payload| {
+        read.push((seq, payload.to_vec()));
+        true
+    })
+    .expect("readable");
+    assert_eq!(read, batch[1..5]);
+    let path = dir.path().join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let fourth = (3 * FRAME_HEADER + 10 + (300 << 10)) as u64;
+    bytes[fourth as usize + FRAME_HEADER + 4096] ^= 1;
+    std::fs::write(&path, &bytes).expect("write");
+    let mut seen = Vec::new();
+    let error = Wal::read_range(&StdFs, dir.path(), 1, 6, &mut |seq, _| {
+        seen.push(seq);
+        true
+    })
+    .expect_err("damage is found");
+    assert_eq!(seen, [1, 2, 3], "records before the damage are read");
+    match error {
+        ArchiveError::Corrupt {
+            path: at,
+            offset,
+            reason,
+        } => {
+            assert_eq!(
+                (at, offset, reason.as_str()),
+                (path, fourth, "checksum mismatch")
+            );
         }
         other => panic!("expected corruption, got {other}"),
     }

@@ -2,7 +2,10 @@
 //!
 //! Frame: `len: u32 LE | crc32c: u32 LE | seq: u64 LE | payload (len bytes)`; the checksum
 //! covers `seq` and the payload. Files are named by the sequence number of their first frame
-//! (`00000000000000000001.wal`) and rotated at `max_file_bytes`.
+//! (`00000000000000000001.wal`) and rotated at `max_file_bytes`. The file being appended to
+//! has `max_file_bytes` of disk reserved when it is opened ([`LogFile::reserve`]; best effort),
+//! so appends never allocate blocks while the syncer writes the file back; its length is
+//! always the end of its last frame.
 //!
 //! Invariants:
 //! - sequence numbers are consecutive across all files, from the first file's name on;
@@ -14,6 +17,7 @@
 //!   any other damage with its file and byte offset: a corrupt record is never skipped;
 //! - files are deleted only when every record in them has been shipped ([`Wal::remove_through`]).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::error::ArchiveError;
@@ -125,31 +129,131 @@ pub enum Frame<'a> {
     Bad(&'static str),
 }
 
+/// A frame's header, read before its payload.
+struct Header {
+    len: usize,
+    crc: u32,
+    seq: [u8; 8],
+}
+
+impl Header {
+    /// Parses the first [`FRAME_HEADER`] bytes of a frame.
+    fn parse(bytes: &[u8; FRAME_HEADER]) -> Result<Self, &'static str> {
+        let [l0, l1, l2, l3, c0, c1, c2, c3, seq @ ..] = *bytes;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err("length field larger than any record");
+        }
+        Ok(Self {
+            len,
+            crc: u32::from_le_bytes([c0, c1, c2, c3]),
+            seq,
+        })
+    }
+
+    /// The sequence number, once `payload` (this frame's) has matched the checksum.
+    fn verify(&self, payload: &[u8]) -> Result<u64, &'static str> {
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&self.seq), payload);
+        if actual == self.crc {
+            Ok(u64::from_le_bytes(self.seq))
+        } else {
+            Err("checksum mismatch")
+        }
+    }
+}
+
 /// Decodes the frame at the start of `bytes`.
 pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
-    if bytes.len() < FRAME_HEADER {
+    let Some(header) = bytes.first_chunk::<FRAME_HEADER>() else {
         return Frame::Incomplete;
-    }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let seq_bytes = &bytes[8..16];
-    if len > MAX_PAYLOAD {
-        return Frame::Bad("length field larger than any record");
-    }
-    if bytes.len() < FRAME_HEADER + len {
+    };
+    let header = match Header::parse(header) {
+        Ok(header) => header,
+        Err(reason) => return Frame::Bad(reason),
+    };
+    let Some(payload) = bytes.get(FRAME_HEADER..FRAME_HEADER + header.len) else {
         return Frame::Incomplete;
+    };
+    match header.verify(payload) {
+        Ok(seq) => Frame::Good {
+            seq,
+            payload,
+            len: FRAME_HEADER + header.len,
+        },
+        Err(reason) => Frame::Bad(reason),
     }
-    let payload = &bytes[FRAME_HEADER..FRAME_HEADER + len];
-    let actual = crc32c::crc32c_append(crc32c::crc32c(seq_bytes), payload);
-    if actual != crc {
-        return Frame::Bad("checksum mismatch");
+}
+
+/// Reads frames one at a time from a log file through a buffer of [`READ_BUFFER`] bytes, so
+/// that reading a file holds no more than that and the largest record.
+struct FrameReader<R> {
+    reader: std::io::BufReader<R>,
+    offset: u64,
+    payload: Vec<u8>,
+}
+
+/// Bytes read from a log file at a time.
+const READ_BUFFER: usize = 256 << 10;
+
+impl<R: Read> FrameReader<R> {
+    fn new(file: R) -> Self {
+        Self {
+            reader: std::io::BufReader::with_capacity(READ_BUFFER, file),
+            offset: 0,
+            payload: Vec::new(),
+        }
     }
-    let seq = u64::from_le_bytes(seq_bytes.try_into().unwrap_or_default());
-    Frame::Good {
-        seq,
-        payload,
-        len: FRAME_HEADER + len,
+
+    /// The next frame's sequence number and payload; `None` at the end of the file, or where
+    /// it ends inside a frame (records past the durable point may still be being written).
+    fn next(&mut self, path: &Path) -> Result<Option<(u64, &[u8])>, ArchiveError> {
+        let mut header = [0u8; FRAME_HEADER];
+        if !self.fill(&mut header, path)? {
+            return Ok(None);
+        }
+        let header = Header::parse(&header).map_err(|r| self.corrupt(path, r))?;
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.resize(header.len, 0);
+        let complete = self.fill(&mut payload, path)?;
+        self.payload = payload;
+        if !complete {
+            return Ok(None);
+        }
+        let seq = header
+            .verify(&self.payload)
+            .map_err(|r| self.corrupt(path, r))?;
+        self.offset += (FRAME_HEADER + header.len) as u64;
+        Ok(Some((seq, &self.payload)))
     }
+
+    /// Fills `buffer`; false when the file ends first.
+    fn fill(&mut self, buffer: &mut [u8], path: &Path) -> Result<bool, ArchiveError> {
+        match self.reader.read_exact(buffer) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(error) => Err(ArchiveError::io(path, error)),
+        }
+    }
+
+    fn corrupt(&self, path: &Path, reason: &'static str) -> ArchiveError {
+        ArchiveError::corrupt(path, self.offset, reason)
+    }
+}
+
+/// Opens the file the log appends to and reserves `max_file_bytes` of disk for it. A
+/// filesystem that cannot reserve, or has no room to, still takes appends.
+fn open_current<F: Filesystem>(
+    fs: &F,
+    path: &Path,
+    max_file_bytes: u64,
+) -> Result<F::File, ArchiveError> {
+    let file = fs
+        .open_append(path)
+        .map_err(|e| ArchiveError::io(path, e))?;
+    if let Err(error) = file.reserve(max_file_bytes) {
+        tracing::debug!(path = %path.display(), %error, "log file not preallocated");
+    }
+    Ok(file)
 }
 
 fn file_name(first_seq: u64) -> String {
@@ -159,6 +263,7 @@ fn file_name(first_seq: u64) -> String {
 impl<F: Filesystem> Wal<F> {
     /// Opens (creating if needed) the log in `dir` and recovers it.
     pub fn open(fs: F, dir: &Path, max_file_bytes: u64) -> Result<(Self, Recovery), ArchiveError> {
+        let max_file_bytes = max_file_bytes.max(1);
         fs.create_dir_all(dir)
             .map_err(|e| ArchiveError::io(dir, e))?;
         let mut files = Vec::new();
@@ -209,10 +314,7 @@ impl<F: Filesystem> Wal<F> {
         let next_seq = expected.unwrap_or(1);
         recovery.last_seq = next_seq - 1;
         let current = match files.last() {
-            Some(last) => Some(
-                fs.open_append(&last.path)
-                    .map_err(|e| ArchiveError::io(&last.path, e))?,
-            ),
+            Some(last) => Some(open_current(&fs, &last.path, max_file_bytes)?),
             None => None,
         };
         Ok((
@@ -222,7 +324,7 @@ impl<F: Filesystem> Wal<F> {
                 files,
                 current,
                 next_seq,
-                max_file_bytes: max_file_bytes.max(1),
+                max_file_bytes,
             },
             recovery,
         ))
@@ -267,10 +369,7 @@ impl<F: Filesystem> Wal<F> {
                     .map_err(|e| ArchiveError::io(&segment.path, e))?;
             }
             let path = self.dir.join(file_name(*first));
-            let file = self
-                .fs
-                .open_append(&path)
-                .map_err(|e| ArchiveError::io(&path, e))?;
+            let file = open_current(&self.fs, &path, self.max_file_bytes)?;
             self.files.push(Segment {
                 first_seq: *first,
                 path,
@@ -291,11 +390,7 @@ impl<F: Filesystem> Wal<F> {
             // Leave no partial frame for the next batch to follow.
             let path = segment.path.clone();
             let _ = self.fs.truncate(&path, segment.bytes);
-            self.current = Some(
-                self.fs
-                    .open_append(&path)
-                    .map_err(|e| ArchiveError::io(&path, e))?,
-            );
+            self.current = Some(open_current(&self.fs, &path, self.max_file_bytes)?);
             return Err(ArchiveError::io(&path, error));
         }
         segment.bytes += buffer.len() as u64;
@@ -337,7 +432,8 @@ impl<F: Filesystem> Wal<F> {
         Ok(())
     }
 
-    /// Reads records `from..=through` (both must be durable), calling `each(seq, payload)`.
+    /// Reads records `from..=through` (both must be durable), calling `each(seq, payload)`;
+    /// each file is read in pieces ([`FrameReader`]), however large it is.
     pub fn read_range(
         fs: &F,
         dir: &Path,
@@ -352,24 +448,16 @@ impl<F: Filesystem> Wal<F> {
             .filter(|p| p.extension().is_some_and(|e| e == "wal"))
             .collect();
         for path in paths {
-            let bytes = fs.read(&path).map_err(|e| ArchiveError::io(&path, e))?;
-            let mut offset = 0;
-            while offset < bytes.len() {
-                match decode_frame(&bytes[offset..]) {
-                    Frame::Good { seq, payload, len } => {
-                        if seq > through {
-                            return Ok(());
-                        }
-                        if seq >= from && !each(seq, payload) {
-                            return Ok(());
-                        }
-                        offset += len;
-                    }
-                    // Records past the durable point may still be being written.
-                    Frame::Incomplete => break,
-                    Frame::Bad(reason) => {
-                        return Err(ArchiveError::corrupt(&path, offset as u64, reason));
-                    }
+            let file = fs
+                .open_read(&path)
+                .map_err(|e| ArchiveError::io(&path, e))?;
+            let mut frames = FrameReader::new(file);
+            while let Some((seq, payload)) = frames.next(&path)? {
+                if seq > through {
+                    return Ok(());
+                }
+                if seq >= from && !each(seq, payload) {
+                    return Ok(());
                 }
             }
         }
