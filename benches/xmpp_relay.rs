@@ -7,8 +7,10 @@
 //! [`MESSAGES`] per path, the paths taking turns. Latency: [`ROUNDS`] rounds, each giving every
 //! path [`ROUND_SECONDS`] at the same rate; what a relay adds is the median over rounds of its
 //! p50 and p99 minus direct's in the same round. Each round also measures the floor: a
-//! one-byte round trip between the client's core and the relays' core. Each latency run
-//! prints how long imgate held its batches (its `imgate_held_seconds` histogram).
+//! one-byte round trip between the client's core and the relays' core. Each path logs in once
+//! and keeps its session for all of its turns. Each latency run prints how long imgate held
+//! its batches (its `imgate_held_seconds` histogram) and the steal time the host took from
+//! this virtual machine meanwhile.
 //! `BENCH_AWAKE=1` keeps every core from halting during the latency runs (see
 //! [`keep_cores_awake`]), which takes this virtual machine's cost of waking a core out of the
 //! figures.
@@ -25,7 +27,9 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use support::common::{Killed, free_port, prosody, wait_for_port};
 use support::{haproxy, imgate, imgate_roots, login, pin};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream as AsyncTcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// Set in the environment of this binary started again as the echo peer of [`handoff`].
 const ROLE: &str = "XMPP_RELAY_ROLE";
@@ -39,95 +43,123 @@ const STALL: Duration = Duration::from_secs(30);
 /// Messages per second of the light-load latency run.
 const LIGHT_RATE: f64 = 500.0;
 
-/// Sends `count` messages to the own JID, at most `rate` per second (0: as fast as
-/// possible); returns messages per second and the latencies.
-async fn run(
-    name: &str,
-    port: u16,
-    roots: &[CertificateDer<'static>],
-    count: usize,
-    rate: f64,
-) -> (f64, Vec<Duration>) {
-    let (tls, jid) = login(port, roots, "bench").await;
-    let (mut reader, mut writer) = tokio::io::split(tls);
-    let start = Instant::now();
-    let sender = tokio::spawn(async move {
-        for i in 0..count {
-            if rate > 0.0 {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let sent = start.elapsed().as_nanos();
-            let message = format!(
-                "<message to='{jid}' type='chat'><body>t{sent:020} quarterly numbers look fine, call me later</body></message>"
-            );
-            writer.write_all(message.as_bytes()).await.expect("send");
-        }
-        // TLS may hold the last records back until flushed.
-        writer.flush().await.expect("flush");
-        writer
-    });
-    let mut latencies = Vec::with_capacity(count);
-    let mut pending = String::new();
-    let mut chunk = vec![0u8; 65536];
-    while latencies.len() < count {
-        let n = tokio::time::timeout(STALL, reader.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{name}: nothing arrived for {STALL:?} after {} of {count} messages; \
-                     unparsed: {pending:?}",
-                    latencies.len()
-                )
-            })
-            .expect("read");
-        assert!(
-            n > 0,
-            "the stream closed after {} messages",
-            latencies.len()
-        );
-        pending.push_str(&String::from_utf8_lossy(&chunk[..n]));
-        while let Some(at) = pending.find("<body>t") {
-            let Some(stamp) = pending.get(at + 7..at + 27) else {
-                break;
-            };
-            if let Ok(sent) = stamp.parse::<u128>() {
-                latencies.push(
-                    start
-                        .elapsed()
-                        .saturating_sub(Duration::from_nanos(sent as u64)),
-                );
-            }
-            pending.drain(..at + 27);
+/// A client logged in to Prosody through one path, kept for all of that path's turns so
+/// that no turn starts with a login (TLS handshakes on every hop, SASL, bind).
+struct Session {
+    name: &'static str,
+    jid: String,
+    reader: ReadHalf<TlsStream<AsyncTcpStream>>,
+    writer: Option<WriteHalf<TlsStream<AsyncTcpStream>>>,
+    /// Received text not yet matched to a message.
+    pending: String,
+}
+
+impl Session {
+    /// Logs in as resource `resource` (one per session: a second login with the same full
+    /// JID replaces the first).
+    async fn open(
+        name: &'static str,
+        port: u16,
+        roots: &[CertificateDer<'static>],
+        resource: &str,
+    ) -> Self {
+        let (tls, jid) = login(port, roots, resource).await;
+        let (reader, writer) = tokio::io::split(tls);
+        Self {
+            name,
+            jid,
+            reader,
+            writer: Some(writer),
+            pending: String::new(),
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    drop(sender.await);
-    (count as f64 / elapsed, latencies)
+
+    /// Sends `count` messages to the own JID, at most `rate` per second (0: as fast as
+    /// possible); returns messages per second and the latencies.
+    async fn run(&mut self, count: usize, rate: f64) -> (f64, Vec<Duration>) {
+        let mut writer = self
+            .writer
+            .take()
+            .expect("the writer is back after each run");
+        let jid = self.jid.clone();
+        let start = Instant::now();
+        let sender = tokio::spawn(async move {
+            for i in 0..count {
+                if rate > 0.0 {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = start.elapsed().as_nanos();
+                let message = format!(
+                    "<message to='{jid}' type='chat'><body>t{sent:020} quarterly numbers look fine, call me later</body></message>"
+                );
+                writer.write_all(message.as_bytes()).await.expect("send");
+            }
+            // TLS may hold the last records back until flushed.
+            writer.flush().await.expect("flush");
+            writer
+        });
+        let mut latencies = Vec::with_capacity(count);
+        let mut chunk = vec![0u8; 65536];
+        while latencies.len() < count {
+            let n = tokio::time::timeout(STALL, self.reader.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{}: nothing arrived for {STALL:?} after {} of {count} messages; \
+                         unparsed: {:?}",
+                        self.name,
+                        latencies.len(),
+                        self.pending
+                    )
+                })
+                .expect("read");
+            assert!(
+                n > 0,
+                "{}: the stream closed after {} of {count} messages; unparsed: {:?}",
+                self.name,
+                latencies.len(),
+                self.pending
+            );
+            self.pending.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            while let Some(at) = self.pending.find("<body>t") {
+                let Some(stamp) = self.pending.get(at + 7..at + 27) else {
+                    break;
+                };
+                if let Ok(sent) = stamp.parse::<u128>() {
+                    latencies.push(
+                        start
+                            .elapsed()
+                            .saturating_sub(Duration::from_nanos(sent as u64)),
+                    );
+                }
+                self.pending.drain(..at + 27);
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        self.writer = Some(sender.await.expect("sender"));
+        (count as f64 / elapsed, latencies)
+    }
 }
 
 /// Sends [`MESSAGES`] as fast as possible on each path, [`THROUGHPUT_ROUNDS`] times, the
 /// paths taking turns; prints each path's median rate and each imgate's median ratio to
 /// HAProxy's rate in the same round, and returns the median rates.
-fn throughput(
-    runtime: &tokio::runtime::Runtime,
-    paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
-) -> Vec<f64> {
+fn throughput(runtime: &tokio::runtime::Runtime, sessions: &mut [Session]) -> Vec<f64> {
     println!(
         "XMPP, {MESSAGES} messages to the own JID (each crosses the relay twice), \
          {THROUGHPUT_ROUNDS} rounds:"
     );
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); sessions.len()];
     for round in 0..THROUGHPUT_ROUNDS {
-        for turn in 0..paths.len() {
-            let path = (round + turn) % paths.len();
-            let (name, port, roots) = paths[path];
-            let (rate, _) = runtime.block_on(run(name, port, roots, MESSAGES, 0.0));
+        for turn in 0..sessions.len() {
+            let path = (round + turn) % sessions.len();
+            let (rate, _) = runtime.block_on(sessions[path].run(MESSAGES, 0.0));
             rounds[path].push(rate);
         }
     }
     let mut medians = Vec::new();
-    for ((name, _, _), rates) in paths.iter().zip(&rounds) {
+    for (Session { name, .. }, rates) in sessions.iter().zip(&rounds) {
         let rate = spread(rates.iter().copied());
         println!(
             "  {name:<40} {:>9.0} messages/s  ({:.0}-{:.0})",
@@ -157,7 +189,7 @@ const ROUND_SECONDS: f64 = 2.0;
 /// direct's in the same round, and the median of those differences with their middle half.
 fn latency(
     runtime: &tokio::runtime::Runtime,
-    paths: &[(&str, u16, &Vec<CertificateDer<'static>>)],
+    sessions: &mut [Session],
     echo: u16,
     rate: f64,
     what: &str,
@@ -165,24 +197,18 @@ fn latency(
     println!(
         "latency at {rate:.0} messages/s ({what}), {ROUNDS} rounds of {ROUND_SECONDS} s per path:"
     );
-    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
+    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); sessions.len()];
     let mut handoffs = Vec::new();
     for round in 0..ROUNDS {
         handoffs.push(p50_p99(&mut handoff(echo, rate)));
-        for turn in 0..paths.len() {
-            let path = (round + turn) % paths.len();
-            let (name, port, roots) = paths[path];
-            let (_, mut latencies) = runtime.block_on(run(
-                name,
-                port,
-                roots,
-                (rate * ROUND_SECONDS) as usize,
-                rate,
-            ));
+        for turn in 0..sessions.len() {
+            let path = (round + turn) % sessions.len();
+            let (_, mut latencies) =
+                runtime.block_on(sessions[path].run((rate * ROUND_SECONDS) as usize, rate));
             rounds[path].push(p50_p99(&mut latencies));
         }
     }
-    for ((name, _, _), results) in paths.iter().zip(&rounds) {
+    for (Session { name, .. }, results) in sessions.iter().zip(&rounds) {
         let p50 = spread(results.iter().map(|r| r.0));
         let p99 = spread(results.iter().map(|r| r.1));
         println!(
@@ -343,7 +369,14 @@ fn main() {
             &synced_roots,
         ),
     ];
-    let rates = throughput(&runtime, &paths);
+    let mut sessions: Vec<Session> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, port, roots))| {
+            runtime.block_on(Session::open(name, port, roots, &format!("bench-{i}")))
+        })
+        .collect();
+    let rates = throughput(&runtime, &mut sessions);
     let half = rates[2].min(rates[1]) / 2.0;
     for (rate, what) in [
         (half, "half of the slower relay's rate"),
@@ -351,10 +384,34 @@ fn main() {
     ] {
         let _awake = std::env::var_os("BENCH_AWAKE").map(|_| keep_cores_awake(cores));
         let before = held(&support::common::scrape(metrics_port));
-        latency(&runtime, &paths, echo_port, rate, what);
+        let (steal_before, started) = (steal_seconds(), Instant::now());
+        latency(&runtime, &mut sessions, echo_port, rate, what);
         let after = held(&support::common::scrape(metrics_port));
         print_held(&before, &after);
+        if let (Some(before), Some(after)) = (steal_before, steal_seconds()) {
+            println!(
+                "  CPU time the host gave to others while this machine's CPUs wanted it (steal): \
+                 {:.2} s of the run's {:.0} s",
+                after - before,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
+}
+
+/// The steal time of all CPUs so far, in seconds (`/proc/stat`, in ticks of 10 ms): time a
+/// virtual machine's CPUs were ready to run while the host ran something else. A run that
+/// shows seconds of it measured the host's load as much as the paths.
+fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: f64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    Some(ticks / 100.0)
 }
 
 /// Keeps each of the `cores` CPUs from halting: one process per core in the idle scheduling
