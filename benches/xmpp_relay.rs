@@ -11,6 +11,7 @@
 //! and keeps its session for all of its turns. Each latency run prints how long imgate held
 //! its batches (its `imgate_held_seconds` histogram) and the steal time the host took from
 //! this virtual machine meanwhile.
+//! `BENCH_RATE=N` runs only the latency rounds, at N messages per second.
 //! `BENCH_AWAKE=1` keeps every core from halting during the latency runs (see
 //! [`keep_cores_awake`]), which takes this virtual machine's cost of waking a core out of the
 //! figures.
@@ -376,12 +377,21 @@ fn main() {
             runtime.block_on(Session::open(name, port, roots, &format!("bench-{i}")))
         })
         .collect();
-    let rates = throughput(&runtime, &mut sessions);
-    let half = rates[2].min(rates[1]) / 2.0;
-    for (rate, what) in [
-        (half, "half of the slower relay's rate"),
-        (LIGHT_RATE, "light load"),
-    ] {
+    let runs = match std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+    {
+        Some(rate) => vec![(rate, "BENCH_RATE")],
+        None => {
+            let rates = throughput(&runtime, &mut sessions);
+            let half = rates[2].min(rates[1]) / 2.0;
+            vec![
+                (half, "half of the slower relay's rate"),
+                (LIGHT_RATE, "light load"),
+            ]
+        }
+    };
+    for (rate, what) in runs {
         let _awake = std::env::var_os("BENCH_AWAKE").map(|_| keep_cores_awake(cores));
         let before = held(&support::common::scrape(metrics_port));
         let (steal_before, started) = (steal_seconds(), Instant::now());
