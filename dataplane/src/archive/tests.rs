@@ -10,7 +10,7 @@ use super::record::tests::message;
 use super::segment::Layout;
 use super::store::LocalStore;
 use super::verify::verify;
-use super::wal::{FRAME_HEADER, Frame, Wal, decode_frame, encode_frame};
+use super::wal::{FRAME_HEADER, Frame, FrameReader, Wal, encode_frame};
 use super::*;
 
 fn config() -> LogConfig {
@@ -53,22 +53,68 @@ fn read_all(dir: &Path) -> Vec<(u64, Record)> {
     out
 }
 
+/// The first frame of `bytes`, read as a log file of that length.
+fn first_frame(bytes: &[u8]) -> Option<Frame<'static>> {
+    let mut frames = FrameReader::new(bytes, bytes.len() as u64);
+    frames
+        .read_frame()
+        .expect("in memory")
+        .map(|frame| match frame {
+            Frame::Good { seq, payload, len } => Frame::Good {
+                seq,
+                payload: payload.to_vec().leak(),
+                len,
+            },
+            Frame::Incomplete => Frame::Incomplete,
+            Frame::Bad { reason, to_end } => Frame::Bad { reason, to_end },
+        })
+}
+
 #[test]
 fn frames_round_trip_and_detect_damage() {
     let mut buffer = Vec::new();
     encode_frame(9, b"hello", &mut buffer);
     assert_eq!(
-        decode_frame(&buffer),
-        Frame::Good {
+        first_frame(&buffer),
+        Some(Frame::Good {
             seq: 9,
             payload: b"hello",
             len: buffer.len()
-        }
+        })
     );
-    assert_eq!(decode_frame(&buffer[..buffer.len() - 1]), Frame::Incomplete);
+    assert_eq!(first_frame(&[]), None);
+    assert_eq!(
+        first_frame(&buffer[..buffer.len() - 1]),
+        Some(Frame::Incomplete)
+    );
+    assert_eq!(first_frame(&buffer[..5]), Some(Frame::Incomplete));
     let mut damaged = buffer.clone();
     damaged[18] ^= 1;
-    assert_eq!(decode_frame(&damaged), Frame::Bad("checksum mismatch"));
+    assert_eq!(
+        first_frame(&damaged),
+        Some(Frame::Bad {
+            reason: "checksum mismatch",
+            to_end: true
+        })
+    );
+    damaged.extend_from_slice(&buffer);
+    assert_eq!(
+        first_frame(&damaged),
+        Some(Frame::Bad {
+            reason: "checksum mismatch",
+            to_end: false
+        }),
+        "damage followed by more frames is not a torn tail"
+    );
+    let mut huge = buffer.clone();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(
+        first_frame(&huge),
+        Some(Frame::Bad {
+            reason: "length field larger than any record",
+            to_end: true
+        })
+    );
 }
 
 #[test]
@@ -249,8 +295,8 @@ fn damage_inside_the_log_is_reported_with_its_location() {
     let files = StdFs.list(dir.path()).expect("list");
     assert!(files.len() > 2, "rotation made several files");
     let mut bytes = std::fs::read(&files[0]).expect("read");
-    let (_, second) = match decode_frame(&bytes) {
-        Frame::Good { len, .. } => (0, len),
+    let second = match first_frame(&bytes) {
+        Some(Frame::Good { len, .. }) => len,
         other => panic!("{other:?}"),
     };
     bytes[second + 20] ^= 0xff;

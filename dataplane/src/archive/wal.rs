@@ -5,7 +5,8 @@
 //! (`00000000000000000001.wal`) and rotated at `max_file_bytes`. The file being appended to
 //! has `max_file_bytes` of disk reserved when it is opened ([`LogFile::reserve`]; best effort),
 //! so appends never allocate blocks while the syncer writes the file back; its length is
-//! always the end of its last frame.
+//! always the end of its last frame. Recovery and readers read files in pieces
+//! ([`FrameReader`]), so neither holds a whole file in memory.
 //!
 //! Invariants:
 //! - sequence numbers are consecutive across all files, from the first file's name on;
@@ -17,6 +18,7 @@
 //!   any other damage with its file and byte offset: a corrupt record is never skipped;
 //! - files are deleted only when every record in them has been shipped ([`Wal::remove_through`]).
 
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -123,10 +125,16 @@ pub enum Frame<'a> {
         /// Header plus payload.
         len: usize,
     },
-    /// The bytes end inside the frame.
+    /// The file ends inside the frame.
     Incomplete,
-    /// The frame is complete but wrong.
-    Bad(&'static str),
+    /// The frame is wrong; `to_end` when it reaches the end of the file (a torn write rather
+    /// than damage inside the log).
+    Bad {
+        /// What is wrong.
+        reason: &'static str,
+        /// Whether the frame, as its length field gives it, reaches the end of the file.
+        to_end: bool,
+    },
 }
 
 /// A frame's header, read before its payload.
@@ -162,32 +170,12 @@ impl Header {
     }
 }
 
-/// Decodes the frame at the start of `bytes`.
-pub fn decode_frame(bytes: &[u8]) -> Frame<'_> {
-    let Some(header) = bytes.first_chunk::<FRAME_HEADER>() else {
-        return Frame::Incomplete;
-    };
-    let header = match Header::parse(header) {
-        Ok(header) => header,
-        Err(reason) => return Frame::Bad(reason),
-    };
-    let Some(payload) = bytes.get(FRAME_HEADER..FRAME_HEADER + header.len) else {
-        return Frame::Incomplete;
-    };
-    match header.verify(payload) {
-        Ok(seq) => Frame::Good {
-            seq,
-            payload,
-            len: FRAME_HEADER + header.len,
-        },
-        Err(reason) => Frame::Bad(reason),
-    }
-}
-
-/// Reads frames one at a time from a log file through a buffer of [`READ_BUFFER`] bytes, so
-/// that reading a file holds no more than that and the largest record.
-struct FrameReader<R> {
+/// Reads the frames of a log file one at a time through a buffer of [`READ_BUFFER`] bytes,
+/// so that reading a file holds no more than that and the largest record, however large the
+/// file is.
+pub struct FrameReader<R> {
     reader: std::io::BufReader<R>,
+    len: u64,
     offset: u64,
     payload: Vec<u8>,
 }
@@ -196,48 +184,83 @@ struct FrameReader<R> {
 const READ_BUFFER: usize = 256 << 10;
 
 impl<R: Read> FrameReader<R> {
-    fn new(file: R) -> Self {
+    /// Reads `file`, whose length is `len`, from its start.
+    pub fn new(file: R, len: u64) -> Self {
         Self {
             reader: std::io::BufReader::with_capacity(READ_BUFFER, file),
+            len,
             offset: 0,
             payload: Vec::new(),
         }
     }
 
-    /// The next frame's sequence number and payload; `None` at the end of the file, or where
-    /// it ends inside a frame (records past the durable point may still be being written).
-    fn next(&mut self, path: &Path) -> Result<Option<(u64, &[u8])>, ArchiveError> {
-        let mut header = [0u8; FRAME_HEADER];
-        if !self.fill(&mut header, path)? {
+    /// Where the frame that [`read_frame`](Self::read_frame) reads next starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next frame, or `None` at the end of the file. After anything but a good frame the
+    /// reader stays where that frame starts and reads no further.
+    pub fn read_frame(&mut self) -> std::io::Result<Option<Frame<'_>>> {
+        let remaining = self.len.saturating_sub(self.offset);
+        if remaining == 0 {
             return Ok(None);
         }
-        let header = Header::parse(&header).map_err(|r| self.corrupt(path, r))?;
+        let mut header = [0u8; FRAME_HEADER];
+        if remaining < FRAME_HEADER as u64 || !self.fill(&mut header)? {
+            return Ok(Some(Frame::Incomplete));
+        }
+        let header = match Header::parse(&header) {
+            Ok(header) => header,
+            Err(reason) => {
+                return Ok(Some(Frame::Bad {
+                    reason,
+                    to_end: true,
+                }));
+            }
+        };
+        let len = FRAME_HEADER + header.len;
         let mut payload = std::mem::take(&mut self.payload);
         payload.resize(header.len, 0);
-        let complete = self.fill(&mut payload, path)?;
+        let complete = len as u64 <= remaining && self.fill(&mut payload)?;
         self.payload = payload;
         if !complete {
-            return Ok(None);
+            return Ok(Some(Frame::Incomplete));
         }
-        let seq = header
-            .verify(&self.payload)
-            .map_err(|r| self.corrupt(path, r))?;
-        self.offset += (FRAME_HEADER + header.len) as u64;
-        Ok(Some((seq, &self.payload)))
+        match header.verify(&self.payload) {
+            Ok(seq) => {
+                self.offset += len as u64;
+                Ok(Some(Frame::Good {
+                    seq,
+                    payload: &self.payload,
+                    len,
+                }))
+            }
+            Err(reason) => Ok(Some(Frame::Bad {
+                reason,
+                to_end: len as u64 >= remaining,
+            })),
+        }
     }
 
     /// Fills `buffer`; false when the file ends first.
-    fn fill(&mut self, buffer: &mut [u8], path: &Path) -> Result<bool, ArchiveError> {
+    fn fill(&mut self, buffer: &mut [u8]) -> std::io::Result<bool> {
         match self.reader.read_exact(buffer) {
             Ok(()) => Ok(true),
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(error) => Err(ArchiveError::io(path, error)),
+            Err(error) => Err(error),
         }
     }
+}
 
-    fn corrupt(&self, path: &Path, reason: &'static str) -> ArchiveError {
-        ArchiveError::corrupt(path, self.offset, reason)
-    }
+/// Opens a log file to read its frames.
+fn read_frames<F: Filesystem>(fs: &F, path: &Path) -> Result<FrameReader<File>, ArchiveError> {
+    let file = fs.open_read(path).map_err(|e| ArchiveError::io(path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| ArchiveError::io(path, e))?
+        .len();
+    Ok(FrameReader::new(file, len))
 }
 
 /// Opens the file the log appends to and reserves `max_file_bytes` of disk for it. A
@@ -295,19 +318,19 @@ impl<F: Filesystem> Wal<F> {
                     ),
                 ));
             }
-            let bytes = fs.read(path).map_err(|e| ArchiveError::io(path, e))?;
-            let (records, good_len) = scan(path, &bytes, first_seq, is_last)?;
-            if good_len < bytes.len() {
-                fs.truncate(path, good_len as u64)
+            let mut frames = read_frames(&fs, path)?;
+            let (records, good_len) = scan(path, &mut frames, first_seq, is_last)?;
+            if good_len < frames.len {
+                fs.truncate(path, good_len)
                     .map_err(|e| ArchiveError::io(path, e))?;
-                recovery.truncated_bytes += (bytes.len() - good_len) as u64;
+                recovery.truncated_bytes += frames.len - good_len;
             }
             recovery.records += records;
             expected = Some(first_seq + records);
             files.push(Segment {
                 first_seq,
                 path: path.clone(),
-                bytes: good_len as u64,
+                bytes: good_len,
                 records,
             });
         }
@@ -448,16 +471,26 @@ impl<F: Filesystem> Wal<F> {
             .filter(|p| p.extension().is_some_and(|e| e == "wal"))
             .collect();
         for path in paths {
-            let file = fs
-                .open_read(&path)
-                .map_err(|e| ArchiveError::io(&path, e))?;
-            let mut frames = FrameReader::new(file);
-            while let Some((seq, payload)) = frames.next(&path)? {
-                if seq > through {
-                    return Ok(());
-                }
-                if seq >= from && !each(seq, payload) {
-                    return Ok(());
+            let mut frames = read_frames(fs, &path)?;
+            loop {
+                let offset = frames.offset();
+                match frames
+                    .read_frame()
+                    .map_err(|e| ArchiveError::io(&path, e))?
+                {
+                    Some(Frame::Good { seq, payload, .. }) => {
+                        if seq > through {
+                            return Ok(());
+                        }
+                        if seq >= from && !each(seq, payload) {
+                            return Ok(());
+                        }
+                    }
+                    // Records past the durable point may still be being written.
+                    None | Some(Frame::Incomplete) => break,
+                    Some(Frame::Bad { reason, .. }) => {
+                        return Err(ArchiveError::corrupt(&path, offset, reason));
+                    }
                 }
             }
         }
@@ -466,47 +499,40 @@ impl<F: Filesystem> Wal<F> {
 }
 
 /// Scans one file; returns the records and the length of the good prefix.
-fn scan(
+fn scan<R: Read>(
     path: &Path,
-    bytes: &[u8],
+    frames: &mut FrameReader<R>,
     first_seq: u64,
     is_last: bool,
-) -> Result<(u64, usize), ArchiveError> {
-    let mut offset = 0;
+) -> Result<(u64, u64), ArchiveError> {
     let mut records = 0;
-    while offset < bytes.len() {
-        match decode_frame(&bytes[offset..]) {
-            Frame::Good { seq, len, .. } => {
+    loop {
+        let offset = frames.offset();
+        match frames.read_frame().map_err(|e| ArchiveError::io(path, e))? {
+            None => return Ok((records, offset)),
+            Some(Frame::Good { seq, .. }) => {
                 if seq != first_seq + records {
                     return Err(ArchiveError::corrupt(
                         path,
-                        offset as u64,
+                        offset,
                         format!("record {seq} where {} was expected", first_seq + records),
                     ));
                 }
                 records += 1;
-                offset += len;
             }
-            Frame::Incomplete if is_last => return Ok((records, offset)),
-            Frame::Bad(_) if is_last && frame_reaches_end(&bytes[offset..]) => {
+            Some(Frame::Incomplete | Frame::Bad { to_end: true, .. }) if is_last => {
                 return Ok((records, offset));
             }
-            Frame::Incomplete => {
+            Some(Frame::Incomplete) => {
                 return Err(ArchiveError::corrupt(
                     path,
-                    offset as u64,
+                    offset,
                     "the file ends inside a record, and later files follow",
                 ));
             }
-            Frame::Bad(reason) => return Err(ArchiveError::corrupt(path, offset as u64, reason)),
+            Some(Frame::Bad { reason, .. }) => {
+                return Err(ArchiveError::corrupt(path, offset, reason));
+            }
         }
     }
-    Ok((records, offset))
-}
-
-/// True when a bad frame is the last thing in the file (a torn write), not damage in the
-/// middle of the log.
-fn frame_reaches_end(bytes: &[u8]) -> bool {
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    len > MAX_PAYLOAD || FRAME_HEADER + len >= bytes.len()
 }
