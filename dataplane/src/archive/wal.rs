@@ -220,9 +220,13 @@ impl<R: Read> FrameReader<R> {
             }
         };
         let len = FRAME_HEADER + header.len;
+        if len as u64 > remaining {
+            return Ok(Some(Frame::Incomplete));
+        }
+        // Only a length the file can hold is allocated, whatever the length field says.
         let mut payload = std::mem::take(&mut self.payload);
         payload.resize(header.len, 0);
-        let complete = len as u64 <= remaining && self.fill(&mut payload)?;
+        let complete = self.fill(&mut payload)?;
         self.payload = payload;
         if !complete {
             return Ok(Some(Frame::Incomplete));
