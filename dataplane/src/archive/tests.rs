@@ -53,21 +53,9 @@ fn read_all(dir: &Path) -> Vec<(u64, Record)> {
     out
 }
 
-/// The first frame of `bytes`, read as a log file of that length.
-fn first_frame(bytes: &[u8]) -> Option<Frame<'static>> {
-    let mut frames = FrameReader::new(bytes, bytes.len() as u64);
-    frames
-        .read_frame()
-        .expect("in memory")
-        .map(|frame| match frame {
-            Frame::Good { seq, payload, len } => Frame::Good {
-                seq,
-                payload: payload.to_vec().leak(),
-                len,
-            },
-            Frame::Incomplete => Frame::Incomplete,
-            Frame::Bad { reason, to_end } => Frame::Bad { reason, to_end },
-        })
+/// A reader of `bytes` as a log file of that length.
+fn frames(bytes: &[u8]) -> FrameReader<&[u8]> {
+    FrameReader::new(bytes, bytes.len() as u64)
 }
 
 #[test]
@@ -75,23 +63,28 @@ fn frames_round_trip_and_detect_damage() {
     let mut buffer = Vec::new();
     encode_frame(9, b"hello", &mut buffer);
     assert_eq!(
-        first_frame(&buffer),
+        frames(&buffer).read_frame().expect("in memory"),
         Some(Frame::Good {
             seq: 9,
             payload: b"hello",
             len: buffer.len()
         })
     );
-    assert_eq!(first_frame(&[]), None);
+    assert_eq!(frames(&[]).read_frame().expect("in memory"), None);
     assert_eq!(
-        first_frame(&buffer[..buffer.len() - 1]),
+        frames(&buffer[..buffer.len() - 1])
+            .read_frame()
+            .expect("in memory"),
         Some(Frame::Incomplete)
     );
-    assert_eq!(first_frame(&buffer[..5]), Some(Frame::Incomplete));
+    assert_eq!(
+        frames(&buffer[..5]).read_frame().expect("in memory"),
+        Some(Frame::Incomplete)
+    );
     let mut damaged = buffer.clone();
     damaged[18] ^= 1;
     assert_eq!(
-        first_frame(&damaged),
+        frames(&damaged).read_frame().expect("in memory"),
         Some(Frame::Bad {
             reason: "checksum mismatch",
             to_end: true
@@ -99,7 +92,7 @@ fn frames_round_trip_and_detect_damage() {
     );
     damaged.extend_from_slice(&buffer);
     assert_eq!(
-        first_frame(&damaged),
+        frames(&damaged).read_frame().expect("in memory"),
         Some(Frame::Bad {
             reason: "checksum mismatch",
             to_end: false
@@ -109,7 +102,7 @@ fn frames_round_trip_and_detect_damage() {
     let mut huge = buffer.clone();
     huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(
-        first_frame(&huge),
+        frames(&huge).read_frame().expect("in memory"),
         Some(Frame::Bad {
             reason: "length field larger than any record",
             to_end: true
@@ -129,11 +122,11 @@ proptest::proptest! {
         ),
         cut in proptest::prelude::any::<proptest::sample::Index>(),
     ) {
-        let mut frames = FrameReader::new(&garbage[..], garbage.len() as u64);
-        while let Some(Frame::Good { len, .. }) = frames.read_frame().expect("in memory") {
+        let mut reader = frames(&garbage);
+        while let Some(Frame::Good { len, .. }) = reader.read_frame().expect("in memory") {
             proptest::prop_assert!(len >= FRAME_HEADER);
         }
-        proptest::prop_assert!(frames.offset() <= garbage.len() as u64);
+        proptest::prop_assert!(reader.offset() <= garbage.len() as u64);
 
         let mut log = Vec::new();
         let mut ends = Vec::new();
@@ -142,9 +135,9 @@ proptest::proptest! {
             ends.push(log.len());
         }
         let cut = cut.index(log.len() + 1);
-        let mut frames = FrameReader::new(&log[..cut], cut as u64);
+        let mut reader = frames(&log[..cut]);
         let mut read = Vec::new();
-        while let Some(Frame::Good { seq, payload, .. }) = frames.read_frame().expect("in memory") {
+        while let Some(Frame::Good { seq, payload, .. }) = reader.read_frame().expect("in memory") {
             read.push((seq, payload.to_vec()));
         }
         let whole = ends.iter().filter(|&&end| end <= cut).count();
@@ -155,7 +148,7 @@ proptest::proptest! {
             .collect();
         proptest::prop_assert_eq!(read, expected);
         let good = if whole == 0 { 0 } else { ends[whole - 1] };
-        proptest::prop_assert_eq!(frames.offset(), good as u64);
+        proptest::prop_assert_eq!(reader.offset(), good as u64);
     }
 }
 
@@ -337,7 +330,7 @@ fn damage_inside_the_log_is_reported_with_its_location() {
     let files = StdFs.list(dir.path()).expect("list");
     assert!(files.len() > 2, "rotation made several files");
     let mut bytes = std::fs::read(&files[0]).expect("read");
-    let second = match first_frame(&bytes) {
+    let second = match frames(&bytes).read_frame().expect("in memory") {
         Some(Frame::Good { len, .. }) => len,
         other => panic!("{other:?}"),
     };
