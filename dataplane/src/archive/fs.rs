@@ -3,7 +3,8 @@
 //!
 //! Invariants: [`Filesystem::write_atomic`] leaves either the old or the new content, never a
 //! mix; [`LogFile::sync`] returns only once the bytes written are durable; [`LogFile::reserve`]
-//! never changes a file's length or content.
+//! never changes a file's length or content; [`Filesystem::rename`] is durable only once
+//! [`Filesystem::sync_dir`] of the target's folder returns.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -47,6 +48,12 @@ pub trait Filesystem: Clone + Send + Sync + 'static {
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Removes a file.
     fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to`; durable once its folder is synced ([`sync_dir`]).
+    ///
+    /// [`sync_dir`]: Self::sync_dir
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes the entries of folder `dir` (files created, renamed or removed) durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// The real filesystem.
@@ -94,7 +101,7 @@ impl Filesystem for StdFs {
     fn open_append(&self, path: &Path) -> io::Result<File> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
+            self.sync_dir(parent)?;
         }
         Ok(file)
     }
@@ -114,7 +121,7 @@ impl Filesystem for StdFs {
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
         if let Some(parent) = path.parent() {
-            File::open(parent)?.sync_all()?;
+            self.sync_dir(parent)?;
         }
         Ok(())
     }
@@ -128,13 +135,22 @@ impl Filesystem for StdFs {
     fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod faulty {
-    //! A filesystem that runs out of space, or fails or slows fsync, on command.
+    //! A filesystem that runs out of space, fails or slows fsync, or holds a reservation or
+    //! a removal until the test lets it go, on command.
 
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Condvar, Mutex};
 
     use super::*;
 
@@ -147,6 +163,52 @@ pub(crate) mod faulty {
         pub fail_sync: bool,
         /// Make every fsync take this long.
         pub sync_delay: Option<std::time::Duration>,
+        /// Hold every disk reservation until this gate opens.
+        pub hold_reserve: Option<Arc<Gate>>,
+        /// Hold every removal until this gate opens.
+        pub hold_remove: Option<Arc<Gate>>,
+    }
+
+    /// Where a filesystem call waits until the test opens it.
+    #[derive(Debug, Default)]
+    pub(crate) struct Gate {
+        /// (someone is waiting or has waited, the gate is open)
+        state: Mutex<(bool, bool)>,
+        changed: Condvar,
+    }
+
+    impl Gate {
+        /// Waits until the gate is open.
+        fn pass(&self) {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 = true;
+            self.changed.notify_all();
+            while !state.1 {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+
+        /// Waits until a call has reached the gate.
+        pub fn reached(&self) {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            while !state.0 {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+
+        /// Lets every call through, now and later.
+        pub fn open(&self) {
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Passes the gate that `which` picks from `faults`, if one is set.
+    fn pass(faults: &Mutex<Faults>, which: fn(&Faults) -> &Option<Arc<Gate>>) {
+        let gate = which(&faults.lock().unwrap_or_else(|p| p.into_inner())).clone();
+        if let Some(gate) = gate {
+            gate.pass();
+        }
     }
 
     /// [`StdFs`] with injected faults.
@@ -200,6 +262,7 @@ pub(crate) mod faulty {
         }
 
         fn reserve(&self, bytes: u64) -> io::Result<()> {
+            pass(&self.faults, |f| &f.hold_reserve);
             self.file.reserve(bytes)
         }
 
@@ -246,7 +309,16 @@ pub(crate) mod faulty {
         }
 
         fn remove(&self, path: &Path) -> io::Result<()> {
+            pass(&self.faults, |f| &f.hold_remove);
             StdFs.remove(path)
+        }
+
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            StdFs.rename(from, to)
+        }
+
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            StdFs.sync_dir(dir)
         }
     }
 }

@@ -7,7 +7,7 @@
 //! it *written* (in the log file: it survives a crash or kill of the process). A producer that
 //! must wait for its records anyway may instead [`queue`](ArchiveLog::queue) them and write
 //! them itself with [`ArchiveLog::write_now`] (one page-cache write, no thread hand-off),
-//! falling back to the writer thread when the file is busy or due for rotation; the syncer
+//! falling back to the writer thread when the writer holds the file; the syncer
 //! fsyncs whatever has been written, one fsync at a time, and reports it *durable* (it survives
 //! the machine losing power). Sessions wait without holding a thread in [`ArchiveLog::written`]
 //! or [`ArchiveLog::synced`]; [`ArchiveLog::wait_durable`] blocks. While one fsync runs, writes
@@ -21,8 +21,9 @@
 //!
 //! Invariants: sequence numbers are assigned under one lock in the order records are queued and
 //! written in that order, and [`queue`](ArchiveLog::queue) stamps records under that lock, so
-//! that their timestamps follow their sequence (only the holder of the WAL's lock takes the queue, and it takes all
-//! of it); only the writer thread rotates files (a rotation fsyncs the full file); `durable_seq
+//! that their timestamps follow their sequence (only the holder of the WAL's lock takes the
+//! queue, and it takes all of it); only the writer thread rotates files (a rotation fsyncs the
+//! full file) and deletes them, after taking them out of the log; `durable_seq
 //! <= written_seq`, both only grow, and neither passes what was written or synced; the syncer's
 //! file handle and its target are published together, so a target is never claimed durable by
 //! syncing another file (the writer syncs a full file itself before moving to the next); when
@@ -85,6 +86,7 @@ impl ArchiveLog {
         config: LogConfig,
     ) -> Result<(Self, Recovery), ArchiveError> {
         let (wal, recovery) = Wal::open(fs, dir, config.max_file_bytes)?;
+        let housekeeper = wal.housekeeper();
         let last = wal.next_seq() - 1;
         let state = State {
             next_seq: wal.next_seq(),
@@ -113,7 +115,7 @@ impl ArchiveLog {
         let threads = vec![
             std::thread::Builder::new()
                 .name("archive-write".into())
-                .spawn(move || write_loop(&writer))
+                .spawn(move || write_loop(&writer, &housekeeper))
                 .map_err(|e| ArchiveError::io(dir, e))?,
             std::thread::Builder::new()
                 .name("archive-sync".into())
@@ -181,8 +183,8 @@ impl ArchiveLog {
         Ok(seq)
     }
 
-    /// Writes what is queued on the calling thread when the log file is free and not due for
-    /// rotation, and otherwise wakes the writer thread to write it; returns whether record
+    /// Writes what is queued on the calling thread when the log file is free, and otherwise
+    /// (the writer thread holds it) wakes the writer thread to write it; returns whether record
     /// `seq` is written (`false`: the writer thread will; wait with
     /// [`written`](Self::written)). The write goes to the page cache and does not sync.
     pub fn write_now(&self, seq: u64) -> Result<bool, ArchiveError> {
@@ -195,12 +197,12 @@ impl ArchiveLog {
             Err(TryLockError::WouldBlock) => None,
         };
         match wal {
-            Some(mut wal) if !wal.rotation_due() => {
+            Some(mut wal) => {
                 write_queued(&self.shared, &mut **wal);
                 drop(wal);
                 self.progress(seq)
             }
-            _ => {
+            None => {
                 self.wake_writer(seq);
                 Ok(false)
             }

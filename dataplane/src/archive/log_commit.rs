@@ -1,20 +1,27 @@
 //! The archive log's shared state and its two threads: the writer, which writes what is
-//! queued when a producer asks for it (and rotates files), and the syncer, which fsyncs what
-//! has been written: at once for a waiter, as soon as [`SYNC_BYTES`] are unsynced (so that a
-//! waiter never inherits a long fsync), and otherwise every `sync_interval`.
+//! queued when a producer asks for it, rotates full files and deletes shipped ones, and the
+//! syncer, which fsyncs what has been written: at once for a waiter, as soon as
+//! [`SYNC_BYTES`] are unsynced (so that a waiter never inherits a long fsync), and otherwise
+//! every `sync_interval`.
 //!
 //! Invariants: the queue is taken only by the holder of the WAL's lock, whole, so batches
 //! reach the file in sequence order; progress (`written_seq`, `durable_seq`, failure) changes
 //! only under the state lock and is published to every waiter, blocking or async, by
 //! [`notify`]; a sleeper marks itself under the state lock before it waits, and a
 //! notification is sent only to a marked sleeper; after a failure nothing more is written.
+//! The WAL's lock is held only to append, to take files out of the log and for the last step
+//! of a rotation (syncing what was appended since the writer synced the full file without the
+//! lock, and renaming the next file, made ready beforehand, into place): making files ready
+//! and deleting them, which can wait on the disk for many milliseconds, happen without it, so
+//! that producers writing for themselves do not wait for them. A full file keeps taking
+//! appends until the writer rotates it.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::ArchiveError;
 use super::fs::LogFile;
-use super::wal::{FRAME_HEADER, WalWriter};
+use super::wal::{FRAME_HEADER, Housekeeping, WalWriter};
 
 /// Unsynced bytes at which the syncer syncs without waiting for its interval.
 pub(super) const SYNC_BYTES: u64 = 1 << 20;
@@ -32,6 +39,8 @@ pub(super) struct State {
     pub(super) sync_file: Option<Box<dyn LogFile>>,
     pub(super) on_disk_bytes: u64,
     pub(super) release_through: Option<u64>,
+    /// The current file is full: the writer should rotate it.
+    pub(super) rotation_wanted: bool,
     pub(super) failed: Option<String>,
     pub(super) closing: bool,
     /// Who sleeps, so that a notification is only sent (a system call) when someone is
@@ -116,12 +125,17 @@ fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError)
     notify(shared, state);
 }
 
-/// The writer thread: writes what is queued whenever it is woken (by a producer that waits,
-/// a release or closing), rotating files as they fill; on closing, syncs and returns.
-pub(super) fn write_loop(shared: &Shared) {
+/// The writer thread: writes what is queued whenever it is woken (by a producer that waits, a
+/// full file, a release or closing), rotates full files and deletes released ones; on
+/// closing, syncs and returns.
+pub(super) fn write_loop(shared: &Shared, housekeeper: &dyn Housekeeping) {
     loop {
         let mut state = shared.lock();
-        while state.queue.is_empty() && state.release_through.is_none() && !state.closing {
+        while state.queue.is_empty()
+            && state.release_through.is_none()
+            && !state.rotation_wanted
+            && !state.closing
+        {
             state.writer_asleep = true;
             state = shared
                 .queued
@@ -130,7 +144,12 @@ pub(super) fn write_loop(shared: &Shared) {
         }
         state.writer_asleep = false;
         let closed = state.queue.is_empty() && state.release_through.is_none() && state.closing;
+        let rotate = std::mem::take(&mut state.rotation_wanted) && !closed;
+        let release = state.release_through.take();
         drop(state);
+        if rotate && !prepare_rotation(shared, housekeeper) {
+            return;
+        }
         let mut wal = shared.wal.lock().unwrap_or_else(|p| p.into_inner());
         if closed {
             // Everything written becomes durable before the log closes.
@@ -143,51 +162,108 @@ pub(super) fn write_loop(shared: &Shared) {
             notify(shared, state);
             return;
         }
+        if rotate && !finish_rotation(shared, &mut **wal) {
+            return;
+        }
         if !write_queued(shared, &mut **wal) {
             return;
+        }
+        let detached = release.map_or_else(Vec::new, |seq| wal.detach_through(seq));
+        if !detached.is_empty() {
+            shared.lock().on_disk_bytes = wal.bytes();
+        }
+        drop(wal);
+        for path in detached {
+            if let Err(error) = housekeeper.remove(&path) {
+                return fail(shared, shared.lock(), &error);
+            }
+        }
+        if rotate && let Err(error) = housekeeper.prepare_spare() {
+            tracing::warn!(%error, "the next log file could not be made ready; the rotation will create it");
         }
     }
 }
 
-/// Takes everything queued (and a pending release) and writes it with `wal`, whose lock the
-/// caller holds; publishes the progress. Returns `false` once the log has failed.
+/// The part of a rotation done without the WAL's lock: makes the next file ready (unless it
+/// is) and syncs what the full file holds so far, so that the rotation under the lock syncs
+/// only what producers append meanwhile. Returns `false` once the log has failed.
+fn prepare_rotation(shared: &Shared, housekeeper: &dyn Housekeeping) -> bool {
+    if let Err(error) = housekeeper.prepare_spare() {
+        tracing::warn!(%error, "the next log file could not be made ready; the rotation will create it");
+    }
+    let handle = shared
+        .wal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sync_handle();
+    let synced = handle.and_then(|handle| {
+        handle.map_or(Ok(()), |mut file| {
+            file.sync()
+                .map_err(|error| ArchiveError::Failed(format!("fsync failed: {error}")))
+        })
+    });
+    match synced {
+        Ok(()) => true,
+        Err(error) => {
+            fail(shared, shared.lock(), &error);
+            false
+        }
+    }
+}
+
+/// Rotates the full file with `wal`, whose lock the caller holds, and hands the syncer the
+/// new file: everything written so far, all in the full file, is durable. Returns `false`
+/// once the log has failed.
+fn finish_rotation(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
+    let rotated = wal.rotate();
+    let mut state = shared.lock();
+    match rotated {
+        Ok(handle) => {
+            if let Some(handle) = handle {
+                state.durable_seq = state.written_seq;
+                state.sync_file = Some(handle);
+                state.unsynced_bytes = 0;
+            }
+            notify(shared, state);
+            true
+        }
+        Err(error) => {
+            fail(shared, state, &error);
+            false
+        }
+    }
+}
+
+/// Takes everything queued and writes it with `wal`, whose lock the caller holds; publishes
+/// the progress, and asks the writer thread to rotate once the file is full. Returns `false`
+/// once the log has failed.
 pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
-    let (batch, release) = {
+    let batch = {
         let mut state = shared.lock();
         if state.failed.is_some() {
             return false;
         }
-        if state.queue.is_empty() && state.release_through.is_none() {
+        if state.queue.is_empty() {
             return true;
         }
         state.queued_bytes = 0;
-        (
-            std::mem::take(&mut state.queue),
-            state.release_through.take(),
-        )
+        std::mem::take(&mut state.queue)
     };
     let appended = wal.append_batch(&batch);
     let handle = match &appended {
         Ok(true) => wal.sync_handle(),
         _ => Ok(None),
     };
-    let released = match release {
-        Some(seq) => wal.remove_through(seq),
-        None => Ok(()),
-    };
     let mut state = shared.lock();
-    match appended
-        .and(handle)
-        .and_then(|handle| released.map(|()| handle))
-    {
+    let mut wake_writer = false;
+    match appended.and(handle) {
         Ok(handle) => {
             let bytes: u64 = batch
                 .iter()
                 .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
                 .sum();
             if let Some(handle) = handle {
-                // A new file: the previous one was synced whole before it.
-                state.durable_seq = state.written_seq;
+                // The first file.
                 state.sync_file = Some(handle);
                 state.unsynced_bytes = 0;
             }
@@ -196,6 +272,10 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
                 state.written_seq = *last;
             }
             state.on_disk_bytes = wal.bytes();
+            if wal.rotation_due() && !state.rotation_wanted {
+                state.rotation_wanted = true;
+                wake_writer = std::mem::take(&mut state.writer_asleep);
+            }
         }
         Err(error) => {
             fail(shared, state, &error);
@@ -203,6 +283,9 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
         }
     }
     notify(shared, state);
+    if wake_writer {
+        shared.queued.notify_one();
+    }
     true
 }
 

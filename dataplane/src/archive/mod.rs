@@ -23,6 +23,8 @@ pub mod verify;
 pub mod wal;
 
 #[cfg(test)]
+mod housekeeping_tests;
+#[cfg(test)]
 mod tests;
 
 pub use draft::Draft;

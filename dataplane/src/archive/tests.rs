@@ -228,7 +228,7 @@ fn producers_writing_for_themselves_and_the_writer_keep_the_order_through_rotati
     assert!(inline > 0, "producers wrote for themselves");
     assert!(
         handed_off > 0,
-        "rotations (4 KiB files) went to the writer thread"
+        "records written while the writer thread rotated a file (4 KiB files) went to it"
     );
     let records = read_all(dir.path());
     assert_eq!(records.len(), 1000);

@@ -2,25 +2,33 @@
 //!
 //! Frame: `len: u32 LE | crc32c: u32 LE | seq: u64 LE | payload (len bytes)`; the checksum
 //! covers `seq` and the payload. Files are named by the sequence number of their first frame
-//! (`00000000000000000001.wal`) and rotated at `max_file_bytes`. The file being appended to
-//! has `max_file_bytes` of disk reserved when it is opened ([`LogFile::reserve`]; best effort),
-//! so appends never allocate blocks while the syncer writes the file back; its length is
-//! always the end of its last frame. Recovery and readers read files in pieces
-//! ([`FrameReader`]), so neither holds a whole file in memory.
+//! (`00000000000000000001.wal`) and rotated ([`Wal::rotate`]) once they pass `max_file_bytes`.
+//! The next file is made ready beforehand, without the log's lock ([`Housekeeping`]): created
+//! as `next/spare.wal` with `max_file_bytes` of disk reserved ([`LogFile::reserve`]; best
+//! effort), so that appends never allocate blocks while the syncer writes the file back, and a
+//! rotation only syncs the full file and renames the spare. A file's length is always the end
+//! of its last frame. Recovery and readers read files in pieces ([`FrameReader`]), so neither
+//! holds a whole file in memory.
 //!
 //! Invariants:
 //! - sequence numbers are consecutive across all files, from the first file's name on;
 //! - a batch is appended ([`Wal::append_batch`]) and becomes durable only when a sync of its
-//!   file returns; a file is synced before the log moves on to the next one, so every record
-//!   in an earlier file is durable; a batch that fails part-way is cut off again, so the log
-//!   never holds half a frame that a later batch would follow;
+//!   file returns, and of the folder too when the file was renamed into place; a file is synced
+//!   before the log moves on to the next one, so every record in an earlier file is durable; a
+//!   batch that fails part-way is cut off again, so the log never holds half a frame that a
+//!   later batch would follow;
 //! - recovery cuts a torn tail (an incomplete or bad last frame of the last file) and reports
-//!   any other damage with its file and byte offset: a corrupt record is never skipped;
-//! - files are deleted only when every record in them has been shipped ([`Wal::remove_through`]).
+//!   any other damage with its file and byte offset: a corrupt record is never skipped; a spare
+//!   left by a crash holds no record and is replaced;
+//! - files leave the log only when every record in them has been shipped
+//!   ([`Wal::detach_through`]), and are deleted oldest first, without the log's lock
+//!   ([`Housekeeping::remove`]).
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::error::ArchiveError;
 use super::fs::{Filesystem, LogFile};
@@ -50,6 +58,11 @@ pub struct Recovery {
     pub last_seq: u64,
 }
 
+/// The folder, inside the log's, where the next file is made ready.
+const SPARE_DIR: &str = "next";
+/// The next file's name while it is made ready.
+const SPARE_FILE: &str = "spare.wal";
+
 /// The log.
 pub struct Wal<F: Filesystem> {
     fs: F,
@@ -58,6 +71,11 @@ pub struct Wal<F: Filesystem> {
     current: Option<F::File>,
     next_seq: u64,
     max_file_bytes: u64,
+    /// The next file, once made ready.
+    spare: Arc<Mutex<Option<F::File>>>,
+    /// Whether the current file's name still waits for a sync of the folder (it was renamed
+    /// into place); shared with its [`SyncHandle`]s.
+    name_unsynced: Arc<AtomicBool>,
 }
 
 /// What the archive log needs of a [`Wal`], without its filesystem type, so that the log can
@@ -71,8 +89,10 @@ pub trait WalWriter: Send {
     fn sync_handle(&self) -> Result<Option<Box<dyn LogFile>>, ArchiveError>;
     /// See [`Wal::sync`].
     fn sync(&mut self) -> Result<(), ArchiveError>;
-    /// See [`Wal::remove_through`].
-    fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError>;
+    /// See [`Wal::rotate`].
+    fn rotate(&mut self) -> Result<Option<Box<dyn LogFile>>, ArchiveError>;
+    /// See [`Wal::detach_through`].
+    fn detach_through(&mut self, seq: u64) -> Vec<PathBuf>;
     /// See [`Wal::bytes`].
     fn bytes(&self) -> u64;
 }
@@ -94,12 +114,119 @@ impl<F: Filesystem> WalWriter for Wal<F> {
         Wal::sync(self)
     }
 
-    fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError> {
-        Wal::remove_through(self, seq)
+    fn rotate(&mut self) -> Result<Option<Box<dyn LogFile>>, ArchiveError> {
+        Ok(Wal::rotate(self)?.map(|f| Box::new(f) as Box<dyn LogFile>))
+    }
+
+    fn detach_through(&mut self, seq: u64) -> Vec<PathBuf> {
+        Wal::detach_through(self, seq)
     }
 
     fn bytes(&self) -> u64 {
         Wal::bytes(self)
+    }
+}
+
+/// The file work the log's writer thread does without holding the log's lock, so that
+/// producers keep appending meanwhile: making the next file ready, deleting shipped files.
+pub trait Housekeeping: Send {
+    /// Makes the next file ready for [`Wal::rotate`], unless it is: creates it and reserves
+    /// its disk.
+    fn prepare_spare(&self) -> Result<(), ArchiveError>;
+    /// Deletes a file that [`Wal::detach_through`] took out of the log.
+    fn remove(&self, path: &Path) -> Result<(), ArchiveError>;
+}
+
+/// [`Housekeeping`] for a [`Wal`] on filesystem `F`.
+pub struct Housekeeper<F: Filesystem> {
+    fs: F,
+    dir: PathBuf,
+    max_file_bytes: u64,
+    spare: Arc<Mutex<Option<F::File>>>,
+}
+
+impl<F: Filesystem> Housekeeping for Housekeeper<F> {
+    fn prepare_spare(&self) -> Result<(), ArchiveError> {
+        if lock(&self.spare).is_some() {
+            return Ok(());
+        }
+        let folder = self.dir.join(SPARE_DIR);
+        self.fs
+            .create_dir_all(&folder)
+            .map_err(|e| ArchiveError::io(&folder, e))?;
+        let path = spare_path(&self.dir);
+        remove_leftover(&self.fs, &path)?;
+        let file = open_current(&self.fs, &path, self.max_file_bytes)?;
+        *lock(&self.spare) = Some(file);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), ArchiveError> {
+        self.fs.remove(path).map_err(|e| ArchiveError::io(path, e))
+    }
+}
+
+/// A handle that syncs the current file from another thread; its first sync also syncs the
+/// log's folder when the file was renamed into place, so that its name is durable with it.
+pub struct SyncHandle<F: Filesystem> {
+    file: F::File,
+    fs: F,
+    dir: PathBuf,
+    name_unsynced: Arc<AtomicBool>,
+}
+
+impl<F: Filesystem> LogFile for SyncHandle<F> {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.append(bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        sync_with_name(&self.fs, &self.dir, &self.name_unsynced, &mut self.file)
+    }
+
+    fn reserve(&self, bytes: u64) -> std::io::Result<()> {
+        self.file.reserve(bytes)
+    }
+
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            name_unsynced: self.name_unsynced.clone(),
+        })
+    }
+}
+
+/// Syncs `file`, and first the folder `dir` when the file's name is not durable yet.
+fn sync_with_name<F: Filesystem>(
+    fs: &F,
+    dir: &Path,
+    name_unsynced: &AtomicBool,
+    file: &mut F::File,
+) -> std::io::Result<()> {
+    if name_unsynced.load(Ordering::Acquire) {
+        fs.sync_dir(dir)?;
+        name_unsynced.store(false, Ordering::Release);
+    }
+    file.sync()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn spare_path(dir: &Path) -> PathBuf {
+    dir.join(SPARE_DIR).join(SPARE_FILE)
+}
+
+/// Removes a spare that a crash or an earlier run left (it never holds a record).
+fn remove_leftover<F: Filesystem>(fs: &F, path: &Path) -> Result<(), ArchiveError> {
+    match fs.remove(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(ArchiveError::io(path, error))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -338,6 +465,7 @@ impl<F: Filesystem> Wal<F> {
                 records,
             });
         }
+        remove_leftover(&fs, &spare_path(dir))?;
         let next_seq = expected.unwrap_or(1);
         recovery.last_seq = next_seq - 1;
         let current = match files.last() {
@@ -352,6 +480,8 @@ impl<F: Filesystem> Wal<F> {
                 current,
                 next_seq,
                 max_file_bytes,
+                spare: Arc::default(),
+                name_unsynced: Arc::default(),
             },
             recovery,
         ))
@@ -367,18 +497,16 @@ impl<F: Filesystem> Wal<F> {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
-    /// Whether the next batch starts a new file (syncing the current one first).
+    /// Whether the current file is full: the writer thread should [`rotate`](Self::rotate).
     pub fn rotation_due(&self) -> bool {
         self.files
             .last()
-            .is_none_or(|f| f.bytes >= self.max_file_bytes)
+            .is_some_and(|f| f.bytes >= self.max_file_bytes)
     }
 
-    /// Appends a batch of `(seq, payload)` without syncing it (see [`sync_handle`]); when the
-    /// current file is full, it is synced and a new one started. Sequence numbers must
-    /// continue the log. Returns whether a new file was started.
-    ///
-    /// [`sync_handle`]: Self::sync_handle
+    /// Appends a batch of `(seq, payload)` to the current file without syncing it (see
+    /// [`sync_handle`](Self::sync_handle)), starting the first file if there is none yet.
+    /// Sequence numbers must continue the log. Returns whether a file was started.
     pub fn append_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<bool, ArchiveError> {
         let Some((first, _)) = batch.first() else {
             return Ok(false);
@@ -389,21 +517,9 @@ impl<F: Filesystem> Wal<F> {
                 got: *first,
             });
         }
-        let needs_new_file = self.rotation_due();
-        if needs_new_file {
-            if let (Some(file), Some(segment)) = (self.current.as_mut(), self.files.last()) {
-                file.sync()
-                    .map_err(|e| ArchiveError::io(&segment.path, e))?;
-            }
-            let path = self.dir.join(file_name(*first));
-            let file = open_current(&self.fs, &path, self.max_file_bytes)?;
-            self.files.push(Segment {
-                first_seq: *first,
-                path,
-                bytes: 0,
-                records: 0,
-            });
-            self.current = Some(file);
+        let first_file = self.current.is_none();
+        if first_file {
+            self.start_file(open_current, false)?;
         }
         let mut buffer =
             Vec::with_capacity(batch.iter().map(|(_, p)| p.len() + FRAME_HEADER).sum());
@@ -423,40 +539,101 @@ impl<F: Filesystem> Wal<F> {
         segment.bytes += buffer.len() as u64;
         segment.records += batch.len() as u64;
         self.next_seq += batch.len() as u64;
-        Ok(needs_new_file)
+        Ok(first_file)
+    }
+
+    /// Syncs the current file whole and moves on to the next, named for the next sequence
+    /// number: the spare made ready by [`Housekeeping::prepare_spare`], renamed into place
+    /// (its name becomes durable with its first sync), or else a file created now. Returns a
+    /// handle that syncs the new file; `None` when there is no file yet.
+    pub fn rotate(&mut self) -> Result<Option<SyncHandle<F>>, ArchiveError> {
+        let (Some(file), Some(segment)) = (self.current.as_mut(), self.files.last()) else {
+            return Ok(None);
+        };
+        file.sync()
+            .map_err(|e| ArchiveError::io(&segment.path, e))?;
+        let spare = lock(&self.spare).take();
+        match spare {
+            Some(spare) => {
+                let from = spare_path(&self.dir);
+                let rename = move |fs: &F, path: &Path, _| {
+                    fs.rename(&from, path)
+                        .map_err(|e| ArchiveError::io(&from, e))?;
+                    Ok(spare)
+                };
+                self.start_file(rename, true)?;
+            }
+            None => self.start_file(open_current, false)?,
+        }
+        self.sync_handle()
+    }
+
+    /// Starts the file for the next sequence number with `open(fs, path, max_file_bytes)`;
+    /// `renamed` when its name is not durable yet.
+    fn start_file(
+        &mut self,
+        open: impl FnOnce(&F, &Path, u64) -> Result<F::File, ArchiveError>,
+        renamed: bool,
+    ) -> Result<(), ArchiveError> {
+        let path = self.dir.join(file_name(self.next_seq));
+        let file = open(&self.fs, &path, self.max_file_bytes)?;
+        self.name_unsynced = Arc::new(AtomicBool::new(renamed));
+        self.files.push(Segment {
+            first_seq: self.next_seq,
+            path,
+            bytes: 0,
+            records: 0,
+        });
+        self.current = Some(file);
+        Ok(())
     }
 
     /// A handle that syncs the current file from another thread (none before the first
     /// append).
-    pub fn sync_handle(&self) -> Result<Option<F::File>, ArchiveError> {
+    pub fn sync_handle(&self) -> Result<Option<SyncHandle<F>>, ArchiveError> {
         match (self.current.as_ref(), self.files.last()) {
-            (Some(file), Some(segment)) => file
-                .try_clone()
-                .map(Some)
-                .map_err(|e| ArchiveError::io(&segment.path, e)),
+            (Some(file), Some(segment)) => Ok(Some(SyncHandle {
+                file: file
+                    .try_clone()
+                    .map_err(|e| ArchiveError::io(&segment.path, e))?,
+                fs: self.fs.clone(),
+                dir: self.dir.clone(),
+                name_unsynced: self.name_unsynced.clone(),
+            })),
             _ => Ok(None),
         }
     }
 
-    /// Syncs the current file.
+    /// Syncs the current file (and the folder, when the file's name is not durable yet).
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         match (self.current.as_mut(), self.files.last()) {
             (Some(file), Some(segment)) => {
-                file.sync().map_err(|e| ArchiveError::io(&segment.path, e))
+                sync_with_name(&self.fs, &self.dir, &self.name_unsynced, file)
+                    .map_err(|e| ArchiveError::io(&segment.path, e))
             }
             _ => Ok(()),
         }
     }
 
-    /// Deletes every file whose records are all at or below `seq` (they have been shipped).
-    pub fn remove_through(&mut self, seq: u64) -> Result<(), ArchiveError> {
+    /// Takes every file whose records are all at or below `seq` (they have been shipped) out
+    /// of the log, oldest first, and returns their paths for [`Housekeeping::remove`]. The
+    /// current file always stays.
+    pub fn detach_through(&mut self, seq: u64) -> Vec<PathBuf> {
+        let mut detached = Vec::new();
         while self.files.len() > 1 && self.files[0].first_seq + self.files[0].records <= seq + 1 {
-            let file = self.files.remove(0);
-            self.fs
-                .remove(&file.path)
-                .map_err(|e| ArchiveError::io(&file.path, e))?;
+            detached.push(self.files.remove(0).path);
         }
-        Ok(())
+        detached
+    }
+
+    /// What makes the next file ready and deletes shipped ones, without the log's lock.
+    pub fn housekeeper(&self) -> Housekeeper<F> {
+        Housekeeper {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            max_file_bytes: self.max_file_bytes,
+            spare: self.spare.clone(),
+        }
     }
 
     /// Reads records `from..=through` (both must be durable), calling `each(seq, payload)`;
