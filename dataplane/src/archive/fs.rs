@@ -167,6 +167,8 @@ pub(crate) mod faulty {
         pub hold_reserve: Option<Arc<Gate>>,
         /// Hold every removal until this gate opens.
         pub hold_remove: Option<Arc<Gate>>,
+        /// Folders synced so far ([`Filesystem::sync_dir`]).
+        pub dir_syncs: usize,
     }
 
     /// Where a filesystem call waits until the test opens it.
@@ -318,6 +320,10 @@ pub(crate) mod faulty {
         }
 
         fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .dir_syncs += 1;
             StdFs.sync_dir(dir)
         }
     }

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fs::LogFile;
 use super::fs::faulty::{FaultyFs, Gate};
 use super::fs::{Filesystem, StdFs};
 use super::record::tests::message;
-use super::wal::Wal;
+use super::wal::{Housekeeping, Wal};
 use super::*;
 
 /// Small files, so that a few records fill one.
@@ -170,4 +171,34 @@ fn shipped_files_are_deleted_while_producers_keep_writing() {
     assert_eq!(seqs(dir.path()), (third..=last).collect::<Vec<_>>());
     let (_, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("reopen");
     assert_eq!(recovery.last_seq, last);
+}
+
+#[test]
+fn a_file_renamed_into_place_has_its_name_synced_before_its_records_count_as_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let dir_syncs = || fs.faults.lock().expect("lock").dir_syncs;
+    let (mut wal, _) = Wal::open(fs.clone(), dir.path(), 100).expect("open");
+    let housekeeper = wal.housekeeper();
+    assert!(wal.append_batch(&[(1, vec![b'a'; 200])]).expect("append"));
+    housekeeper.prepare_spare().expect("spare");
+    wal.rotate().expect("rotate").expect("a new file");
+    assert_eq!(dir_syncs(), 0, "the first file was created, not renamed");
+    wal.append_batch(&[(2, vec![b'b'; 200])]).expect("append");
+    housekeeper.prepare_spare().expect("spare");
+    let mut handle = wal.rotate().expect("rotate").expect("a new file");
+    assert_eq!(
+        dir_syncs(),
+        1,
+        "rotating syncs the full file's name, renamed into place and never synced"
+    );
+    handle.sync().expect("sync");
+    assert_eq!(dir_syncs(), 2, "the new file's first sync syncs its name");
+    handle.sync().expect("sync");
+    wal.sync().expect("sync");
+    assert_eq!(dir_syncs(), 2, "and only its first");
+    assert_eq!(
+        log_files(dir.path()),
+        [1, 2, 3].map(|seq| dir.path().join(format!("{seq:020}.wal")))
+    );
 }

@@ -547,11 +547,11 @@ impl<F: Filesystem> Wal<F> {
     /// (its name becomes durable with its first sync), or else a file created now. Returns a
     /// handle that syncs the new file; `None` when there is no file yet.
     pub fn rotate(&mut self) -> Result<Option<SyncHandle<F>>, ArchiveError> {
-        let (Some(file), Some(segment)) = (self.current.as_mut(), self.files.last()) else {
+        if self.current.is_none() {
             return Ok(None);
-        };
-        file.sync()
-            .map_err(|e| ArchiveError::io(&segment.path, e))?;
+        }
+        // The full file's name too, if it was renamed into place and not synced since.
+        self.sync()?;
         let spare = lock(&self.spare).take();
         match spare {
             Some(spare) => {
