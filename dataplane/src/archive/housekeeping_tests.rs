@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fs::LogFile;
 use super::fs::faulty::{FaultyFs, Gate};
 use super::fs::{Filesystem, StdFs};
 use super::record::tests::message;
-use super::wal::{Housekeeping, Wal};
+use super::tests::draft;
+use super::wal::{Housekeeping, SyncFile, Wal};
 use super::*;
 
 /// Small files, so that a few records fill one.
@@ -43,12 +43,10 @@ fn seqs(dir: &Path) -> Vec<u64> {
     seqs
 }
 
-/// Queues one record and has the calling thread write it; returns whether it did (`false`:
-/// it had to hand the record to the writer thread).
+/// Queues one record, as sessions do, and has the calling thread write it; returns whether
+/// it did (`false`: it had to hand the record to the writer thread).
 fn write_for_myself(log: &ArchiveLog, text: &str) -> bool {
-    let seq = log
-        .append(|seq| message(seq, text))
-        .expect("the log takes records");
+    let seq = log.queue(&draft(text)).expect("the log takes records");
     log.write_now(seq).expect("the log works")
 }
 

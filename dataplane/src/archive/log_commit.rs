@@ -20,8 +20,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::ArchiveError;
-use super::fs::LogFile;
-use super::wal::{FRAME_HEADER, Housekeeping, WalWriter};
+use super::wal::{FRAME_HEADER, Housekeeping, SyncFile, WalWriter};
 
 /// Unsynced bytes at which the syncer syncs without waiting for its interval.
 pub(super) const SYNC_BYTES: u64 = 1 << 20;
@@ -36,7 +35,7 @@ pub(super) struct State {
     /// The highest record someone waits to see durable.
     pub(super) sync_wanted: u64,
     /// What the syncer should sync next: a handle to the file holding `written_seq`.
-    pub(super) sync_file: Option<Box<dyn LogFile>>,
+    pub(super) sync_file: Option<Box<dyn SyncFile>>,
     pub(super) on_disk_bytes: u64,
     pub(super) release_through: Option<u64>,
     /// The current file is full: the writer should rotate it.

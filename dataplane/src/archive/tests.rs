@@ -22,7 +22,7 @@ fn config() -> LogConfig {
 }
 
 /// A message record with `text`, drafted as the dataplane's sessions queue them.
-fn draft(text: &str) -> Draft {
+pub(super) fn draft(text: &str) -> Draft {
     let record = message(0, text);
     Draft::new(&record.tenant, &record.writer, &record.conv, &record.body)
 }

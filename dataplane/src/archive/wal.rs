@@ -86,11 +86,11 @@ pub trait WalWriter: Send {
     /// See [`Wal::append_batch`].
     fn append_batch(&mut self, batch: &[(u64, Vec<u8>)]) -> Result<bool, ArchiveError>;
     /// See [`Wal::sync_handle`].
-    fn sync_handle(&self) -> Result<Option<Box<dyn LogFile>>, ArchiveError>;
+    fn sync_handle(&self) -> Result<Option<Box<dyn SyncFile>>, ArchiveError>;
     /// See [`Wal::sync`].
     fn sync(&mut self) -> Result<(), ArchiveError>;
     /// See [`Wal::rotate`].
-    fn rotate(&mut self) -> Result<Option<Box<dyn LogFile>>, ArchiveError>;
+    fn rotate(&mut self) -> Result<Option<Box<dyn SyncFile>>, ArchiveError>;
     /// See [`Wal::detach_through`].
     fn detach_through(&mut self, seq: u64) -> Vec<PathBuf>;
     /// See [`Wal::bytes`].
@@ -106,16 +106,16 @@ impl<F: Filesystem> WalWriter for Wal<F> {
         Wal::append_batch(self, batch)
     }
 
-    fn sync_handle(&self) -> Result<Option<Box<dyn LogFile>>, ArchiveError> {
-        Ok(Wal::sync_handle(self)?.map(|f| Box::new(f) as Box<dyn LogFile>))
+    fn sync_handle(&self) -> Result<Option<Box<dyn SyncFile>>, ArchiveError> {
+        Ok(Wal::sync_handle(self)?.map(|f| Box::new(f) as Box<dyn SyncFile>))
     }
 
     fn sync(&mut self) -> Result<(), ArchiveError> {
         Wal::sync(self)
     }
 
-    fn rotate(&mut self) -> Result<Option<Box<dyn LogFile>>, ArchiveError> {
-        Ok(Wal::rotate(self)?.map(|f| Box::new(f) as Box<dyn LogFile>))
+    fn rotate(&mut self) -> Result<Option<Box<dyn SyncFile>>, ArchiveError> {
+        Ok(Wal::rotate(self)?.map(|f| Box::new(f) as Box<dyn SyncFile>))
     }
 
     fn detach_through(&mut self, seq: u64) -> Vec<PathBuf> {
@@ -154,9 +154,7 @@ impl<F: Filesystem> Housekeeping for Housekeeper<F> {
         self.fs
             .create_dir_all(&folder)
             .map_err(|e| ArchiveError::io(&folder, e))?;
-        let path = spare_path(&self.dir);
-        remove_leftover(&self.fs, &path)?;
-        let file = open_current(&self.fs, &path, self.max_file_bytes)?;
+        let file = open_current(&self.fs, &spare_path(&self.dir), self.max_file_bytes)?;
         *lock(&self.spare) = Some(file);
         Ok(())
     }
@@ -175,26 +173,15 @@ pub struct SyncHandle<F: Filesystem> {
     name_unsynced: Arc<AtomicBool>,
 }
 
-impl<F: Filesystem> LogFile for SyncHandle<F> {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.append(bytes)
-    }
+/// What the syncer thread holds: a way to make the current file durable.
+pub trait SyncFile: Send {
+    /// Makes everything appended to the file so far durable, and its name.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
 
+impl<F: Filesystem> SyncFile for SyncHandle<F> {
     fn sync(&mut self) -> std::io::Result<()> {
         sync_with_name(&self.fs, &self.dir, &self.name_unsynced, &mut self.file)
-    }
-
-    fn reserve(&self, bytes: u64) -> std::io::Result<()> {
-        self.file.reserve(bytes)
-    }
-
-    fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(Self {
-            file: self.file.try_clone()?,
-            fs: self.fs.clone(),
-            dir: self.dir.clone(),
-            name_unsynced: self.name_unsynced.clone(),
-        })
     }
 }
 
@@ -519,7 +506,9 @@ impl<F: Filesystem> Wal<F> {
         }
         let first_file = self.current.is_none();
         if first_file {
-            self.start_file(open_current, false)?;
+            let path = self.next_path();
+            let file = open_current(&self.fs, &path, self.max_file_bytes)?;
+            self.start_file(path, file, false);
         }
         let mut buffer =
             Vec::with_capacity(batch.iter().map(|(_, p)| p.len() + FRAME_HEADER).sum());
@@ -552,31 +541,32 @@ impl<F: Filesystem> Wal<F> {
         }
         // The full file's name too, if it was renamed into place and not synced since.
         self.sync()?;
+        let path = self.next_path();
         let spare = lock(&self.spare).take();
         match spare {
             Some(spare) => {
                 let from = spare_path(&self.dir);
-                let rename = move |fs: &F, path: &Path, _| {
-                    fs.rename(&from, path)
-                        .map_err(|e| ArchiveError::io(&from, e))?;
-                    Ok(spare)
-                };
-                self.start_file(rename, true)?;
+                self.fs
+                    .rename(&from, &path)
+                    .map_err(|e| ArchiveError::io(&from, e))?;
+                self.start_file(path, spare, true);
             }
-            None => self.start_file(open_current, false)?,
+            None => {
+                let file = open_current(&self.fs, &path, self.max_file_bytes)?;
+                self.start_file(path, file, false);
+            }
         }
         self.sync_handle()
     }
 
-    /// Starts the file for the next sequence number with `open(fs, path, max_file_bytes)`;
+    /// Where the file starting at the next sequence number goes.
+    fn next_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.next_seq))
+    }
+
+    /// Makes `file`, at `path`, the current file, starting at the next sequence number;
     /// `renamed` when its name is not durable yet.
-    fn start_file(
-        &mut self,
-        open: impl FnOnce(&F, &Path, u64) -> Result<F::File, ArchiveError>,
-        renamed: bool,
-    ) -> Result<(), ArchiveError> {
-        let path = self.dir.join(file_name(self.next_seq));
-        let file = open(&self.fs, &path, self.max_file_bytes)?;
+    fn start_file(&mut self, path: PathBuf, file: F::File, renamed: bool) {
         self.name_unsynced = Arc::new(AtomicBool::new(renamed));
         self.files.push(Segment {
             first_seq: self.next_seq,
@@ -585,7 +575,6 @@ impl<F: Filesystem> Wal<F> {
             records: 0,
         });
         self.current = Some(file);
-        Ok(())
     }
 
     /// A handle that syncs the current file from another thread (none before the first
