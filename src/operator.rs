@@ -182,7 +182,7 @@ fn check_command(files: &[PathBuf]) -> anyhow::Result<i32> {
         };
         match imgate_operator::check::check_yaml(&text) {
             Ok(count) => println!(
-                "{}: {count} objects, each the type it claims to be",
+                "{}: {count} objects, each the type it claims to be, valid as the API server validates it",
                 file.display()
             ),
             Err(problems) => {

@@ -1,13 +1,17 @@
-//! Proof that a manifest's objects are the Kubernetes types they claim to be: each document
-//! is read as the type its `apiVersion` and `kind` name and written back, and any field the
-//! type does not have, or holds in another shape, shows up as a difference. imgate's own
-//! resources get the same checks as `imgate policy lint`.
+//! Proof that a manifest's objects are the Kubernetes types they claim to be, and that an API
+//! server would accept them: each document is read as the type its `apiVersion` and `kind`
+//! name and written back, and any field the type does not have, or holds in another shape,
+//! shows up as a difference; an object of the right shape then gets the API server's own
+//! validation rules ([`crate::validation`]). imgate's own resources get the same checks as
+//! `imgate policy lint`.
 //!
 //! Invariants: an unknown `apiVersion`/`kind` is an error, never a pass; explicit `null`s
 //! count as absent (the API server drops them too); every problem names the document and the
 //! field.
 
 use imgate_crds::{ResourceKind, validate_object};
+
+use crate::validation::{Validate, problems_of};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -136,7 +140,7 @@ fn ours(kind: ResourceKind, object: &Value) -> Vec<String> {
 /// Reads `object` as `K` and writes it back; the differences are the problems.
 fn round_trip<K>(object: &Value) -> Vec<String>
 where
-    K: k8s_openapi::Resource + DeserializeOwned + Serialize,
+    K: k8s_openapi::Resource + DeserializeOwned + Serialize + Validate,
 {
     let typed: K = match serde_json::from_value(object.clone()) {
         Ok(typed) => typed,
@@ -152,6 +156,9 @@ where
     }
     let mut problems = Vec::new();
     differences("", &without_nulls(object), &back, K::KIND, &mut problems);
+    if problems.is_empty() {
+        problems = problems_of(&typed);
+    }
     problems
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The desired state ([`desired`]) is a pure function of the Tenant, its policies and the
 //! operator's [`Settings`]: the reconciler applies what it returns, `imgate operator render`
-//! prints it, and [`check`] proves that every object is the Kubernetes type it claims to be.
+//! prints it, and [`check`] proves that every object is the Kubernetes type it claims to be and passes
+//! the API server's own validation ([`validation`]).
 //!
 //! Invariants:
 //! - Every object the operator makes carries the labels of [`names`], and an owner reference
@@ -26,6 +27,7 @@ pub mod reconcile;
 pub mod render;
 pub mod report;
 pub mod settings;
+pub mod validation;
 
 pub use desired::{Object, desired};
 pub use settings::Settings;

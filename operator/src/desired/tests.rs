@@ -569,3 +569,72 @@ fn the_dataplanes_may_redeem_enrollment_tokens_and_learn_of_revoked_connectors()
         "without the API server's range, its ports at any address"
     );
 }
+
+/// Every object every example tenant becomes, under the chart's defaults and under settings
+/// that switch on every optional field, passes the API server's own validation (the rules
+/// across fields that a type check cannot see); generated Secrets are checked as the
+/// operator creates them, with their keys.
+#[test]
+fn every_desired_object_passes_the_api_servers_validation() {
+    use crate::validation::problems_of;
+    let examples = [
+        ("small-firm/tenant.yaml", vec!["small-firm/policy.yaml"]),
+        (
+            "broker-dealer/tenant.yaml",
+            vec![
+                "broker-dealer/firm-wide.yaml",
+                "broker-dealer/trading-desk.yaml",
+            ],
+        ),
+        ("discovery/tenant.yaml", vec!["discovery/policy.yaml"]),
+    ];
+    let everything = Settings {
+        tunnel_service_type: "NodePort".into(),
+        storage_class: Some("gp3".into()),
+        tunnel_domain: Some("tunnel.msp.example".into()),
+        node_selector: [("imgate.io/pool".to_owned(), "dataplanes".to_owned())].into(),
+        tunnel_service_annotations: [(
+            "service.beta.kubernetes.io/aws-load-balancer-type".to_owned(),
+            "external".to_owned(),
+        )]
+        .into(),
+        api_server_cidrs: vec!["10.0.0.0/28".into(), "fd00::/64".into()],
+        otlp_endpoint: Some("http://otel-collector.monitoring:4318".into()),
+        ..Settings::default()
+    };
+    let mut checked = 0;
+    for (tenant_file, policy_files) in examples {
+        let tenant = tenant(tenant_file);
+        let name = names::tenant_name(&tenant).to_owned();
+        let set = PolicySet::build(&name, &policies(&policy_files)).expect("compiles");
+        for settings in [Settings::default(), everything.clone()] {
+            let mut ca_pin = None;
+            for object in desired(&tenant, Some(&set), &settings) {
+                let problems = match object.generated_secret() {
+                    Some(secret) => {
+                        let mut made = secret.clone();
+                        crate::reconcile::apply::fill(&mut made, &name, ca_pin.as_deref())
+                            .expect("keys");
+                        if made.metadata.name.as_deref() == Some(names::TUNNEL_CA_SECRET) {
+                            ca_pin = made
+                                .metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(crate::enrollment::CA_PIN))
+                                .cloned();
+                        }
+                        problems_of(&made)
+                    }
+                    None => check_object(&object.to_json()),
+                };
+                assert!(
+                    problems.is_empty(),
+                    "{name}: {} would be refused: {problems:#?}",
+                    object.describe()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 70, "{checked} objects checked");
+}

@@ -286,12 +286,15 @@ fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
         .collect()
 }
 
-fn spread(key: &str) -> TopologySpreadConstraint {
+/// Spreads `tenant`'s dataplanes over the values of node label `key`, counting only the pods
+/// of the same revision (`matchLabelKeys`), so a rolling update spreads its new pods too. The
+/// API server refuses `matchLabelKeys` without a `labelSelector`, which it narrows.
+fn spread(tenant: &Tenant, key: &str) -> TopologySpreadConstraint {
     TopologySpreadConstraint {
         max_skew: 1,
         topology_key: key.into(),
         when_unsatisfiable: "ScheduleAnyway".into(),
-        label_selector: None,
+        label_selector: Some(names::pod_selector(tenant)),
         match_label_keys: Some(vec!["controller-revision-hash".into()]),
         ..TopologySpreadConstraint::default()
     }
@@ -468,8 +471,8 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
                     node_selector: (!settings.node_selector.is_empty())
                         .then(|| settings.node_selector.clone()),
                     topology_spread_constraints: Some(vec![
-                        spread("kubernetes.io/hostname"),
-                        spread("topology.kubernetes.io/zone"),
+                        spread(tenant, "kubernetes.io/hostname"),
+                        spread(tenant, "topology.kubernetes.io/zone"),
                     ]),
                     containers: vec![container(tenant, settings)],
                     volumes: Some(volumes),

@@ -127,7 +127,7 @@ async fn create_once(
 
 /// Gives generated Secret `secret` of `tenant` new keys, under the keys the pods mount, and
 /// the annotations that describe them.
-fn fill(secret: &mut Secret, tenant: &str, ca_pin: Option<&str>) -> Result<(), Error> {
+pub(crate) fn fill(secret: &mut Secret, tenant: &str, ca_pin: Option<&str>) -> Result<(), Error> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let failed = |message: String| Error::Generate {
         secret: name.clone(),

@@ -6,7 +6,10 @@
 //! Invariants: a request is authorised the way the API server's RBAC authoriser does it
 //! (verb from method, path and `watch`; API group; resource with its subresource; name
 //! against `resourceNames`); a server-side apply of a whole object also needs `create`, as
-//! the API server demands when the object does not exist yet.
+//! the API server demands when the object does not exist yet; a write whose body sets an
+//! owner reference with `blockOwnerDeletion` also needs `update` on the owner's `finalizers`
+//! subresource, as the `OwnerReferencesPermissionEnforcement` admission plugin (on in
+//! OpenShift and many hardened clusters) demands.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -157,8 +160,34 @@ fn granted(subject: Subject, wanted: &Attributes) -> bool {
     })
 }
 
-/// Whether the chart lets `subject` make this request; the missing permission if not.
-pub fn permits(subject: Subject, method: &Method, uri: &str) -> Result<(), String> {
+/// What the owner-reference permission plugin demands of a write with `body`: `update` on
+/// the `finalizers` of each owner that the body blocks the deletion of.
+fn owner_finalizers(body: &Value) -> Vec<Attributes> {
+    body["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|owner| owner["blockOwnerDeletion"] == true)
+        .map(|owner| {
+            let api_version = owner["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version
+                .rsplit_once('/')
+                .map_or("", |(group, _)| group)
+                .to_owned();
+            let kind = owner["kind"].as_str().unwrap_or_default().to_lowercase();
+            Attributes {
+                verb: "update",
+                group,
+                resource: format!("{kind}s/finalizers"),
+                name: owner["name"].as_str().map(str::to_owned),
+            }
+        })
+        .collect()
+}
+
+/// Whether the chart lets `subject` make this request with `body`; the missing permission if
+/// not.
+pub fn permits(subject: Subject, method: &Method, uri: &str, body: &Value) -> Result<(), String> {
     let wanted = attributes(method, uri);
     let apply = method == Method::PATCH && uri.contains("force=true");
     let mut needed = vec![wanted.clone()];
@@ -166,8 +195,11 @@ pub fn permits(subject: Subject, method: &Method, uri: &str) -> Result<(), Strin
         needed.push(Attributes {
             verb: "create",
             name: None,
-            ..wanted
+            ..wanted.clone()
         });
+    }
+    if matches!(wanted.verb, "create" | "update" | "patch") {
+        needed.extend(owner_finalizers(body));
     }
     match needed
         .iter()
@@ -247,7 +279,8 @@ mod tests {
             permits(
                 Subject::Operator,
                 &Method::PATCH,
-                "/api/v1/namespaces/x?fieldManager=f&force=true"
+                "/api/v1/namespaces/x?fieldManager=f&force=true",
+                &Value::Null
             )
             .is_ok()
         );
@@ -255,7 +288,8 @@ mod tests {
             permits(
                 Subject::Operator,
                 &Method::GET,
-                "/api/v1/namespaces/x/secrets/tunnel-ca"
+                "/api/v1/namespaces/x/secrets/tunnel-ca",
+                &Value::Null
             )
             .is_ok()
         );
@@ -273,14 +307,15 @@ mod tests {
             ),
         ];
         for (method, uri) in denied {
-            let refused = permits(Subject::Operator, &method, uri).expect_err(uri);
+            let refused = permits(Subject::Operator, &method, uri, &Value::Null).expect_err(uri);
             assert!(refused.contains("grants the Operator no"), "{refused}");
         }
         assert!(
             permits(
                 Subject::Operator,
                 &Method::PUT,
-                "/apis/coordination.k8s.io/v1/namespaces/x/leases/imgate-operator"
+                "/apis/coordination.k8s.io/v1/namespaces/x/leases/imgate-operator",
+                &Value::Null
             )
             .is_ok()
         );
@@ -292,13 +327,13 @@ mod tests {
             "/api/v1/namespaces/imgate-acme/secrets/{}",
             crate::names::ENROLLMENT_SECRET
         );
-        assert!(permits(Subject::Dataplane, &Method::GET, &secret).is_ok());
-        assert!(permits(Subject::Dataplane, &Method::PUT, &secret).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::GET, &secret, &Value::Null).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::PUT, &secret, &Value::Null).is_ok());
         let policy =
             "/api/v1/namespaces/imgate-acme/configmaps?fieldSelector=metadata.name%3Dpolicy";
-        assert!(permits(Subject::Dataplane, &Method::GET, policy).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::GET, policy, &Value::Null).is_ok());
         let watch = format!("{policy}&watch=true&resourceVersion=10");
-        assert!(permits(Subject::Dataplane, &Method::GET, &watch).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::GET, &watch, &Value::Null).is_ok());
         let denied = [
             (
                 Method::GET,
@@ -319,7 +354,7 @@ mod tests {
             ),
         ];
         for (method, uri) in denied {
-            let refused = permits(Subject::Dataplane, &method, uri).expect_err(uri);
+            let refused = permits(Subject::Dataplane, &method, uri, &Value::Null).expect_err(uri);
             assert!(refused.contains("grants the Dataplane no"), "{refused}");
         }
         let template = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -337,5 +372,37 @@ mod tests {
             &bind(crate::names::DATAPLANE_ROLE)
         ));
         assert!(!granted(Subject::Operator, &bind("cluster-admin")));
+    }
+
+    #[test]
+    fn owned_objects_need_the_owners_finalizers_under_hardened_admission() {
+        let owned = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "imgate.io/v1alpha1", "kind": "Tenant", "name": "acme",
+            "uid": "u", "controller": true, "blockOwnerDeletion": true}]}});
+        assert_eq!(
+            owner_finalizers(&owned),
+            [Attributes {
+                verb: "update",
+                group: "imgate.io".into(),
+                resource: "tenants/finalizers".into(),
+                name: Some("acme".into()),
+            }]
+        );
+        let apply =
+            "/apis/apps/v1/namespaces/imgate-acme/statefulsets/dataplane?fieldManager=f&force=true";
+        assert!(permits(Subject::Operator, &Method::PATCH, apply, &owned).is_ok());
+        let secrets = "/api/v1/namespaces/imgate-acme/secrets?";
+        assert!(permits(Subject::Operator, &Method::POST, secrets, &owned).is_ok());
+        let unblocking = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u", "blockOwnerDeletion": false}]}});
+        assert!(owner_finalizers(&unblocking).is_empty());
+        let foreign = serde_json::json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "v1", "kind": "Namespace", "name": "kube-system", "uid": "u", "blockOwnerDeletion": true}]}});
+        let refused = permits(Subject::Operator, &Method::POST, secrets, &foreign)
+            .expect_err("no finalizers of namespaces");
+        assert!(
+            refused.contains("no `update` on namespaces/finalizers"),
+            "{refused}"
+        );
     }
 }

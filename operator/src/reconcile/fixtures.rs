@@ -96,9 +96,6 @@ impl ApiServer {
             "expected {method} {path}, got {} {uri}",
             request.method()
         );
-        if let Err(refused) = super::chart_rbac::permits(self.subject, &seen_method, &uri) {
-            panic!("{refused}");
-        }
         let bytes = request
             .into_body()
             .collect_bytes()
@@ -109,6 +106,9 @@ impl ApiServer {
         } else {
             serde_json::from_slice(&bytes).expect("a JSON request body")
         };
+        if let Err(refused) = super::chart_rbac::permits(self.subject, &seen_method, &uri, &body) {
+            panic!("{refused}");
+        }
         let json = |value: &Value| serde_json::to_vec(value).expect("JSON");
         let (status, answer) = match reply {
             Reply::Lines(lines) => (

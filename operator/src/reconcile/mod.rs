@@ -19,7 +19,7 @@
 //! - Status is written only when it changes, and `lastTransitionTime` moves only when a
 //!   condition's status does.
 
-mod apply;
+pub(crate) mod apply;
 pub mod conditions;
 pub mod controller;
 mod enrollment_status;
