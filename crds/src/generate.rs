@@ -2,7 +2,9 @@
 //! under `crds/` and in the Helm chart (`charts/imgate/crds/`, which Helm installs before
 //! the operator).
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use kube::CustomResourceExt;
 
 use crate::{IMPolicy, Tenant};
@@ -11,7 +13,37 @@ const HEADER: &str = "# Generated from the Rust types in crds/src by `imgate crd
 
 /// Every imgate CRD, in install order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), IMPolicy::crd()]
+    vec![tenant_crd(), IMPolicy::crd()]
+}
+
+/// The Tenant CRD, its schema bounding `metadata.name` to
+/// [`TENANT_NAME_MAX`](crate::tenant::TENANT_NAME_MAX) characters: the one restriction on
+/// `metadata` a CRD may make, which the API server reports at `metadata.name` (a CEL rule on
+/// the root would report no field).
+fn tenant_crd() -> CustomResourceDefinition {
+    let mut crd = Tenant::crd();
+    let schema = crd
+        .spec
+        .versions
+        .iter_mut()
+        .filter_map(|version| version.schema.as_mut())
+        .filter_map(|schema| schema.open_api_v3_schema.as_mut());
+    for root in schema {
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(crate::tenant::TENANT_NAME_MAX as i64),
+            ..JSONSchemaProps::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some([("name".to_owned(), name)].into()),
+            ..JSONSchemaProps::default()
+        };
+        root.properties
+            .get_or_insert_default()
+            .insert("metadata".into(), metadata);
+    }
+    crd
 }
 
 /// One CRD as YAML, with the header that marks it generated.

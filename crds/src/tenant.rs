@@ -8,6 +8,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The longest tenant name: it prefixes the tenant's namespace (`imgate-NAME`) and the names
+/// of its objects, which must stay valid DNS labels.
+pub const TENANT_NAME_MAX: usize = 40;
+
 /// The desired state of one customer firm.
 // Printer columns repeat `type_`; clippy mistakes them for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -23,14 +27,54 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     cel,
     doc = "A customer firm whose IM traffic imgate inspects and archives",
-    printcolumn(name = "Display Name", type_ = "string", json_path = ".spec.displayName"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Connectors", type_ = "integer", json_path = ".status.connectors"),
-    printcolumn(name = "Sessions", type_ = "integer", json_path = ".status.activeSessions"),
-    printcolumn(name = "Policy", type_ = "string", json_path = ".status.policyRevision", priority = 1),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.tunnelEndpoint", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("a tenant name is at most 40 characters (it prefixes the tenant's namespace and object names)")
+    printcolumn(
+        name = "Display Name",
+        type_ = "string",
+        json_path = ".spec.displayName"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Connectors",
+        type_ = "integer",
+        json_path = ".status.connectors"
+    ),
+    printcolumn(
+        name = "Sessions",
+        type_ = "integer",
+        json_path = ".status.activeSessions"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".status.policyRevision",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.tunnelEndpoint",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {

@@ -8,6 +8,7 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::schema_check::SchemaChecker;
+use crate::tenant::TENANT_NAME_MAX;
 use crate::{IMPolicy, Tenant};
 
 /// The imgate resource kinds.
@@ -98,6 +99,12 @@ fn metadata_errors(kind: ResourceKind, object: &Value) -> Vec<FieldError> {
             path: "metadata.name".into(),
             message: format!("{name:?} is not a valid name: use lower-case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit"),
         }),
+        Some(name) if kind == ResourceKind::Tenant && name.len() > TENANT_NAME_MAX => {
+            errors.push(FieldError {
+                path: "metadata.name".into(),
+                message: format!("Too long: may not be more than {TENANT_NAME_MAX} bytes (a tenant name prefixes its namespace and object names)"),
+            })
+        }
         Some(_) => {}
     }
     if kind == ResourceKind::Tenant && object.pointer("/metadata/namespace").is_some() {
@@ -191,5 +198,28 @@ mod tests {
             .map(|e| e.path)
             .collect();
         assert_eq!(paths, vec!["metadata.name", "metadata.namespace"]);
+    }
+
+    #[test]
+    fn a_tenant_name_longer_than_its_namespace_allows_is_refused_at_its_field() {
+        let long = "a".repeat(TENANT_NAME_MAX + 1);
+        let tenant = json!({"apiVersion": "imgate.io/v1alpha1", "kind": "Tenant", "metadata": {"name": long},
+            "spec": {"archive": {"s3": {"bucket": "acme-archive", "region": "eu-west-2"}, "retention": {"days": 10}}}});
+        let errors = validate_object(ResourceKind::Tenant, &tenant);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "metadata.name");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("Too long: may not be more than 40"),
+            "{errors:?}"
+        );
+        let crd = crate::generate::crds().remove(0);
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("JSON");
+        assert_eq!(
+            schema["openAPIV3Schema"]["properties"]["metadata"],
+            json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}}}),
+            "the API server enforces the same bound at the same field"
+        );
     }
 }

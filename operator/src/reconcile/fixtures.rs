@@ -82,6 +82,13 @@ fn merge(base: &mut Value, over: Value) {
 }
 
 impl ApiServer {
+    /// Waits for a request the script did not expect: its method and URI, or `None` once
+    /// the client is gone.
+    pub async fn unscripted(&mut self) -> Option<String> {
+        let (request, _) = self.handle.next_request().await?;
+        Some(format!("{} {}", request.method(), request.uri()))
+    }
+
     /// Expects a `method` request whose path starts with `path`, and answers it with `reply`.
     pub async fn expect(&mut self, method: Method, path: &str, reply: Reply) -> Seen {
         let (request, respond) = tokio::time::timeout(PATIENCE, self.handle.next_request())

@@ -27,8 +27,10 @@ mod finalizer;
 pub mod leader;
 pub mod metrics;
 mod policies;
+mod refusal;
 pub mod status;
 mod tenant;
+mod warning;
 
 #[cfg(test)]
 pub(crate) mod chart_rbac;

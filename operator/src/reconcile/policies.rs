@@ -11,18 +11,14 @@ use imgate_dataplane::inspect::policy::Diagnostic;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::conditions::{State, Wanted, find, merge};
 use super::status::PolicyOutcome;
-use super::{Context, Error, api, apply_status};
+use super::{Context, Error, api, apply_status, warning};
 use crate::desired::POLICY_REVISION;
 use crate::names;
 use crate::policy::PolicySet;
-
-/// The longest Event note the API server accepts.
-const MAX_NOTE: usize = 1024;
 
 /// Lists and compiles `tenant`'s policies, and reports on each: the set to deliver (none when
 /// it does not compile) and the outcome for the Tenant's status.
@@ -138,27 +134,16 @@ async fn report(
     Ok(())
 }
 
-/// A Warning Event on `policy` saying what is wrong; a failure to publish is logged only,
-/// since the condition already says it.
+/// A Warning Event on `policy` saying what is wrong.
 async fn publish_invalid(policy: &IMPolicy, problems: &str, ctx: &Context) {
-    let mut note =
+    let note =
         format!("not applied; the dataplanes keep enforcing the last good policy set: {problems}");
-    if note.len() > MAX_NOTE {
-        let mut end = MAX_NOTE - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "InvalidPolicy".into(),
-        note: Some(note),
-        action: "Compile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        tracing::warn!(policy = %key(policy), %error, "could not publish the InvalidPolicy event");
-    }
+    warning::publish(
+        ctx,
+        &policy.object_ref(&()),
+        "InvalidPolicy",
+        "Compile",
+        note,
+    )
+    .await;
 }

@@ -226,6 +226,29 @@ pub fn reconciled_part(status: &TenantStatus) -> TenantStatus {
     }
 }
 
+/// `previous` with its `Ready` condition replaced by `ready`, for `generation`; the other
+/// conditions and fields kept.
+pub fn with_ready(
+    previous: &TenantStatus,
+    generation: Option<i64>,
+    ready: Wanted,
+    now: &Time,
+) -> TenantStatus {
+    let mut conditions = merge(&previous.conditions, vec![ready], generation, now);
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Ready")
+            .cloned(),
+    );
+    reconciled_part(&TenantStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous.clone()
+    })
+}
+
 /// The status of a Tenant being deleted while `remaining` dataplanes flush and stop.
 pub fn draining_status(
     previous: &TenantStatus,
@@ -241,19 +264,7 @@ pub fn draining_status(
             "the Tenant is being deleted: waiting for {remaining} dataplanes to flush their write-ahead logs to the archive and stop; the archive bucket is kept"
         ),
     );
-    let mut conditions = merge(&previous.conditions, vec![draining], generation, now);
-    conditions.extend(
-        previous
-            .conditions
-            .iter()
-            .filter(|c| c.type_ != "Ready")
-            .cloned(),
-    );
-    reconciled_part(&TenantStatus {
-        observed_generation: generation,
-        conditions,
-        ..previous.clone()
-    })
+    with_ready(previous, generation, draining, now)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! Invariants: the steps run in that order, so a Tenant never has objects the operator could
 //! not clean up; a failed step fails the reconcile (and is retried with backoff) before the
-//! next one runs; a deleted Tenant is drained, never re-applied.
+//! next one runs, and a write the API server refuses is shown on the Tenant
+//! ([`refusal`]); a deleted Tenant is drained, never re-applied.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::status::{Observed, tenant_status};
-use super::{Context, Error, apply, finalizer, policies, write_tenant_status};
+use super::{Context, Error, apply, finalizer, policies, refusal, write_tenant_status};
 use crate::desired::desired;
 use imgate_dataplane::TRACE_TARGET;
 
@@ -60,7 +61,15 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
     finalizer::ensure(tenant, ctx).await?;
     let (set, outcome) = policies::evaluate(&name, ctx, now).await?;
     let objects = desired(tenant, set.as_ref(), &ctx.settings);
-    let applied = apply::apply_all(&objects, &name, ctx).await?;
+    let applied = match apply::apply_all(&objects, &name, ctx).await {
+        Ok(applied) => applied,
+        Err(error) => {
+            if let Some(message) = refusal::message(&error) {
+                refusal::report(tenant, message, ctx, now).await;
+            }
+            return Err(error);
+        }
+    };
     let observed = Observed {
         tenant: &name,
         generation: tenant.metadata.generation,

@@ -74,6 +74,24 @@ where
     (result, ctx)
 }
 
+/// [`run`], where `script` hands the server back when it ends and the reconcile must then end
+/// without another request: the server stays up, so a request beyond the script fails the
+/// test instead of failing at a closed connection.
+async fn run_to_the_end<F, Fut>(tenant: Tenant, script: F) -> Result<Action, Error>
+where
+    F: FnOnce(ApiServer) -> Fut,
+    Fut: std::future::Future<Output = ApiServer>,
+{
+    let (client, server) = super::fixtures::pair();
+    let ctx = context(client);
+    let mut task = tokio::spawn(reconcile(Arc::new(tenant), ctx));
+    let mut server = script(server).await;
+    tokio::select! {
+        Some(request) = server.unscripted() => panic!("a request beyond the script: {request}"),
+        result = &mut task => result.expect("the reconcile did not panic"),
+    }
+}
+
 /// Answers the policy list with `policies`.
 async fn serve_policies(server: &mut ApiServer, policies: &[IMPolicy]) -> Seen {
     let items = policies

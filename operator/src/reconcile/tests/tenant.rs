@@ -570,8 +570,116 @@ async fn deletion_lets_go_once_no_dataplane_is_left() {
     assert_eq!(result.expect("released"), Action::await_change());
 }
 
+/// The API server's words for the StatefulSet that every cluster refused before its spread
+/// constraints carried a label selector.
+const INVALID: &str = "StatefulSet.apps \"dataplane\" is invalid: spec.template.spec.topologySpreadConstraints[0].matchLabelKeys: Forbidden: must not be specified when labelSelector is not set";
+
+/// Serves the writes of `objects` up to the StatefulSet, which is refused with `refusal`.
+async fn refuse_stateful_set(server: &mut ApiServer, objects: &[Object], refusal: Reply) {
+    let at = objects
+        .iter()
+        .position(|o| o.kind() == "StatefulSet")
+        .expect("a StatefulSet");
+    serve_objects(server, &objects[..at], &Cluster::settled()).await;
+    server
+        .expect(Method::PATCH, &path(&objects[at]), refusal)
+        .await;
+}
+
 #[tokio::test]
-async fn an_api_error_fails_the_reconcile_naming_the_object() {
+async fn an_apply_the_api_server_refuses_shows_on_the_tenant_with_its_message() {
+    let (tenant, policies) = harbor();
+    let steady = finalized(tenant.clone());
+    let expected = objects(&steady, &policies);
+    let (result, ctx) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        let invalid = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": INVALID, "reason": "Invalid", "code": 422});
+        refuse_stateful_set(
+            &mut server,
+            &expected,
+            Reply::Json(StatusCode::UNPROCESSABLE_ENTITY, invalid),
+        )
+        .await;
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("ApplyRefused"))
+        );
+        let message = ready["message"].as_str().expect("a message");
+        assert!(
+            message.contains("apply StatefulSet/dataplane (422 Invalid)"),
+            "{message}"
+        );
+        assert!(message.contains(INVALID), "{message}");
+        assert_eq!(status.body["status"]["observedGeneration"], 1);
+        let event = server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo,
+            )
+            .await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "ApplyRefused");
+        assert_eq!(event.body["regarding"]["kind"], "Tenant");
+        assert_eq!(event.body["regarding"]["name"], TENANT);
+        assert!(
+            event.body["note"]
+                .as_str()
+                .expect("a note")
+                .contains("matchLabelKeys"),
+            "{}",
+            event.body
+        );
+    })
+    .await;
+    let error = result.expect_err("a refused apply fails the reconcile");
+    assert_eq!(error.metric_label(), "apply");
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("imgate_operator_reconcile_errors_total{error=\"apply\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_already_shown_is_not_announced_again() {
+    let (tenant, policies) = harbor();
+    let mut steady = finalized(tenant);
+    let message = format!(
+        "the API server refused to apply StatefulSet/dataplane (422 Invalid): {INVALID}; nothing after it was applied, and the operator retries it"
+    );
+    steady.status = Some(
+        serde_json::from_value(json!({"observedGeneration": 1, "conditions": [{
+            "type": "Ready", "status": "False", "reason": "ApplyRefused", "message": message,
+            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "enrollmentSecretRef": {"name": "connector-enrollment"}}))
+        .expect("a TenantStatus"),
+    );
+    let expected = objects(&steady, &policies);
+    let result = run_to_the_end(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        let invalid = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": INVALID, "reason": "Invalid", "code": 422});
+        refuse_stateful_set(
+            &mut server,
+            &expected,
+            Reply::Json(StatusCode::UNPROCESSABLE_ENTITY, invalid),
+        )
+        .await;
+        // The status already says it: no status write and no Event follow.
+        server
+    })
+    .await;
+    assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn a_forbidden_write_shows_on_the_tenant_and_a_conflict_does_not() {
     let (tenant, policies) = harbor();
     let steady = finalized(tenant.clone());
     let (result, ctx) = run(steady, |mut server| async move {
@@ -584,10 +692,26 @@ async fn an_api_error_fails_the_reconcile_naming_the_object() {
                 Reply::Fail(StatusCode::FORBIDDEN, "Forbidden"),
             )
             .await;
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(ready["reason"], "ApplyRefused");
+        assert!(
+            ready["message"]
+                .as_str()
+                .expect("a message")
+                .contains("apply Namespace/imgate-harbor-dental (403 Forbidden)"),
+            "{ready}"
+        );
+        server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo,
+            )
+            .await;
     })
     .await;
     let error = result.expect_err("a refused apply fails the reconcile");
-    assert_eq!(error.metric_label(), "apply");
     assert!(
         error.to_string().contains("Namespace/imgate-harbor-dental"),
         "{error}"
@@ -596,9 +720,12 @@ async fn an_api_error_fails_the_reconcile_naming_the_object() {
         error_policy(Arc::new(tenant), &error, ctx.clone()),
         Action::requeue(Duration::from_secs(15))
     );
-    assert!(
-        ctx.metrics
-            .render()
-            .contains("imgate_operator_reconcile_errors_total{error=\"apply\"} 1")
-    );
+    let conflict = Error::Api {
+        action: "apply",
+        object: "StatefulSet/dataplane".into(),
+        source: kube::Error::Api(Box::new(
+            kube::core::Status::failure("Conflict", "Conflict").with_code(409),
+        )),
+    };
+    assert_eq!(crate::reconcile::refusal::message(&conflict), None);
 }
