@@ -2,8 +2,10 @@
 //! `/healthz` at once, waits for the leader Lease, and reconciles while it holds it.
 //!
 //! Invariants: only the replica holding the Lease writes to the API server; losing the Lease
-//! ends the process with an error (its pod restarts as a follower) rather than letting two
-//! replicas reconcile; SIGTERM lets reconciles in flight finish before the process exits.
+//! (taken, or not renewed through an API server outage) stops reconciling at once and the
+//! replica waits to lead again in the same process, rather than letting two replicas
+//! reconcile or restarting every replica whenever the control plane does; SIGTERM lets
+//! reconciles in flight finish, then releases the Lease so another replica leads at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,8 +73,10 @@ async fn operate(args: &RunArgs) -> anyhow::Result<i32> {
         LEASE_DURATION,
     );
     tracing::info!(identity, lease = %format!("{}/{LEASE}", args.lease_namespace), "waiting to lead");
-    let controller = reconcile::run(ctx.clone(), crate::up::shutdown_signal());
-    leader::lead(&lock, &ctx.metrics, controller).await?;
+    leader::run(&lock, &ctx.metrics, crate::up::shutdown_signal(), |stop| {
+        reconcile::run(ctx.clone(), stop)
+    })
+    .await;
     Ok(0)
 }
 

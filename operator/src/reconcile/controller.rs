@@ -76,7 +76,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .reflect(writer)
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let gathering = tokio::spawn(report::gather::run(ctx.clone(), tenants.clone()));
+    // Aborted however `run` ends: when it returns, and when it is dropped mid-way (a leader
+    // that lost its Lease stops at once).
+    let _gathering = AbortOnDrop(tokio::spawn(report::gather::run(
+        ctx.clone(),
+        tenants.clone(),
+    )));
     Controller::for_stream(changed, tenants)
         .watches(
             Api::<IMPolicy>::all(client.clone()),
@@ -105,5 +110,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
-    gathering.abort();
+}
+
+/// A spawned task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -4,11 +4,16 @@
 //! Invariants: a replica takes the Lease only when it is absent, already its own, or not
 //! renewed for its whole duration; every write carries the `resourceVersion` it was read at
 //! (or is a create), so of two replicas racing for it one gets `409 Conflict` and stays a
-//! follower; a leader that cannot renew within the duration stops leading (the process exits
-//! and restarts as a follower) before another replica may take over.
+//! follower; a leader that cannot renew within the duration stops its work before another
+//! replica may take over, and waits to lead again in the same process (an API server outage
+//! restarts nothing); a leader that shuts down releases the Lease once its work has wound
+//! down, so another replica takes over at once.
 
 use std::future::Future;
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::channel::oneshot;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -17,14 +22,6 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 
 use super::Metrics;
-
-/// Why leading ended.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaderError {
-    /// The Lease was not renewed within its duration.
-    #[error("lost the leader lease {0}: not renewed within its duration; restarting as a follower")]
-    Lost(String),
-}
 
 /// One replica's claim on a Lease.
 pub struct LeaseLock {
@@ -114,50 +111,147 @@ impl LeaseLock {
             Err(error) => Err(error),
         }
     }
+
+    /// Gives the Lease up, if this replica holds it: no holder, renewed now for one second, so
+    /// that any replica may take it at once. Written on condition, like every write; a
+    /// failure is logged only (the Lease then lapses after its duration).
+    pub async fn release(&self) {
+        let released = async {
+            let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
+                return Ok(false);
+            };
+            let spec = lease.spec.get_or_insert_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            self.leases
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| true)
+        };
+        let released: Result<bool, kube::Error> = released.await;
+        match released {
+            Ok(true) => tracing::info!(lease = %self.name, "released the leader lease"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(lease = %self.name, %error, "could not release the leader lease; it lapses after its duration")
+            }
+        }
+    }
 }
 
-/// Waits until `lock` leads, then runs `work` while renewing the Lease every third of its
-/// duration; returns when `work` ends, or with an error when the Lease was taken or could not
-/// be renewed for two thirds of its duration (before any other replica may take it).
-pub async fn lead<F: Future<Output = ()>>(
+/// A future that completes when the work of a leadership term is to wind down gracefully:
+/// the replica is shutting down, or the term's leader went away.
+pub type Stop = futures::future::Map<oneshot::Receiver<()>, fn(Result<(), oneshot::Canceled>)>;
+
+/// How a leadership term ended.
+enum Term {
+    /// The work ended by itself, or the replica is shutting down: it leads no more.
+    Done,
+    /// The Lease was taken, or could not be renewed in time: the work was stopped at once,
+    /// and the replica waits to lead again.
+    Lost,
+}
+
+/// Runs `work` whenever `lock` leads, until `shutdown` completes; returns then (or when the
+/// work ends by itself), having released the Lease if it held it.
+///
+/// While it leads, the Lease is renewed every third of its duration. A renewal refused
+/// (another replica took the Lease) or missing for two thirds of the duration (an API server
+/// outage) ends the term before any other replica may take over: the work is dropped at once,
+/// mid-request if need be, and the replica waits to lead again in the same process, so an
+/// outage of the control plane restarts no replica. On `shutdown`, the work is told to stop
+/// (its [`Stop`] completes) and given time to finish what it is doing, while the Lease is
+/// still renewed; then the Lease is released, so another replica takes over at once rather
+/// than after the Lease's duration.
+pub async fn run<W, F>(
     lock: &LeaseLock,
     metrics: &Metrics,
-    work: F,
-) -> Result<(), LeaderError> {
-    let retry = lock.duration / 3;
+    shutdown: impl Future<Output = ()>,
+    mut work: W,
+) where
+    W: FnMut(Stop) -> F,
+    F: Future<Output = ()>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = acquire(lock) => {}
+        }
+        tracing::info!(lease = %lock.name, identity = %lock.identity, "leading");
+        metrics.set_leader(true);
+        let (stop, stopped) = oneshot::channel();
+        let stopped: Stop = stopped.map(|_| ());
+        let term = lead(lock, work(stopped), stop, shutdown.as_mut()).await;
+        metrics.set_leader(false);
+        match term {
+            Term::Done => {
+                lock.release().await;
+                return;
+            }
+            Term::Lost => tracing::warn!(
+                lease = %lock.name,
+                "lost the leader lease (not renewed within its duration): reconciling stopped; waiting to lead again"
+            ),
+        }
+    }
+}
+
+/// Waits until `lock` leads, trying every third of its duration.
+async fn acquire(lock: &LeaseLock) {
     loop {
         match lock.try_acquire(Timestamp::now()).await {
-            Ok(true) => break,
+            Ok(true) => return,
             Ok(false) => tracing::debug!(lease = %lock.name, "another replica leads"),
             Err(error) => {
                 tracing::warn!(lease = %lock.name, %error, "cannot read the leader lease")
             }
         }
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(lock.duration / 3).await;
     }
-    tracing::info!(lease = %lock.name, identity = %lock.identity, "leading");
-    metrics.set_leader(true);
+}
+
+/// Runs one leadership term of `work`, renewing the Lease, until the work ends or the Lease
+/// is lost; on `shutdown`, sends `stop` and renews on while the work winds down.
+async fn lead(
+    lock: &LeaseLock,
+    work: impl Future<Output = ()>,
+    stop: oneshot::Sender<()>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Term {
+    let retry = lock.duration / 3;
     let mut renewed = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval(retry);
+    let mut ticks = tokio::time::interval_at(renewed + retry, retry);
     let mut work = std::pin::pin!(work);
+    let mut stop = Some(stop);
     loop {
         tokio::select! {
-            () = &mut work => {
-                metrics.set_leader(false);
-                return Ok(());
+            () = &mut work => return Term::Done,
+            () = shutdown.as_mut(), if stop.is_some() => {
+                tracing::info!(lease = %lock.name, "shutting down: letting reconciles in flight finish");
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
             }
             _ = ticks.tick() => {
-                match lock.try_acquire(Timestamp::now()).await {
-                    Ok(true) => renewed = tokio::time::Instant::now(),
-                    Ok(false) => {
-                        metrics.set_leader(false);
-                        return Err(LeaderError::Lost(lock.name.clone()));
+                let lost = match lock.try_acquire(Timestamp::now()).await {
+                    Ok(true) => {
+                        renewed = tokio::time::Instant::now();
+                        false
                     }
-                    Err(error) => tracing::warn!(lease = %lock.name, %error, "cannot renew the leader lease"),
-                }
-                if renewed.elapsed() >= lock.duration - retry {
-                    metrics.set_leader(false);
-                    return Err(LeaderError::Lost(lock.name.clone()));
+                    Ok(false) => true,
+                    Err(error) => {
+                        tracing::warn!(lease = %lock.name, %error, "cannot renew the leader lease");
+                        renewed.elapsed() >= lock.duration - retry
+                    }
+                };
+                if lost {
+                    // A replica shutting down leads no more, whatever became of its Lease.
+                    return if stop.is_some() { Term::Lost } else { Term::Done };
                 }
             }
         }

@@ -135,3 +135,166 @@ async fn losing_the_race_for_a_lapsed_lease_means_following() {
     .await;
     assert!(!leading, "replica-c wrote first");
 }
+
+/// What the work of a leadership term reports: `true` when a term starts, `false` when its
+/// work ends (wound down or dropped).
+struct Terms(tokio::sync::mpsc::UnboundedReceiver<bool>);
+
+impl Terms {
+    async fn next(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(60), self.0.recv())
+            .await
+            .expect("the work reported within the script's time")
+            .expect("the leader still runs")
+    }
+}
+
+/// Sends `false` when dropped, however its term ended.
+struct Ended(tokio::sync::mpsc::UnboundedSender<bool>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.0.send(false);
+    }
+}
+
+/// Runs `leader::run` for replica-a against a scripted server; the work of each term reports
+/// to the returned [`Terms`] and runs until told to stop. Dropping the sender shuts it down.
+fn leader_running(
+    client: Client,
+) -> (
+    tokio::task::JoinHandle<Arc<crate::reconcile::Metrics>>,
+    Terms,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (events, terms) = tokio::sync::mpsc::unbounded_channel();
+    let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let metrics = Arc::new(crate::reconcile::Metrics::default());
+        let lock = lock(client);
+        crate::reconcile::leader::run(
+            &lock,
+            &metrics,
+            async { signal.await.unwrap_or(()) },
+            |stop| {
+                let events = events.clone();
+                async move {
+                    let _ended = Ended(events.clone());
+                    let _ = events.send(true);
+                    stop.await;
+                }
+            },
+        )
+        .await;
+        metrics
+    });
+    (task, Terms(terms), shutdown)
+}
+
+fn unavailable() -> Reply {
+    Reply::Fail(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_outage_longer_than_the_lease_stops_the_work_and_it_leads_again_in_process() {
+    let (client, mut server) = super::super::fixtures::pair();
+    let (task, mut terms, shutdown) = leader_running(client);
+    let path = format!("{LEASES}/imgate-operator");
+    server
+        .expect(
+            Method::GET,
+            &path,
+            Reply::Fail(StatusCode::NOT_FOUND, "NotFound"),
+        )
+        .await;
+    server.expect(Method::POST, LEASES, Reply::Echo).await;
+    assert!(terms.next().await, "leading: the work started");
+    // The API server goes away: the renewals a third and two thirds of the way fail, and the
+    // work is stopped before the Lease could lapse for another replica.
+    server.expect(Method::GET, &path, unavailable()).await;
+    server.expect(Method::GET, &path, unavailable()).await;
+    assert!(
+        !terms.next().await,
+        "the term ended when it could not renew"
+    );
+    // The outage lasts beyond the Lease's duration; the replica keeps trying, in process.
+    for _ in 0..4 {
+        server.expect(Method::GET, &path, unavailable()).await;
+    }
+    // The API server is back, with the Lease as this replica left it, long lapsed.
+    held(&mut server, lease("replica-a", 1_000, 0)).await;
+    let renewed = server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert_eq!(renewed.body["spec"]["holderIdentity"], "replica-a");
+    assert!(terms.next().await, "leading again, with no restart");
+    // SIGTERM: the work winds down, then the Lease is released.
+    drop(shutdown);
+    assert!(!terms.next().await);
+    held(&mut server, lease("replica-a", 1_000, 0)).await;
+    let released = server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert!(
+        released.body["spec"]["holderIdentity"].is_null(),
+        "{}",
+        released.body
+    );
+    let metrics = task
+        .await
+        .expect("the leader ended by itself, without a panic");
+    assert!(
+        metrics.render().contains("imgate_operator_leader 0"),
+        "{}",
+        metrics.render()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_shutting_down_releases_the_lease_and_another_replica_takes_it_at_once() {
+    let (client, mut server) = super::super::fixtures::pair();
+    let (task, mut terms, shutdown) = leader_running(client);
+    let path = format!("{LEASES}/imgate-operator");
+    held(&mut server, lease("replica-b", 1_000, 2)).await;
+    let taken = server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert_eq!(taken.body["spec"]["leaseTransitions"], 3);
+    assert!(terms.next().await);
+    let now = Timestamp::now().as_second();
+    drop(shutdown);
+    assert!(!terms.next().await, "the work wound down first");
+    held(&mut server, lease("replica-a", now, 3)).await;
+    let released = server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert_eq!(
+        released.body["metadata"]["resourceVersion"], "7",
+        "on condition"
+    );
+    assert!(released.body["spec"]["holderIdentity"].is_null());
+    assert_eq!(released.body["spec"]["leaseDurationSeconds"], 1);
+    task.await.expect("the leader ended");
+    // Replica c finds the Lease released a moment ago and takes it without waiting.
+    let mut released_lease = released.body.clone();
+    released_lease["metadata"]["resourceVersion"] = "8".into();
+    let leading = attempt(now, async |server| {
+        held(server, released_lease).await;
+        let taken = server.expect(Method::PUT, &path, Reply::Echo).await;
+        assert_eq!(taken.body["spec"]["holderIdentity"], "replica-a");
+    })
+    .await;
+    assert!(leading, "a released Lease is free at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_by_another_replica_stops_the_work_at_once() {
+    let (client, mut server) = super::super::fixtures::pair();
+    let (task, mut terms, shutdown) = leader_running(client);
+    let path = format!("{LEASES}/imgate-operator");
+    held(&mut server, lease("replica-a", 1_000, 0)).await;
+    server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert!(terms.next().await);
+    let now = Timestamp::now().as_second();
+    held(&mut server, lease("replica-b", now, 1)).await;
+    assert!(
+        !terms.next().await,
+        "the term ended when another replica held the Lease"
+    );
+    held(&mut server, lease("replica-b", now, 1)).await;
+    drop(shutdown);
+    task.await
+        .expect("a follower shuts down at once, with nothing to release");
+}
