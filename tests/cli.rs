@@ -39,7 +39,7 @@ fn the_examples_lint_clean() {
     assert_eq!(code, 0, "{output}");
     assert_line(
         &output,
-        "10 file(s), 3 tenant(s), 4 polic(ies), 3 other document(s) skipped: 0 error(s), 0 warning(s)",
+        "13 file(s), 3 tenant(s), 4 polic(ies), 6 other document(s) skipped: 0 error(s), 0 warning(s)",
     );
 }
 

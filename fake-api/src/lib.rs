@@ -1,13 +1,28 @@
 //! An in-memory Kubernetes API server, enough of one for the operator and the dataplanes: list
-//! and watch (with label and field selectors), get (also as metadata), create, server-side
-//! apply, merge patch and update with a `resourceVersion` precondition, and the status
-//! subresource. It answers over real HTTP, so a client under test pays for encoding and
-//! decoding as it would against a cluster, and programs in other processes reach it through
-//! the kubeconfig [`FakeApi::kubeconfig`] writes.
+//! and watch (with label and field selectors, also as metadata), get (also as metadata),
+//! create, server-side apply, merge patch and update with a `resourceVersion` precondition,
+//! and the status subresource. It answers over real HTTP, so a client under test pays for
+//! encoding and decoding as it would against a cluster, and programs in other processes reach
+//! it through the kubeconfig [`FakeApi::kubeconfig`] writes. It can add latency to every
+//! request (benchmarks) and refuse chosen writes the way a real API server refuses them
+//! ([`FakeApi::refuse`]), so that tests show what the operator does then.
+//!
+//! What it does not do, so that nothing passing here is taken for proof that a cluster
+//! accepts it: it validates nothing (no schema, no CRD validation or CEL rules, none of the
+//! API server's rules across fields: `imgate_operator::validation` and `imgate policy lint`
+//! check those); it runs no admission (no RBAC: the reconcile tests check requests against
+//! the Helm chart's RBAC; no Pod Security, no webhooks, no owner-reference permission
+//! plugin); it collects no garbage (deleting an owner leaves what it owns, and a namespace
+//! holds nothing); it tracks field managers only for status (an apply replaces the whole
+//! object but its identity and status, where a real server merges by field owner); it runs no
+//! controllers but one stand-in: a new StatefulSet reports one ready replica and a new
+//! LoadBalancer Service an address. Use it for what it shows: the requests a program makes,
+//! and how the program reacts to the answers.
 //!
 //! Invariants: an object written to a namespaced path carries that namespace; every write
 //! bumps one global `resourceVersion`; a write that changes nothing (apart from
-//! `resourceVersion`) is not an event, as on a real API server, and a deletion is; a write
+//! `resourceVersion`) is not an event, as on a real API server, and a deletion is; an update
+//! (`PUT`) replaces the object but its identity and status, a merge patch merges; a write
 //! that changes an object's `spec` bumps its `generation`, and a status write never does; a
 //! server-side apply of status keeps the fields other field managers applied, merging
 //! `conditions` by type, and drops those its own manager applied before and left out; a
@@ -15,6 +30,9 @@
 //! address, as a healthy cluster would shortly after.
 
 #![forbid(unsafe_code)]
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +51,22 @@ type Key = (String, Option<String>, String);
 /// An object and a field manager of its status.
 type Owner = (Key, String);
 
+/// A write the server refuses, as [`FakeApi::refuse`] scripted it.
+#[derive(Clone, Debug)]
+struct Refusal {
+    method: Method,
+    plural: String,
+    name: String,
+    code: StatusCode,
+    reason: String,
+    message: String,
+}
+
 /// The server's state.
 #[derive(Clone)]
 pub struct FakeApi {
+    /// Writes it refuses.
+    refusals: Arc<Mutex<Vec<Refusal>>>,
     objects: Arc<Mutex<BTreeMap<Key, Value>>>,
     version: Arc<AtomicU64>,
     events: broadcast::Sender<(String, Value)>,
@@ -148,9 +179,26 @@ fn without_version(object: &Value) -> Value {
 }
 
 fn status(code: StatusCode, reason: &str) -> Response {
+    failure(code, reason, reason)
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "reason": reason, "code": code.as_u16(), "message": reason});
+                      "reason": reason, "code": code.as_u16(), "message": message});
     respond(code, &body)
+}
+
+/// Whether a request asks for metadata only (`Accept: ...;as=PartialObjectMetadata...`).
+fn metadata_only(headers: &HeaderMap) -> bool {
+    headers
+        .get("accept")
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
+/// `object` as a `PartialObjectMetadata`, as a metadata-only request receives it.
+fn partial(object: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]})
 }
 
 fn respond(code: StatusCode, body: &Value) -> Response {
@@ -171,6 +219,7 @@ impl FakeApi {
     /// An empty server.
     pub fn new() -> Self {
         Self {
+            refusals: Arc::default(),
             objects: Arc::default(),
             version: Arc::new(AtomicU64::new(1)),
             events: broadcast::channel(1 << 16).0,
@@ -183,6 +232,52 @@ impl FakeApi {
     /// This server, making each request wait `latency` before it is served.
     pub fn with_latency(self, latency: Duration) -> Self {
         Self { latency, ..self }
+    }
+
+    /// Refuses every `method` (`POST`, `PUT`, `PATCH`, `DELETE`) on object `name` of `plural`
+    /// from now on (until [`FakeApi::lift`]) with `code`, `reason` and `message`, as a real
+    /// API server refuses an invalid object (`422`, `Invalid`) or a write its admission or
+    /// RBAC forbids (`403`, `Forbidden`).
+    pub fn refuse(
+        &self,
+        method: &str,
+        plural: &str,
+        name: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) {
+        let refusal = Refusal {
+            method: method.parse().unwrap_or(Method::PATCH),
+            plural: plural.into(),
+            name: name.into(),
+            code: StatusCode::from_u16(code).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        self.refusals.lock().expect("lock").push(refusal);
+    }
+
+    /// Lifts every refusal scripted for object `name` of `plural`.
+    pub fn lift(&self, plural: &str, name: &str) {
+        self.refusals
+            .lock()
+            .expect("lock")
+            .retain(|r| r.plural != plural || r.name != name);
+    }
+
+    /// The refusal scripted for this request, if any.
+    fn refusal(&self, method: &Method, target: &Target, body: &Value) -> Option<Refusal> {
+        let name = target
+            .name
+            .clone()
+            .or_else(|| body["metadata"]["name"].as_str().map(str::to_owned))?;
+        self.refusals
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|r| r.method == method && r.plural == target.plural && r.name == name)
+            .cloned()
     }
 
     /// Serves this API over HTTP on a free loopback port until the runtime stops; returns its
@@ -278,18 +373,24 @@ impl FakeApi {
         };
         let params = query(&uri);
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if let Some(refusal) = self.refusal(&method, &target, &body) {
+            return failure(refusal.code, &refusal.reason, &refusal.message);
+        }
+        let metadata = metadata_only(&headers);
         match (method, &target.name) {
             (Method::GET, None) if params.get("watch").is_some_and(|w| w == "true") => {
-                self.watch(target, params)
+                self.watch(target, params, metadata)
             }
-            (Method::GET, None) => self.list(&target, &params),
+            (Method::GET, None) => self.list(&target, &params, metadata),
             (Method::GET, Some(name)) => self.get(&target, name, &headers),
             (Method::POST, None) => self.create(&target, body),
             (Method::PATCH, Some(name)) => {
                 let manager = params.get("fieldManager").cloned().unwrap_or_default();
-                self.patch(&target, name, body, &headers, &manager)
+                self.patch(&Method::PATCH, &target, name, body, &headers, &manager)
             }
-            (Method::PUT, Some(name)) => self.patch(&target, name, body, &headers, ""),
+            (Method::PUT, Some(name)) => {
+                self.patch(&Method::PUT, &target, name, body, &headers, "")
+            }
             (Method::DELETE, Some(name)) => {
                 let key = (
                     target.plural.clone(),
@@ -314,16 +415,16 @@ impl FakeApi {
         }
     }
 
-    fn list(&self, target: &Target, params: &BTreeMap<String, String>) -> Response {
+    fn list(&self, target: &Target, params: &BTreeMap<String, String>, metadata: bool) -> Response {
         let objects = self.objects.lock().expect("lock");
-        let items: Vec<&Value> = objects
+        let items: Vec<Value> = objects
             .iter()
             .filter(|((p, ns, _), v)| {
                 *p == target.plural
                     && (target.namespace.is_none() || *ns == target.namespace)
                     && selected(v, params)
             })
-            .map(|(_, v)| v)
+            .map(|(_, v)| if metadata { partial(v) } else { v.clone() })
             .collect();
         let version = self.version.load(Ordering::Relaxed).to_string();
         respond(
@@ -332,7 +433,7 @@ impl FakeApi {
         )
     }
 
-    fn watch(&self, target: Target, params: BTreeMap<String, String>) -> Response {
+    fn watch(&self, target: Target, params: BTreeMap<String, String>, metadata: bool) -> Response {
         let receiver = self.events.subscribe();
         let stream = futures::stream::unfold(receiver, |mut receiver| async move {
             loop {
@@ -352,7 +453,12 @@ impl FakeApi {
                 && selected(&event["object"], &params);
             futures::future::ready(keep)
         })
-        .map(|(_, event)| Ok::<_, std::convert::Infallible>(format!("{event}\n")));
+        .map(move |(_, mut event)| {
+            if metadata {
+                event["object"] = partial(&event["object"]);
+            }
+            Ok::<_, std::convert::Infallible>(format!("{event}\n"))
+        });
         Response::builder()
             .header("content-type", "application/json")
             .body(Body::from_stream(stream))
@@ -369,15 +475,8 @@ impl FakeApi {
         let Some(object) = objects.get(&key) else {
             return status(StatusCode::NOT_FOUND, "NotFound");
         };
-        let metadata_only = headers
-            .get("accept")
-            .and_then(|a| a.to_str().ok())
-            .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
-        if metadata_only {
-            return respond(
-                StatusCode::OK,
-                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": object["metadata"]}),
-            );
+        if metadata_only(headers) {
+            return respond(StatusCode::OK, &partial(object));
         }
         respond(StatusCode::OK, object)
     }
@@ -406,6 +505,7 @@ impl FakeApi {
 
     fn patch(
         &self,
+        method: &Method,
         target: &Target,
         name: &str,
         body: Value,
@@ -423,6 +523,7 @@ impl FakeApi {
             .and_then(|c| c.to_str().ok())
             .unwrap_or_default();
         let apply = content.contains("apply-patch");
+        let replace = method == Method::PUT;
         let Some(mut object) = before
             .clone()
             .or_else(|| apply.then(|| json!({"metadata": {}})))
@@ -442,13 +543,20 @@ impl FakeApi {
             owners.insert(owner, owned);
         } else if target.status {
             object["status"] = body["status"].clone();
-        } else if apply {
+        } else if apply || replace {
             let kept_meta = object["metadata"].clone();
             let kept_status = object["status"].clone();
             object = body;
-            for field in ["uid", "finalizers", "generation", "resourceVersion"] {
-                if !kept_meta[field].is_null() {
-                    object["metadata"][field] = kept_meta[field].clone();
+            // An update replaces finalizers too; an apply of an object without them keeps
+            // those other managers set.
+            let kept: &[&str] = if replace {
+                &["uid", "generation", "resourceVersion"]
+            } else {
+                &["uid", "finalizers", "generation", "resourceVersion"]
+            };
+            for field in kept {
+                if !kept_meta[*field].is_null() {
+                    object["metadata"][*field] = kept_meta[*field].clone();
                 }
             }
             object["status"] = if kept_status.is_null() {
@@ -464,6 +572,9 @@ impl FakeApi {
         }
         if let Some(namespace) = &target.namespace {
             object["metadata"]["namespace"] = namespace.as_str().into();
+        }
+        if before.is_none() {
+            object["metadata"]["generation"] = 1.into();
         }
         if let Some(before) = &before
             && before["spec"] != object["spec"]

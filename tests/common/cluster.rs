@@ -64,6 +64,16 @@ impl Cluster {
         }
     }
 
+    /// The operator's process id.
+    pub fn operator_pid(&self) -> u32 {
+        self._operator.0.id()
+    }
+
+    /// Waits for the operator to exit (after a signal): its exit status.
+    pub fn operator_exit(&mut self) -> std::process::ExitStatus {
+        self._operator.0.wait().expect("the operator's exit status")
+    }
+
     /// A client of the API server, for changes a user would make with kubectl; needs a
     /// runtime entered.
     pub fn client(&self) -> kube::Client {

@@ -9,8 +9,8 @@ use crate::policy::PolicySet;
 fn broker() -> (Tenant, PolicySet) {
     let tenant = tenant("broker-dealer/tenant.yaml");
     let policies = policies(&[
-        "broker-dealer/firm-wide.yaml",
-        "broker-dealer/trading-desk.yaml",
+        "broker-dealer/policy-firm-wide.yaml",
+        "broker-dealer/policy-trading-desk.yaml",
     ]);
     let set = PolicySet::build("meridian-capital", &policies).expect("compiles");
     (tenant, set)
@@ -582,8 +582,8 @@ fn every_desired_object_passes_the_api_servers_validation() {
         (
             "broker-dealer/tenant.yaml",
             vec![
-                "broker-dealer/firm-wide.yaml",
-                "broker-dealer/trading-desk.yaml",
+                "broker-dealer/policy-firm-wide.yaml",
+                "broker-dealer/policy-trading-desk.yaml",
             ],
         ),
         ("discovery/tenant.yaml", vec!["discovery/policy.yaml"]),

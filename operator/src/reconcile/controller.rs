@@ -3,11 +3,14 @@
 //!
 //! Invariants: a Tenant is reconciled when its spec changes or its deletion begins (both bump
 //! its `generation`; status writes, the operator's own and the dataplane reports', do not),
-//! when any IMPolicy naming it changes or goes, and when any object the operator made for it changes (drift is undone within
-//! one reconcile); objects are mapped to their Tenant by the tenant label, which every
+//! when any IMPolicy naming it changes or goes, when any object the operator made for it
+//! changes (drift is undone within one reconcile), and when its enrollment Secret changes (a
+//! dataplane redeemed the token, or someone deleted it for a new one: the Tenant's
+//! `ConnectorEnrollment` says so at once, not at the next resync); objects are mapped to their Tenant by the tenant label, which every
 //! operator-made object carries, since owner references cannot name a cluster-scoped owner
 //! from a namespaced object in a way the controller's store resolves; only objects labelled
-//! as managed by the operator are watched.
+//! as managed by the operator are watched, and of Secrets only the enrollment Secrets, by
+//! name and as metadata (their tokens never reach the operator).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,14 +19,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use imgate_crds::{IMPolicy, Tenant};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, Error, reconcile};
-use crate::names::{FIELD_MANAGER, TENANT_LABEL};
+use crate::names::{ENROLLMENT_SECRET, FIELD_MANAGER, TENANT_LABEL};
 use crate::report;
 
 /// The delay before a reconcile that lost a race (`409 Conflict`) runs again.
@@ -98,9 +102,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             managed.clone(),
             |object| tenant_of(&object),
         )
-        .watches(Api::<ConfigMap>::all(client), managed, |object| {
-            tenant_of(&object)
-        })
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            managed.clone(),
+            |object| tenant_of(&object),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            managed.fields(&format!("metadata.name={ENROLLMENT_SECRET}")),
+            |secret| tenant_of(&secret),
+        )
         .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -26,6 +26,7 @@ mod enrollment_status;
 mod finalizer;
 pub mod leader;
 pub mod metrics;
+mod pods;
 mod policies;
 mod refusal;
 pub mod status;

@@ -4,7 +4,9 @@
 //!
 //! Invariants: reconciles own every field but the dataplanes' reports ([`reconciled_part`]);
 //! `Ready` is `True` only when the policy set is applied, the tunnel can be
-//! reached and at least one dataplane is ready, and otherwise names the first thing missing;
+//! reached and at least one dataplane is ready, and otherwise names the first thing missing
+//! (for dataplanes, what their pods wait for, and after [`PROGRESS_DEADLINE`] that they are
+//! stuck);
 //! `policyRevision` is the revision in the policy ConfigMap, so an invalid set leaves it at
 //! the last good one, as the API server has it (never as a lagging cache's Tenant has it);
 //! kstatus (Flux) and Argo CD read `Ready` with `observedGeneration`.
@@ -14,7 +16,7 @@ use imgate_crds::tenant::SecretRef;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::Value;
 
-use super::conditions::{State, Wanted, merge};
+use super::conditions::{State, Wanted, find, merge};
 use super::enrollment_status;
 use crate::names;
 use crate::settings::Settings;
@@ -56,7 +58,17 @@ pub struct Observed<'a> {
     pub enrollment: &'a ObjectMeta,
     /// The connector the Tenant wants the next token for.
     pub enroll_connector: &'a str,
+    /// What the dataplane pods wait for, when none is ready ([`super::pods`]).
+    pub waiting: Option<&'a str>,
 }
+
+/// How long a Tenant may be without a ready dataplane before its `Ready` condition says the
+/// dataplanes are stuck (reason [`STALLED`]) rather than starting, as a Deployment's
+/// `progressDeadlineSeconds` does by default.
+pub const PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+/// The `Ready` reason of a Tenant whose dataplanes have not become ready within
+/// [`PROGRESS_DEADLINE`].
+pub const STALLED: &str = "ProgressDeadlineExceeded";
 
 /// Where connectors reach the tunnel, and the `TunnelReady` condition.
 fn tunnel(observed: &Observed<'_>, settings: &Settings) -> (Option<String>, Wanted) {
@@ -123,8 +135,8 @@ fn policy_applied(outcome: &PolicyOutcome) -> Wanted {
     }
 }
 
-/// The dataplanes' readiness, from the StatefulSet's status.
-fn dataplanes(stateful_set: &Value) -> (i64, i64) {
+/// The dataplanes' readiness, from the StatefulSet's status: ready and running.
+pub fn dataplanes(stateful_set: &Value) -> (i64, i64) {
     let status = &stateful_set["status"];
     (
         status["readyReplicas"].as_i64().unwrap_or(0),
@@ -157,12 +169,31 @@ pub fn tenant_status(
             tunnel_ready.message.clone(),
         )
     } else if ready == 0 {
-        Wanted::new(
-            "Ready",
-            State::False,
-            "NoDataplaneReady",
-            format!("0 of {running} dataplanes ready"),
-        )
+        let not_ready_since = find(&previous.conditions, "Ready")
+            .filter(|c| c.status == "False")
+            .map(|c| c.last_transition_time.0);
+        let stalled = not_ready_since.is_some_and(|since| {
+            now.0.duration_since(since).as_secs() >= PROGRESS_DEADLINE.as_secs() as i64
+        });
+        let why = observed.waiting.unwrap_or("the pods are starting");
+        if stalled {
+            Wanted::new(
+                "Ready",
+                State::False,
+                STALLED,
+                format!(
+                    "no dataplane became ready in {} minutes: 0 of {running} ready; {why}",
+                    PROGRESS_DEADLINE.as_secs() / 60
+                ),
+            )
+        } else {
+            Wanted::new(
+                "Ready",
+                State::False,
+                "NoDataplaneReady",
+                format!("0 of {running} dataplanes ready; {why}"),
+            )
+        }
     } else {
         Wanted::new(
             "Ready",
@@ -296,6 +327,7 @@ mod tests {
             stateful_set: sts,
             enrollment: &ENROLLMENT,
             enroll_connector: "connector-1",
+            waiting: None,
         }
     }
 
@@ -437,5 +469,39 @@ mod tests {
         assert!(ready.message.contains("2 dataplanes"));
         assert_eq!(draining.conditions.len(), running.conditions.len());
         assert_eq!(draining.tunnel_endpoint, running.tunnel_endpoint);
+    }
+
+    #[test]
+    fn dataplanes_that_never_become_ready_say_why_and_are_stuck_after_the_deadline() {
+        let service = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}});
+        let sts = json!({"status": {"replicas": 1, "readyReplicas": 0}});
+        let why = "dataplane-0: container dataplane waiting: CreateContainerConfigError: secret \"s3\" not found";
+        let mut seen = observed(applied(), &service, &sts);
+        seen.waiting = Some(why);
+        let first = tenant_status(
+            &seen,
+            &TenantStatus::default(),
+            &Settings::default(),
+            &now(),
+        );
+        let ready = find(&first.conditions, "Ready").expect("Ready");
+        assert_eq!(ready.reason, "NoDataplaneReady");
+        assert!(ready.message.ends_with(why), "{}", ready.message);
+        let later = |seconds: i64| {
+            Time(Timestamp::from_second(1_800_000_000 + seconds).expect("a valid time"))
+        };
+        let soon = tenant_status(&seen, &first, &Settings::default(), &later(599));
+        assert_eq!(
+            find(&soon.conditions, "Ready").expect("Ready").reason,
+            "NoDataplaneReady"
+        );
+        let stuck = tenant_status(&seen, &soon, &Settings::default(), &later(600));
+        let ready = find(&stuck.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", STALLED)
+        );
+        assert!(ready.message.contains("in 10 minutes") && ready.message.contains(why));
     }
 }

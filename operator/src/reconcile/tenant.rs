@@ -8,21 +8,32 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgate_crds::Tenant;
+use imgate_crds::{Tenant, TenantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::status::{Observed, tenant_status};
-use super::{Context, Error, apply, finalizer, policies, refusal, write_tenant_status};
+use super::conditions::find;
+use super::status::{self, Observed, tenant_status};
+use super::{
+    Context, Error, apply, finalizer, pods, policies, refusal, warning, write_tenant_status,
+};
 use crate::desired::desired;
 use imgate_dataplane::TRACE_TARGET;
 
 /// How often a Tenant is reconciled when nothing it watches changes.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How often a Tenant without a ready dataplane is reconciled, to say what its pods wait for.
+pub const NOT_READY_POLL: Duration = Duration::from_secs(30);
+
+/// Whether `status` says that `Ready` waits for the dataplanes.
+fn waiting_on_dataplanes(status: &TenantStatus) -> bool {
+    find(&status.conditions, "Ready")
+        .is_some_and(|c| c.reason == "NoDataplaneReady" || c.reason == status::STALLED)
+}
 
 /// Brings `tenant` to its desired state, or drains it when it is being deleted.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -70,7 +81,8 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
             return Err(error);
         }
     };
-    let observed = Observed {
+    let (ready, _) = status::dataplanes(&applied.stateful_set);
+    let mut observed = Observed {
         tenant: &name,
         generation: tenant.metadata.generation,
         policy: outcome,
@@ -78,9 +90,46 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
         stateful_set: &applied.stateful_set,
         enrollment: &applied.enrollment,
         enroll_connector: &tenant.spec.tunnel.enroll_connector,
+        waiting: None,
     };
     let previous = tenant.status.clone().unwrap_or_default();
-    let status = tenant_status(&observed, &previous, &ctx.settings, now);
+    let mut status = tenant_status(&observed, &previous, &ctx.settings, now);
+    // Only when the dataplanes are what `Ready` is missing: ask their pods why.
+    let why = if waiting_on_dataplanes(&status) {
+        pods::why_not_ready(tenant, ctx)
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(tenant = %name, %error, "cannot tell why no dataplane is ready");
+            })
+            .ok()
+    } else {
+        None
+    };
+    if why.is_some() {
+        observed.waiting = why.as_deref();
+        status = tenant_status(&observed, &previous, &ctx.settings, now);
+    }
+    let stalled = |status: &TenantStatus| {
+        find(&status.conditions, "Ready").is_some_and(|c| c.reason == status::STALLED)
+    };
+    if stalled(&status) && !stalled(&previous) {
+        let message = find(&status.conditions, "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        warning::publish(
+            ctx,
+            &tenant.object_ref(&()),
+            status::STALLED,
+            "Start",
+            message,
+        )
+        .await;
+    }
     write_tenant_status(tenant, status, ctx).await?;
-    Ok(Action::requeue(RESYNC))
+    // Pods are not watched: while none is ready, look again soon for what they wait for.
+    Ok(Action::requeue(if ready == 0 {
+        NOT_READY_POLL
+    } else {
+        RESYNC
+    }))
 }

@@ -378,7 +378,56 @@ async fn a_secret_another_replica_created_first_is_left_alone() {
         );
     })
     .await;
-    assert_eq!(result.expect("converged"), Action::requeue(RESYNC));
+    assert_eq!(
+        result.expect("converged"),
+        Action::requeue(crate::reconcile::tenant::NOT_READY_POLL),
+        "no dataplane is ready yet: looked at again soon"
+    );
+}
+
+#[tokio::test]
+async fn dataplanes_that_are_not_ready_say_what_their_pods_wait_for() {
+    let (tenant, policies) = harbor();
+    let steady = finalized(tenant);
+    let expected = objects(&steady, &policies);
+    let starting = Cluster {
+        ready: 0,
+        ..Cluster::settled()
+    };
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        serve_objects(&mut server, &expected, &starting).await;
+        let waiting = json!({"metadata": {"name": "dataplane-0"}, "status": {"containerStatuses": [{
+            "name": "dataplane", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "CreateContainerConfigError",
+                "message": "secret \"harbor-dental-s3\" not found"}}}]}});
+        let listed = server
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental/pods",
+                Reply::Json(StatusCode::OK, list("Pod", vec![waiting])),
+            )
+            .await;
+        assert!(
+            listed.uri.contains("labelSelector=app.kubernetes.io%2Fcomponent%3Ddataplane"),
+            "{}",
+            listed.uri
+        );
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(ready["reason"], "NoDataplaneReady");
+        assert_eq!(
+            ready["message"],
+            "0 of 0 dataplanes ready; dataplane-0: container dataplane waiting: CreateContainerConfigError: secret \"harbor-dental-s3\" not found"
+        );
+    })
+    .await;
+    assert_eq!(
+        result.expect("converged"),
+        Action::requeue(crate::reconcile::tenant::NOT_READY_POLL),
+        "pods are not watched: a Tenant without a ready dataplane is looked at again soon"
+    );
 }
 
 #[tokio::test]
@@ -728,4 +777,59 @@ async fn a_forbidden_write_shows_on_the_tenant_and_a_conflict_does_not() {
         )),
     };
     assert_eq!(crate::reconcile::refusal::message(&conflict), None);
+}
+
+#[tokio::test]
+async fn dataplanes_not_ready_past_the_deadline_are_announced_once() {
+    let (tenant, policies) = harbor();
+    let mut steady = finalized(tenant);
+    steady.status = Some(
+        serde_json::from_value(json!({"observedGeneration": 1, "conditions": [{
+            "type": "Ready", "status": "False", "reason": "NoDataplaneReady",
+            "message": "0 of 1 dataplanes ready; the pods are starting",
+            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
+        .expect("a TenantStatus"),
+    );
+    let expected = objects(&steady, &policies);
+    let starting = Cluster {
+        ready: 0,
+        ..Cluster::settled()
+    };
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        serve_objects(&mut server, &expected, &starting).await;
+        let pending = json!({"metadata": {"name": "dataplane-0"}, "status": {"conditions": [{
+            "type": "PodScheduled", "status": "False",
+            "message": "0/3 nodes are available: 3 Insufficient memory."}]}});
+        server
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental/pods",
+                Reply::Json(StatusCode::OK, list("Pod", vec![pending])),
+            )
+            .await;
+        let event = server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo,
+            )
+            .await;
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["reason"], "ProgressDeadlineExceeded");
+        assert!(
+            event.body["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("Insufficient memory")),
+            "{}",
+            event.body
+        );
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(ready["reason"], "ProgressDeadlineExceeded");
+        assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
+    })
+    .await;
+    assert!(result.is_ok());
 }
