@@ -2,7 +2,8 @@
 //! the operator makes, and the policy ConfigMap (the compiled policy set, the tenant's
 //! identity sources and its revoked connectors).
 //!
-//! Invariants: the namespace enforces the `restricted` Pod Security Standard; the service
+//! Invariants: the namespace enforces the `restricted` Pod Security Standard and is not owned
+//! by the Tenant (it outlives it, holding the write-ahead-log volumes); the service
 //! account mounts no API token by itself (the dataplane pods ask for one) and is bound to
 //! [`DATAPLANE_ROLE`](names::DATAPLANE_ROLE) alone, which lets it read and redeem the
 //! enrollment token and follow the policy ConfigMap, and nothing else; a tenant that supplies its own interception CA gets no
@@ -24,8 +25,12 @@ pub const POLICY_REVISION: &str = "imgate.io/policy-revision";
 /// The annotation EKS reads to give a service account's pods an IAM role.
 pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 
+/// The tenant's namespace. It names no owner: deleting the Tenant (once drained) collects
+/// everything else of it, but the namespace stays, with the write-ahead-log volume claims the
+/// StatefulSet made in it, so that no record a dataplane could not ship is lost with them.
 pub fn namespace(tenant: &Tenant) -> Namespace {
     let mut metadata = names::meta(tenant, &names::namespace(names::tenant_name(tenant)), false);
+    metadata.owner_references = None;
     let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     for mode in ["enforce", "audit", "warn"] {
         labels.insert(

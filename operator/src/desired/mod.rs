@@ -4,7 +4,9 @@
 //!
 //! Invariants: the list is in an order that can be applied front to back (the namespace
 //! first, then what pods need before they start, then the workload and what scales, guards
-//! and reaches it); every object carries its tenant's labels and an owner reference to it;
+//! and reaches it); every object carries its tenant's labels, and all but the namespace an
+//! owner reference to it (the namespace outlives the Tenant, keeping the write-ahead-log
+//! volumes);
 //! generated Secrets ([`Object::Secret`] with [`GENERATED`]) are listed without data, because
 //! their keys are made once by the operator and never replaced.
 

@@ -5,7 +5,9 @@
 //! a concurrent change makes the write fail (`409 Conflict`) and the reconcile retries on
 //! fresh data instead of dropping another controller's finalizer; while a Tenant is being
 //! deleted its autoscaler is removed first (it would scale the dataplanes back up), the
-//! StatefulSet is scaled to zero, and the finalizer stays while any dataplane pod exists.
+//! StatefulSet is scaled to zero, and the finalizer stays while any dataplane pod exists;
+//! the tenant's namespace and the write-ahead-log volumes in it outlive the Tenant (the
+//! namespace names no owner), so a log a dataplane could not ship is never lost with it.
 
 use std::time::Duration;
 
@@ -100,7 +102,8 @@ pub async fn drain(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action,
     if remaining > 0 {
         let previous = tenant.status.clone().unwrap_or_default();
         let generation = tenant.meta().generation;
-        let draining = status::draining_status(&previous, generation, remaining as i64, now);
+        let draining =
+            status::draining_status(&previous, generation, &namespace, remaining as i64, now);
         write_tenant_status(tenant, draining, ctx).await?;
         tracing::info!(tenant = %name, remaining, "waiting for the dataplanes to flush and stop");
         return Ok(Action::requeue(DRAIN_POLL));
@@ -112,6 +115,9 @@ pub async fn drain(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action,
         .cloned()
         .collect();
     write(tenant, kept, ctx).await?;
-    tracing::info!(tenant = %name, "dataplanes stopped; the Tenant's objects go, its archive stays");
+    tracing::info!(
+        tenant = %name,
+        "dataplanes stopped; the Tenant's objects go; its archive stays, and so do namespace {namespace} and the write-ahead-log volumes in it (create the Tenant again to ship what a dataplane could not; delete the namespace once `imgate archive verify` finds every record)"
+    );
     Ok(Action::await_change())
 }

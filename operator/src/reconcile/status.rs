@@ -280,10 +280,12 @@ pub fn with_ready(
     })
 }
 
-/// The status of a Tenant being deleted while `remaining` dataplanes flush and stop.
+/// The status of a Tenant being deleted while `remaining` dataplanes flush and stop, in
+/// `namespace`.
 pub fn draining_status(
     previous: &TenantStatus,
     generation: Option<i64>,
+    namespace: &str,
     remaining: i64,
     now: &Time,
 ) -> TenantStatus {
@@ -292,7 +294,7 @@ pub fn draining_status(
         State::False,
         "Draining",
         format!(
-            "the Tenant is being deleted: waiting for {remaining} dataplanes to flush their write-ahead logs to the archive and stop; the archive bucket is kept"
+            "the Tenant is being deleted: waiting for {remaining} dataplanes to flush their write-ahead logs to the archive and stop; the archive bucket is kept, and so are the namespace {namespace} and the volumes in it"
         ),
     );
     with_ready(previous, generation, draining, now)
@@ -460,13 +462,20 @@ mod tests {
     #[test]
     fn draining_replaces_ready_and_keeps_the_rest() {
         let running = running();
-        let draining = draining_status(&running, Some(4), 2, &now());
+        let draining = draining_status(&running, Some(4), "imgate-acme", 2, &now());
         let ready = find(&draining.conditions, "Ready").expect("Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", "Draining")
         );
         assert!(ready.message.contains("2 dataplanes"));
+        assert!(
+            ready
+                .message
+                .contains("the namespace imgate-acme and the volumes in it"),
+            "{}",
+            ready.message
+        );
         assert_eq!(draining.conditions.len(), running.conditions.len());
         assert_eq!(draining.tunnel_endpoint, running.tunnel_endpoint);
     }
