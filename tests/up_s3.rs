@@ -204,9 +204,18 @@ fn render_previews_the_examples_and_check_accepts_them() {
         &[],
     );
     assert!(ok, "{checked}");
+    // 27 objects less the 5 generated Secrets, which render names in comments only.
     assert!(
-        checked.contains("27 objects, each the type it claims to be"),
+        checked.contains(
+            "22 objects, each the type it claims to be, valid as the API server validates it"
+        ),
         "{checked}"
+    );
+    assert_eq!(
+        out.matches("made once by the operator in the cluster")
+            .count(),
+        5,
+        "{out}"
     );
 
     // A policy that does not compile: reported, no policy ConfigMap, and a failing exit.

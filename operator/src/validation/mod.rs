@@ -43,24 +43,25 @@ pub fn problems_of(object: &impl Validate) -> Vec<String> {
     problems.into_messages()
 }
 
-/// Kinds whose own rules imgate neither makes nor checks: their metadata is still checked.
+/// Kinds whose own rules imgate neither makes nor checks: their metadata is still checked,
+/// their names in the format the kind demands.
 macro_rules! metadata_only {
-    ($($kind:ty),* $(,)?) => {
+    ($($kind:ty => $rule:ident),* $(,)?) => {
         $(impl Validate for $kind {
             fn validate(&self, problems: &mut Problems) {
-                meta::object_meta(&self.metadata, meta::NameRule::Subdomain, problems);
+                meta::object_meta(&self.metadata, meta::NameRule::$rule, problems);
             }
         })*
     };
 }
 
 metadata_only! {
-    apps::v1::Deployment,
-    rbac::v1::ClusterRole,
-    rbac::v1::ClusterRoleBinding,
-    rbac::v1::Role,
-    k8s_openapi::api::coordination::v1::Lease,
-    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apps::v1::Deployment => Subdomain,
+    rbac::v1::ClusterRole => Path,
+    rbac::v1::ClusterRoleBinding => Path,
+    rbac::v1::Role => Path,
+    k8s_openapi::api::coordination::v1::Lease => Subdomain,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition => Subdomain,
 }
 
 impl Validate for core::v1::Namespace {

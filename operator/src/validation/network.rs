@@ -112,16 +112,12 @@ pub fn network_policy(policy: &NetworkPolicy, problems: &mut Problems) {
             "may not specify more than two policyTypes",
         );
     }
-    let mut seen = BTreeSet::new();
     for (i, kind) in types.iter().enumerate() {
         problems.one_of(
             &format!("spec.policyTypes[{i}]"),
             kind,
             &["Ingress", "Egress"],
         );
-        if !seen.insert(kind) {
-            problems.duplicate(&format!("spec.policyTypes[{i}]"), kind);
-        }
     }
     for (i, rule) in spec.ingress.iter().flatten().enumerate() {
         let at = format!("spec.ingress[{i}]");

@@ -2,7 +2,7 @@
 //! ports, environment, probes, mounts and resources; volumes; security context; topology
 //! spread constraints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, KeyToPath, PodSpec, Probe, ResourceRequirements, TopologySpreadConstraint,
@@ -45,14 +45,13 @@ pub fn pod_spec(path: &str, spec: &PodSpec, claims: &BTreeSet<String>, problems:
         problems.required(&format!("{path}.containers"));
     }
     let mut names = BTreeSet::new();
-    let mut port_names = BTreeSet::new();
     for (i, container) in spec.containers.iter().enumerate() {
         let at = format!("{path}.containers[{i}]");
         problems.dns_label(&format!("{at}.name"), &container.name);
         if !names.insert(container.name.as_str()) {
             problems.duplicate(&format!("{at}.name"), &container.name);
         }
-        self::container(&at, container, &volumes, &mut port_names, problems);
+        self::container(&at, container, &volumes, problems);
     }
     if let Some(policy) = &spec.restart_policy {
         problems.one_of(
@@ -117,20 +116,13 @@ pub fn pod_spec(path: &str, spec: &PodSpec, claims: &BTreeSet<String>, problems:
 }
 
 fn volume_source(at: &str, volume: &Volume, problems: &mut Problems) {
-    let sources = [
-        volume.secret.is_some(),
-        volume.config_map.is_some(),
-        volume.empty_dir.is_some(),
-        volume.persistent_volume_claim.is_some(),
-        volume.projected.is_some(),
-        volume.downward_api.is_some(),
-        volume.host_path.is_some(),
-        volume.ephemeral.is_some(),
-        volume.csi.is_some(),
-        volume.image.is_some(),
-        volume.nfs.is_some(),
-    ];
-    match sources.iter().filter(|s| **s).count() {
+    // Every field of a volume but its name is a source, whichever of the many kinds.
+    let sources = serde_json::to_value(volume)
+        .ok()
+        .and_then(|value| value.as_object().map(|fields| fields.len()))
+        .unwrap_or(1)
+        .saturating_sub(1);
+    match sources {
         0 => problems.required(at),
         1 => {}
         _ => problems.forbidden(at, "may not specify more than 1 volume type"),
@@ -207,17 +199,11 @@ fn items(path: &str, items: Option<&[KeyToPath]>, problems: &mut Problems) {
     }
 }
 
-fn container(
-    at: &str,
-    container: &Container,
-    volumes: &BTreeSet<String>,
-    port_names: &mut BTreeSet<String>,
-    problems: &mut Problems,
-) {
+fn container(at: &str, container: &Container, volumes: &BTreeSet<String>, problems: &mut Problems) {
     if container.image.as_deref().is_none_or(str::is_empty) {
         problems.required(&format!("{at}.image"));
     }
-    let mut declared = BTreeMap::new();
+    let mut port_names = BTreeSet::new();
     for (i, port) in container.ports.iter().flatten().enumerate() {
         let path = format!("{at}.ports[{i}]");
         problems.port_number(&format!("{path}.containerPort"), port.container_port);
@@ -226,10 +212,9 @@ fn container(
         }
         if let Some(name) = &port.name {
             problems.port_name(&format!("{path}.name"), name);
-            if !port_names.insert(name.clone()) {
+            if !port_names.insert(name.as_str()) {
                 problems.duplicate(&format!("{path}.name"), name);
             }
-            declared.insert(name.clone(), port.container_port);
         }
     }
     for (i, var) in container.env.iter().flatten().enumerate() {
@@ -283,17 +268,18 @@ fn container(
 }
 
 fn env_var(path: &str, var: &EnvVar, problems: &mut Problems) {
+    // As clusters since 1.32 check them (relaxed environment variable names): any printable
+    // ASCII but '='. Older clusters also refuse a leading digit and most punctuation.
     let name_ok = !var.name.is_empty()
-        && !var.name.as_bytes()[0].is_ascii_digit()
         && var
             .name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
     if !name_ok {
         problems.invalid(
             &format!("{path}.name"),
             &var.name,
-            "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit",
+            "a valid environment variable name must consist only of printable ASCII characters other than '='",
         );
     }
     let Some(from) = &var.value_from else {
