@@ -47,11 +47,13 @@ pub fn secret(secret: &Secret, problems: &mut Problems) {
     let strings = secret.string_data.clone().unwrap_or_default();
     keys("data", data.keys(), problems);
     keys("stringData", strings.keys(), problems);
-    let total: usize = data.iter().map(|(k, v)| k.len() + v.0.len()).sum::<usize>()
-        + strings
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>();
+    // `stringData` is merged over `data` before the size is counted, values only.
+    let total: usize = data
+        .iter()
+        .filter(|(key, _)| !strings.contains_key(*key))
+        .map(|(_, value)| value.0.len())
+        .sum::<usize>()
+        + strings.values().map(String::len).sum::<usize>();
     size("data", total, problems);
     let has = |key: &str| data.contains_key(key) || strings.contains_key(key);
     let required: &[&str] = match secret.type_.as_deref().unwrap_or("Opaque") {
@@ -79,11 +81,8 @@ pub fn config_map(map: &ConfigMap, problems: &mut Problems) {
             "duplicate of key present in binaryData",
         );
     }
-    let total: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-        + binary
-            .iter()
-            .map(|(k, v)| k.len() + v.0.len())
-            .sum::<usize>();
+    let total: usize = data.values().map(String::len).sum::<usize>()
+        + binary.values().map(|value| value.0.len()).sum::<usize>();
     size("data", total, problems);
 }
 
@@ -119,7 +118,9 @@ pub fn role_binding(binding: &RoleBinding, problems: &mut Problems) {
                 }
             }
             "User" | "Group" => {
-                if subject.api_group.as_deref() != Some("rbac.authorization.k8s.io") {
+                // An empty group is defaulted to the RBAC group before validation.
+                let group = subject.api_group.as_deref().unwrap_or_default();
+                if !group.is_empty() && group != "rbac.authorization.k8s.io" {
                     problems.unsupported(
                         &format!("{at}.apiGroup"),
                         subject.api_group.as_deref().unwrap_or_default(),

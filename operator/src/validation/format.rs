@@ -18,6 +18,11 @@ impl Problems {
         self.0.push(format!("{path}: Required value"));
     }
 
+    /// A field that must be set is not, saying what it must hold.
+    pub fn required_saying(&mut self, path: &str, what: &str) {
+        self.0.push(format!("{path}: Required value: {what}"));
+    }
+
     /// A field holds a value the API server refuses, for `why`.
     pub fn invalid(&mut self, path: &str, value: impl std::fmt::Debug, why: &str) {
         self.0
@@ -117,7 +122,7 @@ impl Problems {
         self.qualified_name(path, key);
         if !is_label_value(value) {
             self.invalid(
-                &format!("{path}[{key}]"),
+                path,
                 value,
                 "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63)",
             );

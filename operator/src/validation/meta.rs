@@ -60,7 +60,8 @@ pub fn object_meta(meta: &ObjectMeta, rule: NameRule, problems: &mut Problems) {
     }
     let mut size = 0;
     for (key, value) in meta.annotations.iter().flatten() {
-        problems.qualified_name("metadata.annotations", key);
+        // The API server checks annotation keys lower-cased.
+        problems.qualified_name("metadata.annotations", &key.to_lowercase());
         size += key.len() + value.len();
     }
     if size > ANNOTATIONS_MAX {

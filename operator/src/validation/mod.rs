@@ -12,6 +12,10 @@
 //! checks it (a pass here never refuses what a cluster accepts); kinds without rules of
 //! their own get the metadata rules every object gets.
 //!
+//! A pod template gets the rules of a pod: a cluster refuses a workload whose template
+//! breaks them, or, for some rules on older clusters, accepts the workload and refuses its
+//! pods (which a Tenant then shows as dataplane pods that do not start).
+//!
 //! What is not checked: admission (Pod Security, quotas, webhooks, the owner-reference
 //! permission plugin), defaults, immutability of fields on update, and rules on fields imgate
 //! never sets.

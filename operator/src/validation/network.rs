@@ -33,7 +33,12 @@ pub fn service(service: &Service, problems: &mut Problems) {
             "may only be set to 'None' for ClusterIP services",
         );
     }
-    let external = matches!(kind, "NodePort" | "LoadBalancer");
+    // A Service with external IPs is reachable from outside whatever its type.
+    let external = matches!(kind, "NodePort" | "LoadBalancer")
+        || spec
+            .external_ips
+            .as_ref()
+            .is_some_and(|ips| !ips.is_empty());
     if let Some(policy) = &spec.external_traffic_policy {
         if external {
             problems.one_of("spec.externalTrafficPolicy", policy, &["Cluster", "Local"]);
@@ -88,7 +93,7 @@ pub fn service(service: &Service, problems: &mut Problems) {
             }
             None => {}
         }
-        if port.node_port.is_some() && !external {
+        if port.node_port.is_some_and(|n| n != 0) && kind == "ClusterIP" {
             problems.forbidden(
                 &format!("{at}.nodePort"),
                 "may not be used when `type` is 'ClusterIP'",

@@ -60,13 +60,6 @@ pub fn pod_spec(path: &str, spec: &PodSpec, claims: &BTreeSet<String>, problems:
             &["Always", "OnFailure", "Never"],
         );
     }
-    if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
-        problems.invalid(
-            &format!("{path}.terminationGracePeriodSeconds"),
-            spec.termination_grace_period_seconds,
-            "must be greater than or equal to 0",
-        );
-    }
     if let Some(account) = &spec.service_account_name {
         problems.dns_subdomain(&format!("{path}.serviceAccountName"), account);
     }
@@ -340,7 +333,7 @@ fn probe(path: &str, probe: &Probe, problems: &mut Problems) {
         probe.grpc.is_some(),
     ];
     match handlers.iter().filter(|h| **h).count() {
-        0 => problems.required(&format!("{path}.handler")),
+        0 => problems.required_saying(path, "must specify a handler type"),
         1 => {}
         _ => problems.forbidden(path, "may not specify more than 1 handler type"),
     }
@@ -443,8 +436,6 @@ fn topology_spread(at: &str, constraint: &TopologySpreadConstraint, problems: &m
     }
     if constraint.topology_key.is_empty() {
         problems.required(&format!("{at}.topologyKey"));
-    } else {
-        problems.qualified_name(&format!("{at}.topologyKey"), &constraint.topology_key);
     }
     problems.one_of(
         &format!("{at}.whenUnsatisfiable"),

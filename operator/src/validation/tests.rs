@@ -16,6 +16,11 @@ fn of<K: DeserializeOwned + Validate>(object: Value) -> Vec<String> {
     problems_of(&typed)
 }
 
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
 fn has(problems: &[String], wanted: &str) -> bool {
     problems.iter().any(|p| p.contains(wanted))
 }
@@ -125,7 +130,7 @@ fn a_pod_template_refers_only_to_what_it_declares() {
         "envFrom[0]: Required value",
         "volumeMounts[0].name: Not found: \"missing\"",
         "volumeMounts[1].mountPath: Invalid value: \"/a\": must be unique",
-        "readinessProbe.handler: Required value",
+        "readinessProbe: Required value: must specify a handler type",
         "resources.requests[memory]: Invalid value: \"2Gi\": must be less than or equal to memory limit of 1Gi",
         "volumes[0].secret.defaultMode: Invalid value",
         "volumes[0].secret.items[0].path: Invalid value: \"../escape\": must not contain '..'",
@@ -177,9 +182,45 @@ fn what_a_cluster_accepts_passes() {
     let policy = of::<NetworkPolicy>(json!({"metadata": {"name": "n"},
         "spec": {"policyTypes": ["Egress", "Egress"]}}));
     assert!(policy.is_empty(), "{policy:?}");
-    let exact = "x".repeat(1024 * 1024 - 1);
-    let map = of::<ConfigMap>(json!({"metadata": {"name": "policy"}, "data": {"k": exact}}));
-    assert!(map.is_empty(), "keys do not count towards the size");
+    let exact = "x".repeat(1024 * 1024);
+    let map = of::<ConfigMap>(
+        json!({"metadata": {"name": "policy"}, "data": {"a-long-key-of-its-own": exact}}),
+    );
+    assert!(
+        map.is_empty(),
+        "keys do not count towards the size: {map:?}"
+    );
+    let half = "x".repeat(700 * 1024);
+    let secret = of::<Secret>(json!({"metadata": {"name": "s"},
+        "data": {"k": base64_of(&half)}, "stringData": {"k": half}}));
+    assert!(
+        secret.is_empty(),
+        "stringData replaces data of the same key: {secret:?}"
+    );
+    let hpa = of::<HorizontalPodAutoscaler>(json!({"metadata": {"name": "h"}, "spec": {
+        "scaleTargetRef": {"kind": "StatefulSet", "name": "s"}, "maxReplicas": 2,
+        "metrics": [{"type": "Resource", "resource": {"name": "memory",
+            "target": {"type": "Value", "averageValue": "1Gi"}}}]}}));
+    assert!(hpa.is_empty(), "{hpa:?}");
+    let service = of::<Service>(json!({"metadata": {"name": "s"}, "spec": {
+        "externalIPs": ["198.51.100.1"], "externalTrafficPolicy": "Local",
+        "ports": [{"port": 80, "nodePort": 0}]}}));
+    assert!(service.is_empty(), "{service:?}");
+    let binding = of::<RoleBinding>(json!({"metadata": {"name": "b"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+        "subjects": [{"kind": "User", "name": "jane"}]}));
+    assert!(
+        binding.is_empty(),
+        "an empty group is defaulted: {binding:?}"
+    );
+    let annotated = of::<ConfigMap>(
+        json!({"metadata": {"name": "m", "annotations": {"Example.COM/Owner": "x"}}}),
+    );
+    assert!(annotated.is_empty(), "{annotated:?}");
+    let spread = json!({"terminationGracePeriodSeconds": -1, "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "Not A Label Key", "whenUnsatisfiable": "ScheduleAnyway"}]});
+    let problems = of::<StatefulSet>(stateful_set(spread));
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 #[test]
@@ -192,7 +233,7 @@ fn metadata_names_labels_and_owners_follow_their_formats() {
             {"apiVersion": "imgate.io/v1alpha1", "kind": "Tenant", "name": "b", "uid": "u", "controller": true}]}}));
     for wanted in [
         "metadata.name: Invalid value: \"Policy_1\"",
-        "metadata.labels[imgate.io/tenant]: Invalid value: \"-bad-\"",
+        "metadata.labels: Invalid value: \"-bad-\"",
         "metadata.labels: Invalid value: \"bad key!\"",
         "metadata.ownerReferences[0].uid: Required value",
         "Only one reference can have Controller set to true",
@@ -226,7 +267,7 @@ fn a_tls_secret_needs_its_keys_and_a_config_map_fits_in_a_mebibyte() {
         "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}}),
     );
     assert!(filled.is_empty(), "{filled:?}");
-    let big = "x".repeat(1024 * 1024);
+    let big = "x".repeat(1024 * 1024 + 1);
     let problems = of::<ConfigMap>(
         json!({"metadata": {"name": "policy"}, "data": {"policy.yaml": big, "bad/key": ""}}),
     );
@@ -295,11 +336,16 @@ fn services_and_network_policies_follow_their_type() {
 fn scaling_disruption_and_bindings_follow_their_rules() {
     let problems = of::<HorizontalPodAutoscaler>(json!({"metadata": {"name": "h"}, "spec": {
         "scaleTargetRef": {"kind": "StatefulSet", "name": ""}, "minReplicas": 3, "maxReplicas": 2,
-        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}}]}}));
+        "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}},
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Percent", "averageUtilization": 5}}},
+                    {"type": "Resource", "resource": {"name": "memory", "target": {"type": "Utilization",
+                        "averageUtilization": 5, "averageValue": "1Gi"}}}]}}));
     for wanted in [
         "spec.scaleTargetRef.name: Required value",
         "spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`",
         "spec.metrics[0].resource.target.averageUtilization: Required value",
+        "spec.metrics[1].resource.target.type: Unsupported value: \"Percent\"",
+        "spec.metrics[2].resource.target: Forbidden: may not set both",
     ] {
         assert!(
             has(&problems, wanted),

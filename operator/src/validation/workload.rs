@@ -168,12 +168,16 @@ pub fn autoscaler(autoscaler: &HorizontalPodAutoscaler, problems: &mut Problems)
                         problems.required(&format!("{at}.resource.name"));
                     }
                     let target = &resource.target;
-                    problems.one_of(
-                        &format!("{at}.resource.target.type"),
-                        &target.type_,
-                        &["Utilization", "AverageValue"],
-                    );
-                    metric_target(&format!("{at}.resource.target"), target, problems);
+                    let path = format!("{at}.resource.target");
+                    metric_target(&path, target, problems);
+                    match (&target.average_value, target.average_utilization) {
+                        (None, None) => problems.required(&format!("{path}.averageUtilization")),
+                        (Some(_), Some(_)) => problems.forbidden(
+                            &path,
+                            "may not set both a target raw value and a target utilization",
+                        ),
+                        _ => {}
+                    }
                 }
             },
             "Object" | "Pods" | "ContainerResource" | "External" => {}
@@ -192,21 +196,31 @@ pub fn autoscaler(autoscaler: &HorizontalPodAutoscaler, problems: &mut Problems)
     }
 }
 
+/// A metric's target, as `validateMetricTarget` checks it.
 fn metric_target(at: &str, target: &MetricTarget, problems: &mut Problems) {
-    match target.type_.as_str() {
-        "Utilization" => match target.average_utilization {
-            None => problems.required(&format!("{at}.averageUtilization")),
-            Some(value) if value <= 0 => problems.invalid(
-                &format!("{at}.averageUtilization"),
-                value,
-                "must be greater than 0",
-            ),
-            Some(_) => {}
-        },
-        "AverageValue" if target.average_value.is_none() => {
-            problems.required(&format!("{at}.averageValue"))
+    problems.one_of(
+        &format!("{at}.type"),
+        &target.type_,
+        &["Utilization", "Value", "AverageValue"],
+    );
+    if let Some(value) = target.average_utilization
+        && value < 1
+    {
+        problems.invalid(
+            &format!("{at}.averageUtilization"),
+            value,
+            "must be greater than 0",
+        );
+    }
+    for (field, quantity) in [
+        ("value", &target.value),
+        ("averageValue", &target.average_value),
+    ] {
+        if let Some(quantity) = quantity
+            && pod::quantity(quantity).is_none_or(|q| q <= 0.0)
+        {
+            problems.invalid(&format!("{at}.{field}"), &quantity.0, "must be positive");
         }
-        _ => {}
     }
 }
 
