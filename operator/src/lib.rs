@@ -7,8 +7,10 @@
 //! the API server's own validation ([`validation`]).
 //!
 //! Invariants:
-//! - Every object the operator makes carries the labels of [`names`], and an owner reference
-//!   to its Tenant, so that `kubectl get -l imgate.io/tenant=NAME` finds it all.
+//! - Every object the operator makes carries the labels of [`names`], so that `kubectl get
+//!   -l imgate.io/tenant=NAME` finds it all, and all but the tenant's namespace an owner
+//!   reference to its Tenant (the namespace outlives it, keeping the write-ahead-log volumes;
+//!   a later Tenant of the same name takes it only when told to).
 //! - The operator never sets what another controller owns: a StatefulSet's `replicas` belong
 //!   to its HorizontalPodAutoscaler.
 //! - An invalid policy set changes nothing a dataplane sees: the policy ConfigMap is made only

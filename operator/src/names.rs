@@ -36,6 +36,13 @@ pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
 pub const DATAPLANE_ROLE: &str = "imgate-dataplane";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";
+/// The annotation on a tenant's namespace naming the uid of the Tenant it belongs to: the
+/// namespace outlives its Tenant, and a later Tenant of the same name must not take its
+/// write-ahead logs unasked.
+pub const TENANT_UID: &str = "imgate.io/tenant-uid";
+/// The annotation on a Tenant that lets it take the namespace (and the write-ahead logs in
+/// it) of the earlier Tenant of its name whose uid it gives.
+pub const ADOPT_NAMESPACE: &str = "imgate.io/adopt-namespace";
 
 /// A Tenant's name (empty only for a Tenant that never passed the API server's checks).
 pub fn tenant_name(tenant: &Tenant) -> &str {

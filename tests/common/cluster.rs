@@ -69,9 +69,12 @@ impl Cluster {
         self._operator.0.id()
     }
 
-    /// Waits for the operator to exit (after a signal): its exit status.
+    /// Waits up to 60 s for the operator to exit (after a signal): its exit status.
     pub fn operator_exit(&mut self) -> std::process::ExitStatus {
-        self._operator.0.wait().expect("the operator's exit status")
+        let log = self.operator_log.clone();
+        wait_until("the operator's exit", &log, || {
+            self._operator.0.try_wait().expect("the operator's state")
+        })
     }
 
     /// A client of the API server, for changes a user would make with kubectl; needs a

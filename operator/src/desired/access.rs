@@ -31,6 +31,9 @@ pub const ROLE_ARN: &str = "eks.amazonaws.com/role-arn";
 pub fn namespace(tenant: &Tenant) -> Namespace {
     let mut metadata = names::meta(tenant, &names::namespace(names::tenant_name(tenant)), false);
     metadata.owner_references = None;
+    if let Some(uid) = &tenant.metadata.uid {
+        metadata.annotations = Some(BTreeMap::from([(names::TENANT_UID.into(), uid.clone())]));
+    }
     let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     for mode in ["enforce", "audit", "warn"] {
         labels.insert(

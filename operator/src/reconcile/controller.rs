@@ -32,8 +32,10 @@ use crate::report;
 
 /// The delay before a reconcile that lost a race (`409 Conflict`) runs again.
 const AFTER_CONFLICT: Duration = Duration::from_secs(1);
-/// The delay before any other failed reconcile runs again.
+/// The delay before any other failed reconcile runs again, the first time.
 const AFTER_ERROR: Duration = Duration::from_secs(15);
+/// The longest delay before a failed reconcile runs again.
+const MOST_AFTER_ERROR: Duration = Duration::from_secs(300);
 /// The most Tenants reconciled at once: bounds the operator's memory, its connections and
 /// its load on the API server, whatever the number of tenants.
 const CONCURRENCY: u16 = 16;
@@ -53,13 +55,24 @@ pub fn tenant_of_policy(policy: &IMPolicy) -> ObjectRef<Tenant> {
     ObjectRef::new(&policy.spec.tenant_ref)
 }
 
-/// When a failed reconcile runs again.
-pub fn error_policy(tenant: Arc<Tenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// When a failed reconcile runs again: soon after a lost race, otherwise after a delay that
+/// doubles with each failure in a row, from [`AFTER_ERROR`] up to [`MOST_AFTER_ERROR`], so
+/// that a Tenant whose objects the API server refuses does not rewrite them all every few
+/// seconds for as long as nobody fixes it.
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
     let conflict = matches!(error, Error::Api { source: kube::Error::Api(status), .. } if status.is_conflict());
     let delay = if conflict {
         AFTER_CONFLICT
     } else {
+        let mut failures = ctx
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let row = failures.entry(tenant.name_any()).or_insert(0);
+        *row = row.saturating_add(1);
         AFTER_ERROR
+            .saturating_mul(1 << (*row - 1).min(8))
+            .min(MOST_AFTER_ERROR)
     };
     tracing::debug!(tenant = %tenant.name_any(), ?delay, "reconcile retried");
     Action::requeue(delay)

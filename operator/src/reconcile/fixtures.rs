@@ -82,6 +82,18 @@ fn merge(base: &mut Value, over: Value) {
 }
 
 impl ApiServer {
+    /// Takes the next request without answering it (a server that hangs): its method and
+    /// URI, and what answers it, to be dropped when the test is done with it.
+    pub async fn next_raw(&mut self) -> (String, Option<mock::SendResponse<Response<Body>>>) {
+        match self.handle.next_request().await {
+            Some((request, respond)) => (
+                format!("{} {}", request.method(), request.uri()),
+                Some(respond),
+            ),
+            None => (String::new(), None),
+        }
+    }
+
     /// Waits for a request the script did not expect: its method and URI, or `None` once
     /// the client is gone.
     pub async fn unscripted(&mut self) -> Option<String> {

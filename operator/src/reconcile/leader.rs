@@ -4,8 +4,10 @@
 //! Invariants: a replica takes the Lease only when it is absent, already its own, or not
 //! renewed for its whole duration; every write carries the `resourceVersion` it was read at
 //! (or is a create), so of two replicas racing for it one gets `409 Conflict` and stays a
-//! follower; a leader that cannot renew within the duration stops its work before another
-//! replica may take over, and waits to lead again in the same process (an API server outage
+//! follower; a leader whose last successful renewal began two thirds of the duration ago
+//! stops its work (even while a renewal hangs), a third of the duration before another
+//! replica may take over (replicas' clocks are assumed to agree within seconds, as NTP keeps
+//! them: a follower judges a lapse by the Lease's renewal time), and waits to lead again in the same process (an API server outage
 //! restarts nothing); a leader that shuts down releases the Lease once its work has wound
 //! down, so another replica takes over at once.
 
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::channel::oneshot;
+use tokio::time::Instant;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -143,6 +146,10 @@ impl LeaseLock {
     }
 }
 
+/// How long the work of a leader that is shutting down may take to wind down before it is
+/// stopped and the Lease released (within the operator pod's 30 s grace period).
+pub const WIND_DOWN: Duration = Duration::from_secs(20);
+
 /// A future that completes when the work of a leadership term is to wind down gracefully:
 /// the replica is shutting down, or the term's leader went away.
 pub type Stop = futures::future::Map<oneshot::Receiver<()>, fn(Result<(), oneshot::Canceled>)>;
@@ -178,15 +185,19 @@ pub async fn run<W, F>(
 {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = acquire(lock) => {}
-        }
+        let acquired = tokio::select! {
+            () = &mut shutdown => {
+                // A take-over in flight may have succeeded: give it back.
+                lock.release().await;
+                return;
+            }
+            acquired = acquire(lock) => acquired,
+        };
         tracing::info!(lease = %lock.name, identity = %lock.identity, "leading");
         metrics.set_leader(true);
         let (stop, stopped) = oneshot::channel();
         let stopped: Stop = stopped.map(|_| ());
-        let term = lead(lock, work(stopped), stop, shutdown.as_mut()).await;
+        let term = lead(lock, acquired, work(stopped), stop, shutdown.as_mut()).await;
         metrics.set_leader(false);
         match term {
             Term::Done => {
@@ -195,17 +206,19 @@ pub async fn run<W, F>(
             }
             Term::Lost => tracing::warn!(
                 lease = %lock.name,
-                "lost the leader lease (not renewed within its duration): reconciling stopped; waiting to lead again"
+                "lost the leader lease (not renewed within two thirds of its duration): reconciling stopped; waiting to lead again"
             ),
         }
     }
 }
 
-/// Waits until `lock` leads, trying every third of its duration.
-async fn acquire(lock: &LeaseLock) {
+/// Waits until `lock` leads, trying every third of its duration; when the attempt that took
+/// the Lease began (the Lease's renewal time is no earlier).
+async fn acquire(lock: &LeaseLock) -> Instant {
     loop {
+        let attempt = Instant::now();
         match lock.try_acquire(Timestamp::now()).await {
-            Ok(true) => return,
+            Ok(true) => return attempt,
             Ok(false) => tracing::debug!(lease = %lock.name, "another replica leads"),
             Err(error) => {
                 tracing::warn!(lease = %lock.name, %error, "cannot read the leader lease")
@@ -215,20 +228,38 @@ async fn acquire(lock: &LeaseLock) {
     }
 }
 
-/// Runs one leadership term of `work`, renewing the Lease, until the work ends or the Lease
-/// is lost; on `shutdown`, sends `stop` and renews on while the work winds down.
+/// Runs one leadership term of `work`, from the Lease `acquired` then, renewing it, until the
+/// work ends or the Lease is lost; on `shutdown`, sends `stop` and renews on while the work
+/// winds down, for at most [`WIND_DOWN`].
+///
+/// The Lease counts as held until two thirds of its duration after the start of the last
+/// renewal that succeeded (a renewal's time is stamped after it starts): then the work is
+/// dropped, even while a renewal hangs, a third of the duration before another replica
+/// may take the Lease.
 async fn lead(
     lock: &LeaseLock,
+    acquired: Instant,
     work: impl Future<Output = ()>,
     stop: oneshot::Sender<()>,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Term {
     let retry = lock.duration / 3;
-    let mut renewed = tokio::time::Instant::now();
-    let mut ticks = tokio::time::interval_at(renewed + retry, retry);
+    let hold = lock.duration - retry;
+    let mut renewed = acquired;
+    let mut ticks = tokio::time::interval_at(acquired + retry, retry);
     let mut work = std::pin::pin!(work);
     let mut stop = Some(stop);
+    let mut wind_down: Option<Instant> = None;
+    // A replica shutting down leads no more, whatever becomes of its Lease.
+    let ended = |stop: &Option<oneshot::Sender<()>>| {
+        if stop.is_some() {
+            Term::Lost
+        } else {
+            Term::Done
+        }
+    };
     loop {
+        let far = Instant::now() + lock.duration;
         tokio::select! {
             () = &mut work => return Term::Done,
             () = shutdown.as_mut(), if stop.is_some() => {
@@ -236,22 +267,20 @@ async fn lead(
                 if let Some(stop) = stop.take() {
                     let _ = stop.send(());
                 }
+                wind_down = Some(Instant::now() + WIND_DOWN);
             }
+            () = tokio::time::sleep_until(wind_down.unwrap_or(far)), if wind_down.is_some() => {
+                tracing::warn!(lease = %lock.name, "reconciles still running {WIND_DOWN:?} after the shutdown signal: stopped");
+                return Term::Done;
+            }
+            () = tokio::time::sleep_until(renewed + hold) => return ended(&stop),
             _ = ticks.tick() => {
-                let lost = match lock.try_acquire(Timestamp::now()).await {
-                    Ok(true) => {
-                        renewed = tokio::time::Instant::now();
-                        false
-                    }
-                    Ok(false) => true,
-                    Err(error) => {
-                        tracing::warn!(lease = %lock.name, %error, "cannot renew the leader lease");
-                        renewed.elapsed() >= lock.duration - retry
-                    }
-                };
-                if lost {
-                    // A replica shutting down leads no more, whatever became of its Lease.
-                    return if stop.is_some() { Term::Lost } else { Term::Done };
+                let attempt = Instant::now();
+                match tokio::time::timeout_at(renewed + hold, lock.try_acquire(Timestamp::now())).await {
+                    Ok(Ok(true)) => renewed = attempt,
+                    Ok(Ok(false)) => return ended(&stop),
+                    Ok(Err(error)) => tracing::warn!(lease = %lock.name, %error, "cannot renew the leader lease"),
+                    Err(_) => tracing::warn!(lease = %lock.name, "renewing the leader lease takes too long"),
                 }
             }
         }

@@ -19,6 +19,7 @@
 //! - Status is written only when it changes, and `lastTransitionTime` moves only when a
 //!   condition's status does.
 
+mod adoption;
 pub(crate) mod apply;
 pub mod conditions;
 pub mod controller;
@@ -68,6 +69,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Reconcile counts, errors and durations.
     pub metrics: Metrics,
+    /// Failed reconciles in a row, by Tenant name: how long the next retry waits.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl Context {
@@ -82,6 +85,7 @@ impl Context {
             client,
             settings,
             metrics: Metrics::default(),
+            failures: std::sync::Mutex::default(),
         }
     }
 }
@@ -100,6 +104,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The tenant's namespace belongs to an earlier Tenant of the same name.
+    #[error(
+        "namespace {namespace} and the write-ahead-log volumes in it belong to an earlier Tenant of this name (uid {earlier}), whose unshipped records this Tenant's dataplanes would ship to its own archive; if it is the same firm, annotate this Tenant {adopt}={earlier}; otherwise ship or keep those records (imgate archive verify shows what the archive holds) and delete the namespace",
+        adopt = crate::names::ADOPT_NAMESPACE
+    )]
+    NamespaceHeld {
+        /// The namespace.
+        namespace: String,
+        /// The uid of the Tenant it belongs to.
+        earlier: String,
+    },
     /// A CA for a generated Secret could not be made.
     #[error("generating Secret {secret}: {message}")]
     Generate {
@@ -115,6 +130,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Api { action, .. } => action,
+            Error::NamespaceHeld { .. } => "namespace",
             Error::Generate { .. } => "generate",
         }
     }

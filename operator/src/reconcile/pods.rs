@@ -31,14 +31,15 @@ pub async fn why_not_ready(tenant: &Tenant, ctx: &Context) -> Result<String, Err
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(api("list", format!("dataplane pods of {name}")))?;
-    Ok(describe(&listed.items))
+    Ok(describe(&names::namespace(&name), &listed.items))
 }
 
-/// What `pods` say of themselves: each pod's obstacle, `; `-separated.
-pub fn describe(pods: &[Pod]) -> String {
+/// What `pods` of `namespace` say of themselves: each pod's obstacle, `; `-separated.
+pub fn describe(namespace: &str, pods: &[Pod]) -> String {
     if pods.is_empty() {
-        return "no dataplane pod exists yet (kubectl describe statefulset dataplane says why)"
-            .into();
+        return format!(
+            "no dataplane pod exists yet (kubectl -n {namespace} describe statefulset dataplane says why)"
+        );
     }
     let mut sorted: Vec<&Pod> = pods.iter().collect();
     sorted.sort_by_key(|pod| pod.name_any());
@@ -138,12 +139,12 @@ mod tests {
             pod("dataplane-3", serde_json::json!({})),
         ];
         assert_eq!(
-            describe(&pods),
+            describe("imgate-x", &pods),
             "dataplane-0: container dataplane waiting: CreateContainerConfigError: secret \"harbor-dental-s3\" not found; \
              dataplane-1: not scheduled: 0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.; \
              dataplane-2: container dataplane waiting: CrashLoopBackOff (last exit: Error, code 1)"
         );
-        assert!(describe(&[]).starts_with("no dataplane pod exists yet"));
-        assert_eq!(describe(&pods[3..]), "the pods are starting");
+        assert!(describe("imgate-x", &[]).contains("kubectl -n imgate-x describe statefulset"));
+        assert_eq!(describe("imgate-x", &pods[3..]), "the pods are starting");
     }
 }

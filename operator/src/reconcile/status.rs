@@ -69,6 +69,8 @@ pub const PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_sec
 /// The `Ready` reason of a Tenant whose dataplanes have not become ready within
 /// [`PROGRESS_DEADLINE`].
 pub const STALLED: &str = "ProgressDeadlineExceeded";
+/// The condition saying whether any dataplane is ready, and since when not.
+pub const DATAPLANES_READY: &str = "DataplanesReady";
 
 /// Where connectors reach the tunnel, and the `TunnelReady` condition.
 fn tunnel(observed: &Observed<'_>, settings: &Settings) -> (Option<String>, Wanted) {
@@ -154,6 +156,31 @@ pub fn tenant_status(
     let (endpoint, tunnel_ready) = tunnel(observed, settings);
     let policy = policy_applied(&observed.policy);
     let (ready, running) = dataplanes(observed.stateful_set);
+    let dataplanes = if ready > 0 {
+        Wanted::new(
+            DATAPLANES_READY,
+            State::True,
+            "Ready",
+            format!("{ready} of {running} dataplanes ready"),
+        )
+    } else {
+        let why = observed.waiting.unwrap_or("the pods are starting");
+        Wanted::new(
+            DATAPLANES_READY,
+            State::False,
+            "NoneReady",
+            format!("0 of {running} dataplanes ready; {why}"),
+        )
+    };
+    // Measured from when the dataplanes stopped being ready, not from when `Ready` did
+    // (which may have been for another reason).
+    let stalled = ready == 0
+        && find(&previous.conditions, DATAPLANES_READY)
+            .filter(|c| c.status == "False")
+            .is_some_and(|c| {
+                now.0.duration_since(c.last_transition_time.0).as_secs()
+                    >= PROGRESS_DEADLINE.as_secs() as i64
+            });
     let overall = if policy.state != State::True {
         Wanted::new(
             "Ready",
@@ -169,21 +196,15 @@ pub fn tenant_status(
             tunnel_ready.message.clone(),
         )
     } else if ready == 0 {
-        let not_ready_since = find(&previous.conditions, "Ready")
-            .filter(|c| c.status == "False")
-            .map(|c| c.last_transition_time.0);
-        let stalled = not_ready_since.is_some_and(|since| {
-            now.0.duration_since(since).as_secs() >= PROGRESS_DEADLINE.as_secs() as i64
-        });
-        let why = observed.waiting.unwrap_or("the pods are starting");
         if stalled {
             Wanted::new(
                 "Ready",
                 State::False,
                 STALLED,
                 format!(
-                    "no dataplane became ready in {} minutes: 0 of {running} ready; {why}",
-                    PROGRESS_DEADLINE.as_secs() / 60
+                    "no dataplane became ready in {} minutes: {}",
+                    PROGRESS_DEADLINE.as_secs() / 60,
+                    dataplanes.message
                 ),
             )
         } else {
@@ -191,7 +212,7 @@ pub fn tenant_status(
                 "Ready",
                 State::False,
                 "NoDataplaneReady",
-                format!("0 of {running} dataplanes ready; {why}"),
+                dataplanes.message.clone(),
             )
         }
     } else {
@@ -216,7 +237,7 @@ pub fn tenant_status(
         observed_generation: observed.generation,
         conditions: merge(
             &previous.conditions,
-            vec![overall, tunnel_ready, policy, enrollment],
+            vec![overall, tunnel_ready, policy, dataplanes, enrollment],
             observed.generation,
             now,
         ),
@@ -500,6 +521,11 @@ mod tests {
         let later = |seconds: i64| {
             Time(Timestamp::from_second(1_800_000_000 + seconds).expect("a valid time"))
         };
+        let dataplanes = find(&first.conditions, DATAPLANES_READY).expect("DataplanesReady");
+        assert_eq!(
+            (dataplanes.status.as_str(), dataplanes.reason.as_str()),
+            ("False", "NoneReady")
+        );
         let soon = tenant_status(&seen, &first, &Settings::default(), &later(599));
         assert_eq!(
             find(&soon.conditions, "Ready").expect("Ready").reason,
@@ -512,5 +538,14 @@ mod tests {
             ("False", STALLED)
         );
         assert!(ready.message.contains("in 10 minutes") && ready.message.contains(why));
+        // Not ready for long for another reason: the clock starts when the dataplanes are
+        // what is missing.
+        let mut waited = first.clone();
+        waited.conditions.retain(|c| c.type_ != DATAPLANES_READY);
+        let fresh = tenant_status(&seen, &waited, &Settings::default(), &later(3600));
+        assert_eq!(
+            find(&fresh.conditions, "Ready").expect("Ready").reason,
+            "NoDataplaneReady"
+        );
     }
 }

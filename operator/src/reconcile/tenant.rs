@@ -19,7 +19,8 @@ use tracing::field::Empty;
 use super::conditions::find;
 use super::status::{self, Observed, tenant_status};
 use super::{
-    Context, Error, apply, finalizer, pods, policies, refusal, warning, write_tenant_status,
+    Context, Error, adoption, apply, finalizer, pods, policies, refusal, warning,
+    write_tenant_status,
 };
 use crate::desired::desired;
 use imgate_dataplane::TRACE_TARGET;
@@ -28,6 +29,8 @@ use imgate_dataplane::TRACE_TARGET;
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// How often a Tenant without a ready dataplane is reconciled, to say what its pods wait for.
 pub const NOT_READY_POLL: Duration = Duration::from_secs(30);
+/// How often once its dataplanes are stuck ([`status::STALLED`]).
+pub const STALLED_POLL: Duration = Duration::from_secs(120);
 
 /// Whether `status` says that `Ready` waits for the dataplanes.
 fn waiting_on_dataplanes(status: &TenantStatus) -> bool {
@@ -58,6 +61,12 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
         converge(&tenant, &ctx, &now).instrument(span.clone()).await
     };
     ctx.metrics.finished(timer, result.as_ref().err());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&tenant.name_any());
+    }
     if let Err(error) = &result {
         span.record("error.type", error.metric_label());
         span.record("otel.status_code", "ERROR");
@@ -72,11 +81,15 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
     finalizer::ensure(tenant, ctx).await?;
     let (set, outcome) = policies::evaluate(&name, ctx, now).await?;
     let objects = desired(tenant, set.as_ref(), &ctx.settings);
-    let applied = match apply::apply_all(&objects, &name, ctx).await {
+    let applied = match adoption::check(tenant, ctx).await {
+        Ok(()) => apply::apply_all(&objects, &name, ctx).await,
+        Err(error) => Err(error),
+    };
+    let applied = match applied {
         Ok(applied) => applied,
         Err(error) => {
-            if let Some(message) = refusal::message(&error) {
-                refusal::report(tenant, message, ctx, now).await;
+            if let Some((reason, message)) = refusal::message(&error) {
+                refusal::report(tenant, reason, message, ctx, now).await;
             }
             return Err(error);
         }
@@ -112,7 +125,8 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
     let stalled = |status: &TenantStatus| {
         find(&status.conditions, "Ready").is_some_and(|c| c.reason == status::STALLED)
     };
-    if stalled(&status) && !stalled(&previous) {
+    let now_stalled = stalled(&status);
+    if now_stalled && !stalled(&previous) {
         let message = find(&status.conditions, "Ready")
             .map(|c| c.message.clone())
             .unwrap_or_default();
@@ -126,10 +140,11 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
         .await;
     }
     write_tenant_status(tenant, status, ctx).await?;
-    // Pods are not watched: while none is ready, look again soon for what they wait for.
-    Ok(Action::requeue(if ready == 0 {
-        NOT_READY_POLL
-    } else {
-        RESYNC
+    // Pods are not watched: while none is ready, look again soon for what they wait for,
+    // and less often once they are stuck.
+    Ok(Action::requeue(match ready {
+        0 if now_stalled => STALLED_POLL,
+        0 => NOT_READY_POLL,
+        _ => RESYNC,
     }))
 }

@@ -295,6 +295,47 @@ async fn a_lease_taken_by_another_replica_stops_the_work_at_once() {
     );
     held(&mut server, lease("replica-b", now, 1)).await;
     drop(shutdown);
+    // A follower shutting down looks whether a take-over in flight made it the holder; it
+    // did not, so nothing is written.
+    held(&mut server, lease("replica-b", now, 1)).await;
+    let follower = tokio::spawn(async move {
+        let request = server.unscripted().await;
+        assert_eq!(request, None, "a request beyond the script");
+    });
     task.await
         .expect("a follower shuts down at once, with nothing to release");
+    follower.await.expect("nothing more was asked");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewals_fail_stops_two_thirds_of_a_lease_after_its_last_renewal_began() {
+    let (client, mut server) = super::super::fixtures::pair();
+    let (task, mut terms, shutdown) = leader_running(client);
+    let path = format!("{LEASES}/imgate-operator");
+    held(&mut server, lease("replica-a", 1_000, 0)).await;
+    server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert!(terms.next().await);
+    // The renewal a third of the way in begins now, and its answer is slow to come.
+    held(&mut server, lease("replica-a", 1_000, 0)).await;
+    let began = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.expect(Method::PUT, &path, Reply::Echo).await;
+    // The next renewal hangs: no answer comes at all.
+    let (hung, _answer) = tokio::time::timeout(Duration::from_secs(60), server.next_raw())
+        .await
+        .expect("the next renewal");
+    assert!(hung.contains("GET"), "{hung}");
+    assert!(!terms.next().await, "the term ended while the renewal hung");
+    let stopped = began.elapsed();
+    assert!(
+        stopped <= Duration::from_secs(10),
+        "stopped {stopped:?} after the last renewal began: a follower may take over 15 s after"
+    );
+    assert!(
+        stopped >= Duration::from_secs(10) - Duration::from_millis(10),
+        "{stopped:?}"
+    );
+    drop(shutdown);
+    drop(server);
+    task.await.expect("the leader ended");
 }

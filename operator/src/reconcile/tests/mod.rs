@@ -163,11 +163,35 @@ fn existing(secret: &k8s_openapi::api::core::v1::Secret, cluster: &Cluster) -> V
         "metadata": {"name": name, "namespace": secret.metadata.namespace, "annotations": annotations}})
 }
 
+/// Answers the read of the tenant's namespace that precedes the writes: absent on a new
+/// cluster, this Tenant's on a settled one.
+async fn serve_namespace_read(
+    server: &mut ApiServer,
+    namespace: &k8s_openapi::api::core::v1::Namespace,
+    cluster: &Cluster,
+) -> Seen {
+    let name = namespace.metadata.name.clone().unwrap_or_default();
+    let url = format!("/api/v1/namespaces/{name}");
+    let reply = if cluster.secrets_exist {
+        Reply::Json(
+            StatusCode::OK,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": name, "annotations": namespace.metadata.annotations}}),
+        )
+    } else {
+        Reply::Fail(StatusCode::NOT_FOUND, "NotFound")
+    };
+    server.expect(Method::GET, &url, reply).await
+}
+
 /// Serves the writes of `objects`, in order, as `cluster` stands; every request seen.
 async fn serve_objects(server: &mut ApiServer, objects: &[Object], cluster: &Cluster) -> Vec<Seen> {
     let mut seen = Vec::new();
     for object in objects {
         let url = path(object);
+        if let Object::Namespace(namespace) = object {
+            seen.push(serve_namespace_read(server, namespace, cluster).await);
+        }
         if let Some(secret) = object.generated_secret() {
             if cluster.secrets_exist {
                 let meta = existing(secret, cluster);

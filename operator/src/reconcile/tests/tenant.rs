@@ -337,6 +337,9 @@ async fn a_secret_another_replica_created_first_is_left_alone() {
         policy_status(&mut server).await;
         for object in &expected {
             let url = path(object);
+            if let Object::Namespace(namespace) = object {
+                serve_namespace_read(&mut server, namespace, &theirs).await;
+            }
             let Some(secret) = object.generated_secret() else {
                 server.expect(Method::PATCH, &url, Reply::Echo).await;
                 continue;
@@ -736,6 +739,13 @@ async fn a_forbidden_write_shows_on_the_tenant_and_a_conflict_does_not() {
         policy_status(&mut server).await;
         server
             .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental",
+                Reply::Fail(StatusCode::NOT_FOUND, "NotFound"),
+            )
+            .await;
+        server
+            .expect(
                 Method::PATCH,
                 "/api/v1/namespaces/imgate-harbor-dental",
                 Reply::Fail(StatusCode::FORBIDDEN, "Forbidden"),
@@ -765,9 +775,15 @@ async fn a_forbidden_write_shows_on_the_tenant_and_a_conflict_does_not() {
         error.to_string().contains("Namespace/imgate-harbor-dental"),
         "{error}"
     );
+    let tenant = Arc::new(tenant);
+    let delays: Vec<Action> = (0..7)
+        .map(|_| error_policy(tenant.clone(), &error, ctx.clone()))
+        .collect();
+    let seconds = [15, 30, 60, 120, 240, 300, 300];
     assert_eq!(
-        error_policy(Arc::new(tenant), &error, ctx.clone()),
-        Action::requeue(Duration::from_secs(15))
+        delays,
+        seconds.map(|s| Action::requeue(Duration::from_secs(s))),
+        "each failure in a row doubles the wait, up to five minutes"
     );
     let conflict = Error::Api {
         action: "apply",
@@ -786,6 +802,9 @@ async fn dataplanes_not_ready_past_the_deadline_are_announced_once() {
     steady.status = Some(
         serde_json::from_value(json!({"observedGeneration": 1, "conditions": [{
             "type": "Ready", "status": "False", "reason": "NoDataplaneReady",
+            "message": "0 of 1 dataplanes ready; the pods are starting",
+            "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}, {
+            "type": "DataplanesReady", "status": "False", "reason": "NoneReady",
             "message": "0 of 1 dataplanes ready; the pods are starting",
             "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}))
         .expect("a TenantStatus"),
@@ -832,4 +851,88 @@ async fn dataplanes_not_ready_past_the_deadline_are_announced_once() {
     })
     .await;
     assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn a_namespace_left_by_an_earlier_tenant_of_the_name_is_not_taken_unasked() {
+    let (tenant, policies) = harbor();
+    let steady = finalized(tenant);
+    let result = run_to_the_end(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        server
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental",
+                Reply::Json(
+                    StatusCode::OK,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "imgate-harbor-dental",
+                            "annotations": {"imgate.io/tenant-uid": "uid-of-the-earlier-firm"}}}),
+                ),
+            )
+            .await;
+        let status = tenant_status(&mut server).await;
+        let ready = condition(&status.body["status"], "Ready");
+        assert_eq!(ready["reason"], "NamespaceOfEarlierTenant");
+        let message = ready["message"].as_str().expect("a message");
+        assert!(
+            message.contains("uid uid-of-the-earlier-firm")
+                && message.contains("imgate.io/adopt-namespace=uid-of-the-earlier-firm"),
+            "{message}"
+        );
+        let event = server
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                Reply::Echo,
+            )
+            .await;
+        assert_eq!(event.body["reason"], "NamespaceOfEarlierTenant");
+        // Nothing of the tenant is applied.
+        server
+    })
+    .await;
+    let error = result.expect_err("held");
+    assert_eq!(error.metric_label(), "namespace");
+}
+
+#[tokio::test]
+async fn a_tenant_that_adopts_the_earlier_namespace_takes_it() {
+    let (mut tenant, policies) = harbor();
+    tenant.metadata.annotations = Some(
+        [(
+            crate::names::ADOPT_NAMESPACE.to_owned(),
+            "uid-of-the-earlier-firm".to_owned(),
+        )]
+        .into(),
+    );
+    let steady = finalized(tenant);
+    let expected = objects(&steady, &policies);
+    let (result, _) = run(steady, |mut server| async move {
+        serve_policies(&mut server, &policies).await;
+        policy_status(&mut server).await;
+        server
+            .expect(
+                Method::GET,
+                "/api/v1/namespaces/imgate-harbor-dental",
+                Reply::Json(
+                    StatusCode::OK,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": "imgate-harbor-dental",
+                            "annotations": {"imgate.io/tenant-uid": "uid-of-the-earlier-firm"}}}),
+                ),
+            )
+            .await;
+        let applied = server
+            .expect(Method::PATCH, &path(&expected[0]), Reply::Echo)
+            .await;
+        assert_eq!(
+            applied.body["metadata"]["annotations"]["imgate.io/tenant-uid"],
+            "0e6f5c1a-0000-4000-8000-000000000001",
+            "the namespace is this Tenant's from now on"
+        );
+    })
+    .await;
+    assert!(result.is_err(), "the script ended after the namespace");
 }
