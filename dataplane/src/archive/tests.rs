@@ -242,8 +242,10 @@ fn producers_writing_for_themselves_and_the_writer_keep_the_order_through_rotati
         records.windows(2).all(|pair| pair[0].1.ts <= pair[1].1.ts),
         "records drafted on four threads are stamped in sequence order"
     );
+    // How often depends on when the writer thread runs (a file grows past its size until
+    // the writer rotates it), so only that it did: a busy machine rotates less often.
     assert!(
-        StdFs.list(dir.path()).expect("list").len() > 10,
+        StdFs.list(dir.path()).expect("list").len() >= 2,
         "the log rotated"
     );
 }
