@@ -69,6 +69,12 @@ pub struct UpArgs {
     /// Prometheus metrics and health endpoint (`/metrics`, `/healthz`; `off` for none).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics: String,
+    /// A network that SOCKS5, HTTP CONNECT and tunnel clients may reach although it is refused
+    /// by default (loopback, private, link-local and other non-public ranges), e.g.
+    /// `10.20.0.0/16` for an IM server inside the cluster (repeat for several). Fixed
+    /// `--forward` destinations need none.
+    #[arg(long = "allow-destination", value_name = "CIDR", value_parser = imgate_dataplane::proxy::destination::Network::parse)]
+    allow_destinations: Vec<imgate_dataplane::proxy::destination::Network>,
     /// Extra PEM roots trusted for upstream servers, beside the system's (repeat for several).
     #[arg(long = "extra-roots", value_name = "PEM")]
     extra_roots: Vec<PathBuf>,
@@ -284,6 +290,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
         shared.set_directory(directory);
         shared.forward_after = args.forward_after;
+        shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone());
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
         // The tunnel (and its CA) first, and the TCP listeners last: once a port accepts,

@@ -137,6 +137,23 @@ fn cel_rules_are_checked_once_the_schema_holds() {
 }
 
 #[test]
+fn a_network_the_dataplane_cannot_read_is_named() {
+    let dir = tempdir("networks");
+    std::fs::write(
+        dir.join("t.yaml"),
+        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  destinations:\n    allowNetworks:\n      - 10.20.0.0/16\n      - 10.20.0.0/1\n",
+    )
+    .expect("write");
+    let (code, output) = imgate(&["policy", "lint", dir.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("error: Tenant acme: spec.destinations.allowNetworks[1]: \"10.20.0.0/1\": the address has bits set beyond its /1 prefix"),
+        "{output}"
+    );
+    assert!(!output.contains("allowNetworks[0]"), "{output}");
+}
+
+#[test]
 fn broken_yaml_is_reported_with_its_line() {
     let (code, output) = imgate(&["policy", "lint", "tests/fixtures/broken/not-yaml.yaml"]);
     assert_eq!(code, 1, "{output}");

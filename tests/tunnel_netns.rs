@@ -123,7 +123,10 @@ fn dataplane(
     let log = std::fs::File::create(log).expect("log");
     let child = imgate_in(&hosts.cloud)
         .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
-        .args(["--seal-seconds", "1", "--drain-seconds", "5", "--forward"])
+        .args(["--seal-seconds", "1", "--drain-seconds", "5"])
+        // The IM server's host is on a private network, which sessions may reach only when
+        // allowed.
+        .args(["--allow-destination", "10.201.2.0/24", "--forward"])
         .arg(format!("127.0.0.1:{forward}=127.0.0.1:9"))
         .arg("--data")
         .arg(data)

@@ -93,6 +93,9 @@ pub struct TenantSpec {
     /// TLS interception settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Where the firm's IM sessions may go beyond the public internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<DestinationsSpec>,
     /// The connectors at the firm's sites: which one the next enrollment token is for, and
     /// which are revoked.
     #[serde(default)]
@@ -376,6 +379,23 @@ pub struct StaticIdentity {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub groups: Vec<String>,
+}
+
+/// Where sessions may go. Clients name the server they want; the dataplanes refuse
+/// loopback, private, link-local (the cloud's instance metadata), shared, unique-local,
+/// multicast and other non-public addresses, so that no client reaches the cluster's own
+/// network through them, unless a network here allows it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationsSpec {
+    /// Networks (CIDR ranges or single addresses) sessions may reach although they are not
+    /// public, e.g. `10.20.0.0/16` for the firm's IM server inside the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[0-9A-Fa-f:.]{2,39}(/[0-9]{1,3})?$"))
+    )]
+    pub allow_networks: Vec<String>,
 }
 
 /// TLS interception.

@@ -201,7 +201,22 @@ impl Workspace {
         match resource {
             ResourceKind::Tenant => {
                 match serde_json::from_value::<Tenant>(document.value.clone()) {
-                    Ok(tenant) => self.tenants.push(tenant),
+                    Ok(tenant) => {
+                        let networks = tenant
+                            .spec
+                            .destinations
+                            .iter()
+                            .flat_map(|d| &d.allow_networks);
+                        for (i, network) in networks.enumerate() {
+                            if let Err(why) =
+                                imgate_dataplane::proxy::destination::Network::parse(network)
+                            {
+                                let path = format!("spec.destinations.allowNetworks[{i}]");
+                                self.problem(&document, Level::Error, &path, why);
+                            }
+                        }
+                        self.tenants.push(tenant);
+                    }
                     Err(error) => self.problem(&document, Level::Error, "", error.to_string()),
                 }
             }

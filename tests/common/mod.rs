@@ -210,7 +210,13 @@ pub fn run(command: &mut Command) {
 
 /// Options `imgate up` gets unless the caller gives them: a metrics port of its own, and
 /// segments sealed every second.
-const UP_DEFAULTS: [(&str, &str); 2] = [("--metrics", "127.0.0.1:0"), ("--seal-seconds", "1")];
+const UP_DEFAULTS: [(&str, &str); 3] = [
+    ("--metrics", "127.0.0.1:0"),
+    ("--seal-seconds", "1"),
+    // The tests' servers (Prosody, ngIRCd) listen on loopback, which clients' sessions may
+    // not reach unless allowed.
+    ("--allow-destination", "127.0.0.0/8"),
+];
 
 /// Runs `imgate` with `args` and the environment variables `env`; returns its exit code and
 /// its standard output followed by its standard error.

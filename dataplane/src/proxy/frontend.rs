@@ -96,10 +96,9 @@ fn bad(protocol: &'static str, reason: impl Into<String>) -> HandshakeError {
 pub enum Refusal {
     /// Policy refused the connection.
     NotAllowed,
-    /// The upstream could not be reached.
+    /// The upstream could not be reached: it is refused, does not answer, or does not answer
+    /// in time (one answer for all three).
     Unreachable,
-    /// The upstream did not answer in time.
-    TimedOut,
 }
 
 impl Frontend {
@@ -154,7 +153,6 @@ impl Frontend {
                 let code = match why {
                     Refusal::NotAllowed => 2,
                     Refusal::Unreachable => 4,
-                    Refusal::TimedOut => 6,
                 };
                 client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
             }
@@ -162,7 +160,6 @@ impl Frontend {
                 let status = match why {
                     Refusal::NotAllowed => "403 Forbidden by policy",
                     Refusal::Unreachable => "502 Bad Gateway",
-                    Refusal::TimedOut => "504 Gateway Timeout",
                 };
                 client
                     .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
@@ -173,7 +170,6 @@ impl Frontend {
                 let (status, reason) = match why {
                     Refusal::NotAllowed => (Status::Refused, "refused by policy"),
                     Refusal::Unreachable => (Status::Unreachable, "the server cannot be reached"),
-                    Refusal::TimedOut => (Status::TimedOut, "the server did not answer in time"),
                 };
                 let reply = Reply {
                     status,
@@ -538,10 +534,10 @@ mod tests {
 
         frontend.succeed(&mut server).await.expect("reply");
         frontend
-            .refuse(&mut server, Refusal::TimedOut)
+            .refuse(&mut server, Refusal::Unreachable)
             .await
             .expect("reply");
-        let mut replies = [0u8; 3 + 3 + 33];
+        let mut replies = [0u8; 3 + 3 + 28];
         connector.read_exact(&mut replies).await.expect("replies");
         assert_eq!(
             Reply::decode(&replies),
@@ -557,7 +553,7 @@ mod tests {
             Reply::decode(&replies[3..]),
             Ok(Decoded::Complete(
                 Reply {
-                    status: Status::TimedOut,
+                    status: Status::Unreachable,
                     ..
                 },
                 _

@@ -3,6 +3,7 @@
 //! and the protocol relays.
 
 pub mod copies;
+pub mod destination;
 pub mod frontend;
 pub mod irc_relay;
 pub mod lean_io;

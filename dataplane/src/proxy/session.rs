@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::destination::Destinations;
+use super::destination::{DialError, Network, dial};
 use super::frontend::{Frontend, HandshakeError, Refusal, Target};
 use super::peek::{Prefixed, identify};
 use super::pieces::IntoPieces;
@@ -108,6 +110,43 @@ fn failed(span: &tracing::Span, shared: &Shared, id: u64, peer: SocketAddr, erro
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", tracing::field::display(error));
     tracing::info!(target: "imgate::session", parent: span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+}
+
+/// Every IPv4 and IPv6 address: where an operator's fixed port-forward may go.
+static ANYWHERE: std::sync::LazyLock<Destinations> = std::sync::LazyLock::new(|| {
+    Destinations::new(vec![Network::everywhere(false), Network::everywhere(true)])
+});
+
+/// Archives a session refused before dialling because its destination is not allowed
+/// (`why`): a start and an end record, so that reports show who tried to reach what.
+async fn archive_refused(
+    shared: &Shared,
+    target: &Target,
+    server: &str,
+    peer: SocketAddr,
+    id: u64,
+    why: &str,
+) {
+    let session = format!("{}-{id}", shared.writer);
+    let start = Body::SessionStart {
+        session: session.clone(),
+        connector: target.connector.clone(),
+        client: peer.to_string(),
+        server: server.to_owned(),
+        protocol: Protocol::Unknown,
+        handle: target.user.clone(),
+        tls: None,
+    };
+    let end = Body::SessionEnd {
+        session: session.clone(),
+        reason: format!("destination refused: {why}"),
+    };
+    for body in [start, end] {
+        if let Err(error) = shared.archive(&session, body).await {
+            tracing::error!(%error, "cannot archive a refused destination");
+        }
+    }
+    tracing::warn!(target: "imgate::session", %session, %peer, server, "destination refused: {why}");
 }
 
 /// How an admitted session is relayed.
@@ -240,29 +279,35 @@ async fn admit<S: Client>(
     if let Some(connector) = &target.connector {
         span.record("imgate.connector", connector.as_str());
     }
-    let connected = tokio::time::timeout(
+    // A fixed port-forward's destination is the operator's; any other is the client's
+    // choice, and policy.
+    let destinations = match frontend {
+        Frontend::Forward { .. } => &*ANYWHERE,
+        _ => &shared.destinations,
+    };
+    let connected = dial(
+        &target.host,
+        target.port,
+        destinations,
         shared.limits.connect,
-        TcpStream::connect((target.host.as_str(), target.port)),
     )
     .await;
     let upstream = match connected {
-        Ok(Ok(upstream)) => {
+        Ok(upstream) => {
             // Messages are small and forwarded as soon as they are judged: no Nagle delay.
             let _ = upstream.set_nodelay(true);
             upstream
         }
-        Ok(Err(error)) => {
+        Err(error) => {
+            // Archived before the client is answered, so that a client that goes away at
+            // once leaves the record all the same.
+            if let DialError::Refused(why) = &error {
+                Box::pin(archive_refused(shared, &target, &server, peer, id, why)).await;
+            }
             frontend.refuse(&mut client, Refusal::Unreachable).await?;
             return Err(SessionError::Upstream {
                 server,
                 reason: error.to_string(),
-            });
-        }
-        Err(_) => {
-            frontend.refuse(&mut client, Refusal::TimedOut).await?;
-            return Err(SessionError::Upstream {
-                server,
-                reason: "timed out".into(),
             });
         }
     };

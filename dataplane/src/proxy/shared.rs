@@ -59,6 +59,8 @@ pub struct Shared {
     pub services: ServiceCatalogue,
     /// Timeouts.
     pub limits: Limits,
+    /// Where clients' sessions may go.
+    pub destinations: super::destination::Destinations,
     /// TLS interception, when configured.
     pub tls: Option<Arc<super::xmpp_relay::TlsContext>>,
     /// Prometheus metrics.
@@ -89,6 +91,7 @@ impl Shared {
             forward_after: ForwardAfter::default(),
             services: ServiceCatalogue::default(),
             limits: Limits::default(),
+            destinations: super::destination::Destinations::default(),
             tls: None,
             metrics: crate::telemetry::Metrics::default(),
             directory: RwLock::default(),

@@ -393,8 +393,9 @@ impl Connector {
                     continue;
                 }
                 Status::Refused => Some(Refusal::NotAllowed),
-                Status::TimedOut => Some(Refusal::TimedOut),
-                Status::Unreachable | Status::BadRequest => Some(Refusal::Unreachable),
+                Status::Unreachable | Status::TimedOut | Status::BadRequest => {
+                    Some(Refusal::Unreachable)
+                }
             };
             if let Some(refusal) = refusal {
                 self.metrics.stream("refused");

@@ -105,6 +105,17 @@ pub fn metrics_service(tenant: &Tenant, settings: &Settings) -> Service {
     )
 }
 
+/// `network` as a CIDR range: a single address becomes a `/32` or `/128`.
+fn cidr_of(network: &str) -> String {
+    if network.contains('/') {
+        network.to_owned()
+    } else if network.contains(':') {
+        format!("{network}/128")
+    } else {
+        format!("{network}/32")
+    }
+}
+
 fn policy_port(protocol: &str, number: u16) -> NetworkPolicyPort {
     NetworkPolicyPort {
         protocol: Some(protocol.into()),
@@ -176,6 +187,15 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
     };
     // The trace collector usually runs in the cluster, at a private address: its port is open
     // at any address.
+    // The networks the tenant lets its sessions reach (the dataplanes check each session's
+    // destination; this lets the packets through).
+    let allowed: Vec<NetworkPolicyPeer> = super::workload::allowed_networks(tenant)
+        .map(|network| outside(&cidr_of(network), &[]))
+        .collect();
+    let allowed = (!allowed.is_empty()).then_some(NetworkPolicyEgressRule {
+        ports: None,
+        to: Some(allowed),
+    });
     let collector = settings
         .otlp_endpoint
         .as_deref()
@@ -193,6 +213,7 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             egress: Some(
                 [dns, api_server, internet]
                     .into_iter()
+                    .chain(allowed)
                     .chain(collector)
                     .collect(),
             ),

@@ -164,6 +164,48 @@ fn the_dataplane_is_told_the_tenants_archive_and_tunnel() {
         assert!(args.contains(expected), "{expected:?} missing from {args}");
     }
     assert!(!args.contains("--s3-endpoint"), "AWS needs no endpoint");
+    assert!(
+        !args.contains("--allow-destination"),
+        "no network beyond the public internet unless the tenant names one"
+    );
+}
+
+#[test]
+fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
+    let (mut tenant, _) = broker();
+    tenant.spec.destinations = Some(imgate_crds::tenant::DestinationsSpec {
+        allow_networks: vec![
+            "10.20.0.0/16".into(),
+            "fd00:20::/64".into(),
+            "10.30.0.7".into(),
+            "10.20.0.0/1".into(),
+        ],
+    });
+    let args = workload::dataplane_args(&tenant, &Settings::default()).join(" ");
+    assert!(
+        args.contains(
+            "--allow-destination 10.20.0.0/16 --allow-destination fd00:20::/64 --allow-destination 10.30.0.7"
+        ),
+        "{args}"
+    );
+    assert!(
+        !args.split(' ').any(|arg| arg == "10.20.0.0/1"),
+        "an entry the dataplane would refuse is left out: {args}"
+    );
+    let policy = network::network_policy(&tenant, &Settings::default());
+    let egress = serde_json::to_value(&policy.spec.as_ref().expect("a spec").egress).expect("JSON");
+    let blocks: Vec<&str> = egress
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rule| rule["to"].as_array().into_iter().flatten())
+        .filter_map(|peer| peer["ipBlock"]["cidr"].as_str())
+        .collect();
+    for cidr in ["10.20.0.0/16", "fd00:20::/64", "10.30.0.7/32"] {
+        assert!(blocks.contains(&cidr), "{cidr} not let out: {blocks:?}");
+    }
+    let problems = crate::validation::problems_of(&policy);
+    assert!(problems.is_empty(), "{problems:?}");
 }
 
 /// The pod template of the tenant's StatefulSet.

@@ -155,7 +155,24 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
     for name in tunnel_names(tenant, settings) {
         args.extend(["--tunnel-name".into(), name]);
     }
+    for network in allowed_networks(tenant) {
+        args.extend(["--allow-destination".into(), network.to_owned()]);
+    }
     args
+}
+
+/// The networks beyond the public internet that `tenant`'s sessions may reach
+/// (`spec.destinations.allowNetworks`), those the dataplane can read: an entry it would refuse
+/// (the CRD's pattern lets a few through, such as `10.20.0.0/1`) is left out rather than
+/// have every dataplane refuse to start; `imgate policy lint` names it.
+pub fn allowed_networks(tenant: &Tenant) -> impl Iterator<Item = &str> {
+    tenant
+        .spec
+        .destinations
+        .iter()
+        .flat_map(|d| &d.allow_networks)
+        .map(String::as_str)
+        .filter(|network| imgate_dataplane::proxy::destination::Network::parse(network).is_ok())
 }
 
 /// The Secret with the tenant's extra upstream roots, if it names one.

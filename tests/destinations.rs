@@ -1,0 +1,208 @@
+//! Where clients may go: SOCKS5 and HTTP CONNECT clients name any `host:port`, and the
+//! dataplane refuses the network it runs in (loopback and its own metrics port, the cloud's
+//! instance metadata, private ranges) before dialling anything, with one reply for refused,
+//! unreachable and silent destinations and a record in the archive; a network the operator
+//! allows (`--allow-destination`) is reached.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+
+use common::{Killed, LogsOnFailure, free_port, serve_logged, stop_and_read};
+
+/// `imgate up` with SOCKS5 and HTTP CONNECT on free ports, metrics on another, and `extra`;
+/// returns it and the three ports.
+fn imgate_up(data: &Path, extra: &[&str]) -> (Killed, u16, u16, u16) {
+    let (socks, http, metrics) = (free_port(), free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imgate"));
+    command
+        .args(["up", "--seal-seconds", "1"])
+        .args(["--socks", &format!("127.0.0.1:{socks}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--metrics", &format!("127.0.0.1:{metrics}")])
+        .arg("--data")
+        .arg(data)
+        .args(extra);
+    let log = data.with_extension("log");
+    let imgate = serve_logged(&mut command, http, "imgate up", &log);
+    common::wait_for_port(socks, "imgate up's SOCKS5 listener");
+    (imgate, socks, http, metrics)
+}
+
+/// Asks imgate's SOCKS5 listener on `socks` for `host:port`; the reply code and the open
+/// connection.
+fn socks5(socks: u16, host: &str, port: u16) -> (u8, TcpStream) {
+    let mut stream = TcpStream::connect(("127.0.0.1", socks)).expect("SOCKS5 listener");
+    stream.write_all(&[5, 1, 0]).expect("greeting");
+    let mut chosen = [0; 2];
+    stream.read_exact(&mut chosen).expect("method");
+    assert_eq!(chosen, [5, 0]);
+    let mut request = vec![5, 1, 0];
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            request.push(1);
+            request.extend(v4.octets());
+        }
+        Ok(IpAddr::V6(v6)) => {
+            request.push(4);
+            request.extend(v6.octets());
+        }
+        Err(_) => {
+            request.push(3);
+            request.push(u8::try_from(host.len()).expect("a short name"));
+            request.extend(host.as_bytes());
+        }
+    }
+    request.extend(port.to_be_bytes());
+    stream.write_all(&request).expect("request");
+    let mut reply = [0; 10];
+    stream.read_exact(&mut reply).expect("a reply");
+    (reply[1], stream)
+}
+
+/// Asks imgate's HTTP CONNECT listener on `http` for `target`; the status line.
+fn connect(http: u16, target: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", http)).expect("HTTP CONNECT listener");
+    write!(
+        stream,
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = Vec::new();
+    let mut byte = [0];
+    while !answer.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).expect("a status line");
+        answer.push(byte[0]);
+    }
+    String::from_utf8_lossy(&answer).trim().to_owned()
+}
+
+#[test]
+fn the_network_the_dataplane_runs_in_is_refused_with_one_answer_and_a_record() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let (imgate, socks, http, metrics) = imgate_up(&data, &[]);
+    // Refused before anything is dialled: no packet leaves for any of them.
+    for (host, port) in [
+        ("127.0.0.1", metrics),
+        ("localhost", metrics),
+        ("169.254.169.254", 80),
+        ("10.0.0.1", 5222),
+        ("::1", metrics),
+    ] {
+        let (code, _) = socks5(socks, host, port);
+        assert_eq!(
+            code, 4,
+            "SOCKS5 {host}:{port}: host unreachable, whatever the cause"
+        );
+    }
+    for target in [format!("127.0.0.1:{metrics}"), "169.254.169.254:80".into()] {
+        assert_eq!(
+            connect(http, &target),
+            "HTTP/1.1 502 Bad Gateway",
+            "{target}"
+        );
+    }
+    let records = stop_and_read(imgate, &data);
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "session_end")
+        .filter_map(|r| r["reason"].as_str())
+        .filter(|reason| reason.starts_with("destination refused"))
+        .collect();
+    for why in [
+        "127.0.0.1 is loopback",
+        "169.254.169.254 is link-local (where clouds serve instance metadata)",
+        "10.0.0.1 is private (RFC 1918)",
+        "::1 is loopback",
+    ] {
+        assert!(
+            refused.iter().any(|reason| reason.ends_with(why)),
+            "no record says {why:?}: {refused:#?}"
+        );
+    }
+    assert_eq!(
+        refused.len(),
+        7,
+        "each refused request is archived: {refused:#?}"
+    );
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    assert!(
+        log.contains("destination refused: 169.254.169.254 is link-local"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_network_the_operator_allows_is_reached() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let server = TcpListener::bind("127.0.0.1:0").expect("a server");
+    let port = server.local_addr().expect("its address").port();
+    let (_imgate, socks, _, _) = imgate_up(&data, &["--allow-destination", "127.0.0.0/8"]);
+    let (code, mut client) = socks5(socks, "127.0.0.1", port);
+    assert_eq!(code, 0, "connected");
+    let (mut accepted, _) = server.accept().expect("the session reached the server");
+    accepted
+        .write_all(b"* OK\r\n")
+        .expect("the server speaks first");
+    let mut greeting = [0; 6];
+    client.read_exact(&mut greeting).expect("relayed");
+    assert_eq!(&greeting, b"* OK\r\n");
+    let (code, _) = socks5(socks, "169.254.169.254", 80);
+    assert_eq!(code, 4, "what is not allowed stays refused");
+    // A port nothing listens on gets the answer a refused destination gets.
+    drop(server);
+    let (code, _) = socks5(socks, "127.0.0.1", port);
+    assert_eq!(code, 4, "unreachable and refused look the same");
+}
+
+#[test]
+fn a_refused_destination_is_never_dialled_and_a_fixed_forward_needs_no_allowance() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let server = TcpListener::bind("127.0.0.2:0").expect("a server on 127.0.0.2");
+    server.set_nonblocking(true).expect("non-blocking");
+    let port = server.local_addr().expect("its address").port();
+    let forward = free_port();
+    let (_imgate, socks, _, _) = imgate_up(
+        &data,
+        &[
+            "--allow-destination",
+            "127.0.0.1/32",
+            "--forward",
+            &format!("127.0.0.1:{forward}=127.0.0.2:{port}"),
+        ],
+    );
+    let (code, _) = socks5(socks, "127.0.0.2", port);
+    assert_eq!(code, 4, "127.0.0.2 is not in the allowed 127.0.0.1/32");
+    // The answer comes after the decision, so a dial would have arrived by now.
+    let attempt = server.accept();
+    assert!(
+        matches!(&attempt, Err(error) if error.kind() == std::io::ErrorKind::WouldBlock),
+        "the refused destination was dialled: {attempt:?}"
+    );
+    // The operator's own forward to the same server is not a client's choice.
+    common::wait_for_port(forward, "imgate up's forward");
+    let _client = TcpStream::connect(("127.0.0.1", forward)).expect("the forward");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match server.accept() {
+            Ok(_) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the forward never dialled"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    }
+}
