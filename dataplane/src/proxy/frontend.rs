@@ -1,6 +1,7 @@
 //! The front ends a client reaches the dataplane through: SOCKS5 (RFC 1928, with the
-//! username/password method of RFC 1929, whose user names the person) and HTTP CONNECT
-//! (with optional `Proxy-Authorization: Basic`). Fixed port-forwards need no handshake.
+//! username/password method of RFC 1929) and HTTP CONNECT (with optional
+//! `Proxy-Authorization: Basic`). The user name either carries is a claim, archived as
+//! claimed: the password is not checked (see `docs/trust-model.md`). Fixed port-forwards need no handshake.
 //!
 //! Invariants: handshakes read at most [`MAX_HANDSHAKE`] bytes and answer every request they
 //! refuse with the protocol's own error before closing; a client is told "succeeded" only

@@ -206,16 +206,8 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             .unwrap_or_default(),
     };
     let host = info.server.split(':').next().unwrap_or_default();
-    let named = (direction == Direction::Outbound)
-        .then(|| info.user.clone())
-        .flatten();
     let sender = shared
-        .party(
-            info,
-            Some(Protocol::Irc),
-            format!("{sender_nick}@{host}"),
-            named,
-        )
+        .party(info, Some(Protocol::Irc), format!("{sender_nick}@{host}"))
         .await;
     match message.event() {
         IrcEvent::Nick(nick) if direction == Direction::Outbound => {

@@ -327,11 +327,12 @@ async fn admit<S: Client>(
     };
     let protocol = peeked.detected.protocol();
     shared.metrics.session(protocol.as_str());
-    let handle = target.user.clone().unwrap_or_else(|| peer.ip().to_string());
-    let info = SessionInfo::new(session.clone(), server.clone(), target.user.clone());
-    let sender = shared
-        .party(&info, None, handle.clone(), target.user.clone())
-        .await;
+    // The user a SOCKS5 or HTTP client names is a claim nobody checked (the password is not
+    // verified): it selects no policy and names no person. It is archived as claimed, in the
+    // session's start record; the session is judged as its client address.
+    let handle = peer.ip().to_string();
+    let info = SessionInfo::new(session.clone(), server.clone());
+    let sender = shared.party(&info, None, handle.clone()).await;
     let event = Event {
         tenant: shared.tenant.clone(),
         protocol,

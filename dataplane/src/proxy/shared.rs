@@ -107,15 +107,15 @@ impl Shared {
     }
 
     /// The sender `handle` (of `protocol`, when it is one of that protocol's handles),
-    /// resolved through the directory; without an entry, the person is the user the front
-    /// end named, if any. The first time a handle is resolved in a session, who it was is
-    /// archived (`identity` record).
+    /// resolved through the directory; without an entry, nobody: a user name a client claims
+    /// in its proxy handshake is never taken for a person. The first time a handle is
+    /// resolved in a session, who it was and where that came from is archived (`identity`
+    /// record).
     pub async fn party(
         &self,
         info: &SessionInfo,
         protocol: Option<Protocol>,
         handle: String,
-        named: Option<String>,
     ) -> Party {
         let directory = self
             .directory
@@ -125,7 +125,7 @@ impl Shared {
         let Some((identity, source)) = directory.resolve(protocol, &handle).await else {
             return Party {
                 handle,
-                person: named,
+                person: None,
                 groups: Vec::new(),
             };
         };
@@ -245,19 +245,16 @@ pub struct SessionInfo {
     pub session: String,
     /// The server, `host:port`.
     pub server: String,
-    /// The user the front end named (SOCKS user), taken as the person.
-    pub user: Option<String>,
     /// Handles resolved so far in this session (lower case), each archived once.
     pub resolved: Arc<Mutex<HashSet<String>>>,
 }
 
 impl SessionInfo {
     /// A session with nothing resolved yet.
-    pub fn new(session: String, server: String, user: Option<String>) -> Self {
+    pub fn new(session: String, server: String) -> Self {
         Self {
             session,
             server,
-            user,
             resolved: Arc::default(),
         }
     }

@@ -92,11 +92,8 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
             format!("xmpp:{}", pair.join("/"))
         }
     };
-    let named = (direction == Direction::Outbound)
-        .then(|| info.user.clone())
-        .flatten();
     let party = shared
-        .party(info, Some(Protocol::Xmpp), sender.clone(), named)
+        .party(info, Some(Protocol::Xmpp), sender.clone())
         .await;
     let recipients = if room.is_some() {
         Vec::new()

@@ -37,9 +37,7 @@ pub(super) async fn presence(
         };
         (change, state.me())
     };
-    let who = shared
-        .party(info, Some(Protocol::Xmpp), me, info.user.clone())
-        .await;
+    let who = shared.party(info, Some(Protocol::Xmpp), me).await;
     let body = Body::Presence {
         session: info.session.clone(),
         dir: Direction::Outbound,
