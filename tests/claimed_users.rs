@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
-use common::{Killed, LogsOnFailure, free_port, serve_logged};
+use common::{LogsOnFailure, free_port, serve_logged, stop_and_read_tenant};
 
 const TENANT: &str = "acme";
 
@@ -55,40 +55,6 @@ spec:
         ),
     )
     .expect("policies");
-}
-
-/// Stops `imgate` with SIGTERM and reads the tenant's archive from `data`.
-fn stopped_records(mut imgate: Killed, data: &std::path::Path) -> Vec<serde_json::Value> {
-    let pid = imgate.0.id().to_string();
-    let signalled = Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(signalled.is_ok_and(|s| s.success()), "SIGTERM");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = imgate.0.try_wait().expect("its state") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "imgate up did not stop within 60 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
-    let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["archive", "--tenant", TENANT, "--dir"])
-        .arg(data.join("archive"))
-        .args(["search", "--json"])
-        .output()
-        .expect("imgate archive runs");
-    assert!(
-        search.status.success(),
-        "{}",
-        String::from_utf8_lossy(&search.stderr)
-    );
-    String::from_utf8_lossy(&search.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a record"))
-        .collect()
 }
 
 #[test]
@@ -158,7 +124,7 @@ fn a_claimed_socks_user_selects_no_policy_and_names_no_person() {
     );
     drop(client);
 
-    let records = stopped_records(imgate, &data);
+    let records = stop_and_read_tenant(imgate, &data, TENANT);
     let start = records
         .iter()
         .find(|r| r["type"] == "session_start")

@@ -164,6 +164,12 @@ pub fn presence_of<'a>(records: &'a [Value], who: &str) -> Vec<(&'a str, &'a str
 }
 
 pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
+    stop_and_read_tenant(imgate, data, "local")
+}
+
+/// Stops `imgate up` with SIGTERM (waiting up to 30 s) and reads tenant `tenant`'s archive
+/// from its data folder `data`: every record.
+pub fn stop_and_read_tenant(imgate: Killed, data: &Path, tenant: &str) -> Vec<Value> {
     let mut imgate = imgate;
     assert!(
         Command::new("kill")
@@ -181,7 +187,7 @@ pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["archive", "--tenant", "local", "--dir"])
+        .args(["archive", "--tenant", tenant, "--dir"])
         .arg(data.join("archive"))
         .args(["search", "--json"])
         .output()
