@@ -80,7 +80,18 @@ fn a_refused_apply_shows_on_the_tenant_and_clears_once_the_api_server_accepts_it
         cluster.api.all("horizontalpodautoscalers").is_empty(),
         "nothing after the refused StatefulSet was applied"
     );
+    // The cause is fixed (here: the API server accepts the StatefulSet again) and the Tenant
+    // changed, as an upgrade of the operator or an edit would change it: it converges at once,
+    // rather than at its next retry (which backs off, up to five minutes).
     cluster.api.lift("statefulsets", "dataplane");
+    let _entered = runtime.enter();
+    let tenants: kube::Api<imgate_crds::Tenant> = kube::Api::all(cluster.client());
+    let edit = kube::api::Patch::Merge(
+        serde_json::json!({"spec": {"displayName": "Refused, then fixed"}}),
+    );
+    runtime
+        .block_on(tenants.patch("refused", &kube::api::PatchParams::default(), &edit))
+        .expect("the API server takes the edit");
     wait_until("Ready again once accepted", &cluster.operator_log, || {
         condition(&cluster.api, "refused", "Ready").filter(|c| c["reason"] != "ApplyRefused")
     });
