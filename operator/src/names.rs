@@ -71,6 +71,15 @@ pub fn selector(tenant: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`selector`] as a list request's `labelSelector` (`k=v,k=v`).
+pub fn selector_query(tenant: &str) -> String {
+    selector(tenant)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A label selector for `tenant`'s dataplane pods ([`selector`]).
 pub fn pod_selector(tenant: &Tenant) -> LabelSelector {
     LabelSelector {

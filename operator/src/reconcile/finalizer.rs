@@ -88,11 +88,7 @@ pub async fn drain(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action,
         Err(error) => return Err(api("scale", "StatefulSet/dataplane")(error)),
     }
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
-    let selector = names::selector(&name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = names::selector_query(&name);
     let remaining = pods
         .list_metadata(&ListParams::default().labels(&selector))
         .await

@@ -22,11 +22,7 @@ const SHOWN: usize = 3;
 pub async fn why_not_ready(tenant: &Tenant, ctx: &Context) -> Result<String, Error> {
     let name = tenant.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names::namespace(&name));
-    let selector = names::selector(&name)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = names::selector_query(&name);
     let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await

@@ -191,6 +191,15 @@ fn leader_running(
     (task, Terms(terms), shutdown)
 }
 
+/// Answers replica-a's first attempt with its own lapsed Lease and its renewal, and waits for
+/// the term's work to start.
+async fn takes_its_lapsed_lease(server: &mut ApiServer, terms: &mut Terms) {
+    held(server, lease("replica-a", 1_000, 0)).await;
+    let path = format!("{LEASES}/imgate-operator");
+    server.expect(Method::PUT, &path, Reply::Echo).await;
+    assert!(terms.next().await, "leading: the work started");
+}
+
 fn unavailable() -> Reply {
     Reply::Fail(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
 }
@@ -283,10 +292,7 @@ async fn a_leader_shutting_down_releases_the_lease_and_another_replica_takes_it_
 async fn a_lease_taken_by_another_replica_stops_the_work_at_once() {
     let (client, mut server) = super::super::fixtures::pair();
     let (task, mut terms, shutdown) = leader_running(client);
-    let path = format!("{LEASES}/imgate-operator");
-    held(&mut server, lease("replica-a", 1_000, 0)).await;
-    server.expect(Method::PUT, &path, Reply::Echo).await;
-    assert!(terms.next().await);
+    takes_its_lapsed_lease(&mut server, &mut terms).await;
     let now = Timestamp::now().as_second();
     held(&mut server, lease("replica-b", now, 1)).await;
     assert!(
@@ -312,9 +318,7 @@ async fn a_leader_whose_renewals_fail_stops_two_thirds_of_a_lease_after_its_last
     let (client, mut server) = super::super::fixtures::pair();
     let (task, mut terms, shutdown) = leader_running(client);
     let path = format!("{LEASES}/imgate-operator");
-    held(&mut server, lease("replica-a", 1_000, 0)).await;
-    server.expect(Method::PUT, &path, Reply::Echo).await;
-    assert!(terms.next().await);
+    takes_its_lapsed_lease(&mut server, &mut terms).await;
     // The renewal a third of the way in begins now, and its answer is slow to come.
     held(&mut server, lease("replica-a", 1_000, 0)).await;
     let began = tokio::time::Instant::now();

@@ -853,6 +853,22 @@ async fn dataplanes_not_ready_past_the_deadline_are_announced_once() {
     assert!(result.is_ok());
 }
 
+/// Answers the read of the tenant's namespace with one an earlier Tenant of the name left.
+async fn earlier_firms_namespace(server: &mut ApiServer) {
+    server
+        .expect(
+            Method::GET,
+            "/api/v1/namespaces/imgate-harbor-dental",
+            Reply::Json(
+                StatusCode::OK,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "imgate-harbor-dental",
+                        "annotations": {"imgate.io/tenant-uid": "uid-of-the-earlier-firm"}}}),
+            ),
+        )
+        .await;
+}
+
 #[tokio::test]
 async fn a_namespace_left_by_an_earlier_tenant_of_the_name_is_not_taken_unasked() {
     let (tenant, policies) = harbor();
@@ -860,18 +876,7 @@ async fn a_namespace_left_by_an_earlier_tenant_of_the_name_is_not_taken_unasked(
     let result = run_to_the_end(steady, |mut server| async move {
         serve_policies(&mut server, &policies).await;
         policy_status(&mut server).await;
-        server
-            .expect(
-                Method::GET,
-                "/api/v1/namespaces/imgate-harbor-dental",
-                Reply::Json(
-                    StatusCode::OK,
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                        "metadata": {"name": "imgate-harbor-dental",
-                            "annotations": {"imgate.io/tenant-uid": "uid-of-the-earlier-firm"}}}),
-                ),
-            )
-            .await;
+        earlier_firms_namespace(&mut server).await;
         let status = tenant_status(&mut server).await;
         let ready = condition(&status.body["status"], "Ready");
         assert_eq!(ready["reason"], "NamespaceOfEarlierTenant");
@@ -912,18 +917,7 @@ async fn a_tenant_that_adopts_the_earlier_namespace_takes_it() {
     let (result, _) = run(steady, |mut server| async move {
         serve_policies(&mut server, &policies).await;
         policy_status(&mut server).await;
-        server
-            .expect(
-                Method::GET,
-                "/api/v1/namespaces/imgate-harbor-dental",
-                Reply::Json(
-                    StatusCode::OK,
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                        "metadata": {"name": "imgate-harbor-dental",
-                            "annotations": {"imgate.io/tenant-uid": "uid-of-the-earlier-firm"}}}),
-                ),
-            )
-            .await;
+        earlier_firms_namespace(&mut server).await;
         let applied = server
             .expect(Method::PATCH, &path(&expected[0]), Reply::Echo)
             .await;
