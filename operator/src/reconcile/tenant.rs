@@ -81,11 +81,11 @@ async fn converge(tenant: &Tenant, ctx: &Context, now: &Time) -> Result<Action, 
     finalizer::ensure(tenant, ctx).await?;
     let (set, outcome) = policies::evaluate(&name, ctx, now).await?;
     let objects = desired(tenant, set.as_ref(), &ctx.settings);
-    let applied = match adoption::check(tenant, ctx).await {
-        Ok(()) => apply::apply_all(&objects, &name, ctx).await,
-        Err(error) => Err(error),
+    let applied = async {
+        adoption::check(tenant, ctx).await?;
+        apply::apply_all(&objects, &name, ctx).await
     };
-    let applied = match applied {
+    let applied = match applied.await {
         Ok(applied) => applied,
         Err(error) => {
             if let Some((reason, message)) = refusal::message(&error) {
