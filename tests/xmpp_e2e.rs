@@ -315,3 +315,173 @@ fn xmpp_over_direct_tls_is_intercepted_inspected_and_archived() {
         "the message was read inside the intercepted TLS session"
     );
 }
+
+/// A client that asks for STARTTLS at `front` and completes TLS with imgate, trusting the
+/// interception CA `ca`; its stream is open past the second stream's features.
+fn intercepted_client(
+    front: u16,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use std::io::Write;
+    let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.write_all(header.as_bytes()).expect("header");
+    let features = read_until(&mut peer, "</stream:features>");
+    assert!(features.contains("starttls"), "{features}");
+    peer.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .expect("starttls");
+    assert!(read_until(&mut peer, "<proceed").contains("<proceed"));
+    let mut roots = rustls::RootCertStore::empty();
+    for root in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(root.expect("CA certificate")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("connection");
+    let mut tls = rustls::StreamOwned::new(connection, peer);
+    tls.write_all(header.as_bytes()).expect("header over TLS");
+    let features = read_tls_until(&mut tls, "</stream:features>");
+    assert!(features.contains("mechanisms"), "{features}");
+    tls
+}
+
+/// [`read_until`] over TLS.
+fn read_tls_until(
+    tls: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    needle: &str,
+) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains(needle) {
+        match tls.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => panic!("reading over TLS: {error}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn an_intercepted_session_ends_with_close_notify_and_a_truncation_is_recorded() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data-close");
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
+    let ca = data.join("ca/ca.pem");
+
+    // The client closes its stream and its TLS: imgate ends the session and the client
+    // hears imgate's close_notify (rustls reports an end without one as an error).
+    let mut tls = intercepted_client(front, &ca);
+    tls.write_all(b"</stream:stream>").expect("stream close");
+    tls.conn.send_close_notify();
+    tls.flush().expect("close_notify");
+    tls.sock
+        .set_read_timeout(None)
+        .expect("no read timeout while waiting for the end");
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest)
+        .expect("imgate ends the client's TLS stream with close_notify");
+
+    // The client's connection drops without close_notify: the session's end says so.
+    let tls = intercepted_client(front, &ca);
+    tls.sock
+        .shutdown(std::net::Shutdown::Both)
+        .expect("drop the connection");
+    drop(tls);
+
+    let records = stop_and_read(imgate, &data);
+    let xmpp: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "session_start" && r["protocol"] == "xmpp")
+        .map(|r| &r["session"])
+        .collect();
+    let ends: Vec<&str> = xmpp
+        .iter()
+        .map(|session| {
+            records
+                .iter()
+                .find(|r| r["type"] == "session_end" && &&r["session"] == session)
+                .and_then(|r| r["reason"].as_str())
+                .unwrap_or_else(|| panic!("{session} has ended: {records:?}"))
+        })
+        .collect();
+    assert_eq!(ends[0], "closed", "{records:?}");
+    assert_eq!(
+        ends[1],
+        "the client: the peer ended the connection without a TLS close_notify: what it sent \
+         may have been truncated",
+        "the dropped session is recorded as truncated"
+    );
+}
+
+/// A firm's PKI: a root, and an interception CA below it whose key and certificate (followed
+/// by the root's) go to `dir`. Gives the file holding the root alone, which clients trust.
+fn firm_pki(dir: &Path) -> std::path::PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let root_key = KeyPair::generate().expect("key");
+    let mut root_params = CertificateParams::default();
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, "Example Corp Root CA");
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params.self_signed(&root_key).expect("root");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Example Corp IM Inspection");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.use_authority_key_identifier_extension = true;
+    let intermediate = params
+        .signed_by(&key, &Issuer::new(root_params, root_key))
+        .expect("intermediate");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(
+        dir.join("ca.pem"),
+        format!("{}{}", intermediate.pem(), root.pem()),
+    )
+    .expect("ca.pem");
+    std::fs::write(dir.join("ca.key"), key.serialize_pem()).expect("ca.key");
+    let trusted = dir.join("root.pem");
+    std::fs::write(&trusted, root.pem()).expect("root.pem");
+    trusted
+}
+
+#[test]
+fn a_firms_own_interception_ca_below_its_root_works_with_real_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let firm_ca = dir.path().join("firm-ca");
+    let root = firm_pki(&firm_ca);
+    let data = dir.path().join("data-firm");
+    let (imgate, front) = imgate_up(
+        port,
+        &data,
+        &[
+            "--extra-roots",
+            &server_cert.to_string_lossy(),
+            "--interception-ca",
+            &firm_ca.to_string_lossy(),
+        ],
+    );
+    // The clients trust the firm's root and nothing imgate generated.
+    let received = clients(front, &root, &["chat"]);
+    let records = stop_and_read(imgate, &data);
+    check_inspected_chat(&received, &records);
+    assert!(
+        !data.join("ca").exists(),
+        "no CA was generated beside the firm's"
+    );
+}

@@ -1,30 +1,71 @@
 //! TLS interception: the tenant's interception CA, leaf certificates minted from it per
-//! server name (cached), the client-facing server configuration, and the upstream client
+//! server name, the client-facing server configurations, and the upstream client
 //! configuration that verifies the real server against the system roots plus configured
 //! extra roots.
 //!
-//! Invariants: the CA's private key never leaves its file (mode 0600) and memory; a leaf and
-//! the server configuration presenting it are made once per name and shared by every
-//! session for that name (a configuration carries a session cache of its own, too large to
-//! make per session); upstream certificates are always verified (no option
-//! turns verification off); one crypto provider (ring) is used explicitly.
+//! Invariants:
+//! - the CA's private key never leaves its file (mode 0600) and memory; a CA is used only
+//!   once it is shown to be a CA (basicConstraints CA:TRUE, keyCertSign if key usage is
+//!   given), the key shown to be the certificate's, and the certificate to be valid now;
+//! - a leaf names the CA as its issuer exactly as the CA's certificate names itself, carries
+//!   the CA's key identifier as its authority key identifier, allows digitalSignature only
+//!   (RFC 5480 for its ECDSA key), never outlives the CA, and is sent with the CA's
+//!   certificate and whatever follows it in `ca.pem` (intermediates up to a root);
+//! - at most [`MAX_LEAVES`] names are kept, each for [`LEAF_TTL`], well within a leaf's
+//!   [`LEAF_LIFETIME`], and new names are minted at most [`MINT_PER_SECOND`] a second after a
+//!   burst of [`MINT_BURST`] (see [`super::leaf_cache`]); the server configurations share
+//!   one session store, so a name costs its leaf and a configuration, not a cache;
+//! - CAs imgate generates are valid for [`CA_LIFETIME`]; a CA within [`CA_RENEW_BEFORE`] of
+//!   its end is reported at start (docs/interception-ca.md says how to rotate it);
+//! - upstream certificates are always verified (no option turns verification off); one
+//!   crypto provider (ring) is used explicitly.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls::client::ClientConfig;
 use rustls::crypto::ring::default_provider;
-use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::leaf_cache::{LeafCache, RateLimited};
+
 const CA_NAME: &str = "imgate interception CA";
+
+/// How long a CA imgate generates is valid.
+pub const CA_LIFETIME: Duration = Duration::from_secs(2 * 365 * 86_400);
+
+/// A CA this close to its end is reported at start, so that its successor can be
+/// distributed to clients in time.
+pub const CA_RENEW_BEFORE: Duration = Duration::from_secs(90 * 86_400);
+
+/// How long a minted leaf is valid (never past the CA's own end).
+pub const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
+
+/// How long a minted leaf is served before it is minted again.
+pub const LEAF_TTL: Duration = Duration::from_secs(86_400);
+
+/// Most server names whose leaves are kept.
+pub const MAX_LEAVES: usize = 1024;
+
+/// New leaves minted at once before the rate applies.
+pub const MINT_BURST: u32 = 64;
+
+/// New leaves minted a second, sustained.
+pub const MINT_PER_SECOND: u32 = 16;
+
+/// TLS sessions kept for resumption, across every name.
+const SESSIONS_KEPT: usize = 4096;
 
 /// What can go wrong with certificates.
 #[derive(Debug, thiserror::Error)]
@@ -46,23 +87,41 @@ pub enum TlsError {
     /// A PEM file held nothing usable.
     #[error("{}: no certificate found (expected PEM)", .0.display())]
     NoCertificate(PathBuf),
+    /// A CA cannot sign leaves.
+    #[error("{}: cannot be used as the interception CA: {reason}", path.display())]
+    UnusableCa {
+        /// The CA certificate's file.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// Too many new names.
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
 }
 
-/// The interception CA and its leaf cache.
+/// The interception CA and the leaves minted from it.
 pub struct InterceptionCa {
     issuer: Issuer<'static, KeyPair>,
-    /// The CA certificate, PEM: what clients must trust.
+    /// What follows a leaf in the chain: the CA's certificate and any above it.
+    chain: Vec<CertificateDer<'static>>,
+    /// The CA certificate, PEM: what clients must trust (with any certificates above it).
     pub cert_pem: String,
     /// Where the CA certificate is.
     pub cert_path: PathBuf,
+    /// When the CA's certificate ends.
+    pub not_after: SystemTime,
+    /// Sessions kept for resumption, shared by every name's configuration.
+    sessions: Arc<dyn StoresServerSessions>,
     /// Per server name: the leaf and the configuration presenting it.
-    minted: Mutex<HashMap<String, Minted>>,
+    minted: Mutex<LeafCache<Minted>>,
 }
 
 /// A leaf and the server configuration presenting it.
 type Minted = (Arc<CertifiedKey>, Arc<ServerConfig>);
 
-/// The parameters of an imgate CA named `common_name`, which signs leaves only.
+/// The parameters of an imgate CA named `common_name`, which signs leaves only, valid for
+/// [`CA_LIFETIME`] from now.
 pub(crate) fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -75,18 +134,103 @@ pub(crate) fn ca_params(common_name: &str) -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + CA_LIFETIME).into();
     params
 }
 
+/// Checks that `cert` is a CA certificate, valid now, whose key is `key`; gives its end.
+fn check_ca(cert: &CertificateDer<'_>, key: &KeyPair, path: &Path) -> Result<SystemTime, TlsError> {
+    let unusable = |reason: &str| TlsError::UnusableCa {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| unusable(&format!("the certificate cannot be read ({e})")))?;
+    match x509.basic_constraints() {
+        Ok(Some(constraints)) if constraints.value.ca => {}
+        _ => {
+            return Err(unusable(
+                "it is not a CA certificate (basicConstraints CA:TRUE is missing); issue one \
+                 that is, or let imgate generate one",
+            ));
+        }
+    }
+    if let Ok(Some(usage)) = x509.key_usage()
+        && !usage.value.key_cert_sign()
+    {
+        return Err(unusable(
+            "its key usage does not allow signing certificates (keyCertSign)",
+        ));
+    }
+    if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(unusable(
+            "the private key in ca.key is not this certificate's key",
+        ));
+    }
+    let validity = x509.validity();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if validity.not_before.timestamp() > now {
+        return Err(unusable(&format!(
+            "it is not valid before {}",
+            validity.not_before
+        )));
+    }
+    if validity.not_after.timestamp() <= now {
+        return Err(unusable(&format!(
+            "it expired on {}; rotate it (docs/interception-ca.md)",
+            validity.not_after
+        )));
+    }
+    let end = u64::try_from(validity.not_after.timestamp()).unwrap_or(0);
+    Ok(UNIX_EPOCH + Duration::from_secs(end))
+}
+
 impl InterceptionCa {
-    /// Loads the CA from `dir` (`ca.pem`, `ca.key`), generating it on first use.
+    /// Loads the CA from `dir` (`ca.pem`, `ca.key`), generating it on first use. `ca.pem`
+    /// holds the CA's certificate first, then any intermediates above it (and its root, if
+    /// clients are to be sent it).
     pub fn load_or_generate(dir: &Path) -> Result<Self, TlsError> {
         let (key, cert_pem, cert_path) = load_or_generate_ca(dir, &ca_params(CA_NAME))?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::UnusableCa {
+                path: cert_path.clone(),
+                reason: format!("it is not PEM ({e})"),
+            })?;
+        let first = chain
+            .first()
+            .ok_or_else(|| TlsError::NoCertificate(cert_path.clone()))?;
+        let not_after = check_ca(first, &key, &cert_path)?;
+        let issuer = Issuer::from_ca_cert_der(first, key)?;
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left < CA_RENEW_BEFORE {
+            tracing::warn!(
+                "the interception CA {} ends in {} days: distribute its successor to clients \
+                 and rotate it (docs/interception-ca.md)",
+                cert_path.display(),
+                left.as_secs() / 86_400
+            );
+        }
         Ok(Self {
-            issuer: Issuer::new(ca_params(CA_NAME), key),
+            issuer,
+            chain,
             cert_pem,
             cert_path,
-            minted: Mutex::new(HashMap::new()),
+            not_after,
+            sessions: ServerSessionMemoryCache::new(SESSIONS_KEPT),
+            minted: Mutex::new(LeafCache::new(
+                NonZeroUsize::new(MAX_LEAVES).unwrap_or(NonZeroUsize::MIN),
+                LEAF_TTL,
+                MINT_BURST,
+                MINT_PER_SECOND,
+                Instant::now(),
+            )),
         })
     }
 
@@ -100,50 +244,59 @@ impl InterceptionCa {
         Ok(self.minted(name)?.1)
     }
 
-    /// The leaf for `name` and the configuration presenting it, made on first use.
+    /// How many names' leaves are kept.
+    pub fn leaves_kept(&self) -> usize {
+        self.cache().len()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LeafCache<Minted>> {
+        self.minted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leaf for `name` and the configuration presenting it, minted when none younger
+    /// than [`LEAF_TTL`] is kept.
     fn minted(&self, name: &str) -> Result<Minted, TlsError> {
         let name = name.to_ascii_lowercase();
-        if let Some(minted) = self
-            .minted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&name)
         {
-            return Ok(minted.clone());
+            let mut cache = self.cache();
+            if let Some(minted) = cache.get(&name, Instant::now()) {
+                return Ok(minted);
+            }
+            cache.allow_mint(Instant::now())?;
         }
+        let minted = self.mint(&name)?;
+        // Another session may have minted this name meanwhile: keep the first.
+        Ok(self.cache().insert(&name, minted, Instant::now()))
+    }
+
+    fn mint(&self, name: &str) -> Result<Minted, TlsError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![name.clone()])?;
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
         params
             .distinguished_name
-            .push(DnType::CommonName, name.clone());
+            .push(DnType::CommonName, name.to_owned());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let now = std::time::SystemTime::now();
-        params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-        params.not_after = (now + std::time::Duration::from_secs(90 * 86_400)).into();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + LEAF_LIFETIME).min(self.not_after).into();
         let cert = params.signed_by(&key, &self.issuer)?;
         let private = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| rustls::Error::General(e.to_owned()))?;
         let signing = default_provider().key_provider.load_private_key(private)?;
-        let leaf = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing));
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        let leaf = Arc::new(CertifiedKey::new(chain, signing));
         let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(leaf.clone())));
-        // Intercepted connections protect their own records after the handshake.
-        config.enable_secret_extraction = true;
-        let config = Arc::new(config);
-        let mut minted = self.minted.lock().unwrap_or_else(|p| p.into_inner());
-        // Another session may have minted this name meanwhile: keep the first.
-        Ok(minted.entry(name).or_insert((leaf, config)).clone())
+        config.session_storage = self.sessions.clone();
+        Ok((leaf, Arc::new(config)))
     }
 }
 
-/// A CA's key, its certificate (PEM) and where that is, from `dir` (`ca.key`, `ca.pem`);
-/// generated from `params` on first use, the key readable by its owner only.
 /// A new CA made from `params`, as PEM: the certificate and its private key.
 pub(crate) fn generate_ca_pem(params: &CertificateParams) -> Result<CaPem, TlsError> {
     let key = KeyPair::generate()?;
@@ -170,6 +323,8 @@ impl InterceptionCa {
     }
 }
 
+/// A CA's key, its certificate (PEM) and where that is, from `dir` (`ca.key`, `ca.pem`);
+/// generated from `params` on first use, the key readable by its owner only.
 pub(crate) fn load_or_generate_ca(
     dir: &Path,
     params: &CertificateParams,
@@ -238,73 +393,15 @@ pub fn upstream_config(
     for certificate in extra_roots {
         roots.add(certificate.clone())?;
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    // Intercepted connections protect their own records after the handshake.
-    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
+/// A leaf is minted again well before it ends.
+const _: () = assert!(LEAF_TTL.as_secs() * 2 < LEAF_LIFETIME.as_secs());
+
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-    use super::*;
-
-    #[tokio::test]
-    async fn a_client_trusting_the_ca_accepts_minted_leaves_and_others_do_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = InterceptionCa::load_or_generate(dir.path()).expect("CA");
-        let again = InterceptionCa::load_or_generate(dir.path()).expect("reloaded");
-        assert_eq!(ca.cert_pem, again.cert_pem, "the CA is generated once");
-        assert!(
-            Arc::ptr_eq(
-                &ca.leaf("chat.example").expect("leaf"),
-                &ca.leaf("CHAT.example").expect("leaf")
-            ),
-            "leaves are cached"
-        );
-        assert!(
-            Arc::ptr_eq(
-                &ca.server_config("chat.example").expect("config"),
-                &ca.server_config("Chat.Example").expect("config")
-            ),
-            "sessions for one name share one server configuration"
-        );
-        let roots = load_certificates(&ca.cert_path).expect("CA certificate");
-        let trusting = upstream_config(&roots).expect("client config");
-        let untrusting = upstream_config(&[]).expect("client config");
-        for (client_config, should_work) in [(trusting, true), (untrusting, false)] {
-            let (client, server) = tokio::io::duplex(1 << 16);
-            let acceptor =
-                TlsAcceptor::from(ca.server_config("chat.example").expect("server config"));
-            let server = tokio::spawn(async move {
-                let mut tls = acceptor.accept(server).await?;
-                tls.write_all(b"hello").await?;
-                tls.flush().await?;
-                Ok::<_, std::io::Error>(())
-            });
-            let name = rustls_pki_types::ServerName::try_from("chat.example").expect("name");
-            let connected = TlsConnector::from(client_config)
-                .connect(name, client)
-                .await;
-            match (connected, should_work) {
-                (Ok(mut tls), true) => {
-                    let mut greeting = [0u8; 5];
-                    tls.read_exact(&mut greeting).await.expect("read");
-                    assert_eq!(&greeting, b"hello");
-                }
-                (Err(error), false) => assert!(
-                    error.to_string().contains("UnknownIssuer")
-                        || error.to_string().contains("invalid peer certificate"),
-                    "{error}"
-                ),
-                (result, _) => panic!("unexpected: {:?}", result.map(|_| ())),
-            }
-            let _ = server.await;
-        }
-    }
-}
+mod tests;

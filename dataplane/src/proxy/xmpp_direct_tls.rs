@@ -49,7 +49,12 @@ where
         .ca
         .server_config(&domain)
         .map_err(std::io::Error::other)?;
-    let client = Box::pin(super::lean_tls::accept(config, client)).await?;
+    let client = Box::pin(super::tls_stream::accept(
+        config,
+        client,
+        shared.limits.handshake,
+    ))
+    .await?;
     tracing::info!(target: "imgate::session", session = %info.session, "direct TLS intercepted for {domain}");
     Box::pin(xmpp_relay::relaying(
         shared, client, upstream, info, None, false,

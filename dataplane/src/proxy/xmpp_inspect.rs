@@ -10,7 +10,11 @@
 //!   it has waited [`BATCH_WAIT`] or holds [`BATCH_BYTES`], so that a long run of small
 //!   elements does not hold the first back until the last is judged;
 //! - elements are parsed where they lie in the read buffer, which is compacted once per
-//!   read, not once per element.
+//!   read, not once per element;
+//! - when either direction ends, both ends are shut down (each intercepted TLS stream sends
+//!   its close_notify); a read that fails, such as a TLS stream truncated without
+//!   close_notify, ends the session with an error that names the side, which becomes the
+//!   session's archived end reason.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imgate_crds::policy::Direction;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::shared::{ClientWriter, SessionInfo, Shared, send, split_for_relay};
 use super::xmpp_judge::judge;
@@ -28,6 +32,9 @@ use crate::inspect::xmpp::{Framer, Item, Stanza, stream_error};
 
 /// The longest a judged element waits for the rest of its read to be judged.
 pub const BATCH_WAIT: Duration = Duration::from_micros(100);
+
+/// The longest a session's end waits for each side to take its close_notify.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The most bytes a batch gathers before it is forwarded (one TLS record's worth).
 pub const BATCH_BYTES: usize = 16 * 1024;
@@ -122,22 +129,27 @@ where
         client: client_write,
     };
     async move {
-        let outbound = flow.run(
-            Direction::Outbound,
-            client_read,
-            Upstream(upstream_write),
-            from_client,
-        );
-        let inbound = flow.run(
-            Direction::Inbound,
-            upstream_read,
-            flow.client.clone(),
-            from_server,
-        );
-        tokio::select! {
-            result = outbound => result,
-            result = inbound => result,
-        }
+        let mut upstream_write = upstream_write;
+        let result = {
+            let outbound = flow.run(
+                Direction::Outbound,
+                client_read,
+                Upstream(&mut upstream_write),
+                from_client,
+            );
+            let inbound = flow.run(
+                Direction::Inbound,
+                upstream_read,
+                flow.client.clone(),
+                from_server,
+            );
+            tokio::select! {
+                result = outbound => result,
+                result = inbound => result,
+            }
+        };
+        flow.close(&mut upstream_write).await;
+        result
     }
 }
 
@@ -230,12 +242,32 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
                 to.forward(&bytes).await?;
             }
             if need_more {
-                if !fill(&mut reader, &mut side, &self.shared).await? {
+                let filled = fill(&mut reader, &mut side, &self.shared).await;
+                let more = filled.map_err(|error| {
+                    let from = match wire {
+                        Direction::Outbound => "the client",
+                        Direction::Inbound => "the server",
+                    };
+                    std::io::Error::new(error.kind(), format!("{from}: {error}"))
+                })?;
+                if !more {
                     return Ok(());
                 }
                 read_at = Instant::now();
             }
         }
+    }
+
+    /// Tells both ends that the session is over: where TLS is intercepted, each gets a
+    /// close_notify. A peer that does not take it is given [`CLOSE_WAIT`].
+    async fn close<W: AsyncWrite + Unpin>(&self, upstream: &mut W) {
+        let client = async {
+            let _ = self.client.lock().await.shutdown().await;
+        };
+        let server = async {
+            let _ = upstream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, async { tokio::join!(client, server) }).await;
     }
 
     /// What becomes of one element: known at once, or once policy has judged it. Judging is

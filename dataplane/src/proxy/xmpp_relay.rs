@@ -12,16 +12,15 @@
 
 use std::sync::Arc;
 
-use rustls::client::{ClientConfig, ClientConnectionData};
-use rustls::server::ServerConnectionData;
+use rustls::client::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::lean_io::read_into;
-use super::lean_tls::{self, LeanTls};
 use super::pieces::Plain;
 use super::shared::{SessionInfo, Shared};
 use super::tls::InterceptionCa;
+use super::tls_stream::{self, ClientTls, ServerTls};
 use super::unread_relay::relay_unread;
 use crate::archive::record::Body;
 use crate::inspect::xmpp::{Framer, Item, Stanza, stream_error};
@@ -370,14 +369,19 @@ pub(super) async fn connect_verified<U>(
     upstream: U,
     domain: &str,
     tls: &TlsContext,
-) -> Option<LeanTls<U, ClientConnectionData>>
+) -> Option<ClientTls<U>>
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let connected = match ServerName::try_from(domain.to_owned()) {
-        Ok(name) => Box::pin(lean_tls::connect(tls.upstream.clone(), name, upstream))
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(name) => Box::pin(tls_stream::connect(
+            tls.upstream.clone(),
+            name,
+            upstream,
+            shared.limits.handshake,
+        ))
+        .await
+        .map_err(|e| e.to_string()),
         Err(_) => Err("not a server name".to_owned()),
     };
     match connected {
@@ -399,10 +403,7 @@ where
 }
 
 /// The client's and the server's TLS streams of an intercepted session.
-type Intercepted<C, U> = (
-    LeanTls<C, ServerConnectionData>,
-    LeanTls<U, ClientConnectionData>,
-);
+type Intercepted<C, U> = (ServerTls<C>, ClientTls<U>);
 
 /// Completes STARTTLS on both sides: verified TLS to the server first, then TLS with the
 /// client under a leaf for `domain` minted from the tenant's CA. `None` when the server's
@@ -431,7 +432,7 @@ where
         .server_config(domain)
         .map_err(std::io::Error::other)?;
     client.write_all(proceed).await?;
-    let client = Box::pin(lean_tls::accept(config, client)).await?;
+    let client = Box::pin(tls_stream::accept(config, client, shared.limits.handshake)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
     Ok(Some((client, upstream)))
 }
