@@ -3,10 +3,13 @@
 //! token (its key is made here and never leaves), `request` makes a certificate request for
 //! offline signing (`imgate tunnel sign`), `renew` renews now, and `run` serves.
 //!
-//! Invariants: the identity folder always holds a key and the certificate for it (a renewal
-//! writes the new pair beside the old and renames the key, then the certificate, into
-//! place); `run` renews when a third of the certificate's lifetime is left, and new
-//! connections use the renewed identity at once.
+//! Invariants: the identity folder always holds a key and the certificate for it: a new
+//! identity is written beside the old one and synced, a `commit` marker is made, then each
+//! file is renamed into place and the marker removed; reading the folder first finishes a
+//! committed change, or drops an uncommitted one, so a crash never leaves a key with another
+//! key's certificate. The CA a dataplane returns is accepted only if it is the one the
+//! token pins (enrollment) or the one already held (renewal). `run` renews when a third of
+//! the certificate's lifetime is left, and new connections use the renewed identity at once.
 //!
 //! A connector runs on one thread: it carries one site's connections, and the tasks of a
 //! tunnel (relays, the QUIC connection and endpoint) that wake one another on one thread
@@ -169,7 +172,15 @@ pub fn run(command: ConnectorCommand) -> anyhow::Result<i32> {
 async fn enroll_with(token: &str, dial: &DialArgs) -> anyhow::Result<()> {
     let token = Token::parse(token)?;
     let config = endpoint::client(trust::enrollment_config(&token.ca_pin)?, dial.max_datagram)?;
-    let id = obtain(dial, config, Some(&token.text()), &token.connector).await?;
+    let expected = ExpectedCa::Pinned(token.ca_pin.clone());
+    let id = obtain(
+        dial,
+        config,
+        Some(&token.text()),
+        &token.connector,
+        &expected,
+    )
+    .await?;
     println!(
         "connector {id} is enrolled; its identity is in {}",
         dial.identity.display()
@@ -184,13 +195,41 @@ fn udp_endpoint(max_datagram: u16) -> anyhow::Result<quinn::Endpoint> {
         .context("cannot open a UDP socket for the tunnel")
 }
 
+/// The tunnel CA a dataplane's answer must carry.
+enum ExpectedCa {
+    /// The CA whose SHA-256 an enrollment token carries.
+    Pinned(String),
+    /// The CA this connector already holds.
+    Held(CertificateDer<'static>),
+}
+
+impl ExpectedCa {
+    fn check(&self, ca: &CertificateDer<'_>) -> anyhow::Result<()> {
+        let matches = match self {
+            ExpectedCa::Pinned(pin) => imgate_dataplane::tunnel::tokens::ca_pin(ca) == *pin,
+            ExpectedCa::Held(held) => held.as_ref() == ca.as_ref(),
+        };
+        anyhow::ensure!(
+            matches,
+            "the dataplane answered with another tunnel CA than the one {}; nothing was stored",
+            match self {
+                ExpectedCa::Pinned(_) => "the token pins",
+                ExpectedCa::Held(_) => "this connector holds",
+            }
+        );
+        Ok(())
+    }
+}
+
 /// Makes a new key and has the dataplanes sign it over `config` (with `token` when
-/// enrolling), then stores the identity; returns the connector's id.
+/// enrolling), then stores the identity once its CA is the `expected` one; returns the
+/// connector's id.
 async fn obtain(
     dial: &DialArgs,
     config: quinn::ClientConfig,
     token: Option<&str>,
     id: &str,
+    expected: &ExpectedCa,
 ) -> anyhow::Result<String> {
     let (key, request) = trust::connector_request(id)?;
     let endpoint = udp_endpoint(dial.max_datagram)?;
@@ -214,6 +253,7 @@ async fn obtain(
         .await
         {
             Ok(enrolled) => {
+                expected.check(&enrolled.ca)?;
                 store(&dial.identity, &key, &enrolled)?;
                 endpoint.wait_idle().await;
                 return Ok(id.to_owned());
@@ -228,24 +268,62 @@ async fn obtain(
     anyhow::bail!("no dataplane could be reached: {}", failures.join("; "))
 }
 
-/// Writes a new identity: the key and the certificate beside the old ones, then renamed
-/// into place, the key first.
+/// The files of an identity, in the order they are put in place.
+const IDENTITY_FILES: [&str; 3] = ["ca.pem", "key.pem", "cert.pem"];
+
+/// Writes a new identity: every file beside the old one and synced, then the `commit`
+/// marker, then each renamed into place, then the marker removed.
 fn store(dir: &Path, key: &rcgen::KeyPair, enrolled: &enroll::Enrolled) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let write = |name: &str, bytes: &[u8], private: bool| -> anyhow::Result<()> {
+    finish_store(dir)?;
+    let contents = [
+        pem(&enrolled.ca),
+        key.serialize_pem(),
+        pem(&enrolled.certificate),
+    ];
+    for (name, text) in IDENTITY_FILES.iter().zip(&contents) {
         let fresh = dir.join(format!("{name}.new"));
         let _ = std::fs::remove_file(&fresh);
-        if private {
-            write_private(&fresh, bytes)
-        } else {
-            std::fs::write(&fresh, bytes)
-        }
-        .and_then(|()| std::fs::rename(&fresh, dir.join(name)))
-        .with_context(|| format!("cannot write {}", dir.join(name).display()))
+        // write_private syncs the file; the key is readable by its owner only.
+        write_private(&fresh, text.as_bytes())
+            .with_context(|| format!("cannot write {}", fresh.display()))?;
+    }
+    let sync = || -> anyhow::Result<()> {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))
     };
-    write("ca.pem", pem(&enrolled.ca).as_bytes(), false)?;
-    write("key.pem", key.serialize_pem().as_bytes(), true)?;
-    write("cert.pem", pem(&enrolled.certificate).as_bytes(), false)
+    sync()?;
+    write_private(&dir.join("commit"), b"")
+        .with_context(|| format!("cannot write {}", dir.join("commit").display()))?;
+    sync()?;
+    finish_store(dir)
+}
+
+/// Finishes a change of identity that a crash interrupted: a committed one is put in place,
+/// an uncommitted one dropped.
+fn finish_store(dir: &Path) -> anyhow::Result<()> {
+    let commit = dir.join("commit");
+    let committed = commit.exists();
+    for name in IDENTITY_FILES {
+        let fresh = dir.join(format!("{name}.new"));
+        if !fresh.exists() {
+            continue;
+        }
+        if committed {
+            std::fs::rename(&fresh, dir.join(name))
+        } else {
+            std::fs::remove_file(&fresh)
+        }
+        .with_context(|| format!("cannot finish writing {}", dir.join(name).display()))?;
+    }
+    if committed {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .and_then(|()| std::fs::remove_file(&commit))
+            .with_context(|| format!("cannot finish writing {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The identity in `dir`: the connector's id, its TLS identity, its CA, and its
@@ -259,6 +337,9 @@ struct Stored {
 }
 
 fn load(dir: &Path) -> anyhow::Result<Stored> {
+    if dir.exists() {
+        finish_store(dir)?;
+    }
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path).with_context(|| {
@@ -295,7 +376,8 @@ async fn renew(dial: &DialArgs) -> anyhow::Result<(String, humantime::Rfc3339Tim
         trust::renewal_config(&stored.ca, stored.identity)?,
         dial.max_datagram,
     )?;
-    let id = obtain(dial, config, None, &stored.id).await?;
+    let expected = ExpectedCa::Held(stored.ca.clone());
+    let id = obtain(dial, config, None, &stored.id, &expected).await?;
     let renewed = load(&dial.identity)?;
     Ok((id, humantime::format_rfc3339_seconds(renewed.not_after)))
 }
@@ -337,6 +419,8 @@ async fn keep_renewed(dial: DialArgs, connector: Arc<Connector>) {
         match renewed.await {
             Ok((id, until)) => {
                 tracing::info!(target: "imgate::tunnel", connector = %id, "certificate renewed, valid until {until}");
+                // A certificate short enough to be due again at once renews once a minute.
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
             Err(error) => {
                 tracing::warn!(target: "imgate::tunnel", "renewal failed, retrying in a minute: {error:#}");
@@ -454,5 +538,62 @@ mod tests {
             start,
             "a backwards validity is due at once"
         );
+    }
+
+    /// A CA as the dataplane's answer carries it.
+    fn ca(name: &str) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.self_signed(&key).expect("CA").der().clone()
+    }
+
+    #[test]
+    fn a_returned_ca_is_taken_only_if_it_is_the_pinned_or_the_held_one() {
+        let (ours, theirs) = (ca("ours"), ca("theirs"));
+        let pin = imgate_dataplane::tunnel::tokens::ca_pin(&ours);
+        ExpectedCa::Pinned(pin.clone())
+            .check(&ours)
+            .expect("the pinned CA");
+        let error = ExpectedCa::Pinned(pin)
+            .check(&theirs)
+            .expect_err("another CA");
+        assert!(error.to_string().contains("the token pins"), "{error}");
+        ExpectedCa::Held(ours.clone())
+            .check(&ours)
+            .expect("the held CA");
+        assert!(ExpectedCa::Held(ours).check(&theirs).is_err());
+    }
+
+    #[test]
+    fn a_change_of_identity_cut_short_is_finished_if_committed_and_dropped_if_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let put =
+            |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect("read");
+        for name in IDENTITY_FILES {
+            put(name, "old");
+        }
+        // Cut short before the commit: the new files are dropped, the old identity stays.
+        put("key.pem.new", "new");
+        put("cert.pem.new", "new");
+        finish_store(dir.path()).expect("finished");
+        assert_eq!(
+            IDENTITY_FILES.map(read),
+            ["old", "old", "old"],
+            "nothing of an uncommitted change is used"
+        );
+        assert!(!dir.path().join("key.pem.new").exists());
+
+        // Cut short after the commit, one file already in place: the rest follow.
+        put("key.pem", "new");
+        put("cert.pem.new", "new");
+        put("ca.pem.new", "new");
+        put("commit", "");
+        finish_store(dir.path()).expect("finished");
+        assert_eq!(IDENTITY_FILES.map(read), ["new", "new", "new"]);
+        assert!(!dir.path().join("commit").exists(), "the marker goes last");
     }
 }

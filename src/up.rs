@@ -97,9 +97,14 @@ pub struct UpArgs {
     /// several).
     #[arg(long = "tunnel-name", value_name = "NAME", default_value = "localhost")]
     tunnel_names: Vec<String>,
-    /// How long connectors' certificates are valid (days); they renew when a third is left.
-    #[arg(long, default_value_t = 30)]
-    connector_days: u64,
+    /// How long connectors' certificates are valid (`30days`, `12h`); they renew in the last
+    /// third of that, and not before.
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    connector_lifetime: Duration,
+    /// How long a connector's previous certificate keeps working once it has renewed (so its
+    /// own connections move over); after that only its newest certificate is accepted.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    renewal_grace: Duration,
     /// On SIGTERM, how long open tunnel sessions may run on while new ones go to other
     /// dataplanes (seconds).
     #[arg(long, default_value_t = 20)]
@@ -497,7 +502,8 @@ fn tunnel_endpoint(
         ca,
         tokens,
         state,
-        days: args.connector_days,
+        lifetime: args.connector_lifetime,
+        renewal_grace: args.renewal_grace,
     };
     Ok(TunnelParts {
         endpoint,

@@ -103,6 +103,11 @@ struct Setup {
 }
 
 fn setup(dir: &Path) -> Setup {
+    setup_with(dir, &[])
+}
+
+/// [`setup`], `imgate up` given the `extra` options.
+fn setup_with(dir: &Path, extra: &[&str]) -> Setup {
     let (prosody, server_port, server_cert) = prosody(dir);
     let data = dir.join("imgate");
     let tunnel: SocketAddr = format!("127.0.0.1:{}", free_port())
@@ -112,11 +117,15 @@ fn setup(dir: &Path) -> Setup {
         server_port,
         &data,
         &[
-            "--tunnel",
-            &tunnel.to_string(),
-            "--extra-roots",
-            &server_cert.to_string_lossy(),
-        ],
+            &[
+                "--tunnel",
+                &tunnel.to_string(),
+                "--extra-roots",
+                &server_cert.to_string_lossy(),
+            ],
+            extra,
+        ]
+        .concat(),
     );
     Setup {
         _prosody: prosody,
@@ -333,31 +342,23 @@ fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage
         "Prosody answers: {answer}"
     );
 
-    // Renewal: a new key and certificate, signed on the strength of the current one.
+    // Renewal opens in the last third of a certificate's life (30 days here): not now, and
+    // the identity is left as it was.
     let identity = dir.path().join("desk-1");
     let before = std::fs::read(identity.join("cert.pem")).expect("cert");
-    let key_before = std::fs::read(identity.join("key.pem")).expect("key");
-    let renewed = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "connector",
-            "renew",
-            "--dataplane",
-            &tunnel.to_string(),
-            "--identity",
-        ])
-        .arg(&identity)
-        .output()
-        .expect("imgate connector renew runs");
-    assert!(renewed.status.success(), "{renewed:?}");
-    assert_ne!(
+    let renewed = renew(&identity, tunnel);
+    let said = String::from_utf8_lossy(&renewed.stderr);
+    assert!(!renewed.status.success());
+    assert!(
+        said.contains("connector desk-1 may renew from")
+            && said.contains("the last third of its certificate's life"),
+        "{said}"
+    );
+    assert_eq!(
         std::fs::read(identity.join("cert.pem")).expect("cert"),
         before
     );
-    assert_ne!(
-        std::fs::read(identity.join("key.pem")).expect("key"),
-        key_before
-    );
-    wait_for_line(&up_log, &["connector renewed its certificate", "desk-1"]);
+    wait_for_line(&up_log, &["enrollment refused", "desk-1 may renew from"]);
 
     // Revoked: its open connection closes, and it is not served again.
     let revoke = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
@@ -436,4 +437,146 @@ fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage
             .any(|r| r["type"] == "session_start" && r["connector"] == "desk-1"),
         "the session before the revocation was archived"
     );
+}
+
+/// Runs `imgate connector renew` for the identity in `identity` against `tunnel`.
+fn renew(identity: &Path, tunnel: SocketAddr) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args([
+            "connector",
+            "renew",
+            "--dataplane",
+            &tunnel.to_string(),
+            "--identity",
+        ])
+        .arg(identity)
+        .output()
+        .expect("imgate connector renew runs")
+}
+
+#[test]
+fn a_stolen_connector_certificate_stops_working_once_the_real_connector_renews() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Certificates of 20 minutes are in their last third from the start (they begin an hour
+    // back, for clocks behind); no grace for the replaced one.
+    let Setup {
+        _prosody,
+        server_port,
+        data,
+        tunnel,
+        imgate,
+    } = setup_with(
+        dir.path(),
+        &["--connector-lifetime", "20m", "--renewal-grace", "0s"],
+    );
+    let up_log = data.with_extension("log");
+    let server = format!("127.0.0.1:{server_port}");
+
+    let identity = dir.path().join("desk-7");
+    let enrolled = enroll(&mint_token(&data, "desk-7"), &[tunnel], &identity);
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    // Someone copies the connector's key and certificate.
+    let stolen = dir.path().join("stolen");
+    std::fs::create_dir_all(&stolen).expect("dir");
+    for file in ["ca.pem", "key.pem", "cert.pem"] {
+        std::fs::copy(identity.join(file), stolen.join(file)).expect("copy");
+    }
+
+    // The real connector renews: a new key and certificate, signed on the strength of the
+    // current one.
+    let key_before = std::fs::read(identity.join("key.pem")).expect("key");
+    let renewed = renew(&identity, tunnel);
+    assert!(renewed.status.success(), "{renewed:?}");
+    assert_ne!(
+        std::fs::read(identity.join("key.pem")).expect("key"),
+        key_before
+    );
+    wait_for_line(&up_log, &["connector renewed its certificate", "desk-7"]);
+
+    // The copy is refused, on both sides, and cannot renew either.
+    let thief = run_connector(&stolen, &[tunnel], &server, &[]);
+    wait_for_line(
+        &up_log,
+        &[
+            "a connector was refused",
+            "connector desk-7 presented a certificate that a newer one replaced",
+        ],
+    );
+    wait_for_line(&thief.log, &["lost the dataplane", "a newer one replaced"]);
+    assert_eq!(probe(thief.port), "", "the copy carries nothing");
+    drop(thief);
+    let renewed = renew(&stolen, tunnel);
+    assert!(!renewed.status.success());
+    let said = String::from_utf8_lossy(&renewed.stderr);
+    assert!(said.contains("a newer one replaced"), "{said}");
+
+    // The real connector is served.
+    let connector = run_connector(&identity, &[tunnel], &server, &[]);
+    wait_until_connected(&connector);
+    assert!(
+        probe(connector.port).contains("stream:stream"),
+        "the renewed connector carries its sessions"
+    );
+    drop(connector);
+    drop(imgate);
+}
+
+#[test]
+fn enrollment_connections_are_capped_per_address_and_end_at_their_deadline() {
+    use imgate_dataplane::tunnel::listener::{ENROLL_DEADLINE, MAX_ENROLLING_PER_SOURCE};
+    use imgate_dataplane::tunnel::{tokens, trust};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        _prosody,
+        data,
+        tunnel,
+        imgate,
+        ..
+    } = setup(dir.path());
+    let pin = tokens::ca_pin(tenant_ca(&data).certificate());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ends: Vec<String> = runtime.block_on(async {
+        let client = endpoint::bind(
+            "127.0.0.1:0".parse().expect("address"),
+            None,
+            endpoint::MAX_DATAGRAM,
+        )
+        .expect("endpoint");
+        let config = endpoint::client(
+            trust::enrollment_config(&pin).expect("TLS"),
+            endpoint::MAX_DATAGRAM,
+        )
+        .expect("QUIC");
+        // One more enrollment connection than an address may hold, none of them asking
+        // for anything.
+        let mut connections = Vec::new();
+        for _ in 0..=MAX_ENROLLING_PER_SOURCE {
+            let connecting = client
+                .connect_with(config.clone(), tunnel, "localhost")
+                .expect("connect");
+            connections.push(connecting.await.expect("handshake"));
+        }
+        let mut ends = Vec::new();
+        for connection in &connections {
+            let ended = tokio::time::timeout(ENROLL_DEADLINE * 4, connection.closed())
+                .await
+                .expect("every enrollment connection ends");
+            ends.push(ended.to_string());
+        }
+        ends
+    });
+    let refused = ends
+        .iter()
+        .filter(|end| end.contains("enrollments are already under way from this address"))
+        .count();
+    let late = ends
+        .iter()
+        .filter(|end| end.contains("the enrollment did not finish within 30 s"))
+        .count();
+    assert_eq!(
+        (refused, late),
+        (1, MAX_ENROLLING_PER_SOURCE),
+        "one over the cap is refused, the others end at the deadline: {ends:?}"
+    );
+    drop(imgate);
 }

@@ -56,6 +56,7 @@ pub struct Metrics {
     tunnel_connections: Gauge<i64, AtomicI64>,
     tunnel_refusals: Family<ReasonLabel, Counter>,
     tunnel_enrollments: Family<ReasonLabel, Counter>,
+    tunnel_two_places: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +98,13 @@ impl Default for Metrics {
         let tunnel_connections = Gauge::<i64, AtomicI64>::default();
         let tunnel_refusals = Family::<ReasonLabel, Counter>::default();
         let tunnel_enrollments = Family::<ReasonLabel, Counter>::default();
+        let tunnel_two_places = Counter::default();
+        registry.register(
+            "tunnel_connector_two_places",
+            "Connections of a connector made while it was connected from another address: \
+             its key may be in two hands",
+            tunnel_two_places.clone(),
+        );
         registry.register(
             "tunnel_connections",
             "Connectors' tunnel connections open now",
@@ -122,6 +130,7 @@ impl Default for Metrics {
             tunnel_connections,
             tunnel_refusals,
             tunnel_enrollments,
+            tunnel_two_places,
         }
     }
 }
@@ -177,6 +186,11 @@ impl Metrics {
         self.tunnel_refusals
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a connection of a connector already connected from another address.
+    pub fn tunnel_two_places(&self) {
+        self.tunnel_two_places.inc();
     }
 
     /// Counts a connector certificate signed, for `reason` (`token` or `renewal`).

@@ -15,7 +15,8 @@
 //! retried elsewhere has carried none; the stream header carries the client's address and
 //! the SOCKS user as the connector saw them; an idle carried session holds no copy buffer
 //! ([`relay_unread`]); when no dataplane can be reached within
-//! [`WAIT_FOR_CONNECTION`] the client is told so (unreachable), never left waiting.
+//! [`WAIT_FOR_CONNECTION`] the client is told so (unreachable), never left waiting; a local
+//! client whose front-end handshake takes longer than [`HANDSHAKE_LIMIT`] is dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -36,6 +37,9 @@ use crate::proxy::unread_relay::relay_unread;
 
 /// How long a new client waits for a usable connection to a dataplane.
 pub const WAIT_FOR_CONNECTION: Duration = Duration::from_secs(5);
+
+/// The longest a local client's front-end handshake (SOCKS5, HTTP CONNECT) may take.
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a carried session may be quiet both ways; the dataplane's own idle limit is
 /// shorter and ends it first.
@@ -60,6 +64,9 @@ pub enum ConnectorError {
     /// No dataplane could be reached.
     #[error("no dataplane could be reached within {WAIT_FOR_CONNECTION:?}")]
     Unreachable,
+    /// The client's handshake did not finish in time.
+    #[error("the client's handshake did not finish within {HANDSHAKE_LIMIT:?}")]
+    HandshakeTimedOut,
     /// The dataplane refused the connection.
     #[error("the dataplane refused the connection ({status:?}): {reason}")]
     Refused {
@@ -358,7 +365,9 @@ impl Connector {
         peer: SocketAddr,
         span: &tracing::Span,
     ) -> Result<(), ConnectorError> {
-        let target = frontend.accept(&mut client).await?;
+        let target = tokio::time::timeout(HANDSHAKE_LIMIT, frontend.accept(&mut client))
+            .await
+            .map_err(|_| ConnectorError::HandshakeTimedOut)??;
         span.record(
             "server.address",
             tracing::field::display(format_args!("{}:{}", target.host, target.port)),

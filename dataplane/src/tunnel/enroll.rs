@@ -3,20 +3,28 @@
 //! one-time token (enrollment) or its current certificate in the handshake (renewal), and
 //! gets its certificate and the tenant's CA back.
 //!
-//! Invariants: a request is signed only for the connector the token was minted for, or for the
-//! connector the presented certificate names; a revoked connector is never signed for;
-//! messages are bounded by [`MAX_MESSAGE`]; every refusal is logged here and sent to the
-//! connector with its reason.
+//! Invariants:
+//! - a request is signed only for the connector the token was minted for, or for the
+//!   connector the presented certificate names; a revoked connector is never signed for;
+//! - the request is read and its signature checked before a token is redeemed, so a broken
+//!   request never spends a token;
+//! - a certificate renews only in the last third of its life (when the connector renews on
+//!   its own), and only while it is the connector's newest (see [`super::generations`]);
+//!   every certificate signed is recorded as the connector's newest;
+//! - messages are bounded by [`MAX_MESSAGE`]; every refusal is logged here and sent to the
+//!   connector with its reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::tokens::{Redeemer, Token, TokenError, TunnelState};
-use super::trust::TunnelCa;
+use super::generations::Superseded;
+use super::tokens::{Redeemer, Token, TokenError, TunnelState, unix_now};
+use super::trust::{TunnelCa, read_request, validity_of};
 use crate::telemetry::Metrics;
 
 /// The largest request or answer, in bytes.
@@ -64,6 +72,20 @@ pub enum EnrollError {
     /// A message that does not parse.
     #[error("enrollment message: {0}")]
     Message(String),
+    /// A renewal before the last third of the certificate's life.
+    #[error(
+        "connector {id} may renew from {from} (the last third of its certificate's life), \
+         when it renews on its own"
+    )]
+    TooEarly {
+        /// The connector.
+        id: String,
+        /// When renewal opens (RFC 3339).
+        from: String,
+    },
+    /// A renewal with a certificate a newer one replaced.
+    #[error(transparent)]
+    Superseded(#[from] Superseded),
 }
 
 impl EnrollError {
@@ -76,6 +98,8 @@ impl EnrollError {
             EnrollError::Token(TokenError::Revoked(_)) => "revoked",
             EnrollError::Token(TokenError::Store(_)) => "token_store",
             EnrollError::Connection(_) => "enrollment_broken",
+            EnrollError::TooEarly { .. } => "renewal_too_early",
+            EnrollError::Superseded(_) => "superseded",
             _ => "enrollment_invalid",
         }
     }
@@ -91,10 +115,20 @@ pub struct Authority {
     pub ca: Arc<TunnelCa>,
     /// Where its one-time tokens are redeemed.
     pub tokens: Arc<dyn Redeemer>,
-    /// Its revocation list.
+    /// Its revocation list and its record of each connector's newest certificate.
     pub state: TunnelState,
-    /// How long a connector's certificate is valid (days).
-    pub days: u64,
+    /// How long a connector's certificate is valid.
+    pub lifetime: Duration,
+    /// How long a connector's older certificate keeps working once a newer one is signed.
+    pub renewal_grace: Duration,
+}
+
+/// The certificate a connector presented, verified against the tenant's tunnel CA.
+pub struct Presented {
+    /// The connector it names.
+    pub id: String,
+    /// The certificate.
+    pub cert: rustls_pki_types::CertificateDer<'static>,
 }
 
 impl Authority {
@@ -104,19 +138,21 @@ impl Authority {
     async fn decide(
         &self,
         bytes: &[u8],
-        presented: Option<&str>,
+        presented: Option<&Presented>,
     ) -> Result<(String, String), EnrollError> {
         let request: Request =
             serde_json::from_slice(bytes).map_err(|e| EnrollError::Message(e.to_string()))?;
+        let csr = read_request(&request.request)?;
         let id = match (&request.token, presented) {
             (Some(token), _) => {
                 let token = Token::parse(token)?;
                 self.refuse_revoked(&token.connector)?;
                 self.tokens.redeem(&token).await?
             }
-            (None, Some(id)) => {
-                self.refuse_revoked(id)?;
-                id.to_owned()
+            (None, Some(presented)) => {
+                self.refuse_revoked(&presented.id)?;
+                self.check_renewal(presented)?;
+                presented.id.clone()
             }
             (None, None) => {
                 return Err(EnrollError::Refused(
@@ -125,8 +161,35 @@ impl Authority {
                 ));
             }
         };
-        let certificate = self.ca.sign_connector(&request.request, &id, self.days)?;
+        let certificate = self.ca.sign_request(csr, &id, self.lifetime)?;
+        self.state
+            .generations()
+            .issued(&id, &certificate, unix_now())?;
         Ok((id, pem(&certificate)))
+    }
+
+    /// A renewal is allowed with the connector's newest certificate, in its last third.
+    fn check_renewal(&self, presented: &Presented) -> Result<(), EnrollError> {
+        let (not_before, not_after) = validity_of(&presented.cert).ok_or_else(|| {
+            EnrollError::Message("the presented certificate cannot be read".into())
+        })?;
+        let now = unix_now();
+        self.state.generations().check(
+            &presented.id,
+            &presented.cert,
+            now,
+            self.renewal_grace,
+        )??;
+        let opens = not_after - not_after.saturating_sub(not_before) / 3;
+        if now < opens {
+            let from = chrono::DateTime::from_timestamp(i64::try_from(opens).unwrap_or(0), 0)
+                .map_or_else(|| opens.to_string(), |t| t.to_rfc3339());
+            return Err(EnrollError::TooEarly {
+                id: presented.id.clone(),
+                from,
+            });
+        }
+        Ok(())
     }
 
     fn refuse_revoked(&self, id: &str) -> Result<(), TokenError> {
@@ -136,13 +199,13 @@ impl Authority {
         Ok(())
     }
 
-    /// Serves one enrollment connection from `remote`; `presented` is the connector its
-    /// verified certificate names, if it gave one.
+    /// Serves one enrollment connection from `remote`; `presented` is the certificate it
+    /// gave, verified, if it gave one.
     pub async fn serve(
         &self,
         connection: quinn::Connection,
         remote: SocketAddr,
-        presented: Option<String>,
+        presented: Option<Presented>,
         metrics: &Metrics,
     ) {
         let (mut send, mut receive) = match connection.accept_bi().await {
@@ -153,7 +216,7 @@ impl Authority {
             }
         };
         let decided = match receive.read_to_end(MAX_MESSAGE).await {
-            Ok(bytes) => self.decide(&bytes, presented.as_deref()).await,
+            Ok(bytes) => self.decide(&bytes, presented.as_ref()).await,
             Err(error) => Err(connection_error(error)),
         };
         let answer = match decided {
@@ -267,3 +330,6 @@ async fn exchange(
         .map_err(connection_error)?;
     serde_json::from_slice(&bytes).map_err(|e| EnrollError::Message(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,13 @@
 //! - a tunnel connection is served only when its certificate, verified against the tenant's
 //!   tunnel CA, names a connector of this tenant that is not revoked; a stream's connector id
 //!   is the certificate's, never the stream header's alone;
-//! - a connector holds at most [`MAX_CONNECTIONS_PER_CONNECTOR`] connections;
+//! - a connection whose certificate a newer one of its connector replaced more than the
+//!   renewal grace ago is refused ([`super::generations`]);
+//! - a connector holds at most [`MAX_CONNECTIONS_PER_CONNECTOR`] connections; a connection
+//!   from another address than its connector's open ones is counted and logged, as its key
+//!   may be in two hands;
+//! - an enrollment connection (no certificate needed) ends within [`ENROLL_DEADLINE`], and one
+//!   source holds at most [`MAX_ENROLLING_PER_SOURCE`] of them at once;
 //! - revoking a connector closes its open connections within [`REVOCATION_CHECK`];
 //! - a connection is in the live map (and the connections gauge) from its admission until its
 //!   serving task ends;
@@ -18,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +33,9 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use super::enroll::Authority;
+use super::enroll::{Authority, Presented};
 use super::header::{Reply, Status};
+use super::tokens::unix_now;
 use super::trust::{ENROLL_ALPN, connector_of};
 use crate::proxy::frontend::Frontend;
 use crate::proxy::session::serve;
@@ -42,6 +49,16 @@ pub const REVOKED: u32 = 2;
 pub const TOO_MANY: u32 = 3;
 /// QUIC close code of a dataplane that has drained and stops.
 pub const DRAINED: u32 = 4;
+/// QUIC close code for a certificate a newer one of its connector replaced.
+pub const SUPERSEDED: u32 = 5;
+/// QUIC close code for an enrollment that took too long.
+pub const TOO_SLOW: u32 = 6;
+
+/// The longest an enrollment or renewal connection is served.
+pub const ENROLL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Most enrollment or renewal connections one source address holds at once.
+pub const MAX_ENROLLING_PER_SOURCE: usize = 4;
 
 /// Most connections one connector may hold open to one dataplane.
 pub const MAX_CONNECTIONS_PER_CONNECTOR: usize = 8;
@@ -55,6 +72,8 @@ pub struct Tunnel {
     shared: Arc<Shared>,
     authority: Authority,
     live: Mutex<HashMap<String, Vec<quinn::Connection>>>,
+    /// Enrollment connections being served, by source address.
+    enrolling: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
     sessions: AtomicUsize,
     ended: Notify,
@@ -67,6 +86,7 @@ impl Tunnel {
             shared,
             authority,
             live: Mutex::new(HashMap::new()),
+            enrolling: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             ended: Notify::new(),
@@ -83,13 +103,33 @@ impl Tunnel {
     fn admit(&self, id: &str, connection: &quinn::Connection) -> bool {
         let mut live = self.live();
         let open = live.entry(id.to_owned()).or_default();
-        let usable = open.iter().filter(|c| c.close_reason().is_none()).count();
-        if usable >= MAX_CONNECTIONS_PER_CONNECTOR {
+        let usable: Vec<&quinn::Connection> =
+            open.iter().filter(|c| c.close_reason().is_none()).collect();
+        if usable.len() >= MAX_CONNECTIONS_PER_CONNECTOR {
             return false;
+        }
+        let here = connection.remote_address().ip();
+        if let Some(elsewhere) = usable.iter().find(|c| c.remote_address().ip() != here) {
+            tracing::warn!(target: "imgate::tunnel", connector = %id, remote = %here, also = %elsewhere.remote_address(), "connector {id} is connected from two addresses: if it is not one connector moving between networks, its key may be in two hands (revoke it: imgate tunnel revoke)");
+            self.shared.metrics.tunnel_two_places();
         }
         open.push(connection.clone());
         self.shared.metrics.tunnel_connection(1);
         true
+    }
+
+    /// Takes an enrollment slot for `source`, unless it holds all of its own.
+    fn enrolling(self: &Arc<Self>, source: IpAddr) -> Option<EnrollSlot> {
+        let mut enrolling = self.enrolling.lock().unwrap_or_else(|p| p.into_inner());
+        let count = enrolling.entry(source).or_default();
+        if *count >= MAX_ENROLLING_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(EnrollSlot {
+            tunnel: self.clone(),
+            source,
+        })
     }
 
     fn forget(&self, id: &str, connection: &quinn::Connection) {
@@ -142,6 +182,28 @@ impl Tunnel {
     }
 }
 
+/// An enrollment connection's place in its source's count, given back when dropped.
+struct EnrollSlot {
+    tunnel: Arc<Tunnel>,
+    source: IpAddr,
+}
+
+impl Drop for EnrollSlot {
+    fn drop(&mut self) {
+        let mut enrolling = self
+            .tunnel
+            .enrolling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = enrolling.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                enrolling.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// Serves connectors on `endpoint` until `shutdown` resolves, then drains: new streams are
 /// sent elsewhere, and open sessions get until `drain` to end before the endpoint closes.
 pub async fn run(
@@ -187,12 +249,16 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
-/// The tenant and connector a connection's verified certificate names, if it gave one.
-fn named_by(connection: &quinn::Connection) -> Option<(String, String)> {
-    connection
-        .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.first().and_then(connector_of))
+/// The tenant and connector a connection's verified certificate names, and the certificate,
+/// if it gave one.
+fn named_by(connection: &quinn::Connection) -> Option<(String, String, CertificateDer<'static>)> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    let cert = chain.first()?;
+    let (tenant, id) = connector_of(cert)?;
+    Some((tenant, id, cert.clone()))
 }
 
 fn refuse(
@@ -206,6 +272,8 @@ fn refuse(
     tunnel.shared.metrics.tunnel_refused(match code {
         REVOKED => "revoked",
         TOO_MANY => "too_many_connections",
+        SUPERSEDED => "superseded",
+        TOO_SLOW => "enrollment_too_slow",
         _ => "not_ours",
     });
     connection.close(code.into(), reason.as_bytes());
@@ -224,7 +292,10 @@ async fn connection(tunnel: Arc<Tunnel>, incoming: quinn::Incoming) {
     };
     let named = named_by(&connection);
     let ours = match &named {
-        Some((tenant, id)) if *tenant == tunnel.shared.tenant => Some(id.clone()),
+        Some((tenant, id, cert)) if *tenant == tunnel.shared.tenant => Some(Presented {
+            id: id.clone(),
+            cert: cert.clone(),
+        }),
         _ => None,
     };
     let enrolling = connection
@@ -233,15 +304,28 @@ async fn connection(tunnel: Arc<Tunnel>, incoming: quinn::Incoming) {
         .and_then(|data| data.protocol)
         .is_some_and(|protocol| protocol == ENROLL_ALPN);
     if enrolling && (named.is_none() || ours.is_some()) {
-        tunnel
-            .authority
-            .serve(connection, remote, ours, &tunnel.shared.metrics)
-            .await;
+        let Some(_slot) = tunnel.enrolling(remote.ip()) else {
+            let reason = format!(
+                "{MAX_ENROLLING_PER_SOURCE} enrollments are already under way from this address"
+            );
+            return refuse(&tunnel, &connection, remote, TOO_MANY, &reason);
+        };
+        let served =
+            tunnel
+                .authority
+                .serve(connection.clone(), remote, ours, &tunnel.shared.metrics);
+        if tokio::time::timeout(ENROLL_DEADLINE, served).await.is_err() {
+            let reason = format!(
+                "the enrollment did not finish within {} s",
+                ENROLL_DEADLINE.as_secs()
+            );
+            refuse(&tunnel, &connection, remote, TOO_SLOW, &reason);
+        }
         return;
     }
-    let Some(id) = ours else {
+    let Some(Presented { id, cert }) = ours else {
         let reason = match named {
-            Some((tenant, id)) => format!("connector {id} belongs to tenant {tenant}"),
+            Some((tenant, id, _)) => format!("connector {id} belongs to tenant {tenant}"),
             None => "no connector certificate (enroll first: imgate connector enroll)".to_owned(),
         };
         refuse(&tunnel, &connection, remote, NOT_OURS, &reason);
@@ -256,6 +340,25 @@ async fn connection(tunnel: Arc<Tunnel>, incoming: quinn::Incoming) {
                 remote,
                 REVOKED,
                 &format!("connector {id} is revoked"),
+            );
+        }
+        Err(error) => return refuse(&tunnel, &connection, remote, REVOKED, &error.to_string()),
+    }
+    let grace = tunnel.authority.renewal_grace;
+    match tunnel
+        .authority
+        .state
+        .generations()
+        .check(&id, &cert, unix_now(), grace)
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(superseded)) => {
+            return refuse(
+                &tunnel,
+                &connection,
+                remote,
+                SUPERSEDED,
+                &superseded.to_string(),
             );
         }
         Err(error) => return refuse(&tunnel, &connection, remote, REVOKED, &error.to_string()),

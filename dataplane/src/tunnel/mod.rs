@@ -13,6 +13,7 @@ pub mod connector;
 pub mod connector_metrics;
 pub mod endpoint;
 pub mod enroll;
+pub mod generations;
 pub mod header;
 pub mod listener;
 pub mod pinned;

@@ -28,6 +28,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
+use super::generations::Generations;
+
 /// The prefix of every token this version makes.
 const PREFIX: &str = "imgt1";
 
@@ -182,9 +184,10 @@ pub struct TunnelState {
     dir: PathBuf,
     revocations: PathBuf,
     delivered: Arc<RwLock<Option<HashSet<String>>>>,
+    generations: Arc<Generations>,
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -197,6 +200,7 @@ impl TunnelState {
             dir: dir.to_owned(),
             revocations: dir.join("revoked"),
             delivered: Arc::default(),
+            generations: Arc::new(Generations::new(dir)),
         }
     }
 
@@ -205,6 +209,11 @@ impl TunnelState {
     pub fn with_revocations(mut self, file: &Path) -> Self {
         self.revocations = file.to_owned();
         self
+    }
+
+    /// Which certificate of each connector is current.
+    pub fn generations(&self) -> &Generations {
+        &self.generations
     }
 
     fn tokens(&self) -> PathBuf {

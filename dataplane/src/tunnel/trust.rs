@@ -155,8 +155,31 @@ impl TunnelCa {
         id: &str,
         days: u64,
     ) -> Result<CertificateDer<'static>, TrustError> {
+        let request = read_request(request_pem)?;
+        self.sign_request(request, id, Duration::from_secs(days * 86_400))
+    }
+
+    /// Signs a certificate request already read ([`read_request`]) for connector `id`, valid
+    /// for `lifetime` from now (and from an hour back, for clocks behind).
+    pub fn sign_request(
+        &self,
+        request: CertificateSigningRequestParams,
+        id: &str,
+        lifetime: Duration,
+    ) -> Result<CertificateDer<'static>, TrustError> {
+        let now = SystemTime::now();
+        self.sign_between(request, id, now - Duration::from_secs(3600), now + lifetime)
+    }
+
+    /// [`Self::sign_request`], valid from `not_before` to `not_after`.
+    pub(crate) fn sign_between(
+        &self,
+        mut request: CertificateSigningRequestParams,
+        id: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<CertificateDer<'static>, TrustError> {
         super::tokens::check_id(id)?;
-        let mut request = CertificateSigningRequestParams::from_pem(request_pem)?;
         // The CA decides what the certificate says, not the request.
         let params = &mut request.params;
         params.distinguished_name = DistinguishedName::new();
@@ -167,9 +190,24 @@ impl TunnelCa {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(params, Duration::from_secs(days * 86_400));
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         Ok(request.signed_by(&self.issuer)?.der().clone())
     }
+}
+
+/// Reads a connector's certificate request (PEM), checking its signature: what a request
+/// must pass before anything is spent on it (an enrollment token, say).
+pub fn read_request(request_pem: &str) -> Result<CertificateSigningRequestParams, TrustError> {
+    Ok(CertificateSigningRequestParams::from_pem(request_pem)?)
+}
+
+/// A certificate's start and end (`notBefore`, `notAfter`), in seconds since the Unix epoch.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Option<(u64, u64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let validity = parsed.validity();
+    let seconds = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).ok();
+    Some((seconds(validity.not_before)?, seconds(validity.not_after)?))
 }
 
 fn private_key(key: &KeyPair) -> Result<PrivateKeyDer<'static>, TrustError> {
