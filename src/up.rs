@@ -75,6 +75,15 @@ pub struct UpArgs {
     /// `--forward` destinations need none.
     #[arg(long = "allow-destination", value_name = "CIDR", value_parser = imgate_dataplane::proxy::destination::Network::parse)]
     allow_destinations: Vec<imgate_dataplane::proxy::destination::Network>,
+    /// A network, an address or a domain (and every name under it) that SOCKS5, HTTP CONNECT
+    /// and tunnel clients may not reach even where it is public or allowed, e.g.
+    /// `games.example` (repeat for several).
+    #[arg(long = "deny-destination", value_name = "CIDR|DOMAIN", value_parser = imgate_dataplane::proxy::destination::Deny::parse)]
+    deny_destinations: Vec<imgate_dataplane::proxy::destination::Deny>,
+    /// The only ports those clients may reach, `5222` or `5222-5223` (repeat for several; any
+    /// port when none is given).
+    #[arg(long = "allow-port", value_name = "PORT[-PORT]", value_parser = imgate_dataplane::proxy::destination::Ports::parse)]
+    allow_ports: Vec<imgate_dataplane::proxy::destination::Ports>,
     /// Extra PEM roots trusted for upstream servers, beside the system's (repeat for several).
     #[arg(long = "extra-roots", value_name = "PEM")]
     extra_roots: Vec<PathBuf>,
@@ -295,7 +304,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
         shared.set_directory(directory);
         shared.forward_after = args.forward_after;
-        shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone());
+        shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone())
+            .deny(args.deny_destinations.clone())
+            .ports(args.allow_ports.clone());
         shared.tls = Some(Arc::new(TlsContext { ca: ca.clone(), upstream: upstream_config(&roots)? }));
         let shared = Arc::new(shared);
         // The tunnel (and its CA) first, and the TCP listeners last: once a port accepts,

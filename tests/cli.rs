@@ -141,7 +141,7 @@ fn a_network_the_dataplane_cannot_read_is_named() {
     let dir = tempdir("networks");
     std::fs::write(
         dir.join("t.yaml"),
-        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  destinations:\n    allowNetworks:\n      - 10.20.0.0/16\n      - 10.20.0.0/1\n",
+        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  destinations:\n    allowNetworks:\n      - 10.20.0.0/16\n      - 10.20.0.0/1\n    deny: [games.example, -bad.example]\n    ports: ['5222', 6000-5000]\n",
     )
     .expect("write");
     let (code, output) = imgate(&["policy", "lint", dir.to_str().expect("utf-8")]);
@@ -151,6 +151,20 @@ fn a_network_the_dataplane_cannot_read_is_named() {
         "{output}"
     );
     assert!(!output.contains("allowNetworks[0]"), "{output}");
+    assert!(
+        output.contains(
+            "error: Tenant acme: spec.destinations.deny[1]: \"-bad.example\": not a network"
+        ),
+        "{output}"
+    );
+    assert!(
+        output.contains("error: Tenant acme: spec.destinations.ports[1]: \"6000-5000\": a range goes from its lower port up"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("deny[0]") && !output.contains("ports[0]"),
+        "{output}"
+    );
 }
 
 #[test]

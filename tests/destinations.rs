@@ -206,3 +206,57 @@ fn a_refused_destination_is_never_dialled_and_a_fixed_forward_needs_no_allowance
         }
     }
 }
+
+#[test]
+fn a_tenants_denied_domains_and_ports_are_refused_even_where_allowed() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let server = TcpListener::bind("127.0.0.1:0").expect("a server");
+    let port = server.local_addr().expect("its address").port();
+    let (imgate, socks, http, _) = imgate_up(
+        &data,
+        &[
+            "--allow-destination",
+            "127.0.0.0/8",
+            "--allow-destination",
+            "::1",
+            "--deny-destination",
+            "localhost",
+            "--allow-port",
+            &port.to_string(),
+        ],
+    );
+    let (code, _client) = socks5(socks, "127.0.0.1", port);
+    assert_eq!(
+        code, 0,
+        "the allowed address on the allowed port is reached"
+    );
+    let (_accepted, _) = server.accept().expect("the session reached the server");
+    let (code, _) = socks5(socks, "localhost", port);
+    assert_eq!(code, 4, "a denied name, although its addresses are allowed");
+    assert_eq!(
+        connect(http, &format!("127.0.0.1:{}", port.wrapping_add(1).max(1))),
+        "HTTP/1.1 502 Bad Gateway",
+        "a port outside the allowed ones"
+    );
+    drop(server);
+    let records = stop_and_read(imgate, &data);
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "session_end")
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("localhost is in localhost, which the tenant denies")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("is not among the tenant's allowed ports")),
+        "{reasons:?}"
+    );
+}

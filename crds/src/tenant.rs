@@ -396,6 +396,22 @@ pub struct DestinationsSpec {
         inner(regex(pattern = r"^[0-9A-Fa-f:.]{2,39}(/[0-9]{1,3})?$"))
     )]
     pub allow_networks: Vec<String>,
+    /// Destinations sessions may not reach even where they are public or allowed above: a
+    /// CIDR range, an address, or a domain, which denies every name under it too (checked on
+    /// the name the client gives, before it is resolved).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[0-9A-Za-z.:/-]+$"))
+    )]
+    pub deny: Vec<String>,
+    /// The only ports sessions may go to, `5222` or a range `5222-5223`; any port when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[0-9]{1,5}(-[0-9]{1,5})?$"))
+    )]
+    pub ports: Vec<String>,
 }
 
 /// TLS interception.

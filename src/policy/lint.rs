@@ -215,6 +215,23 @@ impl Workspace {
                                 self.problem(&document, Level::Error, &path, why);
                             }
                         }
+                        let destinations = tenant.spec.destinations.iter();
+                        for (i, deny) in destinations.clone().flat_map(|d| &d.deny).enumerate() {
+                            if let Err(why) =
+                                imgate_dataplane::proxy::destination::Deny::parse(deny)
+                            {
+                                let path = format!("spec.destinations.deny[{i}]");
+                                self.problem(&document, Level::Error, &path, why);
+                            }
+                        }
+                        for (i, ports) in destinations.flat_map(|d| &d.ports).enumerate() {
+                            if let Err(why) =
+                                imgate_dataplane::proxy::destination::Ports::parse(ports)
+                            {
+                                let path = format!("spec.destinations.ports[{i}]");
+                                self.problem(&document, Level::Error, &path, why);
+                            }
+                        }
                         self.tenants.push(tenant);
                     }
                     Err(error) => self.problem(&document, Level::Error, "", error.to_string()),

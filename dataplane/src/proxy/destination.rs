@@ -10,6 +10,10 @@
 //! - Loopback, unspecified, link-local, private (RFC 1918), shared (CGNAT), unique-local,
 //!   multicast, reserved, IPv4-mapped and NAT64 addresses are refused unless a network the
 //!   operator allows ([`Destinations::new`]) holds them.
+//! - A tenant's own rules ([`Destinations::deny`], [`Destinations::ports`]) come before
+//!   everything else: a denied domain (and every name under it), a denied network and a port
+//!   outside the allowed ones are refused even where the address is public or allowed. A
+//!   domain is checked on the name the client gave, before it is resolved.
 //! - A refused destination, one that cannot be reached and one that does not answer in time
 //!   get the same answer (the front end's "unreachable"); the log says which it was, and the
 //!   archive records every refusal. (How soon the answer comes still differs: a refusal is
@@ -173,20 +177,124 @@ const REFUSED: [(Network, &str); 23] = [
     ),
 ];
 
+/// A destination a tenant denies: a network, or a domain and every name under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deny {
+    /// Addresses in this network.
+    Network(Network),
+    /// This name and every name under it (lower case, no trailing dot).
+    Domain(String),
+}
+
+impl Deny {
+    /// Parses `10.0.0.0/8`, an address, or a domain such as `chat.example.com`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.parse::<IpAddr>().is_ok() || text.contains('/') {
+            return Network::parse(text).map(Self::Network);
+        }
+        let domain = text.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |label: &str| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if domain.len() > 253 || !domain.split('.').all(label_ok) {
+            return Err(format!(
+                "{text:?}: not a network (10.0.0.0/8), an address or a domain (chat.example.com)"
+            ));
+        }
+        Ok(Self::Domain(domain))
+    }
+}
+
+/// Ports sessions may go to: one port or an inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    first: u16,
+    last: u16,
+}
+
+impl Ports {
+    /// Parses `5222` or `5222-5223`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let port = |part: &str| {
+            part.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{text:?}: a port is 1 to 65535, a range is 5222-5223"))
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((first, last)) => (port(first)?, port(last)?),
+            None => (port(text)?, port(text)?),
+        };
+        if first > last {
+            return Err(format!("{text:?}: a range goes from its lower port up"));
+        }
+        Ok(Self { first, last })
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
 /// Which destinations sessions may be dialled to.
 #[derive(Clone, Debug, Default)]
 pub struct Destinations {
     allowed: Vec<Network>,
+    denied: Vec<Deny>,
+    ports: Vec<Ports>,
 }
 
 impl Destinations {
     /// Destinations outside the refused ranges, and inside them those in `allowed`.
     pub fn new(allowed: Vec<Network>) -> Self {
-        Self { allowed }
+        Self {
+            allowed,
+            ..Self::default()
+        }
+    }
+
+    /// The same, with `denied` refused before anything else is considered.
+    pub fn deny(mut self, denied: Vec<Deny>) -> Self {
+        self.denied = denied;
+        self
+    }
+
+    /// The same, with only `ports` allowed (any port when empty).
+    pub fn ports(mut self, ports: Vec<Ports>) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Why the client's `host` and `port` are refused before any name is resolved, or `None`.
+    pub fn host_refusal(&self, host: &str, port: u16) -> Option<String> {
+        if !self.ports.is_empty() && !self.ports.iter().any(|p| p.contains(port)) {
+            return Some(format!(
+                "port {port} is not among the tenant's allowed ports"
+            ));
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.denied.iter().find_map(|deny| match deny {
+            Deny::Domain(domain)
+                if host == *domain
+                    || host
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|rest| rest.ends_with('.')) =>
+            {
+                Some(format!("{host} is in {domain}, which the tenant denies"))
+            }
+            _ => None,
+        })
     }
 
     /// Why `ip` is refused, or `None` when it may be dialled.
     pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        let denied = |deny: &Deny| matches!(deny, Deny::Network(network) if network.contains(ip));
+        if self.denied.iter().any(denied) {
+            return Some("in a network the tenant denies");
+        }
         if self.allowed.iter().any(|network| network.contains(ip)) {
             return None;
         }
@@ -219,6 +327,9 @@ pub async fn dial(
     destinations: &Destinations,
     timeout: Duration,
 ) -> Result<TcpStream, DialError> {
+    if let Some(why) = destinations.host_refusal(host, port) {
+        return Err(DialError::Refused(why));
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -327,6 +438,77 @@ mod tests {
         ] {
             assert!(Network::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tenants_denied_domains_networks_and_ports_come_before_everything() {
+        let destinations = Destinations::new(vec![Network::parse("10.20.0.0/16").expect("net")])
+            .deny(
+                [
+                    "10.20.9.0/24",
+                    "8.8.8.0/24",
+                    "Games.Example.",
+                    "2001:db8::/32",
+                ]
+                .into_iter()
+                .map(|d| Deny::parse(d).expect("a rule"))
+                .collect(),
+            )
+            .ports(vec![
+                Ports::parse("5222-5223").expect("ports"),
+                Ports::parse("6697").expect("port"),
+            ]);
+        assert_eq!(destinations.refusal(ip("10.20.3.4")), None, "allowed");
+        for denied in ["10.20.9.1", "8.8.8.8", "2001:db8::1"] {
+            assert_eq!(
+                destinations.refusal(ip(denied)),
+                Some("in a network the tenant denies"),
+                "{denied}: deny wins over allow and over public"
+            );
+        }
+        assert_eq!(destinations.refusal(ip("8.8.4.4")), None);
+        for (host, port) in [("games.example", 5222), ("chat.games.example.", 6697)] {
+            let refused = destinations.host_refusal(host, port);
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|r| r.contains("games.example")),
+                "{host}: {refused:?}"
+            );
+        }
+        for (host, port) in [("notgames.example", 5222), ("games.example.org", 5223)] {
+            assert_eq!(destinations.host_refusal(host, port), None, "{host}");
+        }
+        let refused = destinations.host_refusal("chat.example", 443);
+        assert!(
+            refused.as_deref().is_some_and(|r| r.contains("port 443")),
+            "{refused:?}"
+        );
+        for bad in [
+            "",
+            "-bad.example",
+            "a..b",
+            "under_score.example",
+            "10.0.0.0/40",
+        ] {
+            assert!(Deny::parse(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["0", "65536", "5223-5222", "x", "1-"] {
+            assert!(Ports::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denied_name_is_refused_before_it_is_resolved() {
+        let destinations =
+            Destinations::default().deny(vec![Deny::parse("invalid").expect("a domain")]);
+        // `.invalid` never resolves (RFC 2606): a refusal, not a failed lookup, shows that
+        // the name was refused before any lookup.
+        let refused = dial("im.invalid", 5222, &destinations, Duration::from_secs(5)).await;
+        assert!(
+            matches!(&refused, Err(DialError::Refused(why)) if why.contains("which the tenant denies")),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

@@ -180,6 +180,12 @@ fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
             "10.30.0.7".into(),
             "10.20.0.0/1".into(),
         ],
+        deny: vec![
+            "games.example".into(),
+            "8.8.8.0/24".into(),
+            "bad_name".into(),
+        ],
+        ports: vec!["5222-5223".into(), "6697".into(), "0".into()],
     });
     let args = workload::dataplane_args(&tenant, &Settings::default()).join(" ");
     assert!(
@@ -191,6 +197,23 @@ fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
     assert!(
         !args.split(' ').any(|arg| arg == "10.20.0.0/1"),
         "an entry the dataplane would refuse is left out: {args}"
+    );
+    assert!(
+        args.contains(
+            "--deny-destination games.example --deny-destination 8.8.8.0/24 --allow-port 5222-5223 --allow-port 6697"
+        ) && !args.contains("bad_name")
+            && !args.split(' ').any(|arg| arg == "0"),
+        "the tenant's deny rules and ports reach the dataplane: {args}"
+    );
+    let mut closed = tenant.clone();
+    if let Some(destinations) = closed.spec.destinations.as_mut() {
+        destinations.ports = vec!["0".into()];
+    }
+    let args = workload::dataplane_args(&closed, &Settings::default()).join(" ");
+    assert!(
+        args.contains("--deny-destination 0.0.0.0/0 --deny-destination ::/0")
+            && !args.contains("--allow-port"),
+        "a port list none of whose entries can be read denies every destination: {args}"
     );
     let policy = network::network_policy(&tenant, &Settings::default());
     let egress = serde_json::to_value(&policy.spec.as_ref().expect("a spec").egress).expect("JSON");

@@ -158,6 +158,29 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
     for network in allowed_networks(tenant) {
         args.extend(["--allow-destination".into(), network.to_owned()]);
     }
+    let destinations = tenant.spec.destinations.as_ref();
+    // As with allowed networks, an entry the dataplane would refuse is left out (lint names
+    // it), except that a port list none of whose entries can be read denies everything:
+    // leaving it out would open every port.
+    for deny in destinations.iter().flat_map(|d| &d.deny) {
+        if imgate_dataplane::proxy::destination::Deny::parse(deny).is_ok() {
+            args.extend(["--deny-destination".into(), deny.clone()]);
+        }
+    }
+    let ports = destinations.map(|d| d.ports.as_slice()).unwrap_or_default();
+    let readable = ports
+        .iter()
+        .filter(|p| imgate_dataplane::proxy::destination::Ports::parse(p).is_ok());
+    let mut any = false;
+    for port in readable {
+        args.extend(["--allow-port".into(), port.clone()]);
+        any = true;
+    }
+    if !ports.is_empty() && !any {
+        for everywhere in ["0.0.0.0/0", "::/0"] {
+            args.extend(["--deny-destination".into(), everywhere.into()]);
+        }
+    }
     args
 }
 
