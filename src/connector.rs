@@ -1,7 +1,8 @@
 //! `imgate connector`: the program at a customer's site that carries its IM connections to
 //! the tenant's dataplane through the tunnel. `enroll` gives it an identity with a one-time
 //! token (its key is made here and never leaves), `request` makes a certificate request for
-//! offline signing (`imgate tunnel sign`), `renew` renews now, and `run` serves.
+//! offline signing (`imgate tunnel sign`), `renew` renews now (dataplanes sign renewals in
+//! the last third of a certificate's life only), and `run` serves.
 //!
 //! Invariants: the identity folder always holds a key and the certificate for it: a new
 //! identity is written beside the old one and synced, a `commit` marker is made, then each

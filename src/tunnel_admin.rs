@@ -100,6 +100,12 @@ pub fn run(command: TunnelCommand) -> anyhow::Result<i32> {
             let ca = state.ca()?;
             let request = read(&identity.join("request.pem"))?;
             let cert = ca.sign_connector(&request, &connector, days)?;
+            // The connector's newest certificate: one it had before stops working.
+            TunnelState::new(&state.dir()).generations().issued(
+                &connector,
+                &cert,
+                imgate_dataplane::tunnel::tokens::unix_now(),
+            )?;
             std::fs::write(identity.join("cert.pem"), pem(&cert))?;
             std::fs::write(identity.join("ca.pem"), pem(ca.certificate()))?;
             println!(

@@ -518,6 +518,41 @@ fn a_stolen_connector_certificate_stops_working_once_the_real_connector_renews()
         "the renewed connector carries its sessions"
     );
     drop(connector);
+
+    // An open connection whose certificate is replaced (here by offline signing, which
+    // counts as the connector's newest certificate too) is closed.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = tenant_ca(&data);
+    let open = runtime.block_on(async {
+        quic_connector(&ca, &ca, "desk-8")
+            .connect(tunnel, "localhost")
+            .expect("connect")
+            .await
+            .expect("served before its replacement")
+    });
+    let offline = dir.path().join("desk-8");
+    let imgate_cli = || std::process::Command::new(env!("CARGO_BIN_EXE_imgate"));
+    common::run(
+        imgate_cli()
+            .args(["connector", "request", "--id", "desk-8", "--identity"])
+            .arg(&offline),
+    );
+    common::run(
+        imgate_cli()
+            .args(["tunnel", "sign", "--connector", "desk-8", "--identity"])
+            .arg(&offline)
+            .arg("--data")
+            .arg(&data),
+    );
+    let closed = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), open.closed())
+            .await
+            .expect("the replaced certificate's connection is closed")
+    });
+    assert!(
+        closed.to_string().contains("a newer one replaced"),
+        "{closed}"
+    );
     drop(imgate);
 }
 

@@ -42,8 +42,9 @@ struct Bucket {
 
 impl Bucket {
     fn take(&mut self, now: Instant) -> Result<(), RateLimited> {
+        // Callers read the clock before they take the lock, so `now` may be behind `last`.
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
+        self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * f64::from(self.per_second)).min(self.burst);
         if self.tokens < 1.0 {
             return Err(RateLimited {

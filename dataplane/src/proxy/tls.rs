@@ -217,7 +217,7 @@ impl InterceptionCa {
                 left.as_secs() / 86_400
             );
         }
-        Ok(Self {
+        let ca = Self {
             issuer,
             chain,
             cert_pem,
@@ -231,7 +231,34 @@ impl InterceptionCa {
                 MINT_PER_SECOND,
                 Instant::now(),
             )),
-        })
+        };
+        ca.check_issuer_name()?;
+        Ok(ca)
+    }
+
+    /// Checks that a leaf names the CA as the CA names itself, byte for byte: clients find
+    /// a leaf's issuer by that name.
+    fn check_issuer_name(&self) -> Result<(), TlsError> {
+        let (leaf, _) = self.mint("issuer-check.invalid")?;
+        let parse = |der: &CertificateDer<'_>| {
+            x509_parser::parse_x509_certificate(der)
+                .map(|(_, cert)| cert.subject().as_raw().to_vec())
+                .ok()
+        };
+        let issuer = x509_parser::parse_x509_certificate(&leaf.cert[0])
+            .map(|(_, cert)| cert.issuer().as_raw().to_vec())
+            .ok();
+        if issuer.is_none() || issuer != self.chain.first().and_then(parse) {
+            return Err(TlsError::UnusableCa {
+                path: self.cert_path.clone(),
+                reason: "its name repeats an attribute (several OU= or DC=, say), which the \
+                         certificates minted from it cannot copy exactly, so clients would not \
+                         find it as their issuer; issue the interception CA with each \
+                         attribute of its name once"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The leaf certificate for `name`, minted on first use.

@@ -10,8 +10,8 @@
 //! - received TLS bytes, decrypted bytes not yet read and encrypted bytes not yet sent each
 //!   live in a buffer that is freed as soon as it is empty, so an idle connection holds none;
 //! - the socket is read only once every complete record received has been processed and
-//!   its plaintext read, so received bytes are bounded by what rustls holds for one record
-//!   or one post-handshake message plus one read;
+//!   its plaintext read, and never while more than [`MAX_PENDING`] bytes wait for rustls (a
+//!   handshake message sent in tiny records ends the connection instead);
 //! - at most [`MAX_UNSENT`] encrypted bytes and one record wait for a peer that does not
 //!   read: writes wait. What received records make rustls send is bounded by rustls (one
 //!   pending key-update answer, which goes with the next write; a few alerts), so reading
@@ -45,6 +45,10 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 
 /// Most bytes one read from the socket takes.
 const READ_CHUNK: usize = 16 * 1024 + 256;
+
+/// Most received bytes held that rustls has not consumed: the largest handshake message
+/// rustls accepts (64 KiB) in records of a sensible size, and a record more.
+const MAX_PENDING: usize = 64 * 1024 + 2 * READ_CHUNK;
 
 /// A rustls unbuffered connection, client or server.
 pub trait Unbuffered: Unpin {
@@ -360,7 +364,10 @@ where
 
     /// Marks the connection failed, queues the alert rustls prepared and tries to send it.
     fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error) -> io::Error {
-        let UnbufferedStatus { state, .. } = self.conn.process(&mut []);
+        // rustls may be part of the way through a handshake message: it is given the same
+        // bytes as before, never fewer.
+        let UnbufferedStatus { state, .. } =
+            self.conn.process(&mut self.incoming[self.processed..]);
         if let Ok(ConnectionState::EncodeTlsData(mut alert)) = state {
             let _ = encode_into(&mut self.outgoing, |out| alert.encode(out));
         }
@@ -381,6 +388,16 @@ where
     /// The read goes to a stack buffer inside the poll, so no buffer is kept while waiting.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.incoming.drain(..std::mem::take(&mut self.processed));
+        if self.incoming.len() > MAX_PENDING {
+            // rustls keeps the records of a handshake message until it is whole; a peer
+            // sending one in tiny records would make them many times its size.
+            let error = invalid(format!(
+                "the peer sent more than {MAX_PENDING} bytes of records without completing a \
+                 message"
+            ));
+            self.failed = Some((error.kind(), error.to_string()));
+            return Poll::Ready(Err(error));
+        }
         let mut chunk = [0u8; READ_CHUNK];
         let mut read = ReadBuf::new(&mut chunk);
         let received = Pin::new(&mut self.io).poll_read(cx, &mut read);
@@ -502,8 +519,10 @@ where
             }
             Err(error) => return Poll::Ready(Err(this.fail(cx, error))),
         }
-        // Send what the socket takes now; the rest goes with the next write or flush.
+        // Send what the socket takes now; the rest goes with the next write or flush. The
+        // data is sealed: after a socket error it must not be written again.
         if let Poll::Ready(Err(error)) = this.poll_send_outgoing(cx) {
+            this.failed = Some((error.kind(), error.to_string()));
             return Poll::Ready(Err(error));
         }
         Poll::Ready(Ok(written))

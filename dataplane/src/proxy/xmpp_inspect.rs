@@ -11,10 +11,11 @@
 //!   elements does not hold the first back until the last is judged;
 //! - elements are parsed where they lie in the read buffer, which is compacted once per
 //!   read, not once per element;
-//! - when either direction ends, both ends are shut down (each intercepted TLS stream sends
-//!   its close_notify); a read that fails, such as a TLS stream truncated without
+//! - when either direction ends cleanly, both ends are shut down (each intercepted TLS stream
+//!   sends its close_notify); a read that fails, such as a TLS stream truncated without
 //!   close_notify, ends the session with an error that names the side, which becomes the
-//!   session's archived end reason.
+//!   session's archived end reason, and the other end is closed without close_notify, so
+//!   that it sees the truncation too.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -148,7 +149,11 @@ where
                 result = inbound => result,
             }
         };
-        flow.close(&mut upstream_write).await;
+        // A side that ended badly (a truncated TLS stream, say) must not look clean to the
+        // other: its close_notify goes only with a clean end.
+        if result.is_ok() {
+            flow.close(&mut upstream_write).await;
+        }
         result
     }
 }

@@ -174,13 +174,13 @@ impl Authority {
             EnrollError::Message("the presented certificate cannot be read".into())
         })?;
         let now = unix_now();
-        self.state.generations().check(
-            &presented.id,
-            &presented.cert,
-            now,
-            self.renewal_grace,
-        )??;
-        let opens = not_after - not_after.saturating_sub(not_before) / 3;
+        // The newest certificate itself: a copy of an older one, even within its grace, cannot
+        // renew (it would take the connector's place).
+        self.state
+            .generations()
+            .check(&presented.id, &presented.cert, now, Duration::ZERO)??;
+        // Rounded so that it never opens later than the connector computes it.
+        let opens = not_after - not_after.saturating_sub(not_before).div_ceil(3);
         if now < opens {
             let from = chrono::DateTime::from_timestamp(i64::try_from(opens).unwrap_or(0), 0)
                 .map_or_else(|| opens.to_string(), |t| t.to_rfc3339());

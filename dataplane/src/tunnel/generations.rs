@@ -6,6 +6,14 @@
 //! real connector renews, and renewing first with the copy locks the real connector out,
 //! which its operators see.
 //!
+//! A renewal needs the connector's newest certificate itself (no grace), so a copy cannot
+//! renew once the real connector has. Open connections are checked again as the revocation
+//! list is ([`super::listener`]), so a copy's connection ends when its grace does.
+//!
+//! The record is the tunnel folder's: dataplanes that share the folder (`imgate up
+//! --tunnel-state`) share it; dataplane pods with a folder each only know the renewals they
+//! signed themselves.
+//!
 //! Invariants: the record (`generations.json` in the tunnel folder) is replaced atomically
 //! (written beside, synced, renamed), so a crash leaves the old record or the new one; a
 //! connector's recorded start never moves back (of two certificates with the same start, the
@@ -84,6 +92,11 @@ impl Generations {
         }
     }
 
+    /// The record as it is now, to check many certificates against.
+    pub fn snapshot(&self) -> Result<Snapshot, TokenError> {
+        self.read().map(Snapshot)
+    }
+
     /// Records that connector `id` was issued `cert` at `now` (seconds since the Unix epoch).
     pub fn issued(&self, id: &str, cert: &CertificateDer<'_>, now: u64) -> Result<(), TokenError> {
         let not_before = start(cert);
@@ -121,18 +134,35 @@ impl Generations {
         now: u64,
         grace: Duration,
     ) -> Result<Result<(), Superseded>, TokenError> {
-        let Some(newest) = self.read()?.remove(id) else {
-            return Ok(Ok(()));
+        Ok(self.snapshot()?.check(id, cert, now, grace))
+    }
+}
+
+/// The record at one moment.
+#[derive(Debug)]
+pub struct Snapshot(HashMap<String, Generation>);
+
+impl Snapshot {
+    /// [`Generations::check`] against this snapshot.
+    pub fn check(
+        &self,
+        id: &str,
+        cert: &CertificateDer<'_>,
+        now: u64,
+        grace: Duration,
+    ) -> Result<(), Superseded> {
+        let Some(newest) = self.0.get(id) else {
+            return Ok(());
         };
         let ago = now.saturating_sub(newest.issued_at);
         let current = newest.sha256 == sha256(cert) || start(cert) > newest.not_before;
         if current || ago < grace.as_secs() {
-            return Ok(Ok(()));
+            return Ok(());
         }
-        Ok(Err(Superseded {
+        Err(Superseded {
             id: id.to_owned(),
             ago,
-        }))
+        })
     }
 }
 

@@ -8,7 +8,8 @@
 //!   tunnel CA, names a connector of this tenant that is not revoked; a stream's connector id
 //!   is the certificate's, never the stream header's alone;
 //! - a connection whose certificate a newer one of its connector replaced more than the
-//!   renewal grace ago is refused ([`super::generations`]);
+//!   renewal grace ago is refused, and an open one closed within [`REVOCATION_CHECK`]
+//!   ([`super::generations`]);
 //! - a connector holds at most [`MAX_CONNECTIONS_PER_CONNECTOR`] connections; a connection
 //!   from another address than its connector's open ones is counted and logged, as its key
 //!   may be in two hands;
@@ -158,7 +159,8 @@ impl Tunnel {
         ids
     }
 
-    /// Closes the connections of connectors revoked since the last check.
+    /// Closes the connections of connectors revoked since the last check, and those whose
+    /// certificate a newer one replaced more than the renewal grace ago.
     fn enforce_revocations(&self) {
         let revoked = match self.authority.state.revoked() {
             Ok(revoked) => revoked,
@@ -167,16 +169,34 @@ impl Tunnel {
                 return;
             }
         };
+        let generations = match self.authority.state.generations().snapshot() {
+            Ok(generations) => generations,
+            Err(error) => {
+                tracing::error!(target: "imgate::tunnel", "cannot read the connectors' certificates: {error}");
+                return;
+            }
+        };
+        let (now, grace) = (unix_now(), self.authority.renewal_grace);
         let live = self.live();
-        let revoked = live.iter().filter(|(id, _)| revoked.contains(*id));
-        for (id, connections) in revoked {
+        for (id, connections) in live.iter() {
             for connection in connections.iter().filter(|c| c.close_reason().is_none()) {
-                tracing::warn!(target: "imgate::tunnel", remote = %connection.remote_address(), connector = %id, "closing a revoked connector's connection");
-                self.shared.metrics.tunnel_refused("revoked");
-                connection.close(
-                    REVOKED.into(),
-                    format!("connector {id} is revoked").as_bytes(),
-                );
+                let remote = connection.remote_address();
+                if revoked.contains(id) {
+                    tracing::warn!(target: "imgate::tunnel", %remote, connector = %id, "closing a revoked connector's connection");
+                    self.shared.metrics.tunnel_refused("revoked");
+                    connection.close(
+                        REVOKED.into(),
+                        format!("connector {id} is revoked").as_bytes(),
+                    );
+                    continue;
+                }
+                let superseded = named_by(connection)
+                    .and_then(|(_, _, cert)| generations.check(id, &cert, now, grace).err());
+                if let Some(superseded) = superseded {
+                    tracing::warn!(target: "imgate::tunnel", %remote, connector = %id, "closing a connection whose certificate was replaced: {superseded}");
+                    self.shared.metrics.tunnel_refused("superseded");
+                    connection.close(SUPERSEDED.into(), superseded.to_string().as_bytes());
+                }
             }
         }
     }

@@ -187,7 +187,8 @@ pub struct TunnelState {
     generations: Arc<Generations>,
 }
 
-pub(crate) fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -274,3 +274,40 @@ async fn a_rotated_ca_signs_every_leaf_after_the_restart() {
     // Both CAs have imgate's name: the old one is found and its signature does not match.
     assert!(error.contains("invalid peer certificate"), "{error}");
 }
+
+#[test]
+fn a_ca_whose_name_repeats_an_attribute_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/O=Example Corp/OU=Compliance/OU=IM Inspection/CN=Example Inspection CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-days",
+            "30",
+            "-keyout",
+        ])
+        .arg(dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(dir.path().join("ca.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    let error = InterceptionCa::load_or_generate(dir.path())
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("repeats an attribute"),
+        "{error}"
+    );
+}

@@ -469,3 +469,22 @@ async fn a_padded_record_longer_than_the_protocol_allows_is_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_post_handshake_message_sent_in_tiny_records_is_refused_at_a_bound() {
+    for peer in [Peer::Client, Peer::Server] {
+        let (_dir, mut ours, mut hostile) = against(peer, true, 4 << 20).await;
+        // A session ticket claiming 65,000 bytes, one byte a record: 23 bytes on the wire for
+        // each byte of message, which rustls keeps until the message is whole.
+        let mut records = hostile.record(ContentType::Handshake, &[4, 0, 0xfd, 0xe8]);
+        for _ in 0..65_000 {
+            records.extend(hostile.record(ContentType::Handshake, &[0]));
+        }
+        let outcome = flood(&mut *ours, &mut hostile, records).await;
+        let error = refused(outcome, &format!("{peer:?}"));
+        assert!(
+            error.contains("without completing a message"),
+            "{peer:?}: {error}"
+        );
+    }
+}

@@ -320,6 +320,22 @@ async fn a_server_the_client_does_not_trust_is_refused_on_both_sides() {
     );
 }
 
+#[tokio::test]
+async fn a_client_hello_claiming_more_than_rustls_takes_ends_the_handshake_without_a_panic() {
+    let (_dir, ca, _) = setup(true);
+    let (mut near, far) = tokio::io::duplex(1 << 16);
+    // One record holding the start of a ClientHello that says it is 65,536 bytes long.
+    near.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x01, 0x00, 0x00])
+        .await
+        .expect("write");
+    let server = ca.server_config("chat.example").expect("config");
+    let error = accept(server, far, LIMIT)
+        .await
+        .err()
+        .expect("refused, not a panic");
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

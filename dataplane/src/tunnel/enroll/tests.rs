@@ -97,9 +97,10 @@ async fn a_certificate_renews_only_in_the_last_third_of_its_life() {
 }
 
 #[tokio::test]
-async fn once_renewed_an_older_certificate_can_neither_renew_nor_connect_after_the_grace() {
+async fn once_renewed_an_older_certificate_cannot_renew_even_within_its_grace() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let authority = authority(dir.path(), Duration::ZERO);
+    let grace = Duration::from_secs(600);
+    let authority = authority(dir.path(), grace);
     let real = presented(&authority.ca, "desk-1", 21 * DAY, 30 * DAY);
     let copy = Presented {
         id: real.id.clone(),
@@ -121,14 +122,22 @@ async fn once_renewed_an_older_certificate_can_neither_renew_nor_connect_after_t
     let refused = authority
         .decide(&message(None, &request("desk-1")), Some(&copy))
         .await
-        .expect_err("the copy cannot renew");
+        .expect_err("the copy cannot renew, though it may still connect for a while");
     assert!(matches!(refused, EnrollError::Superseded(_)), "{refused}");
     assert_eq!(refused.reason(), "superseded");
+    assert_eq!(
+        generations
+            .check("desk-1", &copy.cert, unix_now(), grace)
+            .expect("read"),
+        Ok(()),
+        "within the grace the old certificate still connects (the connector's own \
+         connections move over)"
+    );
     assert!(
         generations
-            .check("desk-1", &copy.cert, unix_now(), Duration::ZERO)
+            .check("desk-1", &copy.cert, unix_now() + grace.as_secs(), grace)
             .expect("read")
             .is_err(),
-        "nor connect: the listener asks the same record"
+        "and not after it: the listener asks the same record"
     );
 }
