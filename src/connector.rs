@@ -8,7 +8,9 @@
 //! identity is written beside the old one and synced, a `commit` marker is made, then each
 //! file is renamed into place and the marker removed; reading the folder first finishes a
 //! committed change, or drops an uncommitted one, so a crash never leaves a key with another
-//! key's certificate. The CA a dataplane returns is accepted only if it is the one the
+//! key's certificate. A request's key is kept (`pending-key.pem`) until its certificate is
+//! stored, so a request whose answer was lost is asked again with the same key. The CA a
+//! dataplane returns is accepted only if it is the one the
 //! token pins (enrollment) or the one already held (renewal). `run` renews when a third of
 //! the certificate's lifetime is left, and new connections use the renewed identity at once.
 //!
@@ -232,7 +234,8 @@ async fn obtain(
     id: &str,
     expected: &ExpectedCa,
 ) -> anyhow::Result<String> {
-    let (key, request) = trust::connector_request(id)?;
+    let key = pending_key(&dial.identity)?;
+    let request = trust::request_for(&key, id)?;
     let endpoint = udp_endpoint(dial.max_datagram)?;
     let mut failures = Vec::new();
     let mut addresses = Vec::new();
@@ -256,6 +259,7 @@ async fn obtain(
             Ok(enrolled) => {
                 expected.check(&enrolled.ca)?;
                 store(&dial.identity, &key, &enrolled)?;
+                let _ = std::fs::remove_file(dial.identity.join(PENDING_KEY));
                 endpoint.wait_idle().await;
                 return Ok(id.to_owned());
             }
@@ -267,6 +271,24 @@ async fn obtain(
         }
     }
     anyhow::bail!("no dataplane could be reached: {}", failures.join("; "))
+}
+
+/// The key of a request whose certificate has not arrived yet: asked again with the same key
+/// after a lost answer, so that the dataplane knows it is this connector asking (see the
+/// tunnel's `generations`).
+const PENDING_KEY: &str = "pending-key.pem";
+
+/// The key a request is made for: the pending one, or a new one made pending.
+fn pending_key(dir: &Path) -> anyhow::Result<rcgen::KeyPair> {
+    let path = dir.join(PENDING_KEY);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return rcgen::KeyPair::from_pem(&text).with_context(|| format!("{}", path.display()));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = rcgen::KeyPair::generate()?;
+    write_private(&path, key.serialize_pem().as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
 }
 
 /// The files of an identity, in the order they are put in place.
@@ -596,5 +618,17 @@ mod tests {
         finish_store(dir.path()).expect("finished");
         assert_eq!(IDENTITY_FILES.map(read), ["new", "new", "new"]);
         assert!(!dir.path().join("commit").exists(), "the marker goes last");
+    }
+
+    #[test]
+    fn a_request_is_asked_again_with_its_key_until_its_certificate_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = dir.path().join("desk-1");
+        let first = pending_key(&identity).expect("a new key");
+        let again = pending_key(&identity).expect("the same key");
+        assert_eq!(first.serialize_der(), again.serialize_der());
+        std::fs::remove_file(identity.join(PENDING_KEY)).expect("stored: no longer pending");
+        let next = pending_key(&identity).expect("a new key");
+        assert_ne!(first.serialize_der(), next.serialize_der());
     }
 }

@@ -26,6 +26,7 @@ use super::generations::Superseded;
 use super::tokens::{Redeemer, Token, TokenError, TunnelState, unix_now};
 use super::trust::{TunnelCa, read_request, validity_of};
 use crate::telemetry::Metrics;
+use rcgen::PublicKeyData;
 
 /// The largest request or answer, in bytes.
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -151,7 +152,7 @@ impl Authority {
             }
             (None, Some(presented)) => {
                 self.refuse_revoked(&presented.id)?;
-                self.check_renewal(presented)?;
+                self.check_renewal(presented, &csr.public_key.subject_public_key_info())?;
                 presented.id.clone()
             }
             (None, None) => {
@@ -168,17 +169,27 @@ impl Authority {
         Ok((id, pem(&certificate)))
     }
 
-    /// A renewal is allowed with the connector's newest certificate, in its last third.
-    fn check_renewal(&self, presented: &Presented) -> Result<(), EnrollError> {
+    /// A renewal is allowed with the connector's newest certificate, in its last third;
+    /// `request_key` is the request's public key (SubjectPublicKeyInfo, DER).
+    fn check_renewal(&self, presented: &Presented, request_key: &[u8]) -> Result<(), EnrollError> {
         let (not_before, not_after) = validity_of(&presented.cert).ok_or_else(|| {
             EnrollError::Message("the presented certificate cannot be read".into())
         })?;
         let now = unix_now();
         // The newest certificate itself: a copy of an older one, even within its grace, cannot
-        // renew (it would take the connector's place).
-        self.state
-            .generations()
-            .check(&presented.id, &presented.cert, now, Duration::ZERO)??;
+        // renew (it would take the connector's place), unless its request is signed with the
+        // newest certificate's key: the connector asking again for an answer it lost.
+        let generations = self.state.generations().snapshot()?;
+        if let Err(superseded) =
+            generations.check(&presented.id, &presented.cert, now, Duration::ZERO)
+        {
+            let within_grace = generations
+                .check(&presented.id, &presented.cert, now, self.renewal_grace)
+                .is_ok();
+            if !within_grace || !generations.is_newest_key(&presented.id, request_key) {
+                return Err(superseded.into());
+            }
+        }
         // Rounded so that it never opens later than the connector computes it.
         let opens = not_after - not_after.saturating_sub(not_before).div_ceil(3);
         if now < opens {

@@ -6,8 +6,10 @@
 //! real connector renews, and renewing first with the copy locks the real connector out,
 //! which its operators see.
 //!
-//! A renewal needs the connector's newest certificate itself (no grace), so a copy cannot
-//! renew once the real connector has. Open connections are checked again as the revocation
+//! A renewal needs the connector's newest certificate itself, so a copy cannot renew once the
+//! real connector has; the one exception is a renewal, within the grace, whose request is
+//! signed with the newest certificate's own key: the real connector asking again for a
+//! certificate whose answer it lost (no one else holds that key). Open connections are checked again as the revocation
 //! list is ([`super::listener`]), so a copy's connection ends when its grace does.
 //!
 //! The record is the tunnel folder's: dataplanes that share the folder (`imgate up
@@ -38,6 +40,9 @@ use super::trust::validity_of;
 struct Generation {
     /// Its SHA-256, hex.
     sha256: String,
+    /// The SHA-256 of its public key (SubjectPublicKeyInfo), hex.
+    #[serde(default)]
+    public_key: String,
     /// Its start, in seconds since the Unix epoch.
     not_before: u64,
     /// When it was signed, in seconds since the Unix epoch.
@@ -110,6 +115,7 @@ impl Generations {
             id.to_owned(),
             Generation {
                 sha256: sha256(cert),
+                public_key: public_key(cert),
                 not_before,
                 issued_at: now,
             },
@@ -143,6 +149,14 @@ impl Generations {
 pub struct Snapshot(HashMap<String, Generation>);
 
 impl Snapshot {
+    /// Whether `key` (a SubjectPublicKeyInfo, DER) is the key of connector `id`'s newest
+    /// certificate.
+    pub fn is_newest_key(&self, id: &str, key: &[u8]) -> bool {
+        self.0.get(id).is_some_and(|newest| {
+            !newest.public_key.is_empty() && newest.public_key == hex::encode(Sha256::digest(key))
+        })
+    }
+
     /// [`Generations::check`] against this snapshot.
     pub fn check(
         &self,
@@ -168,6 +182,13 @@ impl Snapshot {
 
 fn sha256(cert: &CertificateDer<'_>) -> String {
     hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo, hex (empty if it cannot be read).
+fn public_key(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, parsed)| hex::encode(Sha256::digest(parsed.public_key().raw)))
+        .unwrap_or_default()
 }
 
 /// A certificate's start; 0 when it cannot be read (it was verified, so it can).

@@ -217,12 +217,17 @@ fn private_key(key: &KeyPair) -> Result<PrivateKeyDer<'static>, TrustError> {
 /// A connector's key and its certificate request (PEM), made on the connector.
 pub fn connector_request(id: &str) -> Result<(KeyPair, String), TrustError> {
     let key = KeyPair::generate()?;
+    let request = request_for(&key, id)?;
+    Ok((key, request))
+}
+
+/// A certificate request (PEM) for connector `id`'s existing `key`.
+pub fn request_for(key: &KeyPair, id: &str) -> Result<String, TrustError> {
     let mut params = CertificateParams::default();
     params
         .distinguished_name
         .push(DnType::CommonName, format!("imgate connector {id}"));
-    let request = params.serialize_request(&key)?;
-    Ok((key, request.pem()?))
+    Ok(params.serialize_request(key)?.pem()?)
 }
 
 /// The connector's identity from its key and the certificate the CA signed.

@@ -141,3 +141,29 @@ async fn once_renewed_an_older_certificate_cannot_renew_even_within_its_grace() 
         "and not after it: the listener asks the same record"
     );
 }
+
+#[tokio::test]
+async fn a_connector_that_lost_its_renewal_asks_again_with_the_same_key_and_no_one_else_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authority = authority(dir.path(), Duration::from_secs(600));
+    let current = presented(&authority.ca, "desk-1", 21 * DAY, 30 * DAY);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let again = crate::tunnel::trust::request_for(&key, "desk-1").expect("request");
+    authority
+        .decide(&message(None, &again), Some(&current))
+        .await
+        .expect("renewed, and the answer is lost on its way");
+    let copy = Presented {
+        id: current.id.clone(),
+        cert: current.cert.clone(),
+    };
+    authority
+        .decide(&message(None, &again), Some(&current))
+        .await
+        .expect("the same key asks again with the certificate it still holds");
+    let thief = authority
+        .decide(&message(None, &request("desk-1")), Some(&copy))
+        .await
+        .expect_err("another key with the same old certificate");
+    assert!(matches!(thief, EnrollError::Superseded(_)), "{thief}");
+}
