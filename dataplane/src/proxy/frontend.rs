@@ -271,6 +271,10 @@ async fn socks5<S: AsyncRead + AsyncWrite + Unpin>(
             client.read_exact(&mut length).await?;
             let mut name = vec![0u8; usize::from(length[0])];
             client.read_exact(&mut name).await?;
+            if name.is_empty() {
+                client.write_all(&[5, 1, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+                return Err(bad(P, "empty host name"));
+            }
             String::from_utf8(name).map_err(|_| bad(P, "host name is not UTF-8"))?
         }
         4 => {
@@ -332,10 +336,8 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(bad(P, format!("method {method} is not CONNECT")));
     }
     let Some((host, port)) = authority.rsplit_once(':').and_then(|(h, p)| {
-        Some((
-            h.trim_matches(['[', ']']).to_owned(),
-            p.parse::<u16>().ok()?,
-        ))
+        let host = h.trim_matches(['[', ']']);
+        Some((host.to_owned(), p.parse::<u16>().ok()?)).filter(|_| !host.is_empty())
     }) else {
         client
             .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
@@ -479,6 +481,35 @@ mod tests {
             );
         let _ = client.write_all(&vec![b'a'; MAX_HANDSHAKE + 10]).await;
         assert!(handshake.await.expect("task").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_host_is_refused_by_both_front_ends() {
+        // Found by the front ends' fuzz target: `CONNECT :5222` named no host at all.
+        let (mut client, mut server) = duplex(1 << 16);
+        client
+            .write_all(b"CONNECT :5222 HTTP/1.1\r\n\r\n")
+            .await
+            .expect("request");
+        let refused = Frontend::HttpConnect.accept(&mut server).await;
+        assert!(refused.is_err(), "{:?}", refused.map(|t| t.host));
+        let mut answer = vec![0u8; 12];
+        client.read_exact(&mut answer).await.expect("answer");
+        assert_eq!(&answer, b"HTTP/1.1 400");
+
+        let (mut client, mut server) = duplex(1 << 16);
+        client
+            .write_all(&[5, 1, 0, 5, 1, 0, 3, 0, 0x14, 0x66])
+            .await
+            .expect("request");
+        let refused = Frontend::Socks5.accept(&mut server).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("empty host name")),
+            "{:?}",
+            refused.map(|t| t.host)
+        );
     }
 
     fn tunnel_header_for(connector: &str) -> Vec<u8> {
