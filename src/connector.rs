@@ -101,7 +101,8 @@ pub enum ConnectorCommand {
         #[arg(long, default_value = "imgate-connector")]
         identity: PathBuf,
     },
-    /// Renew the connector's certificate now (`run` does it when a third of its life is left).
+    /// Renew the connector's certificate now; dataplanes sign renewals in the last third of
+    /// its life only (`run` renews then on its own).
     Renew(DialArgs),
     /// Carry local connections to the dataplanes until Ctrl-C or SIGTERM.
     Run(RunArgs),
