@@ -55,8 +55,10 @@ pub struct SettingsArgs {
     #[arg(long = "tunnel-service-annotation", value_name = "KEY=VALUE", value_parser = key_value)]
     tunnel_service_annotations: Vec<(String, String)>,
     /// A range holding the API server's endpoints, which dataplanes call to redeem enrollment
-    /// tokens and follow their policy, e.g. `10.0.0.0/28` (repeat for several; without one, the dataplanes' network
-    /// policy lets them reach TCP 443 and 6443 at any address).
+    /// tokens and follow their policy, e.g. `10.0.0.0/28` (repeat for several). `operator
+    /// run` needs at least one: the dataplanes' network policy lets them reach TCP 443 and
+    /// 6443 there and nowhere else in the cluster. Find the addresses with `kubectl get
+    /// endpointslices -n default -l kubernetes.io/service-name=kubernetes`.
     #[arg(long = "api-server-cidr", value_name = "CIDR", value_parser = cidr)]
     api_server_cidrs: Vec<String>,
     /// The OTLP/HTTP endpoint every tenant's dataplanes export OpenTelemetry traces to, e.g.
@@ -94,6 +96,15 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 impl SettingsArgs {
+    /// Refuses settings without an API server range, which `operator run` needs.
+    pub fn require_api_server(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.api_server_cidrs.is_empty(),
+            "--api-server-cidr is required: the range holding the API server's endpoints, which the dataplanes' network policy lets them reach (and no other address in the cluster). List them with `kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes`, and give each as ADDRESS/32 (or /128), or a range that holds them all; the chart's value is dataplane.apiServerCIDRs"
+        );
+        Ok(())
+    }
+
     /// The settings, with the chart's defaults for what is not given.
     pub fn settings(&self) -> Settings {
         let defaults = Settings::default();
@@ -147,6 +158,11 @@ fn render_command(args: &RenderArgs) -> anyhow::Result<i32> {
         "no valid Tenant in the files given: render needs the Tenant and its IMPolicies"
     );
     let settings = args.settings.settings();
+    if settings.api_server_cidrs.is_empty() {
+        eprintln!(
+            "note: without --api-server-cidr the dataplanes' network policy lets them reach no API server (the operator itself refuses to run without it)"
+        );
+    }
     let mut failed = workspace.count(Level::Error) > 0;
     for tenant in &workspace.tenants {
         let name = tenant.metadata.name.clone().unwrap_or_default();

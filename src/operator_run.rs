@@ -41,6 +41,7 @@ pub struct RunArgs {
 
 /// Runs the operator until SIGTERM; returns the exit code.
 pub fn run(args: &RunArgs) -> anyhow::Result<i32> {
+    args.settings.require_api_server()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

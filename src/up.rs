@@ -71,15 +71,17 @@ pub struct UpArgs {
     metrics: String,
     /// A network that SOCKS5, HTTP CONNECT and tunnel clients may reach although it is refused
     /// by default (loopback, private, link-local and other non-public ranges), e.g.
-    /// `10.20.0.0/16` for an IM server inside the cluster (repeat for several). Fixed
+    /// `10.20.0.0/16` for an IM server inside the cluster; or a domain, e.g. `chat.example`:
+    /// once one is given, those clients reach only names in the allowed domains (each with
+    /// every name under it) and addresses in the allowed networks (repeat for several). Fixed
     /// `--forward` destinations need none.
-    #[arg(long = "allow-destination", value_name = "CIDR", value_parser = imgate_dataplane::proxy::destination::Network::parse)]
-    allow_destinations: Vec<imgate_dataplane::proxy::destination::Network>,
+    #[arg(long = "allow-destination", value_name = "CIDR|DOMAIN", value_parser = imgate_dataplane::proxy::destination::Rule::parse)]
+    allow_destinations: Vec<imgate_dataplane::proxy::destination::Rule>,
     /// A network, an address or a domain (and every name under it) that SOCKS5, HTTP CONNECT
     /// and tunnel clients may not reach even where it is public or allowed, e.g.
     /// `games.example` (repeat for several).
-    #[arg(long = "deny-destination", value_name = "CIDR|DOMAIN", value_parser = imgate_dataplane::proxy::destination::Deny::parse)]
-    deny_destinations: Vec<imgate_dataplane::proxy::destination::Deny>,
+    #[arg(long = "deny-destination", value_name = "CIDR|DOMAIN", value_parser = imgate_dataplane::proxy::destination::Rule::parse)]
+    deny_destinations: Vec<imgate_dataplane::proxy::destination::Rule>,
     /// The only ports those clients may reach, `5222` or `5222-5223` (repeat for several; any
     /// port when none is given).
     #[arg(long = "allow-port", value_name = "PORT[-PORT]", value_parser = imgate_dataplane::proxy::destination::Ports::parse)]

@@ -41,8 +41,12 @@ CONNECTOR = {
 }
 
 CASES = {
-    "imgate-defaults": ("imgate", {}),
-    "imgate-single": ("imgate", {"operator": {"replicas": 1}}),
+    # The defaults, with the one value that has none.
+    "imgate-defaults": ("imgate", {"dataplane": {"apiServerCIDRs": ["172.18.0.2/32"]}}),
+    "imgate-single": (
+        "imgate",
+        {"operator": {"replicas": 1}, "dataplane": {"apiServerCIDRs": ["172.18.0.2/32"]}},
+    ),
     "imgate-full": ("imgate", FULL_OPERATOR),
     "connector-full": ("imgate-connector", CONNECTOR),
     "connector-secret": (
@@ -57,6 +61,7 @@ REFUSED = {
     "service type": ("imgate", {"dataplane": {"tunnelServiceType": "ClusterIP"}}),
     "tunnel domain": ("imgate", {"dataplane": {"tunnelDomain": "Not A Domain"}}),
     "api server range": ("imgate", {"dataplane": {"apiServerCIDRs": ["10.0.0.1"]}}),
+    "no api server range": ("imgate", {}),
     "otlp endpoint": ("imgate", {"telemetry": {"otlpEndpoint": "otel-collector:4318"}}),
     "endpoint": ("imgate-connector", {"dataplane": "acme:tunnel", "enrollment": {"token": "t"}}),
     "no endpoint": ("imgate-connector", {"enrollment": {"token": "t"}}),

@@ -141,7 +141,7 @@ fn a_network_the_dataplane_cannot_read_is_named() {
     let dir = tempdir("networks");
     std::fs::write(
         dir.join("t.yaml"),
-        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  destinations:\n    allowNetworks:\n      - 10.20.0.0/16\n      - 10.20.0.0/1\n    deny: [games.example, -bad.example]\n    ports: ['5222', 6000-5000]\n",
+        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  destinations:\n    allowNetworks:\n      - 10.20.0.0/16\n      - 10.20.0.0/1\n    allowDomains: [chat.example, 10.0.0.1]\n    deny: [games.example, -bad.example]\n    ports: ['5222', 6000-5000]\n",
     )
     .expect("write");
     let (code, output) = imgate(&["policy", "lint", dir.to_str().expect("utf-8")]);
@@ -162,7 +162,13 @@ fn a_network_the_dataplane_cannot_read_is_named() {
         "{output}"
     );
     assert!(
-        !output.contains("deny[0]") && !output.contains("ports[0]"),
+        output.contains("error: Tenant acme: spec.destinations.allowDomains[1]: \"10.0.0.1\" is an address: allow it in allowNetworks"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("deny[0]")
+            && !output.contains("ports[0]")
+            && !output.contains("allowDomains[0]"),
         "{output}"
     );
 }
@@ -366,4 +372,15 @@ fn tempdir(name: &str) -> PathBuf {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+#[test]
+fn the_operator_will_not_run_without_the_api_servers_range() {
+    let (code, output) = imgate(&["operator", "run", "--metrics", "127.0.0.1:0"]);
+    assert_ne!(code, 0, "{output}");
+    assert!(
+        output.contains("--api-server-cidr is required")
+            && output.contains("kubectl get endpointslices"),
+        "{output}"
+    );
 }

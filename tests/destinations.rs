@@ -207,26 +207,71 @@ fn a_refused_destination_is_never_dialled_and_a_fixed_forward_needs_no_allowance
     }
 }
 
-#[test]
-fn a_tenants_denied_domains_and_ports_are_refused_even_where_allowed() {
-    let dir = tempfile::tempdir().expect("temporary folder");
-    let data = dir.path().join("data");
-    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
-    let server = TcpListener::bind("127.0.0.1:0").expect("a server");
-    let port = server.local_addr().expect("its address").port();
-    let (imgate, socks, http, _) = imgate_up(
-        &data,
-        &[
+/// A server on 127.0.0.1, and `imgate up` allowed to reach loopback, with `extra` (given the
+/// server's port); the reasons its sessions ended are read once it stops.
+struct Loopback {
+    _dir: tempfile::TempDir,
+    _logs: LogsOnFailure,
+    data: std::path::PathBuf,
+    server: TcpListener,
+    port: u16,
+    imgate: Killed,
+    socks: u16,
+    http: u16,
+}
+
+impl Loopback {
+    fn start(extra: impl Fn(u16) -> Vec<String>) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let data = dir.path().join("data");
+        let logs = LogsOnFailure(vec![data.with_extension("log")]);
+        let server = TcpListener::bind("127.0.0.1:0").expect("a server");
+        let port = server.local_addr().expect("its address").port();
+        let mut args = vec![
             "--allow-destination",
             "127.0.0.0/8",
             "--allow-destination",
             "::1",
+        ];
+        let extra = extra(port);
+        args.extend(extra.iter().map(String::as_str));
+        let (imgate, socks, http, _) = imgate_up(&data, &args);
+        Self {
+            _dir: dir,
+            _logs: logs,
+            data,
+            server,
+            port,
+            imgate,
+            socks,
+            http,
+        }
+    }
+
+    /// Stops imgate; the `reason` of every `session_end` record.
+    fn end_reasons(self) -> Vec<String> {
+        drop(self.server);
+        stop_and_read(self.imgate, &self.data)
+            .iter()
+            .filter(|r| r["type"] == "session_end")
+            .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+#[test]
+fn a_tenants_denied_domains_and_ports_are_refused_even_where_allowed() {
+    let lo = Loopback::start(|port| {
+        [
             "--deny-destination",
             "localhost",
             "--allow-port",
             &port.to_string(),
-        ],
-    );
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    });
+    let (server, port, socks, http) = (&lo.server, lo.port, lo.socks, lo.http);
     let (code, _client) = socks5(socks, "127.0.0.1", port);
     assert_eq!(
         code, 0,
@@ -240,13 +285,7 @@ fn a_tenants_denied_domains_and_ports_are_refused_even_where_allowed() {
         "HTTP/1.1 502 Bad Gateway",
         "a port outside the allowed ones"
     );
-    drop(server);
-    let records = stop_and_read(imgate, &data);
-    let reasons: Vec<&str> = records
-        .iter()
-        .filter(|r| r["type"] == "session_end")
-        .filter_map(|r| r["reason"].as_str())
-        .collect();
+    let reasons = lo.end_reasons();
     assert!(
         reasons
             .iter()
@@ -259,4 +298,31 @@ fn a_tenants_denied_domains_and_ports_are_refused_even_where_allowed() {
             .any(|r| r.contains("is not among the tenant's allowed ports")),
         "{reasons:?}"
     );
+}
+
+#[test]
+fn once_a_domain_is_allowed_other_names_are_refused_before_they_are_looked_up() {
+    let lo = Loopback::start(|_| vec!["--allow-destination".into(), "localhost".into()]);
+    let (server, port, socks, http) = (&lo.server, lo.port, lo.socks, lo.http);
+    let (code, _client) = socks5(socks, "localhost", port);
+    assert_eq!(code, 0, "a name in the allowed domain is reached");
+    let (_accepted, _) = server.accept().expect("the session reached the server");
+    // `.invalid` never resolves (RFC 2606): the reason in the archive shows the name was
+    // refused for its domain, not for a failed lookup.
+    let (code, _) = socks5(socks, "im.invalid", port);
+    assert_eq!(code, 4, "a name outside the allowed domains");
+    assert_eq!(
+        connect(http, &format!("chat.invalid:{port}")),
+        "HTTP/1.1 502 Bad Gateway",
+        "the same through HTTP CONNECT"
+    );
+    let reasons = lo.end_reasons();
+    for name in ["im.invalid", "chat.invalid"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(&format!(
+                "{name} is in none of the domains the tenant allows"
+            ))),
+            "{name}: {reasons:?}"
+        );
+    }
 }

@@ -188,6 +188,8 @@ fn render_previews_the_examples_and_check_accepts_them() {
             "examples/small-firm",
             "--tunnel-domain",
             "tunnel.msp.example",
+            "--api-server-cidr",
+            "172.18.0.2/32",
         ],
         &[],
     );

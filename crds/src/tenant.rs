@@ -396,6 +396,16 @@ pub struct DestinationsSpec {
         inner(regex(pattern = r"^[0-9A-Fa-f:.]{2,39}(/[0-9]{1,3})?$"))
     )]
     pub allow_networks: Vec<String>,
+    /// When set, sessions reach only names in these domains (each with every name under it,
+    /// e.g. `chat.example.com`) and addresses in `allowNetworks`: any other name is refused
+    /// before it is resolved, and an address the client names outside `allowNetworks` is
+    /// refused. An allowed name's addresses are still checked as usual.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[0-9A-Za-z.-]+$"))
+    )]
+    pub allow_domains: Vec<String>,
     /// Destinations sessions may not reach even where they are public or allowed above: a
     /// CIDR range, an address, or a domain, which denies every name under it too (checked on
     /// the name the client gives, before it is resolved).

@@ -41,8 +41,9 @@ pub struct Settings {
     /// Annotations on every tunnel Service, which give it the cloud's UDP load balancer.
     pub tunnel_service_annotations: BTreeMap<String, String>,
     /// Where the API server's endpoints are (CIDR ranges), which dataplanes call to redeem
-    /// enrollment tokens and follow their policy; any address on its ports when none are
-    /// given.
+    /// enrollment tokens and follow their policy; the dataplanes' network policy opens its
+    /// ports there and nowhere else, so none at all when the list is empty (`operator run`
+    /// refuses to start without one).
     pub api_server_cidrs: Vec<String>,
     /// The OTLP/HTTP endpoint (a URL, see [`otlp_port`]) that dataplanes export their
     /// OpenTelemetry traces to; none export any when absent.

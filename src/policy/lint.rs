@@ -216,9 +216,25 @@ impl Workspace {
                             }
                         }
                         let destinations = tenant.spec.destinations.iter();
+                        let domains = destinations.clone().flat_map(|d| &d.allow_domains);
+                        for (i, domain) in domains.enumerate() {
+                            let why = match imgate_dataplane::proxy::destination::Rule::parse(
+                                domain,
+                            ) {
+                                Ok(imgate_dataplane::proxy::destination::Rule::Domain(_)) => {
+                                    continue;
+                                }
+                                Ok(_) => format!(
+                                    "{domain:?} is an address: allow it in allowNetworks, allowDomains holds domains"
+                                ),
+                                Err(why) => why,
+                            };
+                            let path = format!("spec.destinations.allowDomains[{i}]");
+                            self.problem(&document, Level::Error, &path, why);
+                        }
                         for (i, deny) in destinations.clone().flat_map(|d| &d.deny).enumerate() {
                             if let Err(why) =
-                                imgate_dataplane::proxy::destination::Deny::parse(deny)
+                                imgate_dataplane::proxy::destination::Rule::parse(deny)
                             {
                                 let path = format!("spec.destinations.deny[{i}]");
                                 self.problem(&document, Level::Error, &path, why);

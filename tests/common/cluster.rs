@@ -104,6 +104,7 @@ pub fn operator_with_env(kubeconfig: &Path, log: &Path, env: &[(&str, &str)]) ->
     Killed(
         Command::new(env!("CARGO_BIN_EXE_imgate"))
             .args(["operator", "run", "--metrics", "127.0.0.1:0"])
+            .args(["--api-server-cidr", "127.0.0.1/32"])
             .args(["--lease-namespace", "imgate-system"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

@@ -52,6 +52,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- range $key, $value := $dp.tunnelServiceAnnotations }}
 - {{ printf "--tunnel-service-annotation=%s=%s" $key $value | quote }}
 {{- end }}
+{{- if not $dp.apiServerCIDRs }}
+{{- fail "set dataplane.apiServerCIDRs to the ranges holding the API server's endpoints (each address as /32 or /128), which the dataplanes' network policy lets them reach: kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes" }}
+{{- end }}
 {{- range $dp.apiServerCIDRs }}
 - {{ printf "--api-server-cidr=%s" . | quote }}
 {{- end }}

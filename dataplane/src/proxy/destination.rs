@@ -10,6 +10,10 @@
 //! - Loopback, unspecified, link-local, private (RFC 1918), shared (CGNAT), unique-local,
 //!   multicast, reserved, IPv4-mapped and NAT64 addresses are refused unless a network the
 //!   operator allows ([`Destinations::new`]) holds them.
+//! - Once any domain is allowed, sessions reach only names in the allowed domains (each with
+//!   every name under it) and addresses in the allowed networks: any other name is refused
+//!   before it is resolved (so a client cannot even have the dataplane look it up), any other
+//!   address as named. An allowed name's addresses are still checked as above.
 //! - A tenant's own rules ([`Destinations::deny`], [`Destinations::ports`]) come before
 //!   everything else: a denied domain (and every name under it), a denied network and a port
 //!   outside the allowed ones are refused even where the address is public or allowed. A
@@ -177,16 +181,17 @@ const REFUSED: [(Network, &str); 23] = [
     ),
 ];
 
-/// A destination a tenant denies: a network, or a domain and every name under it.
+/// The destinations a tenant allows or denies: a network, or a domain and every name under
+/// it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Deny {
+pub enum Rule {
     /// Addresses in this network.
     Network(Network),
     /// This name and every name under it (lower case, no trailing dot).
     Domain(String),
 }
 
-impl Deny {
+impl Rule {
     /// Parses `10.0.0.0/8`, an address, or a domain such as `chat.example.com`.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.parse::<IpAddr>().is_ok() || text.contains('/') {
@@ -206,6 +211,14 @@ impl Deny {
         }
         Ok(Self::Domain(domain))
     }
+}
+
+/// Whether `host` (lower case, no trailing dot) is `domain` or a name under it.
+fn within(host: &str, domain: &str) -> bool {
+    host == domain
+        || host
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// Ports sessions may go to: one port or an inclusive range.
@@ -243,21 +256,28 @@ impl Ports {
 #[derive(Clone, Debug, Default)]
 pub struct Destinations {
     allowed: Vec<Network>,
-    denied: Vec<Deny>,
+    allowed_domains: Vec<String>,
+    denied: Vec<Rule>,
     ports: Vec<Ports>,
 }
 
 impl Destinations {
-    /// Destinations outside the refused ranges, and inside them those in `allowed`.
-    pub fn new(allowed: Vec<Network>) -> Self {
-        Self {
-            allowed,
-            ..Self::default()
+    /// Destinations outside the refused ranges, and inside them those in an allowed network;
+    /// once `allowed` names a domain, only names in the allowed domains and addresses in the
+    /// allowed networks.
+    pub fn new(allowed: Vec<Rule>) -> Self {
+        let mut destinations = Self::default();
+        for rule in allowed {
+            match rule {
+                Rule::Network(network) => destinations.allowed.push(network),
+                Rule::Domain(domain) => destinations.allowed_domains.push(domain),
+            }
         }
+        destinations
     }
 
     /// The same, with `denied` refused before anything else is considered.
-    pub fn deny(mut self, denied: Vec<Deny>) -> Self {
+    pub fn deny(mut self, denied: Vec<Rule>) -> Self {
         self.denied = denied;
         self
     }
@@ -276,22 +296,30 @@ impl Destinations {
             ));
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.denied.iter().find_map(|deny| match deny {
-            Deny::Domain(domain)
-                if host == *domain
-                    || host
-                        .strip_suffix(domain.as_str())
-                        .is_some_and(|rest| rest.ends_with('.')) =>
-            {
+        let denied = self.denied.iter().find_map(|deny| match deny {
+            Rule::Domain(domain) if within(&host, domain) => {
                 Some(format!("{host} is in {domain}, which the tenant denies"))
             }
             _ => None,
-        })
+        });
+        if denied.is_some() || self.allowed_domains.is_empty() {
+            return denied;
+        }
+        match host.parse::<IpAddr>() {
+            Ok(ip) if self.allowed.iter().any(|network| network.contains(ip)) => None,
+            Ok(ip) => Some(format!(
+                "{ip} is named by address, and outside the networks the tenant allows (it allows only named domains)"
+            )),
+            Err(_) if self.allowed_domains.iter().any(|d| within(&host, d)) => None,
+            Err(_) => Some(format!(
+                "{host} is in none of the domains the tenant allows"
+            )),
+        }
     }
 
     /// Why `ip` is refused, or `None` when it may be dialled.
     pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
-        let denied = |deny: &Deny| matches!(deny, Deny::Network(network) if network.contains(ip));
+        let denied = |deny: &Rule| matches!(deny, Rule::Network(network) if network.contains(ip));
         if self.denied.iter().any(denied) {
             return Some("in a network the tenant denies");
         }
@@ -421,8 +449,8 @@ mod tests {
     #[test]
     fn an_allowed_network_opens_exactly_its_addresses() {
         let destinations = Destinations::new(vec![
-            Network::parse("10.20.0.0/16").expect("a network"),
-            Network::parse("::1").expect("an address"),
+            Rule::Network(Network::parse("10.20.0.0/16").expect("a network")),
+            Rule::Network(Network::parse("::1").expect("an address")),
         ]);
         assert_eq!(destinations.refusal(ip("10.20.3.4")), None);
         assert!(destinations.refusal(ip("10.21.0.1")).is_some());
@@ -442,22 +470,24 @@ mod tests {
 
     #[test]
     fn a_tenants_denied_domains_networks_and_ports_come_before_everything() {
-        let destinations = Destinations::new(vec![Network::parse("10.20.0.0/16").expect("net")])
-            .deny(
-                [
-                    "10.20.9.0/24",
-                    "8.8.8.0/24",
-                    "Games.Example.",
-                    "2001:db8::/32",
-                ]
-                .into_iter()
-                .map(|d| Deny::parse(d).expect("a rule"))
-                .collect(),
-            )
-            .ports(vec![
-                Ports::parse("5222-5223").expect("ports"),
-                Ports::parse("6697").expect("port"),
-            ]);
+        let destinations = Destinations::new(vec![Rule::Network(
+            Network::parse("10.20.0.0/16").expect("net"),
+        )])
+        .deny(
+            [
+                "10.20.9.0/24",
+                "8.8.8.0/24",
+                "Games.Example.",
+                "2001:db8::/32",
+            ]
+            .into_iter()
+            .map(|d| Rule::parse(d).expect("a rule"))
+            .collect(),
+        )
+        .ports(vec![
+            Ports::parse("5222-5223").expect("ports"),
+            Ports::parse("6697").expect("port"),
+        ]);
         assert_eq!(destinations.refusal(ip("10.20.3.4")), None, "allowed");
         for denied in ["10.20.9.1", "8.8.8.8", "2001:db8::1"] {
             assert_eq!(
@@ -491,17 +521,55 @@ mod tests {
             "under_score.example",
             "10.0.0.0/40",
         ] {
-            assert!(Deny::parse(bad).is_err(), "{bad:?}");
+            assert!(Rule::parse(bad).is_err(), "{bad:?}");
         }
         for bad in ["0", "65536", "5223-5222", "x", "1-"] {
             assert!(Ports::parse(bad).is_err(), "{bad:?}");
         }
     }
 
+    #[test]
+    fn once_a_domain_is_allowed_only_allowed_domains_and_networks_are_reached() {
+        let destinations = Destinations::new(
+            ["chat.example", "10.20.0.0/16"]
+                .into_iter()
+                .map(|r| Rule::parse(r).expect("a rule"))
+                .collect(),
+        )
+        .deny(vec![Rule::parse("old.chat.example").expect("a domain")]);
+        for host in ["chat.example", "Xmpp.Chat.Example.", "10.20.3.4"] {
+            assert_eq!(destinations.host_refusal(host, 5222), None, "{host}");
+        }
+        for (host, why) in [
+            ("chatexample", "none of the domains"),
+            ("evil.example", "none of the domains"),
+            ("chat.example.evil", "none of the domains"),
+            ("8.8.8.8", "named by address"),
+            ("2001:db8::1", "named by address"),
+            ("old.chat.example", "which the tenant denies"),
+        ] {
+            let refused = destinations.host_refusal(host, 5222);
+            assert!(
+                refused.as_deref().is_some_and(|r| r.contains(why)),
+                "{host}: {refused:?}"
+            );
+        }
+        // An allowed name's addresses are still checked.
+        assert!(destinations.refusal(ip("127.0.0.1")).is_some());
+        assert_eq!(destinations.refusal(ip("8.8.8.8")), None);
+        let networks_only =
+            Destinations::new(vec![Rule::parse("10.20.0.0/16").expect("a network")]);
+        assert_eq!(
+            networks_only.host_refusal("evil.example", 5222),
+            None,
+            "networks alone open ranges, they restrict nothing"
+        );
+    }
+
     #[tokio::test]
     async fn a_denied_name_is_refused_before_it_is_resolved() {
         let destinations =
-            Destinations::default().deny(vec![Deny::parse("invalid").expect("a domain")]);
+            Destinations::default().deny(vec![Rule::parse("invalid").expect("a domain")]);
         // `.invalid` never resolves (RFC 2606): a refusal, not a failed lookup, shows that
         // the name was refused before any lookup.
         let refused = dial("im.invalid", 5222, &destinations, Duration::from_secs(5)).await;
@@ -526,8 +594,8 @@ mod tests {
             );
         }
         let open = Destinations::new(vec![
-            Network::parse("127.0.0.0/8").expect("a network"),
-            Network::parse("::1").expect("an address"),
+            Rule::Network(Network::parse("127.0.0.0/8").expect("a network")),
+            Rule::Network(Network::parse("::1").expect("an address")),
         ]);
         let dialled = dial("localhost", port, &open, Duration::from_secs(5)).await;
         assert!(dialled.is_ok(), "{dialled:?}");

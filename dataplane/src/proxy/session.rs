@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::destination::Destinations;
-use super::destination::{DialError, Network, dial};
+use super::destination::{DialError, Network, Rule, dial};
 use super::frontend::{Frontend, HandshakeError, Refusal, Target};
 use super::peek::{Prefixed, identify};
 use super::pieces::IntoPieces;
@@ -114,7 +114,10 @@ fn failed(span: &tracing::Span, shared: &Shared, id: u64, peer: SocketAddr, erro
 
 /// Every IPv4 and IPv6 address: where an operator's fixed port-forward may go.
 static ANYWHERE: std::sync::LazyLock<Destinations> = std::sync::LazyLock::new(|| {
-    Destinations::new(vec![Network::everywhere(false), Network::everywhere(true)])
+    Destinations::new(vec![
+        Rule::Network(Network::everywhere(false)),
+        Rule::Network(Network::everywhere(true)),
+    ])
 });
 
 /// Archives a session refused before dialling because its destination is not allowed

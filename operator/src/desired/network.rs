@@ -4,8 +4,8 @@
 //! Invariants: connectors reach only the tunnel port, over UDP, and the tunnel Service keeps
 //! their source addresses (`externalTrafficPolicy: Local`), which the archive records; only
 //! pods in the metrics namespace reach the metrics port; the dataplanes reach DNS, the API
-//! server (TCP 443 and 6443, at the operator's `--api-server-cidr` ranges, or at any address
-//! when none are set), and addresses outside the cluster's private ranges and the link-local
+//! server (TCP 443 and 6443, at the operator's `--api-server-cidr` ranges only: with none, at
+//! no address), and addresses outside the cluster's private ranges and the link-local
 //! range (so not the cloud's instance metadata), which is where IM servers and the object
 //! store are, and the trace collector's port at any address when the settings name one.
 
@@ -168,16 +168,17 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             ..NetworkPolicyPeer::default()
         }]),
     };
-    let api_server = NetworkPolicyEgressRule {
+    // With no range, no rule: a rule with no peers would allow every address.
+    let api_server = (!settings.api_server_cidrs.is_empty()).then(|| NetworkPolicyEgressRule {
         ports: Some(vec![policy_port("TCP", 443), policy_port("TCP", 6443)]),
-        to: (!settings.api_server_cidrs.is_empty()).then(|| {
+        to: Some(
             settings
                 .api_server_cidrs
                 .iter()
                 .map(|cidr| outside(cidr, &[]))
-                .collect()
-        }),
-    };
+                .collect(),
+        ),
+    });
     let internet = NetworkPolicyEgressRule {
         ports: None,
         to: Some(vec![
@@ -211,8 +212,9 @@ pub fn network_policy(tenant: &Tenant, settings: &Settings) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(vec![tunnel, metrics]),
             egress: Some(
-                [dns, api_server, internet]
+                [dns, internet]
                     .into_iter()
+                    .chain(api_server)
                     .chain(allowed)
                     .chain(collector)
                     .collect(),

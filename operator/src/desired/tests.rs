@@ -180,6 +180,7 @@ fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
             "10.30.0.7".into(),
             "10.20.0.0/1".into(),
         ],
+        allow_domains: vec!["chat.example".into(), "10.0.0.1".into()],
         deny: vec![
             "games.example".into(),
             "8.8.8.0/24".into(),
@@ -200,8 +201,9 @@ fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
     );
     assert!(
         args.contains(
-            "--deny-destination games.example --deny-destination 8.8.8.0/24 --allow-port 5222-5223 --allow-port 6697"
+            "--allow-destination chat.example --deny-destination games.example --deny-destination 8.8.8.0/24 --allow-port 5222-5223 --allow-port 6697"
         ) && !args.contains("bad_name")
+            && !args.split(' ').any(|arg| arg == "10.0.0.1")
             && !args.split(' ').any(|arg| arg == "0"),
         "the tenant's deny rules and ports reach the dataplane: {args}"
     );
@@ -214,6 +216,15 @@ fn the_networks_a_tenant_allows_its_sessions_reach_the_dataplane() {
         args.contains("--deny-destination 0.0.0.0/0 --deny-destination ::/0")
             && !args.contains("--allow-port"),
         "a port list none of whose entries can be read denies every destination: {args}"
+    );
+    let mut closed = tenant.clone();
+    if let Some(destinations) = closed.spec.destinations.as_mut() {
+        destinations.allow_domains = vec!["10.0.0.1".into()];
+    }
+    let args = workload::dataplane_args(&closed, &Settings::default()).join(" ");
+    assert!(
+        args.contains("--deny-destination 0.0.0.0/0 --deny-destination ::/0"),
+        "an allowed-domain list none of whose entries is a domain denies every destination: {args}"
     );
     let policy = network::network_policy(&tenant, &Settings::default());
     let egress = serde_json::to_value(&policy.spec.as_ref().expect("a spec").egress).expect("JSON");
@@ -434,8 +445,8 @@ fn scaling_disruption_and_network_follow_the_tenant_and_settings() {
     let egress = spec.egress.as_ref().expect("egress");
     assert_eq!(
         egress.len(),
-        3,
-        "DNS, the API server, the internet: no collector"
+        2,
+        "DNS and the internet: no API server range given, no collector"
     );
     assert!(
         dataplane_pod(&objects).containers[0]
@@ -445,7 +456,7 @@ fn scaling_disruption_and_network_follow_the_tenant_and_settings() {
             .all(|e| !e.name.starts_with("OTEL_")),
         "no traces without an endpoint"
     );
-    let blocks: Vec<_> = egress[2]
+    let blocks: Vec<_> = egress[1]
         .to
         .iter()
         .flatten()
@@ -612,20 +623,32 @@ fn the_dataplanes_may_redeem_enrollment_tokens_and_learn_of_revoked_connectors()
         "{args}"
     );
 
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let api_server = |objects: &[Object]| {
         let Object::NetworkPolicy(policy) = find(objects, "NetworkPolicy/dataplane") else {
             panic!("not a NetworkPolicy")
         };
-        policy.spec.clone().expect("spec").egress.expect("egress")[1].clone()
+        policy
+            .spec
+            .clone()
+            .expect("spec")
+            .egress
+            .expect("egress")
+            .into_iter()
+            .find(|rule| {
+                rule.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(6443)))
+            })
     };
-    let narrow = api_server(&objects);
+    let narrow = api_server(&objects).expect("a rule for the API server");
     let ports: Vec<_> = narrow
         .ports
         .iter()
         .flatten()
         .map(|p| p.port.clone())
         .collect();
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     assert_eq!(
         ports,
         [Some(IntOrString::Int(443)), Some(IntOrString::Int(6443))]
@@ -637,8 +660,8 @@ fn the_dataplanes_may_redeem_enrollment_tokens_and_learn_of_revoked_connectors()
     );
     let plain = desired(&tenant, Some(&set), &Settings::default());
     assert!(
-        api_server(&plain).to.is_none(),
-        "without the API server's range, its ports at any address"
+        api_server(&plain).is_none(),
+        "without the API server's range, its ports are open at no address"
     );
 }
 

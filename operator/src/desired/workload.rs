@@ -160,10 +160,26 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
     }
     let destinations = tenant.spec.destinations.as_ref();
     // As with allowed networks, an entry the dataplane would refuse is left out (lint names
-    // it), except that a port list none of whose entries can be read denies everything:
-    // leaving it out would open every port.
+    // it), except that an allowed-domain or port list none of whose entries can be read
+    // denies everything: leaving it out would open every domain or port.
+    let domains = destinations
+        .map(|d| d.allow_domains.as_slice())
+        .unwrap_or_default();
+    let readable_domains: Vec<&String> = domains
+        .iter()
+        .filter(|domain| {
+            matches!(
+                imgate_dataplane::proxy::destination::Rule::parse(domain),
+                Ok(imgate_dataplane::proxy::destination::Rule::Domain(_))
+            )
+        })
+        .collect();
+    for domain in &readable_domains {
+        args.extend(["--allow-destination".into(), (*domain).clone()]);
+    }
+    let closed = !domains.is_empty() && readable_domains.is_empty();
     for deny in destinations.iter().flat_map(|d| &d.deny) {
-        if imgate_dataplane::proxy::destination::Deny::parse(deny).is_ok() {
+        if imgate_dataplane::proxy::destination::Rule::parse(deny).is_ok() {
             args.extend(["--deny-destination".into(), deny.clone()]);
         }
     }
@@ -176,7 +192,7 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         args.extend(["--allow-port".into(), port.clone()]);
         any = true;
     }
-    if !ports.is_empty() && !any {
+    if closed || (!ports.is_empty() && !any) {
         for everywhere in ["0.0.0.0/0", "::/0"] {
             args.extend(["--deny-destination".into(), everywhere.into()]);
         }

@@ -9,6 +9,14 @@ locals {
   }
 }
 
+# The control plane's network interfaces, and so the API server's endpoints as pods see
+# them, are in the cluster's subnets: the dataplanes' network policy lets them reach the
+# API server there and at no other address in the VPC.
+data "aws_subnet" "cluster" {
+  for_each = toset(var.subnet_ids)
+  id       = each.value
+}
+
 resource "helm_release" "imgate" {
   name             = "imgate"
   namespace        = "imgate-system"
@@ -20,6 +28,7 @@ resource "helm_release" "imgate" {
       dataplane = {
         nodeSelector             = { "imgate.io/role" = "dataplane" }
         tunnelServiceAnnotations = local.tunnel_service_annotations
+        apiServerCIDRs           = sort([for subnet in data.aws_subnet.cluster : subnet.cidr_block])
       }
     }),
     yamlencode(var.imgate_values),
