@@ -101,7 +101,8 @@ pub fn run(command: TunnelCommand) -> anyhow::Result<i32> {
             let request = read(&identity.join("request.pem"))?;
             let cert = ca.sign_connector(&request, &connector, days)?;
             // The connector's newest certificate: one it had before stops working.
-            TunnelState::new(&state.dir()).generations().issued(
+            imgate_dataplane::tunnel::generations::Generations::issued_offline(
+                &state.dir(),
                 &connector,
                 &cert,
                 imgate_dataplane::tunnel::tokens::unix_now(),

@@ -32,7 +32,7 @@ use imgate_dataplane::proxy::xmpp_relay::TlsContext;
 use imgate_dataplane::tunnel::listener;
 use imgate_dataplane::tunnel::server_cert::{self, ServerCertificate};
 use imgate_dataplane::tunnel::tokens::{Redeemer, TunnelState};
-use imgate_operator::enrollment::SecretTokens;
+use imgate_operator::enrollment::{SecretGenerations, SecretTokens};
 use tokio::net::TcpListener;
 
 use crate::policy::lint::{Level, Workspace};
@@ -135,6 +135,12 @@ pub struct UpArgs {
     /// (needs the Kubernetes API: in a pod with its service account, or a kubeconfig).
     #[arg(long, value_name = "NAME")]
     enrollment_secret: Option<String>,
+    /// Keep the record of each connector's newest certificate in this Secret of the pod's
+    /// namespace, which all of a tenant's dataplanes share and follow, instead of in the
+    /// tunnel folder: a certificate one dataplane replaced stops working at every other
+    /// (needs the Kubernetes API, as --enrollment-secret does).
+    #[arg(long, value_name = "NAME")]
+    generations_secret: Option<String>,
     /// Follow the policy set in this ConfigMap of the pod's namespace through the Kubernetes
     /// API, as the operator delivers it, instead of looking at the `--policy` files for
     /// changes (they give the policy at start).
@@ -280,7 +286,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let client = kube_client(&args).await?;
-        let tunnel_state = tunnel_state(&args);
+        let (tunnel_state, generations) = tunnel_state(&args, client.clone());
         let tokens = token_store(&args, client.clone(), &tunnel_state);
 
         let wal = args.data.join("wal");
@@ -378,6 +384,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         println!("Point an IM client's proxy setting at the SOCKS5 address. {reloading}; Ctrl-C stops.");
         let reloads = tokio::spawn(reload_on_hangup(shared.clone(), args.clone()));
         let enforced = Arc::new(Mutex::new(None));
+        let following = generations.map(|follower| {
+            println!("  connector certificates       recorded in {}, shared by the tenant's dataplanes", imgate_dataplane::tunnel::generations::SharedRecord::describe(&follower));
+            let state = tunnel_state.clone();
+            tokio::spawn(async move { follower.follow(state.generations()).await })
+        });
         let watching = match (&args.policy_config_map, client.clone()) {
             (Some(name), Some(client)) => {
                 let delivery = Delivery { shared: shared.clone(), tenant: args.tenant.clone(), name: name.clone(), enforced: enforced.clone(), tunnel: tunnel_state };
@@ -409,8 +420,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             let _ = task.await;
         }
         reloads.abort();
-        if let Some(watching) = watching {
-            watching.abort();
+        for task in watching.into_iter().chain(following) {
+            task.abort();
         }
         if let Some((tunnel, renewing)) = tunnel {
             stop_tunnel.notify_one();
@@ -432,11 +443,23 @@ pub fn tunnel_dir(data: &Path, state: Option<&Path>) -> PathBuf {
 }
 
 /// The tenant's tunnel state: its tokens and revocations.
-fn tunnel_state(args: &UpArgs) -> TunnelState {
-    let state = TunnelState::new(&tunnel_dir(&args.data, args.tunnel_state.as_deref()));
-    match &args.tunnel_revoked {
-        Some(file) => state.with_revocations(file),
-        None => state,
+/// The tunnel's state, and the follow of its shared certificate record when
+/// `--generations-secret` keeps it in the cluster.
+fn tunnel_state(
+    args: &UpArgs,
+    client: Option<kube::Client>,
+) -> (TunnelState, Option<SecretGenerations>) {
+    let mut state = TunnelState::new(&tunnel_dir(&args.data, args.tunnel_state.as_deref()));
+    if let Some(file) = &args.tunnel_revoked {
+        state = state.with_revocations(file);
+    }
+    match (&args.generations_secret, client) {
+        (Some(name), Some(client)) => {
+            let store = SecretGenerations::new(client.clone(), name);
+            let state = state.with_shared_generations(Arc::new(store));
+            (state, Some(SecretGenerations::new(client, name)))
+        }
+        _ => (state, None),
     }
 }
 
@@ -444,6 +467,7 @@ fn tunnel_state(args: &UpArgs) -> TunnelState {
 async fn kube_client(args: &UpArgs) -> anyhow::Result<Option<kube::Client>> {
     let needs = [
         ("--enrollment-secret", &args.enrollment_secret),
+        ("--generations-secret", &args.generations_secret),
         ("--policy-config-map", &args.policy_config_map),
         ("--report-lease", &args.report_lease),
     ];

@@ -7,23 +7,11 @@
 mod common;
 
 use common::LogsOnFailure;
-use common::cluster::{Cluster, namespace, object, wait_until};
+use common::cluster::{Cluster, example_policy, namespace, object, wait_until};
 use imgate_dataplane::tunnel::tokens::{Redeemer, Token};
 use imgate_fake_api::FakeApi;
 use imgate_operator::enrollment::SecretTokens;
 use serde_json::Value;
-
-/// The example small firm's one IMPolicy, naming tenant `tenant`.
-fn policy(tenant: &str) -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/small-firm/policy.yaml"
-    ))
-    .expect("the example policy");
-    let mut policy: Value = serde_saphyr::from_str(&text).expect("an IMPolicy");
-    policy["spec"]["tenantRef"] = tenant.into();
-    policy
-}
 
 /// The condition `type_` of Tenant `tenant`, once it has one.
 fn condition(api: &FakeApi, tenant: &str, type_: &str) -> Option<Value> {
@@ -54,7 +42,7 @@ fn a_refused_apply_shows_on_the_tenant_and_clears_once_the_api_server_accepts_it
         dir.path(),
         api,
         "refused",
-        policy("refused"),
+        example_policy("refused"),
     ));
     let _logs = LogsOnFailure(vec![cluster.operator_log.clone()]);
     let ready = wait_until("Ready=False, ApplyRefused", &cluster.operator_log, || {
@@ -114,7 +102,7 @@ fn a_redeemed_token_shows_on_the_tenant_at_once() {
         dir.path(),
         FakeApi::new(),
         "enrolling",
-        policy("enrolling"),
+        example_policy("enrolling"),
     ));
     let _logs = LogsOnFailure(vec![cluster.operator_log.clone()]);
     wait_until("a token on offer", &cluster.operator_log, || {
@@ -164,7 +152,7 @@ fn sigterm_releases_the_leader_lease_for_the_next_replica() {
         dir.path(),
         FakeApi::new(),
         "handover",
-        policy("handover"),
+        example_policy("handover"),
     ));
     let _logs = LogsOnFailure(vec![cluster.operator_log.clone()]);
     let api = cluster.api.clone();

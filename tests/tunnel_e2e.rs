@@ -14,7 +14,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use common::tunnel::{enroll, mint_token, run_connector, wait_until_connected};
+use common::tunnel::{enroll, mint_token, renew, run_connector, wait_until_connected};
 use common::xmpp::{check_inspected_chat, clients};
 use common::{Killed, free_port, http_get, imgate_up, prosody, stop_and_read, wait_for_line};
 use imgate_dataplane::tunnel::endpoint;
@@ -437,21 +437,6 @@ fn tokens_renewal_revocation_and_expiry_are_enforced_with_clear_logs_and_garbage
             .any(|r| r["type"] == "session_start" && r["connector"] == "desk-1"),
         "the session before the revocation was archived"
     );
-}
-
-/// Runs `imgate connector renew` for the identity in `identity` against `tunnel`.
-fn renew(identity: &Path, tunnel: SocketAddr) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "connector",
-            "renew",
-            "--dataplane",
-            &tunnel.to_string(),
-            "--identity",
-        ])
-        .arg(identity)
-        .output()
-        .expect("imgate connector renew runs")
 }
 
 #[test]

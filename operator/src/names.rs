@@ -30,6 +30,9 @@ pub const TUNNEL_CA_SECRET: &str = "tunnel-ca";
 pub const INTERCEPTION_CA_SECRET: &str = "interception-ca";
 /// The Secret with the one-time token that enrolls the tenant's next connector.
 pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
+/// The Secret with the record of each connector's newest tunnel certificate, which the
+/// tenant's dataplanes share.
+pub const GENERATIONS_SECRET: &str = "connector-generations";
 /// The ClusterRole (made by the Helm chart) that each tenant's RoleBinding grants its
 /// dataplanes: reading and redeeming the enrollment token, and following the policy
 /// ConfigMap; nothing else.

@@ -47,7 +47,10 @@ mod tests {
             .iter()
             .filter(|o| o.generated_secret().is_some())
             .count();
-        assert_eq!(generated, 3, "tunnel CA, interception CA, enrollment token");
+        assert_eq!(
+            generated, 4,
+            "tunnel CA, interception CA, enrollment token, connector certificates"
+        );
         assert_eq!(
             check_yaml(&text),
             Ok(objects.len() - generated),

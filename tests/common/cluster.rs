@@ -28,6 +28,18 @@ pub fn example_tenant(tenant: &str) -> Value {
     object
 }
 
+/// The example small firm's one IMPolicy, naming tenant `tenant`.
+pub fn example_policy(tenant: &str) -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/small-firm/policy.yaml"
+    ))
+    .expect("the example policy");
+    let mut policy: Value = serde_saphyr::from_str(&text).expect("an IMPolicy");
+    policy["spec"]["tenantRef"] = tenant.into();
+    policy
+}
+
 /// The in-memory API server serving the example Tenant as `tenant` and its IMPolicy `policy`,
 /// and `imgate operator run` against it, which has delivered the first policy set.
 pub struct Cluster {

@@ -38,6 +38,16 @@ pub fn enroll(token: &str, dataplanes: &[SocketAddr], identity: &Path) -> Output
     command.output().expect("imgate connector enroll runs")
 }
 
+/// Runs `imgate connector renew` for the identity in `identity` against `dataplane`.
+pub fn renew(identity: &Path, dataplane: SocketAddr) -> Output {
+    imgate()
+        .args(["connector", "renew", "--dataplane", &dataplane.to_string()])
+        .arg("--identity")
+        .arg(identity)
+        .output()
+        .expect("imgate connector renew runs")
+}
+
 /// Enrolls connector `id` with a fresh token from `data`; returns its identity folder under
 /// `dir`.
 pub fn enrolled(dir: &Path, data: &Path, id: &str, dataplanes: &[SocketAddr]) -> PathBuf {

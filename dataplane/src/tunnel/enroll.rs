@@ -152,7 +152,8 @@ impl Authority {
             }
             (None, Some(presented)) => {
                 self.refuse_revoked(&presented.id)?;
-                self.check_renewal(presented, &csr.public_key.subject_public_key_info())?;
+                self.check_renewal(presented, &csr.public_key.subject_public_key_info())
+                    .await?;
                 presented.id.clone()
             }
             (None, None) => {
@@ -165,13 +166,18 @@ impl Authority {
         let certificate = self.ca.sign_request(csr, &id, self.lifetime)?;
         self.state
             .generations()
-            .issued(&id, &certificate, unix_now())?;
+            .issued(&id, &certificate, unix_now())
+            .await?;
         Ok((id, pem(&certificate)))
     }
 
     /// A renewal is allowed with the connector's newest certificate, in its last third;
     /// `request_key` is the request's public key (SubjectPublicKeyInfo, DER).
-    fn check_renewal(&self, presented: &Presented, request_key: &[u8]) -> Result<(), EnrollError> {
+    async fn check_renewal(
+        &self,
+        presented: &Presented,
+        request_key: &[u8],
+    ) -> Result<(), EnrollError> {
         let (not_before, not_after) = validity_of(&presented.cert).ok_or_else(|| {
             EnrollError::Message("the presented certificate cannot be read".into())
         })?;
@@ -179,7 +185,7 @@ impl Authority {
         // The newest certificate itself: a copy of an older one, even within its grace, cannot
         // renew (it would take the connector's place), unless its request is signed with the
         // newest certificate's key: the connector asking again for an answer it lost.
-        let generations = self.state.generations().snapshot()?;
+        let generations = self.state.generations().current().await?;
         if let Err(superseded) =
             generations.check(&presented.id, &presented.cert, now, Duration::ZERO)
         {

@@ -12,20 +12,29 @@
 //! certificate whose answer it lost (no one else holds that key). Open connections are checked again as the revocation
 //! list is ([`super::listener`]), so a copy's connection ends when its grace does.
 //!
-//! The record is the tunnel folder's: dataplanes that share the folder (`imgate up
-//! --tunnel-state`) share it; dataplane pods with a folder each only know the renewals they
-//! signed themselves.
+//! The record is shared by every dataplane of a tenant that can be reached by the same
+//! connector: dataplanes that share the tunnel folder (`imgate up --tunnel-state`) share its
+//! file; in a cluster, where each dataplane pod has a folder of its own, the record is a
+//! [`SharedRecord`] (a Secret, through the API server) that each renewal updates before its
+//! certificate is returned, and that is delivered to every dataplane as it changes.
 //!
-//! Invariants: the record (`generations.json` in the tunnel folder) is replaced atomically
-//! (written beside, synced, renamed), so a crash leaves the old record or the new one; a
-//! connector's recorded start never moves back (of two certificates with the same start, the
-//! one signed last is the newest); a certificate is current when it is the recorded one, or
-//! starts after it; a connector with no record (enrolled before records were kept) is not
-//! refused on this account.
+//! Invariants: the folder's record (`generations.json`) is replaced atomically (written
+//! beside, synced, renamed), so a crash leaves the old record or the new one; a shared record
+//! is replaced only at the version it was read at (a renewal signed by another dataplane
+//! meanwhile is read again and kept); a connector's recorded start never moves back (of two
+//! certificates with the same start, the one signed last is the newest); a certificate is
+//! current when it is the recorded one, or starts after it; a connector with no record
+//! (enrolled before records were kept) is not refused on this account. Renewals decide on
+//! the shared record as stored; connections are checked against the last delivered copy (or
+//! this dataplane's own last write), so until the first delivery after a start only
+//! connectors without a record are known, and a replaced certificate's connection closes at
+//! the next check after the delivery.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -34,6 +43,9 @@ use sha2::{Digest, Sha256};
 
 use super::tokens::TokenError;
 use super::trust::validity_of;
+
+/// How many times a renewal reads a shared record again after another dataplane replaced it.
+const ATTEMPTS: usize = 5;
 
 /// A connector's newest certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +61,9 @@ struct Generation {
     issued_at: u64,
 }
 
+/// Each connector's newest certificate, by connector id.
+type Record = HashMap<String, Generation>;
+
 /// Why a certificate was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -62,12 +77,42 @@ pub struct Superseded {
     pub ago: u64,
 }
 
+/// A future a [`SharedRecord`] returns.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, TokenError>> + Send + 'a>>;
+
+/// A record kept outside the dataplane and shared by all of a tenant's dataplanes.
+pub trait SharedRecord: Send + Sync {
+    /// The record's bytes as stored (`None` while there are none) and the version they are at.
+    fn load(&self) -> Pending<'_, (Option<Vec<u8>>, String)>;
+    /// Stores `bytes` if the record is still at `version`: `false` when another dataplane
+    /// replaced it first.
+    fn replace<'a>(&'a self, bytes: Vec<u8>, version: &'a str) -> Pending<'a, bool>;
+    /// Where the record is, for messages.
+    fn describe(&self) -> String;
+}
+
+enum Backing {
+    /// `generations.json` in the tunnel folder; `writing` serialises this process's updates.
+    Folder { path: PathBuf, writing: Mutex<()> },
+    /// A shared record, and its last delivered or written copy.
+    Shared {
+        store: Arc<dyn SharedRecord>,
+        copy: RwLock<Arc<Record>>,
+    },
+}
+
 /// The record of every connector's newest certificate.
-#[derive(Debug)]
 pub struct Generations {
-    path: PathBuf,
-    /// Serialises this process's updates of the record.
-    writing: Mutex<()>,
+    backing: Backing,
+}
+
+impl std::fmt::Debug for Generations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backing {
+            Backing::Folder { path, .. } => write!(f, "Generations({})", path.display()),
+            Backing::Shared { store, .. } => write!(f, "Generations({})", store.describe()),
+        }
+    }
 }
 
 fn files(path: &Path) -> impl Fn(std::io::Error) -> TokenError + '_ {
@@ -81,54 +126,105 @@ impl Generations {
     /// The record kept in the tunnel folder `dir`.
     pub fn new(dir: &Path) -> Self {
         Self {
-            path: dir.join("generations.json"),
-            writing: Mutex::new(()),
+            backing: Backing::Folder {
+                path: dir.join("generations.json"),
+                writing: Mutex::new(()),
+            },
         }
     }
 
-    fn read(&self) -> Result<HashMap<String, Generation>, TokenError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Files {
-                path: self.path.clone(),
-                message: e.to_string(),
-            }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-            Err(error) => Err(files(&self.path)(error)),
+    /// The record kept in `store`, known from the first [`Self::deliver`] or renewal on.
+    pub fn shared(store: Arc<dyn SharedRecord>) -> Self {
+        Self {
+            backing: Backing::Shared {
+                store,
+                copy: RwLock::default(),
+            },
         }
     }
 
-    /// The record as it is now, to check many certificates against.
+    /// The record as it is known now, to check connections against.
     pub fn snapshot(&self) -> Result<Snapshot, TokenError> {
-        self.read().map(Snapshot)
+        match &self.backing {
+            Backing::Folder { path, .. } => read_folder(path).map(|r| Snapshot(Arc::new(r))),
+            Backing::Shared { copy, .. } => Ok(Snapshot(
+                copy.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            )),
+        }
+    }
+
+    /// The record as stored now, to decide a renewal on.
+    pub async fn current(&self) -> Result<Snapshot, TokenError> {
+        match &self.backing {
+            Backing::Folder { .. } => self.snapshot(),
+            Backing::Shared { store, .. } => {
+                let (bytes, _) = store.load().await?;
+                let record = Arc::new(parse_shared(bytes.as_deref(), store.as_ref())?);
+                self.keep(record.clone());
+                Ok(Snapshot(record))
+            }
+        }
+    }
+
+    /// Takes `bytes`, the shared record as delivered (nothing while there is none), as the
+    /// copy to check connections against. Bytes that cannot be read leave the last copy.
+    pub fn deliver(&self, bytes: Option<&[u8]>) -> Result<(), TokenError> {
+        if let Backing::Shared { store, .. } = &self.backing {
+            let record = parse_shared(bytes, store.as_ref())?;
+            self.keep(Arc::new(record));
+        }
+        Ok(())
+    }
+
+    fn keep(&self, record: Arc<Record>) {
+        if let Backing::Shared { copy, .. } = &self.backing {
+            *copy.write().unwrap_or_else(|p| p.into_inner()) = record;
+        }
     }
 
     /// Records that connector `id` was issued `cert` at `now` (seconds since the Unix epoch).
-    pub fn issued(&self, id: &str, cert: &CertificateDer<'_>, now: u64) -> Result<(), TokenError> {
-        let not_before = start(cert);
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut record = self.read()?;
-        let newest = record.get(id).map_or(0, |g| g.not_before);
-        if not_before < newest {
-            return Ok(());
+    pub async fn issued(
+        &self,
+        id: &str,
+        cert: &CertificateDer<'_>,
+        now: u64,
+    ) -> Result<(), TokenError> {
+        let store = match &self.backing {
+            Backing::Folder { path, writing } => {
+                let _writing = writing.lock().unwrap_or_else(|p| p.into_inner());
+                return issued_in_folder(path, id, cert, now);
+            }
+            Backing::Shared { store, .. } => store,
+        };
+        for _ in 0..ATTEMPTS {
+            let (bytes, version) = store.load().await?;
+            let mut record = parse_shared(bytes.as_deref(), store.as_ref())?;
+            if !newer(&mut record, id, cert, now) {
+                self.keep(Arc::new(record));
+                return Ok(());
+            }
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| TokenError::Store(e.to_string()))?;
+            if store.replace(bytes, &version).await? {
+                self.keep(Arc::new(record));
+                return Ok(());
+            }
         }
-        record.insert(
-            id.to_owned(),
-            Generation {
-                sha256: sha256(cert),
-                public_key: public_key(cert),
-                not_before,
-                issued_at: now,
-            },
-        );
-        let bytes = serde_json::to_vec(&record).map_err(|e| TokenError::Files {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
-        let fresh = self.path.with_extension("json.new");
-        write_synced(&fresh, &bytes)
-            .and_then(|()| std::fs::rename(&fresh, &self.path))
-            .and_then(|()| sync_dir(&self.path))
-            .map_err(files(&self.path))
+        Err(TokenError::Store(format!(
+            "{} kept changing while a certificate was recorded",
+            store.describe()
+        )))
+    }
+
+    /// Records in the tunnel folder `dir` that connector `id` was issued `cert` at `now`,
+    /// for a certificate signed offline (`imgate tunnel sign`).
+    pub fn issued_offline(
+        dir: &Path,
+        id: &str,
+        cert: &CertificateDer<'_>,
+        now: u64,
+    ) -> Result<(), TokenError> {
+        issued_in_folder(&dir.join("generations.json"), id, cert, now)
     }
 
     /// Whether connector `id`'s `cert` may be used at `now`: it is the newest, or a newer
@@ -144,9 +240,72 @@ impl Generations {
     }
 }
 
+/// Records `cert` as connector `id`'s newest in `record` unless a later one is there; whether
+/// the record changed.
+fn newer(record: &mut Record, id: &str, cert: &CertificateDer<'_>, now: u64) -> bool {
+    let not_before = start(cert);
+    if record.get(id).is_some_and(|g| not_before < g.not_before) {
+        return false;
+    }
+    record.insert(
+        id.to_owned(),
+        Generation {
+            sha256: sha256(cert),
+            public_key: public_key(cert),
+            not_before,
+            issued_at: now,
+        },
+    );
+    true
+}
+
+fn read_folder(path: &Path) -> Result<Record, TokenError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Files {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(error) => Err(files(path)(error)),
+    }
+}
+
+fn parse_shared(bytes: Option<&[u8]>, store: &dyn SharedRecord) -> Result<Record, TokenError> {
+    match bytes {
+        None => Ok(HashMap::new()),
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
+            TokenError::Store(format!(
+                "{} does not hold a record of connector certificates ({e}); an administrator can delete it to start a new record",
+                store.describe()
+            ))
+        }),
+    }
+}
+
+fn issued_in_folder(
+    path: &Path,
+    id: &str,
+    cert: &CertificateDer<'_>,
+    now: u64,
+) -> Result<(), TokenError> {
+    let mut record = read_folder(path)?;
+    if !newer(&mut record, id, cert, now) {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(&record).map_err(|e| TokenError::Files {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let fresh = path.with_extension("json.new");
+    write_synced(&fresh, &bytes)
+        .and_then(|()| std::fs::rename(&fresh, path))
+        .and_then(|()| sync_dir(path))
+        .map_err(files(path))
+}
+
 /// The record at one moment.
 #[derive(Debug)]
-pub struct Snapshot(HashMap<String, Generation>);
+pub struct Snapshot(Arc<Record>);
 
 impl Snapshot {
     /// Whether `key` (a SubjectPublicKeyInfo, DER) is the key of connector `id`'s newest
@@ -211,119 +370,4 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use super::*;
-    use crate::tunnel::trust::{TunnelCa, connector_request, read_request};
-
-    const GRACE: Duration = Duration::from_secs(600);
-
-    /// A certificate for `desk-1` starting at `start` (seconds since the Unix epoch).
-    fn cert(ca: &TunnelCa, start: u64) -> CertificateDer<'static> {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(start);
-        let request = read_request(&connector_request("desk-1").expect("request").1);
-        ca.sign_between(
-            request.expect("read"),
-            "desk-1",
-            start,
-            start + GRACE * 1000,
-        )
-        .expect("signed")
-    }
-
-    #[test]
-    fn an_older_certificate_works_for_the_grace_period_after_a_newer_one_then_not() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = TunnelCa::generate("acme").expect("CA");
-        let record = Generations::new(dir.path());
-        let (first, second) = (cert(&ca, 100), cert(&ca, 2_000));
-        assert_eq!(
-            record.check("desk-1", &first, 1_000, GRACE).expect("read"),
-            Ok(()),
-            "no record: enrolled before records were kept"
-        );
-        record.issued("desk-1", &first, 1_000).expect("first");
-        assert_eq!(
-            record.check("desk-1", &first, 5_000, GRACE).expect("read"),
-            Ok(())
-        );
-
-        record.issued("desk-1", &second, 2_100).expect("renewed");
-        assert_eq!(
-            record.check("desk-1", &second, 9_000, GRACE).expect("read"),
-            Ok(()),
-            "the newest always works"
-        );
-        assert_eq!(
-            record
-                .check("desk-1", &first, 2_100 + 599, GRACE)
-                .expect("read"),
-            Ok(()),
-            "the older one, within the grace period"
-        );
-        assert_eq!(
-            record
-                .check("desk-1", &first, 2_100 + 600, GRACE)
-                .expect("read"),
-            Err(Superseded {
-                id: "desk-1".into(),
-                ago: 600
-            }),
-            "and not after it"
-        );
-        assert_eq!(
-            record.check("desk-2", &first, 9_000, GRACE).expect("read"),
-            Ok(()),
-            "other connectors are not concerned"
-        );
-    }
-
-    #[test]
-    fn of_two_certificates_with_the_same_start_the_one_signed_last_is_the_newest() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = TunnelCa::generate("acme").expect("CA");
-        let record = Generations::new(dir.path());
-        let (enrolled, renewed) = (cert(&ca, 100), cert(&ca, 100));
-        record.issued("desk-1", &enrolled, 1_000).expect("enrolled");
-        record
-            .issued("desk-1", &renewed, 1_000)
-            .expect("renewed at once");
-        assert_eq!(
-            record
-                .check("desk-1", &renewed, 1_000, Duration::ZERO)
-                .expect("read"),
-            Ok(())
-        );
-        assert!(
-            record
-                .check("desk-1", &enrolled, 1_000, Duration::ZERO)
-                .expect("read")
-                .is_err(),
-            "a copy of the first certificate stops working"
-        );
-    }
-
-    #[test]
-    fn the_record_survives_a_restart_and_never_moves_back() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = TunnelCa::generate("acme").expect("CA");
-        let (older, newer) = (cert(&ca, 1_000), cert(&ca, 2_000));
-        Generations::new(dir.path())
-            .issued("desk-1", &newer, 2_100)
-            .expect("issued");
-        let again = Generations::new(dir.path());
-        again.issued("desk-1", &older, 3_000).expect("an older one");
-        assert!(
-            again
-                .check("desk-1", &older, 9_000, GRACE)
-                .expect("read")
-                .is_err(),
-            "the newer certificate still rules"
-        );
-        assert!(
-            !dir.path().join("generations.json.new").exists(),
-            "nothing is left beside the record"
-        );
-    }
-}
+mod tests;

@@ -28,7 +28,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use super::generations::Generations;
+use super::generations::{Generations, SharedRecord};
 
 /// The prefix of every token this version makes.
 const PREFIX: &str = "imgt1";
@@ -209,6 +209,13 @@ impl TunnelState {
     /// e.g. one the operator delivers.
     pub fn with_revocations(mut self, file: &Path) -> Self {
         self.revocations = file.to_owned();
+        self
+    }
+
+    /// The same state with its record of each connector's newest certificate kept in `store`,
+    /// which every dataplane of the tenant shares, and no longer in the folder.
+    pub fn with_shared_generations(mut self, store: Arc<dyn SharedRecord>) -> Self {
+        self.generations = Arc::new(Generations::shared(store));
         self
     }
 

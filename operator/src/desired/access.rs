@@ -6,7 +6,8 @@
 //! by the Tenant (it outlives it, holding the write-ahead-log volumes); the service
 //! account mounts no API token by itself (the dataplane pods ask for one) and is bound to
 //! [`DATAPLANE_ROLE`](names::DATAPLANE_ROLE) alone, which lets it read and redeem the
-//! enrollment token and follow the policy ConfigMap, and nothing else; a tenant that supplies its own interception CA gets no
+//! enrollment token, follow the policy ConfigMap and keep the connectors' certificate record,
+//! and nothing else; a tenant that supplies its own interception CA gets no
 //! generated one.
 
 use std::collections::BTreeMap;
@@ -124,6 +125,12 @@ pub fn secrets(tenant: &Tenant) -> Vec<Secret> {
             tenant.spec.tunnel.enroll_connector.clone(),
         );
     secrets.push(enrollment);
+    secrets.push(generated(
+        tenant,
+        names::GENERATIONS_SECRET,
+        "Opaque",
+        "each connector's newest tunnel certificate (generations.json), recorded by the dataplanes: an older one stops working after the renewal grace",
+    ));
     secrets
 }
 

@@ -29,7 +29,7 @@ fn every_object_is_its_kubernetes_type_labelled_and_owned_by_its_tenant() {
     let objects = desired(&tenant, Some(&set), &Settings::default());
     assert_eq!(
         objects.len(),
-        13,
+        14,
         "{:?}",
         objects.iter().map(Object::describe).collect::<Vec<_>>()
     );
@@ -618,6 +618,7 @@ fn the_dataplanes_may_redeem_enrollment_tokens_and_learn_of_revoked_connectors()
     let args = pod.containers[0].args.clone().expect("args").join(" ");
     assert!(
         args.contains("--enrollment-secret connector-enrollment")
+            && args.contains("--generations-secret connector-generations")
             && args.contains("--policy-config-map policy")
             && args.contains("--tunnel-revoked /etc/imgate/policy/revoked-connectors"),
         "{args}"

@@ -90,6 +90,8 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
         &format!("{POLICY_DIR}/{REVOKED_FILE}"),
         "--enrollment-secret",
         names::ENROLLMENT_SECRET,
+        "--generations-secret",
+        names::GENERATIONS_SECRET,
         "--interception-ca",
         INTERCEPTION_CA_DIR,
         "--drain-seconds",

@@ -15,6 +15,7 @@
 //! wins (the other gets `409 Conflict`, reads again and sees it used); when the API server
 //! cannot be asked, the enrollment is refused and the token stays unused.
 
+mod generations;
 mod redeem;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use imgate_dataplane::tunnel::tokens::{Token, TokenError};
 use k8s_openapi::ByteString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+pub use generations::{RECORD_KEY, SecretGenerations};
 pub use redeem::SecretTokens;
 
 /// The Secret key holding the token's text.

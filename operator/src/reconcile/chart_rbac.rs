@@ -329,6 +329,17 @@ mod tests {
         );
         assert!(permits(Subject::Dataplane, &Method::GET, &secret, &Value::Null).is_ok());
         assert!(permits(Subject::Dataplane, &Method::PUT, &secret, &Value::Null).is_ok());
+        let record = format!(
+            "/api/v1/namespaces/imgate-acme/secrets/{}",
+            crate::names::GENERATIONS_SECRET
+        );
+        assert!(permits(Subject::Dataplane, &Method::GET, &record, &Value::Null).is_ok());
+        assert!(permits(Subject::Dataplane, &Method::PUT, &record, &Value::Null).is_ok());
+        let follow = format!(
+            "/api/v1/namespaces/imgate-acme/secrets?fieldSelector=metadata.name%3D{}&watch=true&resourceVersion=10",
+            crate::names::GENERATIONS_SECRET
+        );
+        assert!(permits(Subject::Dataplane, &Method::GET, &follow, &Value::Null).is_ok());
         let policy =
             "/api/v1/namespaces/imgate-acme/configmaps?fieldSelector=metadata.name%3Dpolicy";
         assert!(permits(Subject::Dataplane, &Method::GET, policy, &Value::Null).is_ok());
@@ -342,6 +353,11 @@ mod tests {
             (Method::GET, "/api/v1/namespaces/imgate-acme/secrets"),
             (Method::DELETE, secret.as_str()),
             (Method::PATCH, secret.as_str()),
+            (Method::DELETE, record.as_str()),
+            (
+                Method::GET,
+                "/api/v1/namespaces/imgate-acme/secrets?watch=true",
+            ),
             (Method::GET, "/api/v1/namespaces/imgate-acme/pods"),
             (Method::GET, "/api/v1/namespaces/imgate-acme/configmaps"),
             (

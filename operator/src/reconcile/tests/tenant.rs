@@ -146,10 +146,22 @@ async fn create_makes_every_object_with_new_keys_and_reports_status() {
         let created: Vec<&Seen> = seen.iter().filter(|s| s.method == Method::POST).collect();
         assert_eq!(
             created.len(),
-            3,
-            "the tunnel CA, the interception CA and the enrollment token"
+            4,
+            "the tunnel CA, the interception CA, the enrollment token and the connectors' certificate record"
         );
-        let (authorities, enrollment) = created.split_at(2);
+        let (authorities, rest) = created.split_at(2);
+        let (enrollment, record) = rest.split_at(1);
+        assert_eq!(
+            record[0].body["metadata"]["name"],
+            crate::names::GENERATIONS_SECRET
+        );
+        assert!(
+            record[0].body["data"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty),
+            "the record starts empty: {}",
+            record[0].body
+        );
         let pin = authorities[0].body["metadata"]["annotations"][crate::enrollment::CA_PIN]
             .as_str()
             .expect("the tunnel CA's pin");
