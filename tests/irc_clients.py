@@ -4,6 +4,8 @@ Usage: irc_clients.py HOST PORT [chat|dcc]  ->  prints what each client received
 chat: alice and bob join #desk; alice sends a greeting, a card number, a deal name and a
 direct message to bob, sets the topic, leaves #desk and renames herself alice2.
 dcc: alice offers bob two files over DCC.
+evasion: alice sends #desk a deal name and a card number hidden by formatting codes, and
+identifies to NickServ with a password.
 """
 import json
 import sys
@@ -46,6 +48,12 @@ if mode == "dcc":
     pump(0.6)
     alice.ctcp("DCC", "bob", "SEND report.pdf 2130706433 5001 2048")
     pump(2.5)
+elif mode == "evasion":
+    for text in ("project \x02falcon\x02 is go", "card 4111\x02 1111 \x0304,121111\x03 1111 please"):
+        alice.privmsg("#desk", text)
+        pump(0.6)
+    alice.privmsg("NickServ", "IDENTIFY hunter2-secret")
+    pump(1.5)
 else:
     for text in ("hello team", "card 4111 1111 1111 1111 please", "project falcon is go"):
         alice.privmsg("#desk", text)

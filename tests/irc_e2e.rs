@@ -579,3 +579,52 @@ fn identities_come_from_the_ldap_directory_and_are_archived_once_per_session() {
         "bob is not in the directory, so he is not resolved"
     );
 }
+
+#[test]
+fn formatting_codes_hide_nothing_and_passwords_to_services_are_not_archived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let received = clients(front, "evasion");
+    let channel = texts(&received, "bob", "pubmsg");
+    assert!(
+        channel.iter().all(|t| !t.contains("falcon")),
+        "the deal name in bold is blocked: {channel:?}"
+    );
+    assert!(
+        channel
+            .iter()
+            .any(|t| t.starts_with("card ███") && !t.contains("4111")),
+        "the card number with formatting inside is redacted: {channel:?}"
+    );
+    let records = stop_and_read(imgate, &data);
+    let outbound = |start: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r["type"] == "message"
+                    && r["dir"] == "outbound"
+                    && r["text"].as_str().is_some_and(|t| t.starts_with(start))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no record of {start:?}: {records:?}"))
+    };
+    let deal = outbound("project \u{2}falcon\u{2}");
+    assert_eq!(deal["verdict"]["action"], "block", "{deal}");
+    let card = outbound("card 4111\u{2}");
+    assert_eq!(card["verdict"]["action"], "redact", "{card}");
+    assert_eq!(
+        card["text"], "card 4111\u{2} 1111 \u{3}04,121111\u{3} 1111 please",
+        "the archive keeps the original, formatting included"
+    );
+    let identify = outbound("IDENTIFY");
+    assert_eq!(identify["text"], "IDENTIFY [credentials withheld]");
+    assert_eq!(identify["to"][0], "NickServ");
+    for record in &records {
+        assert!(
+            !record.to_string().contains("hunter2-secret"),
+            "the password reached the archive: {record}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod detect;
 pub mod event;
 pub mod irc;
+pub mod irc_credentials;
 pub mod policy;
 pub mod services;
 pub mod tls_hello;

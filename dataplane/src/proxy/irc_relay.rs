@@ -20,6 +20,7 @@ use super::shared::{ClientWriter, SessionInfo, Shared, now_ms, split_for_relay};
 use crate::archive::record::{Body, Kind, Participant, PresenceChange, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
+use crate::inspect::irc_credentials;
 use crate::inspect::policy::{Action, Verdict};
 
 struct State {
@@ -251,6 +252,9 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Text { targets, text, .. } => {
+            // A password sent to a service is judged, archived and reported without its
+            // arguments; the line itself goes on unchanged unless a rule changes it.
+            let text = irc_credentials::withheld(&targets, &text).unwrap_or(text);
             let (conv, room, recipients) = conversation(
                 host,
                 if direction == Direction::Outbound {

@@ -14,12 +14,13 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use imgate_crds::policy::{Decision, PolicyMode, Severity, TlsMode};
+use imgate_crds::policy::{Decision, PolicyMode, Protocol, Severity, TlsMode};
 
 use super::compile::{CompiledPolicy, PolicyEntry};
 use super::normalize::Normalized;
 use super::tracker::SenderTracker;
 use super::verdict::{Action, Alert, RuleMatch, Span, Verdict, merge_spans};
+use super::visible::Visible;
 use crate::inspect::event::{Content, Event, FileOffer};
 
 /// Mutable state used while evaluating: the sender tracker and reusable buffers. One per
@@ -29,6 +30,7 @@ pub struct PolicyState {
     /// Rate limits, fan-out and quarantine.
     pub tracker: SenderTracker,
     normalized: Normalized,
+    visible: Visible,
     hits: Vec<(u32, Span)>,
     findings: Vec<crate::inspect::policy::detectors::Finding>,
 }
@@ -115,13 +117,22 @@ impl CompiledPolicy {
             );
         }
 
+        // Rules match the text people see; their spans are mapped back to the original below.
+        let mut visible = std::mem::take(&mut state.visible);
+        let shown = match &event.content {
+            Content::Message { text } => {
+                visible.render(text, event.protocol == Protocol::Irc);
+                visible.as_str(text)
+            }
+            _ => "",
+        };
         for mode in MODES {
             let of_mode = self.of_mode(applicable, mode);
             self.protocol_rules(event, mode, of_mode, &mut gathered);
             match &event.content {
-                Content::Message { text } => {
+                Content::Message { .. } => {
                     self.rate_rule(event, mode, of_mode, state, &mut gathered);
-                    self.url_rules(event, text, mode, of_mode, state, &mut gathered);
+                    self.url_rules(event, shown, mode, of_mode, state, &mut gathered);
                 }
                 Content::File(offer) => {
                     self.file_rules(event, offer, mode, of_mode, state, &mut gathered)
@@ -129,9 +140,13 @@ impl CompiledPolicy {
                 Content::Session | Content::Feature(_) => {}
             }
         }
-        if let Content::Message { text } = &event.content {
-            self.content_rules(event, text, applicable, state, &mut gathered);
+        if let Content::Message { .. } = &event.content {
+            self.content_rules(event, shown, applicable, state, &mut gathered);
         }
+        for span in gathered.matches.iter_mut().flat_map(|m| &mut m.spans) {
+            *span = visible.original_span(*span);
+        }
+        state.visible = visible;
         self.finish(event, applicable, state, gathered)
     }
 

@@ -24,6 +24,7 @@ mod subjects;
 pub mod tracker;
 pub mod urls;
 pub mod verdict;
+mod visible;
 
 #[cfg(test)]
 mod tests;

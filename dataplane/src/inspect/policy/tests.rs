@@ -133,6 +133,50 @@ fn evasions_do_not_slip_through() {
 }
 
 #[test]
+fn formatting_codes_do_not_hide_words_from_rules() {
+    let policy = compile(
+        r#"
+apiVersion: imgate.io/v1alpha1
+kind: IMPolicy
+metadata: {name: strict, namespace: acme}
+spec:
+  tenantRef: acme
+  content:
+    - {name: cards, match: {detector: credit-card}, action: redact}
+    - {name: deals, match: {keywords: ["project falcon"]}, action: block}
+    - {name: wires, match: {regex: "(?i)wire\\s+\\d+k"}, action: alert}
+"#,
+    );
+    let irc = |text: &str| {
+        let mut event = message("jane", text);
+        event.protocol = Protocol::Irc;
+        event
+    };
+    for text in [
+        "project \x02falcon\x02",
+        "\x0304,12pro\x03ject \x1dfal\x1fcon\x0f",
+        "\x04FF0000project\x04 falcon",
+        "pro\x16ject fal\x11con",
+    ] {
+        let verdict = policy.evaluate(&irc(text), &mut PolicyState::default());
+        assert_eq!(verdict.action, Action::Block, "{text:?}");
+        assert_eq!(names(&verdict), ["strict/deals"], "{text:?}");
+    }
+    // Detectors and patterns see the visible text too, and redact the original on the
+    // original's offsets, formatting included.
+    let text = "card 4111\x02 1111 \x0312,011111\x03 1111 thanks";
+    let verdict = policy.evaluate(&irc(text), &mut PolicyState::default());
+    assert_eq!(verdict.action, Action::Redact, "{text:?}");
+    assert_eq!(
+        verdict.delivered(text),
+        "card ███████████████████████████ thanks"
+    );
+    let text = "wire 500\u{200B}k today";
+    let verdict = policy.evaluate(&message("jane", text), &mut PolicyState::default());
+    assert_eq!(names(&verdict), ["strict/wires"], "{text:?}");
+}
+
+#[test]
 fn redaction_masks_only_the_card() {
     let policy = compile(STRICT);
     let text = "card 4111 1111 1111 1111 thanks";
