@@ -74,17 +74,12 @@ fn otlp_endpoint(text: &str) -> Result<String, String> {
 
 /// Checks that `text` is an IPv4 or IPv6 CIDR range.
 fn cidr(text: &str) -> Result<String, String> {
-    let (address, length) = text
-        .split_once('/')
-        .ok_or_else(|| format!("`{text}` is not a CIDR range like 10.0.0.0/28"))?;
-    let address: std::net::IpAddr = address
-        .parse()
-        .map_err(|_| format!("`{address}` is not an IP address"))?;
-    let most = if address.is_ipv4() { 32 } else { 128 };
-    match length.parse::<u8>() {
-        Ok(bits) if bits <= most => Ok(text.to_owned()),
-        _ => Err(format!("`/{length}`: a prefix length is 0 to {most}")),
+    if !text.contains('/') {
+        return Err(format!(
+            "`{text}` is not a CIDR range like 10.0.0.0/28 (a single address is ADDRESS/32)"
+        ));
     }
+    imgate_dataplane::proxy::destination::Network::parse(text).map(|_| text.to_owned())
 }
 
 /// Parses `KEY=VALUE`.

@@ -289,6 +289,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let (tunnel_state, generations) = tunnel_state(&args, client.clone());
         let tokens = token_store(&args, client.clone(), &tunnel_state);
 
+        let _data_lock = lock_data_folder(&args.data)?;
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
         let (log, recovery) = ArchiveLog::open(StdFs, &wal, LogConfig::default()).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
@@ -319,6 +320,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let shared = Arc::new(shared);
         // The tunnel (and its CA) first, and the TCP listeners last: once a port accepts,
         // everything it leads to is ready.
+        if generations.is_some() && args.tunnel != "off" {
+            share_generations(&args, &tunnel_state).await;
+        }
         let tunnel = match args.tunnel.as_str() {
             "off" => None,
             spec => Some(tunnel_endpoint(spec, &args, tokens, tunnel_state.clone(), shared.clone())?),
@@ -443,6 +447,65 @@ pub fn tunnel_dir(data: &Path, state: Option<&Path>) -> PathBuf {
 }
 
 /// The tenant's tunnel state: its tokens and revocations.
+/// Holds the data folder `data` for this process alone, for as long as the returned file is
+/// open: two processes appending to one archive log would number records twice. The lock is
+/// the operating system's (`flock`), so a process that dies, even by `kill -9`, lets go.
+fn lock_data_folder(data: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data folder {}", data.display()))?;
+    let path = data.join("imgate.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "another imgate ({}) is using the data folder {}: stop it first (its shutdown may still be flushing the archive), or give this one another --data",
+                holder
+                    .trim()
+                    .strip_prefix("pid ")
+                    .map_or_else(|| "process".to_owned(), |pid| format!("pid {pid}")),
+                data.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(error).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "pid {}", std::process::id())?;
+    Ok(file)
+}
+
+/// Adds what the tunnel folder recorded of connectors' certificates to the shared record and
+/// reads it, before the tunnel accepts connectors. While it cannot be read, connectors are
+/// refused ("unavailable", and they try again) until the follow delivers it.
+async fn share_generations(args: &UpArgs, state: &TunnelState) {
+    let dir = tunnel_dir(&args.data, args.tunnel_state.as_deref());
+    let generations = state.generations();
+    match generations.adopt(&dir).await {
+        Ok(0) => {}
+        Ok(count) => {
+            tracing::info!(target: "imgate::tunnel", "the certificates of {count} connector(s) recorded in {} added to the shared record", dir.display())
+        }
+        Err(error) => {
+            tracing::warn!(target: "imgate::tunnel", "the certificates recorded in {} could not be added to the shared record: {error}", dir.display())
+        }
+    }
+    if let Err(error) = generations.current().await {
+        tracing::warn!(target: "imgate::tunnel", "{error}; connectors are refused until it can be read");
+    }
+}
+
 /// The tunnel's state, and the follow of its shared certificate record when
 /// `--generations-secret` keeps it in the cluster.
 fn tunnel_state(
@@ -455,9 +518,9 @@ fn tunnel_state(
     }
     match (&args.generations_secret, client) {
         (Some(name), Some(client)) => {
-            let store = SecretGenerations::new(client.clone(), name);
-            let state = state.with_shared_generations(Arc::new(store));
-            (state, Some(SecretGenerations::new(client, name)))
+            let store = SecretGenerations::new(client, name);
+            let state = state.with_shared_generations(Arc::new(store.clone()));
+            (state, Some(store))
         }
         _ => (state, None),
     }

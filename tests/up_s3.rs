@@ -206,7 +206,7 @@ fn render_previews_the_examples_and_check_accepts_them() {
         &[],
     );
     assert!(ok, "{checked}");
-    // 27 objects less the 5 generated Secrets, which render names in comments only.
+    // 29 objects less the 7 generated Secrets, which render names in comments only.
     assert!(
         checked.contains(
             "22 objects, each the type it claims to be, valid as the API server validates it"
@@ -216,7 +216,7 @@ fn render_previews_the_examples_and_check_accepts_them() {
     assert_eq!(
         out.matches("made once by the operator in the cluster")
             .count(),
-        5,
+        7,
         "{out}"
     );
 

@@ -34,8 +34,9 @@ pub const ENROLLMENT_SECRET: &str = "connector-enrollment";
 /// tenant's dataplanes share.
 pub const GENERATIONS_SECRET: &str = "connector-generations";
 /// The ClusterRole (made by the Helm chart) that each tenant's RoleBinding grants its
-/// dataplanes: reading and redeeming the enrollment token, and following the policy
-/// ConfigMap; nothing else.
+/// dataplanes: reading and redeeming the enrollment token, following the policy ConfigMap,
+/// keeping the shared record of connectors' certificates and their report Leases; nothing
+/// else.
 pub const DATAPLANE_ROLE: &str = "imgate-dataplane";
 /// The ConfigMap with the tenant's compiled-clean policy set.
 pub const POLICY_CONFIG_MAP: &str = "policy";

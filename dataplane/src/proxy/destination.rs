@@ -209,6 +209,18 @@ impl Rule {
                 "{text:?}: not a network (10.0.0.0/8), an address or a domain (chat.example.com)"
             ));
         }
+        // `10.20`, `127.1` or `2130706433` are addresses to a resolver (and `10.20.0.0-16` a
+        // mistyped range): a name whose last label is a number is not taken as a domain.
+        let last = domain.rsplit('.').next().unwrap_or_default();
+        let numeric = |b: u8| b.is_ascii_digit() || b == b'.' || b == b'-';
+        if last.bytes().all(|b| b.is_ascii_digit())
+            || last.starts_with("0x")
+            || domain.bytes().all(numeric)
+        {
+            return Err(format!(
+                "{text:?}: looks like an address but is not one; write an address, a range like 10.0.0.0/8, or a domain"
+            ));
+        }
         Ok(Self::Domain(domain))
     }
 }
@@ -310,6 +322,13 @@ impl Destinations {
             Ok(ip) => Some(format!(
                 "{ip} is named by address, and outside the networks the tenant allows (it allows only named domains)"
             )),
+            Err(_)
+                if !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+            {
+                Some(format!("{host:?} is not a domain name"))
+            }
             Err(_) if self.allowed_domains.iter().any(|d| within(&host, d)) => None,
             Err(_) => Some(format!(
                 "{host} is in none of the domains the tenant allows"
@@ -519,6 +538,11 @@ mod tests {
             "-bad.example",
             "a..b",
             "under_score.example",
+            "10.20",
+            "127.1",
+            "2130706433",
+            "10.20.0.0-16",
+            "0x7f.1",
             "10.0.0.0/40",
         ] {
             assert!(Rule::parse(bad).is_err(), "{bad:?}");
@@ -547,6 +571,8 @@ mod tests {
             ("8.8.8.8", "named by address"),
             ("2001:db8::1", "named by address"),
             ("old.chat.example", "which the tenant denies"),
+            ("8.8.8.8 .chat.example", "not a domain name"),
+            ("evil.example\u{0}.chat.example", "not a domain name"),
         ] {
             let refused = destinations.host_refusal(host, 5222);
             assert!(

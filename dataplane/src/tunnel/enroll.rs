@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::generations::Superseded;
+use super::generations::{Snapshot, Superseded};
 use super::tokens::{Redeemer, Token, TokenError, TunnelState, unix_now};
 use super::trust::{TunnelCa, read_request, validity_of};
 use crate::telemetry::Metrics;
@@ -144,16 +144,20 @@ impl Authority {
         let request: Request =
             serde_json::from_slice(bytes).map_err(|e| EnrollError::Message(e.to_string()))?;
         let csr = read_request(&request.request)?;
+        let request_key = csr.public_key.subject_public_key_info();
+        let renewal = presented.filter(|_| request.token.is_none());
         let id = match (&request.token, presented) {
             (Some(token), _) => {
                 let token = Token::parse(token)?;
                 self.refuse_revoked(&token.connector)?;
+                // The record must be readable before the token is spent: a certificate that
+                // cannot be recorded is not given.
+                self.state.generations().current().await?;
                 self.tokens.redeem(&token).await?
             }
             (None, Some(presented)) => {
                 self.refuse_revoked(&presented.id)?;
-                self.check_renewal(presented, &csr.public_key.subject_public_key_info())
-                    .await?;
+                self.check_renewal(presented, &request_key).await?;
                 presented.id.clone()
             }
             (None, None) => {
@@ -164,11 +168,44 @@ impl Authority {
             }
         };
         let certificate = self.ca.sign_request(csr, &id, self.lifetime)?;
+        // A renewal's decision holds of the record the certificate is written to: another
+        // dataplane may have recorded a renewal of the same connector since.
+        let now = unix_now();
+        let still = |record: &Snapshot| match renewal {
+            Some(presented) => self.may_renew(record, presented, &request_key, now),
+            None => Ok(()),
+        };
         self.state
             .generations()
-            .issued(&id, &certificate, unix_now())
-            .await?;
+            .issued(&id, &certificate, now, &still)
+            .await??;
         Ok((id, pem(&certificate)))
+    }
+
+    /// Whether `record` lets `presented` renew with a request for `request_key` at `now`: it
+    /// is the connector's newest certificate itself, since a copy of an older one, even
+    /// within its grace, would take the connector's place; or, within the grace, the request
+    /// is signed with the newest certificate's key (the connector asking again for an answer
+    /// it lost).
+    fn may_renew(
+        &self,
+        record: &Snapshot,
+        presented: &Presented,
+        request_key: &[u8],
+        now: u64,
+    ) -> Result<(), Superseded> {
+        let Err(superseded) = record.check(&presented.id, &presented.cert, now, Duration::ZERO)
+        else {
+            return Ok(());
+        };
+        let within_grace = record
+            .check(&presented.id, &presented.cert, now, self.renewal_grace)
+            .is_ok();
+        if within_grace && record.is_newest_key(&presented.id, request_key) {
+            Ok(())
+        } else {
+            Err(superseded)
+        }
     }
 
     /// A renewal is allowed with the connector's newest certificate, in its last third;
@@ -182,20 +219,8 @@ impl Authority {
             EnrollError::Message("the presented certificate cannot be read".into())
         })?;
         let now = unix_now();
-        // The newest certificate itself: a copy of an older one, even within its grace, cannot
-        // renew (it would take the connector's place), unless its request is signed with the
-        // newest certificate's key: the connector asking again for an answer it lost.
-        let generations = self.state.generations().current().await?;
-        if let Err(superseded) =
-            generations.check(&presented.id, &presented.cert, now, Duration::ZERO)
-        {
-            let within_grace = generations
-                .check(&presented.id, &presented.cert, now, self.renewal_grace)
-                .is_ok();
-            if !within_grace || !generations.is_newest_key(&presented.id, request_key) {
-                return Err(superseded.into());
-            }
-        }
+        let record = self.state.generations().current().await?;
+        self.may_renew(&record, presented, request_key, now)?;
         // Rounded so that it never opens later than the connector computes it.
         let opens = not_after - not_after.saturating_sub(not_before).div_ceil(3);
         if now < opens {

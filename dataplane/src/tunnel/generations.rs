@@ -94,10 +94,10 @@ pub trait SharedRecord: Send + Sync {
 enum Backing {
     /// `generations.json` in the tunnel folder; `writing` serialises this process's updates.
     Folder { path: PathBuf, writing: Mutex<()> },
-    /// A shared record, and its last delivered or written copy.
+    /// A shared record, and its last delivered or written copy (none before the first).
     Shared {
         store: Arc<dyn SharedRecord>,
-        copy: RwLock<Arc<Record>>,
+        copy: RwLock<Option<Arc<Record>>>,
     },
 }
 
@@ -122,6 +122,13 @@ fn files(path: &Path) -> impl Fn(std::io::Error) -> TokenError + '_ {
     }
 }
 
+/// What must still hold of the record, as it is when a certificate is recorded, for the
+/// certificate to be recorded: the decision to sign it, made again on the record written to.
+pub type Still<'a> = &'a (dyn Fn(&Snapshot) -> Result<(), Superseded> + Sync);
+
+/// Whether a certificate was recorded, and if not, why.
+pub type Recorded = Result<Result<(), Superseded>, TokenError>;
+
 impl Generations {
     /// The record kept in the tunnel folder `dir`.
     pub fn new(dir: &Path) -> Self {
@@ -133,7 +140,8 @@ impl Generations {
         }
     }
 
-    /// The record kept in `store`, known from the first [`Self::deliver`] or renewal on.
+    /// The record kept in `store`, known from the first [`Self::current`], [`Self::deliver`]
+    /// or recorded certificate on.
     pub fn shared(store: Arc<dyn SharedRecord>) -> Self {
         Self {
             backing: Backing::Shared {
@@ -143,17 +151,26 @@ impl Generations {
         }
     }
 
-    /// The record as it is known now, to check connections against.
+    /// The record as it is known now, to check connections against: an error while a shared
+    /// record has not been read yet.
     pub fn snapshot(&self) -> Result<Snapshot, TokenError> {
         match &self.backing {
             Backing::Folder { path, .. } => read_folder(path).map(|r| Snapshot(Arc::new(r))),
-            Backing::Shared { copy, .. } => Ok(Snapshot(
-                copy.read().unwrap_or_else(|p| p.into_inner()).clone(),
-            )),
+            Backing::Shared { store, copy } => copy
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .map(Snapshot)
+                .ok_or_else(|| {
+                    TokenError::Store(format!(
+                        "{} has not been read yet, so which certificates are current is not known",
+                        store.describe()
+                    ))
+                }),
         }
     }
 
-    /// The record as stored now, to decide a renewal on.
+    /// The record as stored now.
     pub async fn current(&self) -> Result<Snapshot, TokenError> {
         match &self.backing {
             Backing::Folder { .. } => self.snapshot(),
@@ -178,40 +195,97 @@ impl Generations {
 
     fn keep(&self, record: Arc<Record>) {
         if let Backing::Shared { copy, .. } = &self.backing {
-            *copy.write().unwrap_or_else(|p| p.into_inner()) = record;
+            *copy.write().unwrap_or_else(|p| p.into_inner()) = Some(record);
         }
     }
 
-    /// Records that connector `id` was issued `cert` at `now` (seconds since the Unix epoch).
+    /// Records that connector `id` was issued `cert` at `now` (seconds since the Unix epoch),
+    /// if `still` holds of the record it is written to; not when `still` fails (a newer
+    /// certificate was recorded since the decision), or when the record holds a certificate
+    /// that starts later (the signer's clock is behind), which is an error to try again.
     pub async fn issued(
         &self,
         id: &str,
         cert: &CertificateDer<'_>,
         now: u64,
-    ) -> Result<(), TokenError> {
+        still: Still<'_>,
+    ) -> Recorded {
         let store = match &self.backing {
             Backing::Folder { path, writing } => {
                 let _writing = writing.lock().unwrap_or_else(|p| p.into_inner());
-                return issued_in_folder(path, id, cert, now);
+                let mut record = read_folder(path)?;
+                if let Err(superseded) = still(&Snapshot(Arc::new(record.clone()))) {
+                    return Ok(Err(superseded));
+                }
+                newer(&mut record, id, cert, now)?;
+                return write_folder(path, &record).map(Ok);
             }
             Backing::Shared { store, .. } => store,
         };
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Another dataplane wrote meanwhile: a pause, spread so that two renewals do
+                // not collide again.
+                let pause = Duration::from_millis(25 << attempt);
+                tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.5))).await;
+            }
+            let (bytes, version) = store.load().await?;
+            let mut record = parse_shared(bytes.as_deref(), store.as_ref())?;
+            self.keep(Arc::new(record.clone()));
+            if let Err(superseded) = still(&Snapshot(Arc::new(record.clone()))) {
+                return Ok(Err(superseded));
+            }
+            newer(&mut record, id, cert, now)?;
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| TokenError::Store(e.to_string()))?;
+            if store.replace(bytes, &version).await? {
+                self.keep(Arc::new(record));
+                return Ok(Ok(()));
+            }
+        }
+        Err(TokenError::Store(format!(
+            "{} kept changing while a certificate was recorded",
+            store.describe()
+        )))
+    }
+
+    /// Adds to a shared record what the tunnel folder `dir` recorded before the record was
+    /// shared (each connector's later entry wins); how many connectors it brought in.
+    pub async fn adopt(&self, dir: &Path) -> Result<usize, TokenError> {
+        let Backing::Shared { store, .. } = &self.backing else {
+            return Ok(0);
+        };
+        let folder = read_folder(&dir.join("generations.json"))?;
+        if folder.is_empty() {
+            return Ok(0);
+        }
         for _ in 0..ATTEMPTS {
             let (bytes, version) = store.load().await?;
             let mut record = parse_shared(bytes.as_deref(), store.as_ref())?;
-            if !newer(&mut record, id, cert, now) {
+            let mut brought = 0;
+            for (id, generation) in &folder {
+                let later = record.get(id).is_none_or(|known| {
+                    (generation.not_before, generation.issued_at)
+                        > (known.not_before, known.issued_at)
+                });
+                if later {
+                    record.insert(id.clone(), generation.clone());
+                    brought += 1;
+                }
+            }
+            if brought == 0 {
                 self.keep(Arc::new(record));
-                return Ok(());
+                return Ok(0);
             }
             let bytes =
                 serde_json::to_vec(&record).map_err(|e| TokenError::Store(e.to_string()))?;
             if store.replace(bytes, &version).await? {
                 self.keep(Arc::new(record));
-                return Ok(());
+                return Ok(brought);
             }
         }
         Err(TokenError::Store(format!(
-            "{} kept changing while a certificate was recorded",
+            "{} kept changing while the tunnel folder's record was added",
             store.describe()
         )))
     }
@@ -224,7 +298,10 @@ impl Generations {
         cert: &CertificateDer<'_>,
         now: u64,
     ) -> Result<(), TokenError> {
-        issued_in_folder(&dir.join("generations.json"), id, cert, now)
+        let path = dir.join("generations.json");
+        let mut record = read_folder(&path)?;
+        newer(&mut record, id, cert, now)?;
+        write_folder(&path, &record)
     }
 
     /// Whether connector `id`'s `cert` may be used at `now`: it is the newest, or a newer
@@ -240,12 +317,19 @@ impl Generations {
     }
 }
 
-/// Records `cert` as connector `id`'s newest in `record` unless a later one is there; whether
-/// the record changed.
-fn newer(record: &mut Record, id: &str, cert: &CertificateDer<'_>, now: u64) -> bool {
+/// Records `cert` as connector `id`'s newest in `record`; refused when the record holds one
+/// that starts later.
+fn newer(
+    record: &mut Record,
+    id: &str,
+    cert: &CertificateDer<'_>,
+    now: u64,
+) -> Result<(), TokenError> {
     let not_before = start(cert);
     if record.get(id).is_some_and(|g| not_before < g.not_before) {
-        return false;
+        return Err(TokenError::Store(format!(
+            "connector {id} already has a certificate that starts later than the one just signed (is this dataplane's clock behind?); try again"
+        )));
     }
     record.insert(
         id.to_owned(),
@@ -256,7 +340,7 @@ fn newer(record: &mut Record, id: &str, cert: &CertificateDer<'_>, now: u64) -> 
             issued_at: now,
         },
     );
-    true
+    Ok(())
 }
 
 fn read_folder(path: &Path) -> Result<Record, TokenError> {
@@ -282,17 +366,8 @@ fn parse_shared(bytes: Option<&[u8]>, store: &dyn SharedRecord) -> Result<Record
     }
 }
 
-fn issued_in_folder(
-    path: &Path,
-    id: &str,
-    cert: &CertificateDer<'_>,
-    now: u64,
-) -> Result<(), TokenError> {
-    let mut record = read_folder(path)?;
-    if !newer(&mut record, id, cert, now) {
-        return Ok(());
-    }
-    let bytes = serde_json::to_vec(&record).map_err(|e| TokenError::Files {
+fn write_folder(path: &Path, record: &Record) -> Result<(), TokenError> {
+    let bytes = serde_json::to_vec(record).map_err(|e| TokenError::Files {
         path: path.to_owned(),
         message: e.to_string(),
     })?;

@@ -54,6 +54,9 @@ pub const DRAINED: u32 = 4;
 pub const SUPERSEDED: u32 = 5;
 /// QUIC close code for an enrollment that took too long.
 pub const TOO_SLOW: u32 = 6;
+/// QUIC close code for a connector the dataplane cannot check now (its revocation list or its
+/// record of current certificates cannot be read): the connector tries again later.
+pub const UNAVAILABLE: u32 = 7;
 
 /// The longest an enrollment or renewal connection is served.
 pub const ENROLL_DEADLINE: Duration = Duration::from_secs(30);
@@ -281,6 +284,31 @@ fn named_by(connection: &quinn::Connection) -> Option<(String, String, Certifica
     Some((tenant, id, cert.clone()))
 }
 
+/// Why connector `id` presenting `cert` may not connect now, if it may not: it is revoked,
+/// its certificate was replaced, or either record cannot be read.
+fn standing(
+    tunnel: &Tunnel,
+    id: &str,
+    cert: &rustls_pki_types::CertificateDer<'_>,
+) -> Option<(u32, String)> {
+    let state = &tunnel.authority.state;
+    match state.revoked() {
+        Ok(revoked) if revoked.contains(id) => {
+            return Some((REVOKED, format!("connector {id} is revoked")));
+        }
+        Ok(_) => {}
+        Err(error) => return Some((UNAVAILABLE, error.to_string())),
+    }
+    match state
+        .generations()
+        .check(id, cert, unix_now(), tunnel.authority.renewal_grace)
+    {
+        Ok(Ok(())) => None,
+        Ok(Err(superseded)) => Some((SUPERSEDED, superseded.to_string())),
+        Err(error) => Some((UNAVAILABLE, error.to_string())),
+    }
+}
+
 fn refuse(
     tunnel: &Tunnel,
     connection: &quinn::Connection,
@@ -294,6 +322,7 @@ fn refuse(
         TOO_MANY => "too_many_connections",
         SUPERSEDED => "superseded",
         TOO_SLOW => "enrollment_too_slow",
+        UNAVAILABLE => "unavailable",
         _ => "not_ours",
     });
     connection.close(code.into(), reason.as_bytes());
@@ -351,37 +380,8 @@ async fn connection(tunnel: Arc<Tunnel>, incoming: quinn::Incoming) {
         refuse(&tunnel, &connection, remote, NOT_OURS, &reason);
         return;
     };
-    match tunnel.authority.state.revoked() {
-        Ok(revoked) if !revoked.contains(&id) => {}
-        Ok(_) => {
-            return refuse(
-                &tunnel,
-                &connection,
-                remote,
-                REVOKED,
-                &format!("connector {id} is revoked"),
-            );
-        }
-        Err(error) => return refuse(&tunnel, &connection, remote, REVOKED, &error.to_string()),
-    }
-    let grace = tunnel.authority.renewal_grace;
-    match tunnel
-        .authority
-        .state
-        .generations()
-        .check(&id, &cert, unix_now(), grace)
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(superseded)) => {
-            return refuse(
-                &tunnel,
-                &connection,
-                remote,
-                SUPERSEDED,
-                &superseded.to_string(),
-            );
-        }
-        Err(error) => return refuse(&tunnel, &connection, remote, REVOKED, &error.to_string()),
+    if let Some((code, reason)) = standing(&tunnel, &id, &cert) {
+        return refuse(&tunnel, &connection, remote, code, &reason);
     }
     if !tunnel.admit(&id, &connection) {
         let reason = format!(

@@ -1,4 +1,6 @@
-//! One-time enrollment tokens and the revocation list, kept in the tenant's tunnel folder.
+//! One-time enrollment tokens and the revocation list, kept in the tenant's tunnel folder
+//! (in a cluster, the operator delivers both through the API instead), and the record of
+//! each connector's newest certificate ([`Generations`]).
 //!
 //! A token reads `imgt1.<connector>.<secret>.<ca>`: the connector it enrolls, 32 random bytes
 //! (base64url), and the SHA-256 of the tunnel CA's certificate (hex), which the connector pins

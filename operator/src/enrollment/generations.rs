@@ -24,6 +24,7 @@ use kube::{Client, ResourceExt};
 pub const RECORD_KEY: &str = "generations.json";
 
 /// The generations Secret of the dataplane's namespace, as a [`SharedRecord`].
+#[derive(Clone)]
 pub struct SecretGenerations {
     secrets: Api<Secret>,
     name: String,

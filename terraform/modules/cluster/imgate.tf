@@ -9,11 +9,13 @@ locals {
   }
 }
 
-# The control plane's network interfaces, and so the API server's endpoints as pods see
-# them, are in the cluster's subnets: the dataplanes' network policy lets them reach the
-# API server there and at no other address in the VPC.
+# EKS places the control plane's network interfaces, and so the API server's endpoints as
+# pods see them, in the cluster's subnets: the dataplanes' network policy opens the API
+# server's ports (443, 6443) to those subnets' ranges. Nodes and (with the VPC CNI) pods in
+# the same subnets are reachable on those ports too; to narrow it to the endpoints' own
+# addresses, set dataplane.apiServerCIDRs in imgate_values.
 data "aws_subnet" "cluster" {
-  for_each = toset(var.subnet_ids)
+  for_each = toset(var.create_cluster ? var.subnet_ids : tolist(data.aws_eks_cluster.existing[0].vpc_config[0].subnet_ids))
   id       = each.value
 }
 
