@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 `verify` found a problem or nothing matched a hold, 2 the command
 //! could not run (store unreachable, bad arguments).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -16,6 +17,14 @@ use imgate_dataplane::archive::store::{LocalStore, S3Config, S3Store};
 use imgate_dataplane::archive::verify::verify;
 use imgate_dataplane::archive::{Record, Store};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Writes a line to standard output, returning the error: a reader that stops reading (`|
+/// head`) ends the command quietly ([`crate::closed_pipe`]) instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
 
 /// Where the archive is.
 #[derive(Args)]
@@ -198,9 +207,9 @@ pub fn run(store: &StoreArgs, command: ArchiveCommand) -> anyhow::Result<i32> {
                 let records = find(&archive, prefix, &tenant, filters.into()).await?;
                 for record in &records {
                     if json {
-                        println!("{}", String::from_utf8_lossy(&record.to_json()));
+                        out!("{}", String::from_utf8_lossy(&record.to_json()));
                     } else if let Some(line) = transcript_line(record) {
-                        println!("{}  {line}", record.conv);
+                        out!("{}  {line}", record.conv);
                     }
                 }
                 eprintln!("{} record(s) found", records.len());
@@ -223,11 +232,10 @@ pub fn run(store: &StoreArgs, command: ArchiveCommand) -> anyhow::Result<i32> {
                         "no records of conversation {conversation:?} for tenant {tenant}"
                     );
                 }
-                println!("Conversation {conversation} ({} records)", records.len());
-                records
-                    .iter()
-                    .filter_map(transcript_line)
-                    .for_each(|line| println!("{line}"));
+                out!("Conversation {conversation} ({} records)", records.len());
+                for line in records.iter().filter_map(transcript_line) {
+                    out!("{line}");
+                }
                 Ok(0)
             }
             ArchiveCommand::Export {
@@ -261,7 +269,7 @@ async fn find(
 async fn ls(archive: &Store, prefix: &str, tenant: &str) -> anyhow::Result<i32> {
     let all = manifests(archive, prefix, tenant).await?;
     for m in &all {
-        println!(
+        out!(
             "{}  {} .. {}  {:>7} records  {:>9} bytes  {}",
             m.writer,
             m.first_ts.format("%Y-%m-%d %H:%M:%S"),
@@ -272,7 +280,7 @@ async fn ls(archive: &Store, prefix: &str, tenant: &str) -> anyhow::Result<i32> 
         );
     }
     let records: u64 = all.iter().map(|m| m.records).sum();
-    println!(
+    out!(
         "{} segment(s), {records} record(s) in {}",
         all.len(),
         archive.describe()
@@ -289,14 +297,14 @@ async fn verify_command(archive: &Store, prefix: &str, tenant: &str) -> anyhow::
     .await?;
     progress.finish_and_clear();
     for problem in &report.problems {
-        println!("PROBLEM  {problem}");
+        out!("PROBLEM  {problem}");
     }
     let verdict = if report.is_intact() {
         "intact"
     } else {
         "NOT intact"
     };
-    println!(
+    out!(
         "{verdict}: {} writer(s), {} segment(s), {} record(s) checked in {}; {} problem(s)",
         report.writers,
         report.segments,
@@ -343,7 +351,7 @@ async fn export(
             }
         }
     }
-    println!(
+    out!(
         "exported {} record(s) into {files} file(s) in {}",
         records.len(),
         out.display()
@@ -386,7 +394,7 @@ async fn hold(
         }
     }
     let verb = if on { "placed on" } else { "lifted from" };
-    println!(
+    out!(
         "legal hold {verb} {held} segment(s) and their manifests in {}",
         archive.describe()
     );

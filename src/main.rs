@@ -160,6 +160,7 @@ fn main() -> ExitCode {
     let traces = start_logging(cli.command.service());
     let code = match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) if closed_pipe(&error) => ExitCode::from(141),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
@@ -169,6 +170,17 @@ fn main() -> ExitCode {
         traces.shutdown();
     }
     code
+}
+
+/// Whether `error` is standard output closed by its reader (`imgate archive search | head`):
+/// the command ends quietly, with the status a shell reports for a process ended by SIGPIPE
+/// (128 + 13), as Unix tools do.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs to stderr as `RUST_LOG` (or [`default_log_filter`]) says; for a long-running

@@ -209,6 +209,35 @@ fn list_verify_search_and_show_a_local_archive() {
 }
 
 #[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly() {
+    let (_root, bucket) = local_archive();
+    for args in [
+        &["search"][..],
+        &["search", "--json"],
+        &["ls"],
+        &["show", "conv-jane"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(["archive", "--tenant", "acme", "--dir"])
+            .arg(&bucket)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("imgate archive runs");
+        // `| head -0`: the reader is gone before the first line is written.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("it ends");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(141), "{args:?}: {said}");
+        assert!(
+            !said.contains("panicked") && !said.contains("error"),
+            "{args:?}: {said}"
+        );
+    }
+}
+
+#[test]
 fn verify_fails_on_a_tampered_local_archive() {
     let (_root, bucket) = local_archive();
     let segment = walk(&bucket)

@@ -13,6 +13,7 @@ mod support;
 use common::xmpp::{check_inspected_chat, clients};
 use common::{Killed, imgate_up, presence_of, prosody, prosody_with_direct_tls, stop_and_read};
 
+use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,6 +53,23 @@ fn a_server_certificate_that_does_not_verify_is_refused() {
     let (imgate, front) = imgate_up(port, &data, &[]);
     let outcome = clients(front, &data.join("ca/ca.pem"), &["login"]);
     assert_eq!(outcome["logged_in"], false, "{outcome}");
+    // The client is told why, and the session ends at once.
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.write_all(b"<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+        .expect("header");
+    let features = read_until(&mut peer, "</stream:features>");
+    assert!(features.contains("starttls"), "{features}");
+    peer.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .expect("starttls");
+    let answer = read_until(&mut peer, "</stream:stream>");
+    assert!(
+        answer.contains("<remote-connection-failed")
+            && answer.contains("imgate refused the certificate of localhost"),
+        "{answer}"
+    );
+    peer.set_read_timeout(None).expect("blocking");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut peer, &mut rest).expect("the session ends");
     let records = stop_and_read(imgate, &data);
     let refusal = records
         .iter()
@@ -86,7 +104,6 @@ fn read_until(peer: &mut TcpStream, needle: &str) -> String {
 
 #[test]
 fn malformed_and_oversized_streams_end_with_a_stream_error_and_a_record() {
-    use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data-broken");
@@ -323,7 +340,6 @@ fn intercepted_client(
     ca: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     use rustls_pki_types::pem::PemObject;
-    use std::io::Write;
     let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
     let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
     peer.write_all(header.as_bytes()).expect("header");

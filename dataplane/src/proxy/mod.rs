@@ -16,6 +16,7 @@ pub mod shared;
 pub mod tls;
 pub mod tls_stream;
 pub mod unread_relay;
+pub mod upstream_verifier;
 pub mod xmpp_direct_tls;
 mod xmpp_inspect;
 mod xmpp_judge;

@@ -17,8 +17,9 @@
 //!   one session store, so a name costs its leaf and a configuration, not a cache;
 //! - CAs imgate generates are valid for [`CA_LIFETIME`]; a CA within [`CA_RENEW_BEFORE`] of
 //!   its end is reported at start (docs/interception-ca.md says how to rotate it);
-//! - upstream certificates are always verified (no option turns verification off); one
-//!   crypto provider (ring) is used explicitly.
+//! - upstream certificates are always verified (no option turns verification off): by
+//!   WebPKI, or as exactly a certificate the operator gave ([`UpstreamVerifier`]); one crypto
+//!   provider (ring) is used explicitly.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::leaf_cache::{LeafCache, RateLimited};
+use super::upstream_verifier::UpstreamVerifier;
 
 const CA_NAME: &str = "imgate interception CA";
 
@@ -409,7 +411,9 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certificates)
 }
 
-/// The upstream client configuration: the system's roots plus `extra_roots`, always verified.
+/// The upstream client configuration: the system's roots plus `extra_roots`, always verified;
+/// a server presenting exactly one of `extra_roots` is accepted as that certificate's server
+/// ([`UpstreamVerifier`]).
 pub fn upstream_config(
     extra_roots: &[CertificateDer<'static>],
 ) -> Result<Arc<ClientConfig>, TlsError> {
@@ -420,9 +424,12 @@ pub fn upstream_config(
     for certificate in extra_roots {
         roots.add(certificate.clone())?;
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
+    let provider = Arc::new(default_provider());
+    let verifier = UpstreamVerifier::new(roots, extra_roots.to_vec(), &provider)?;
+    let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
 }

@@ -42,7 +42,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(upstream) = connect_verified(&shared, &info, upstream, &domain, &tls).await else {
+    let Ok(upstream) = connect_verified(&shared, &info, upstream, &domain, &tls).await else {
+        // Before its TLS handshake a client can only be told by the connection's end.
         return Ok(ended());
     };
     let config = tls

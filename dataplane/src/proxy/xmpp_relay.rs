@@ -362,14 +362,14 @@ where
 }
 
 /// Connects to the server over TLS, verifying its certificate for `domain` against the
-/// trusted roots; a refusal is logged and archived, and gives `None`.
+/// trusted roots; a refusal is logged and archived, and gives its reason.
 pub(super) async fn connect_verified<U>(
     shared: &Shared,
     info: &SessionInfo,
     upstream: U,
     domain: &str,
     tls: &TlsContext,
-) -> Option<ClientTls<U>>
+) -> Result<ClientTls<U>, String>
 where
     U: AsyncRead + AsyncWrite + Unpin,
 {
@@ -385,7 +385,7 @@ where
         Err(_) => Err("not a server name".to_owned()),
     };
     match connected {
-        Ok(upstream) => Some(upstream),
+        Ok(upstream) => Ok(upstream),
         Err(error) => {
             tracing::warn!(target: "imgate::session", session = %info.session, "the server's certificate for {domain} was refused: {error}");
             let _ = shared
@@ -397,7 +397,7 @@ where
                     },
                 )
                 .await;
-            None
+            Err(error)
         }
     }
 }
@@ -407,7 +407,8 @@ type Intercepted<C, U> = (ServerTls<C>, ClientTls<U>);
 
 /// Completes STARTTLS on both sides: verified TLS to the server first, then TLS with the
 /// client under a leaf for `domain` minted from the tenant's CA. `None` when the server's
-/// certificate was refused (the client is told with a STARTTLS `<failure/>`).
+/// certificate was refused: the client is told why in a `remote-connection-failed` stream
+/// error (RFC 6120 4.9.3.14), and the session ends at once.
 async fn intercept_tls<C, U>(
     shared: &Shared,
     info: &SessionInfo,
@@ -421,11 +422,16 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some(upstream) = connect_verified(shared, info, upstream, domain, tls).await else {
-        client
-            .write_all(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>")
-            .await?;
-        return Ok(None);
+    let upstream = match connect_verified(shared, info, upstream, domain, tls).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let reason = format!("imgate refused the certificate of {domain}: {error}");
+            client
+                .write_all(&stream_error("remote-connection-failed", &reason))
+                .await?;
+            client.shutdown().await?;
+            return Ok(None);
+        }
     };
     let config = tls
         .ca
