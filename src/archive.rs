@@ -180,6 +180,7 @@ impl StoreArgs {
                     region: self.s3_region.clone(),
                     endpoint: self.s3_endpoint.clone(),
                     credentials: None,
+                    timeout: None,
                 })
                 .await,
             ),

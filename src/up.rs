@@ -21,7 +21,9 @@ use imgate_crds::tenant::ArchiveFailure;
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::{Encryption, LocalStore, S3Config, S3Store};
-use imgate_dataplane::archive::{ArchiveLog, LogConfig, Shipper, ShipperConfig, Store};
+use imgate_dataplane::archive::{
+    ArchiveLog, LogConfig, ShipMonitor, Shipper, ShipperConfig, Store,
+};
 use imgate_dataplane::identity::Directory;
 use imgate_dataplane::inspect::policy::CompiledPolicy;
 use imgate_dataplane::proxy::frontend::Frontend;
@@ -175,6 +177,15 @@ pub struct UpArgs {
     /// Key prefix inside the bucket.
     #[arg(long, default_value = "", requires = "s3_bucket")]
     s3_prefix: String,
+    /// How long a request to the bucket may wait to connect, or for an answer, before it
+    /// fails and is retried (a whole upload may take ten times as long).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        requires = "s3_bucket"
+    )]
+    store_timeout: humantime::Duration,
     /// Days each archived object stays locked (S3 Object Lock).
     #[arg(long, requires = "s3_bucket")]
     retention_days: Option<u32>,
@@ -299,7 +310,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         shipper_config.retention = args.retention_days.map(|days| (days, args.retention_mode == "compliance"));
         shipper_config.encryption = encryption;
         let store = match &args.s3_bucket {
-            Some(bucket) => Store::S3(S3Store::connect(&S3Config { bucket: bucket.clone(), region: args.s3_region.clone(), endpoint: args.s3_endpoint.clone(), credentials: None }).await),
+            Some(bucket) => Store::S3(S3Store::connect(&S3Config { bucket: bucket.clone(), region: args.s3_region.clone(), endpoint: args.s3_endpoint.clone(), credentials: None, timeout: Some(args.store_timeout.into()) }).await),
             None => Store::Local(LocalStore::new(&archive_dir)),
         };
         let shipper = Shipper::open(StdFs, &args.data, log.clone(), store, shipper_config)?;
@@ -379,7 +390,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             let address: SocketAddr = args.metrics.parse().with_context(|| format!("{:?} is not an address like 127.0.0.1:9464", args.metrics))?;
             let listener = TcpListener::bind(address).await.with_context(|| format!("cannot serve metrics on {address} (in use? choose another with --metrics)"))?;
             println!("  metrics                      http://{}/metrics", listener.local_addr()?);
-            tokio::spawn(serve_metrics(listener, shared.clone()));
+            tokio::spawn(serve_metrics(listener, shared.clone(), shipper.health()));
         }
         let reloading = match &args.policy_config_map {
             Some(name) => format!("The policy follows ConfigMap {name}"),
@@ -434,10 +445,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         println!("stopping: flushing the archive");
         stop.notify_one();
-        tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))??;
+        let flushed = tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))?;
         log.close();
-        println!("archive flushed");
-        Ok(0)
+        match flushed {
+            Ok(()) => {
+                println!("archive flushed: every record is in the object store");
+                Ok(0)
+            }
+            Err(unflushed) => {
+                println!("archive NOT flushed: {unflushed}; they are kept in {} and ship when imgate starts again on this data folder", wal.display());
+                Ok(1)
+            }
+        }
     })
 }
 
@@ -613,16 +632,16 @@ fn tunnel_endpoint(
 }
 
 /// Serves `/metrics` (Prometheus text format) and `/healthz`.
-async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shipping: Arc<ShipMonitor>) {
     let metrics = move || {
-        let shared = shared.clone();
+        let (shared, shipping) = (shared.clone(), shipping.clone());
         async move {
             (
                 [(
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                shared.metrics.render(&shared.archive),
+                shared.metrics.render(&shared.archive, &shipping),
             )
         }
     };

@@ -378,6 +378,7 @@ fn the_same_tools_work_on_an_s3_bucket() {
             region: "us-east-1".into(),
             endpoint: Some(endpoint.clone()),
             credentials: Some(("test".into(), "test".into())),
+            timeout: None,
         };
         let store = S3Store::connect(&config).await;
         store

@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use common::{imgate_output, imgate_up_with_env, stop_and_read};
-use imgate_dataplane::archive::store::{S3Config, S3Store};
 
 const KEYS: [(&str, &str); 2] = [
     ("AWS_ACCESS_KEY_ID", "test"),
@@ -47,24 +46,7 @@ fn the_archive_goes_to_the_tenants_bucket_locked_and_named_by_the_pod() {
     let moto = support::Moto::start();
     let endpoint = moto.endpoint();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let store = runtime.block_on(async {
-        let store = S3Store::connect(&S3Config {
-            bucket: "acme-archive".into(),
-            region: "us-east-1".into(),
-            endpoint: Some(endpoint.clone()),
-            credentials: Some(("test".into(), "test".into())),
-        })
-        .await;
-        store
-            .client()
-            .create_bucket()
-            .bucket("acme-archive")
-            .object_lock_enabled_for_bucket(true)
-            .send()
-            .await
-            .expect("bucket");
-        store
-    });
+    let store = runtime.block_on(common::s3_bucket(&endpoint, "acme-archive", true));
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let ca = dir.path().join("interception-ca");

@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::archive::ArchiveLog;
+use crate::archive::{ArchiveLog, ShipMonitor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProtocolLabel {
@@ -53,6 +53,7 @@ pub struct Metrics {
     verdicts: Family<ActionLabel, Counter>,
     held: Family<DirectionLabel, Histogram>,
     unshipped: Gauge<u64, AtomicU64>,
+    shipping_failing: Gauge<i64, AtomicI64>,
     tunnel_connections: Gauge<i64, AtomicI64>,
     tunnel_refusals: Family<ReasonLabel, Counter>,
     tunnel_enrollments: Family<ReasonLabel, Counter>,
@@ -95,6 +96,13 @@ impl Default for Metrics {
             "Bytes in the archive log not yet shipped to the object store",
             unshipped.clone(),
         );
+        let shipping_failing = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "archive_shipping_failing",
+            "1 while shipping the archive to the object store fails (records wait in the log), \
+             else 0",
+            shipping_failing.clone(),
+        );
         let tunnel_connections = Gauge::<i64, AtomicI64>::default();
         let tunnel_refusals = Family::<ReasonLabel, Counter>::default();
         let tunnel_enrollments = Family::<ReasonLabel, Counter>::default();
@@ -127,6 +135,7 @@ impl Default for Metrics {
             verdicts,
             held,
             unshipped,
+            shipping_failing,
             tunnel_connections,
             tunnel_refusals,
             tunnel_enrollments,
@@ -200,9 +209,11 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition text, with the archive gauge read from `log`.
-    pub fn render(&self, log: &ArchiveLog) -> String {
+    /// The exposition text, with the archive's gauges read from `log` and the shipper's
+    /// `shipping` health.
+    pub fn render(&self, log: &ArchiveLog, shipping: &ShipMonitor) -> String {
         self.unshipped.set(log.unshipped_bytes());
+        self.shipping_failing.set(i64::from(shipping.failing()));
         encode(&self.registry)
     }
 }
@@ -245,7 +256,7 @@ mod tests {
         metrics.tunnel_connection(-1);
         metrics.tunnel_refused("revoked");
         metrics.tunnel_enrolled("token");
-        let text = metrics.render(&log);
+        let text = metrics.render(&log, &ShipMonitor::default());
         assert!(
             text.contains("imgate_sessions_total{protocol=\"irc\"} 1"),
             "{text}"
@@ -255,6 +266,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("imgate_archive_unshipped_bytes 0"), "{text}");
+        assert!(text.contains("imgate_archive_shipping_failing 0"), "{text}");
         assert!(text.contains("imgate_tunnel_connections 1"), "{text}");
         assert!(
             text.contains("imgate_tunnel_refusals_total{reason=\"revoked\"} 1"),

@@ -167,9 +167,58 @@ pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
     stop_and_read_tenant(imgate, data, "local")
 }
 
-/// Stops `imgate up` with SIGTERM (waiting up to 30 s) and reads tenant `tenant`'s archive
-/// from its data folder `data`: every record.
+/// Stops `imgate up` with SIGTERM (waiting up to two minutes) and reads tenant `tenant`'s
+/// archive from its data folder `data`: every record.
 pub fn stop_and_read_tenant(imgate: Killed, data: &Path, tenant: &str) -> Vec<Value> {
+    stop(imgate);
+    let archive = data.join("archive");
+    read_archive(tenant, &["--dir", &archive.to_string_lossy()], &[])
+}
+
+/// Creates `bucket` (with Object Lock when `locked`) in the S3 API server at `endpoint`, with
+/// the test credentials; returns a client of it.
+pub async fn s3_bucket(
+    endpoint: &str,
+    bucket: &str,
+    locked: bool,
+) -> imgate_dataplane::archive::store::S3Store {
+    use imgate_dataplane::archive::store::{S3Config, S3Store};
+    let store = S3Store::connect(&S3Config {
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+        endpoint: Some(endpoint.into()),
+        credentials: Some(("test".into(), "test".into())),
+        timeout: None,
+    })
+    .await;
+    store
+        .client()
+        .create_bucket()
+        .bucket(bucket)
+        .object_lock_enabled_for_bucket(locked)
+        .send()
+        .await
+        .expect("bucket");
+    store
+}
+
+/// Stops `imgate up` as [`stop_and_read_tenant`] does and reads the `local` tenant's archive
+/// from `bucket` of the S3 API server at `endpoint`.
+pub fn stop_and_read_s3(imgate: Killed, endpoint: &str, bucket: &str) -> Vec<Value> {
+    stop(imgate);
+    read_archive(
+        "local",
+        &["--s3-bucket", bucket, "--s3-endpoint", endpoint],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    )
+}
+
+/// Stops `imgate up` with SIGTERM and waits for it (two minutes at most: a guard against a
+/// shutdown that never ends, not a time limit).
+fn stop(imgate: Killed) {
     let mut imgate = imgate;
     assert!(
         Command::new("kill")
@@ -178,18 +227,24 @@ pub fn stop_and_read_tenant(imgate: Killed, data: &Path, tenant: &str) -> Vec<Va
             .expect("kill")
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while imgate.0.try_wait().expect("wait").is_none() {
         assert!(
             Instant::now() < deadline,
-            "imgate up did not stop within 30 s of SIGTERM"
+            "imgate up did not stop within two minutes of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Every record of tenant `tenant` in the archive that `store` (options of `imgate archive`)
+/// names, read with the environment variables `env`.
+fn read_archive(tenant: &str, store: &[&str], env: &[(&str, &str)]) -> Vec<Value> {
     let search = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["archive", "--tenant", tenant, "--dir"])
-        .arg(data.join("archive"))
+        .args(["archive", "--tenant", tenant])
+        .args(store)
         .args(["search", "--json"])
+        .envs(env.iter().copied())
         .output()
         .expect("imgate archive runs");
     assert!(

@@ -32,5 +32,5 @@ pub use error::ArchiveError;
 pub use log::{ArchiveLog, LogConfig};
 pub use record::{Body, Record};
 pub use ship_health::{ShipHealth, ShipMonitor};
-pub use shipper::{Shipper, ShipperConfig};
+pub use shipper::{Shipper, ShipperConfig, Unflushed};
 pub use store::Store;

@@ -4,7 +4,8 @@
 //! Invariants: the health moves on a round that had something to seal or ship, and on a probe
 //! of the store while nothing is due (a round with nothing due says nothing about the store);
 //! a probe that succeeds never hides a shipment (`Shipped` stays); `Failing` keeps the time
-//! the failures began across retries, and the latest error.
+//! the failures began across retries, and the latest error; the start and the end of a run
+//! of failures are each reported once, to the caller that caused them.
 
 use std::sync::Mutex;
 
@@ -47,36 +48,57 @@ impl ShipMonitor {
         self.lock().clone()
     }
 
-    /// Records that a segment was shipped now.
-    pub(super) fn shipped(&self) {
-        *self.lock() = ShipHealth::Shipped { at: Utc::now() };
+    /// Whether shipping is failing now.
+    pub fn failing(&self) -> bool {
+        matches!(*self.lock(), ShipHealth::Failing { .. })
     }
 
-    /// Records that the store answered a probe now, unless a shipment says more.
-    pub(super) fn reachable(&self) {
+    /// Records that a segment was shipped now; when failures end with it, since when they
+    /// had lasted.
+    pub(super) fn shipped(&self) -> Option<DateTime<Utc>> {
         let mut health = self.lock();
+        let ended = failing_since(&health);
+        *health = ShipHealth::Shipped { at: Utc::now() };
+        ended
+    }
+
+    /// Records that the store answered a probe now, unless a shipment says more; when
+    /// failures end with it, since when they had lasted.
+    pub(super) fn reachable(&self) -> Option<DateTime<Utc>> {
+        let mut health = self.lock();
+        let ended = failing_since(&health);
         if !matches!(*health, ShipHealth::Shipped { .. }) {
             *health = ShipHealth::Reachable { at: Utc::now() };
         }
+        ended
     }
 
-    /// Records a failure with `error`.
-    pub(super) fn failed(&self, error: &impl std::fmt::Display) {
+    /// Records a failure with `error`; whether failures begin with it.
+    pub(super) fn failed(&self, error: &impl std::fmt::Display) -> bool {
         let mut health = self.lock();
-        let since = match &*health {
-            ShipHealth::Failing { since, .. } => *since,
-            _ => Utc::now(),
+        let (since, began) = match &*health {
+            ShipHealth::Failing { since, .. } => (*since, false),
+            _ => (Utc::now(), true),
         };
         *health = ShipHealth::Failing {
             since,
             error: error.to_string(),
         };
+        began
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ShipHealth> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// When the failures `health` records began, if it records failures.
+fn failing_since(health: &ShipHealth) -> Option<DateTime<Utc>> {
+    match health {
+        ShipHealth::Failing { since, .. } => Some(*since),
+        _ => None,
     }
 }
 
@@ -88,11 +110,14 @@ mod tests {
     fn failures_keep_their_start_and_a_shipment_clears_them() {
         let monitor = ShipMonitor::default();
         assert_eq!(monitor.get(), ShipHealth::NothingShipped);
-        monitor.failed(&"the bucket is unreachable");
+        assert!(
+            monitor.failed(&"the bucket is unreachable"),
+            "failures begin"
+        );
         let ShipHealth::Failing { since, .. } = monitor.get() else {
             panic!("failing after a failure");
         };
-        monitor.failed(&"access denied");
+        assert!(!monitor.failed(&"access denied"), "and go on");
         assert_eq!(
             monitor.get(),
             ShipHealth::Failing {
@@ -100,8 +125,9 @@ mod tests {
                 error: "access denied".into()
             }
         );
-        monitor.shipped();
+        assert_eq!(monitor.shipped(), Some(since), "a shipment ends them");
         assert!(matches!(monitor.get(), ShipHealth::Shipped { .. }));
+        assert_eq!(monitor.shipped(), None);
         let text = serde_json::to_string(&ShipHealth::Failing {
             since,
             error: "x".into(),

@@ -23,13 +23,26 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::draft::Draft;
 use super::error::ArchiveError;
 use super::fs::Filesystem;
 use super::log::ArchiveLog;
+use super::record::Body;
 use super::segment::{GENESIS, Layout, Manifest, SegmentInput, seal};
 use super::ship_health::ShipMonitor;
 use super::store::{Encryption, PutOptions, Retention, Store};
 use super::wal::Wal;
+
+/// What a shipper that stopped left in the log unshipped, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{records} record(s) are not in the object store yet: {error}")]
+pub struct Unflushed {
+    /// Records in the log not shipped.
+    pub records: u64,
+    /// Why.
+    #[source]
+    pub error: ArchiveError,
+}
 
 /// How soon a failed probe of the store is repeated.
 pub const PROBE_RETRY: Duration = Duration::from_secs(30);
@@ -336,10 +349,51 @@ impl<F: Filesystem> Shipper<F> {
         };
         match &result {
             Ok(0) => {}
-            Ok(_) => self.health.shipped(),
-            Err(error) => self.health.failed(error),
+            Ok(_) => {
+                if let Some(since) = self.health.shipped() {
+                    self.resumed(since);
+                }
+            }
+            Err(error) => {
+                if self.health.failed(error) {
+                    self.began_failing(error);
+                }
+            }
         }
         result
+    }
+
+    /// Marks in the archive itself, and in the log, that shipping began failing with `error`:
+    /// records written from now on wait in the log until the store takes them.
+    fn began_failing(&self, error: &ArchiveError) {
+        tracing::error!(%error, "archive shipping is failing: records wait in the log until the object store takes them");
+        self.mark("archive-shipping-failing", error.to_string());
+    }
+
+    /// Marks that shipping works again after failing since `since`.
+    fn resumed(&self, since: chrono::DateTime<Utc>) {
+        tracing::info!(%since, "archive shipping works again");
+        self.mark(
+            "archive-shipping-resumed",
+            format!("shipping had failed since {}", since.to_rfc3339()),
+        );
+    }
+
+    /// Appends a `system` record of `event` to the log (which ships it with the rest).
+    fn mark(&self, event: &str, detail: String) {
+        let body = Body::System {
+            event: event.into(),
+            detail,
+        };
+        let layout = &self.config.layout;
+        let draft = Draft::new(&layout.tenant, &layout.writer, "archive", &body);
+        let appended = self
+            .log
+            .queue(&draft)
+            .and_then(|seq| self.log.write_now(seq));
+        if let Err(error) = appended {
+            tracing::error!(%error, event, "cannot record this in the archive log");
+        }
     }
 
     /// Checks that the store answers (and keeps objects under Object Lock when retention is
@@ -348,11 +402,15 @@ impl<F: Filesystem> Shipper<F> {
         let result = self.store.probe(self.config.retention.is_some()).await;
         let wait = match &result {
             Ok(()) => {
-                self.health.reachable();
+                if let Some(since) = self.health.reachable() {
+                    self.resumed(since);
+                }
                 self.config.probe_every
             }
             Err(error) => {
-                self.health.failed(error);
+                if self.health.failed(error) {
+                    self.began_failing(error);
+                }
                 PROBE_RETRY
             }
         };
@@ -361,22 +419,64 @@ impl<F: Filesystem> Shipper<F> {
     }
 
     /// Waits until every record appended so far is durable, then seals everything durable
-    /// and ships it, retrying failures until `deadline` passes.
+    /// and ships it, retrying failures, for no longer than `deadline` in all (a request the
+    /// store leaves unanswered is abandoned when it ends).
     pub async fn flush(&mut self, deadline: Duration) -> Result<(), ArchiveError> {
-        let start = Instant::now();
-        if let Err(error) = self.log.synced(self.log.last_seq()).await {
-            tracing::error!(%error, "the archive log failed; shipping what is durable");
+        let end = tokio::time::Instant::now() + deadline;
+        match tokio::time::timeout_at(end, self.log.synced(self.log.last_seq())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the archive log failed; shipping what is durable");
+            }
+            Err(_) => {
+                tracing::error!("the archive log did not sync in time; shipping what is durable");
+            }
         }
         let mut backoff = Backoff::default();
         loop {
-            match self.round(true).await {
-                Ok(_) => return Ok(()),
-                Err(error) if start.elapsed() < deadline && retryable(&error) => {
-                    tracing::warn!(%error, "archive shipping failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+            let error = match tokio::time::timeout_at(end, self.round(true)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    // The round was abandoned before it could say so.
+                    let error = ArchiveError::Store {
+                        key: self.store.describe(),
+                        message: format!(
+                            "no answer within the {} s given to ship",
+                            deadline.as_secs_f64()
+                        ),
+                    };
+                    if self.health.failed(&error) {
+                        self.began_failing(&error);
+                    }
+                    error
                 }
-                Err(error) => return Err(error),
+            };
+            if !retryable(&error) || tokio::time::Instant::now() >= end {
+                return Err(error);
             }
+            tracing::warn!(%error, "archive shipping failed; retrying");
+            let pause = backoff.next_delay();
+            if tokio::time::timeout_at(end, tokio::time::sleep(pause))
+                .await
+                .is_err()
+            {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Records in the log not yet shipped to the store.
+    fn unshipped_records(&self) -> u64 {
+        self.log
+            .last_seq()
+            .saturating_sub(self.state.shipped_through)
+    }
+
+    fn unflushed(&self, error: ArchiveError) -> Unflushed {
+        Unflushed {
+            records: self.unshipped_records(),
+            error,
         }
     }
 
@@ -389,7 +489,7 @@ impl<F: Filesystem> Shipper<F> {
         self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
         drain: Duration,
-    ) -> std::io::Result<std::thread::JoinHandle<Result<(), ArchiveError>>> {
+    ) -> std::io::Result<std::thread::JoinHandle<Result<(), Unflushed>>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -402,16 +502,26 @@ impl<F: Filesystem> Shipper<F> {
     }
 
     /// Runs until `stop` resolves: seals when due and ships, retrying with back-off; then
-    /// flushes for up to `drain` before returning.
+    /// flushes for up to `drain`. A round in progress when `stop` comes is abandoned (as a
+    /// crash would leave it: nothing is lost, and the flush does it again). What could not be
+    /// shipped is said, with how many records wait in the log for the next start.
     pub async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
         drain: Duration,
-    ) -> Result<(), ArchiveError> {
+    ) -> Result<(), Unflushed> {
         let mut backoff = Backoff::default();
         tokio::pin!(stop);
         loop {
-            let delay = match self.round(false).await {
+            let round = tokio::select! {
+                round = self.round(false) => Some(round),
+                () = &mut stop => None,
+            };
+            let Some(round) = round else {
+                let flushed = self.flush(drain).await;
+                return flushed.map_err(|error| self.unflushed(error));
+            };
+            let delay = match round {
                 Ok(shipped) => {
                     backoff = Backoff::default();
                     if shipped > 0 {
@@ -427,10 +537,13 @@ impl<F: Filesystem> Shipper<F> {
                     tracing::warn!(%error, "archive shipping failed; retrying");
                     backoff.next_delay()
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(self.unflushed(error)),
             };
             tokio::select! {
-                () = &mut stop => return self.flush(drain).await,
+                () = &mut stop => {
+                    let flushed = self.flush(drain).await;
+                    return flushed.map_err(|error| self.unflushed(error));
+                }
                 () = tokio::time::sleep(delay) => {}
             }
         }

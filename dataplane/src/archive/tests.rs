@@ -824,7 +824,35 @@ fn an_unreachable_store_delays_shipping_and_loses_nothing() {
         .block_on(verify(&store, "", "acme", &mut |_, _| {}))
         .expect("verify");
     assert!(report.is_intact(), "{:?}", report.problems);
-    assert_eq!(report.records, 40);
+    assert_eq!(
+        report.records, 41,
+        "the 40 messages, and the system record that marks when shipping began to fail"
+    );
+    // The record of the recovery follows the shipment it reports, with the next one.
+    append_all(&log, ["after".to_owned()]);
+    rt.block_on(shipper.flush(Duration::from_secs(5)))
+        .expect("ships");
+    let all = rt
+        .block_on(crate::archive::read::search(
+            &store,
+            "",
+            "acme",
+            &crate::archive::read::Query::default(),
+            &mut |_, _| {},
+        ))
+        .expect("read");
+    let events: Vec<String> = all
+        .into_iter()
+        .filter_map(|record| match record.body {
+            Body::System { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["archive-shipping-failing", "archive-shipping-resumed"],
+        "the gap's start and end are in the log"
+    );
     log.close();
 }
 

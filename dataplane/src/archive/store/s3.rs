@@ -3,8 +3,12 @@
 //!
 //! Invariants: every put carries a SHA-256 content checksum (the store rejects a damaged
 //! upload), the tenant's server-side encryption, and, when configured, Object Lock retention;
-//! objects above [`MULTIPART_THRESHOLD`] go up in parts, each checksummed.
+//! objects above [`MULTIPART_THRESHOLD`] go up in parts, each checksummed; no request waits
+//! for an answer longer than the configured timeout.
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -36,7 +40,13 @@ pub struct S3Config {
     /// Static credentials (access key id, secret); the default AWS chain when absent
     /// (environment, web identity for IRSA, pod identity, instance metadata).
     pub credentials: Option<(String, String)>,
+    /// How long connecting, and waiting for an answer, may take ([`DEFAULT_TIMEOUT`] when
+    /// absent); a whole attempt (an upload included) may take ten times as long.
+    pub timeout: Option<Duration>,
 }
+
+/// How long a request may wait to connect, or for the store's answer, by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An S3 bucket.
 #[derive(Debug, Clone)]
@@ -60,8 +70,17 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        // A store that accepts a request and never answers must not stall shipping: every
+        // request is bounded, and a timed-out request fails and is retried like any other.
+        let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .operation_attempt_timeout(timeout * 10)
+            .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
+            .timeout_config(timeouts)
             .http_client(http);
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
