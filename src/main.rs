@@ -156,6 +156,9 @@ fn default_log_filter() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    // What imgate writes (the archive log and segments, CA keys, tokens, state) is its user's
+    // alone, whatever the umask it was started with: files 0600, folders 0700.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let traces = start_logging(cli.command.service());
     let code = match run(cli) {

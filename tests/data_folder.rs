@@ -73,3 +73,76 @@ fn a_second_process_on_a_data_folder_is_refused_and_a_killed_one_lets_go() {
     let (again, _) = imgate_up(free_port(), &data, &[]);
     drop(again);
 }
+
+#[test]
+fn sessions_of_two_runs_on_one_data_folder_have_different_names() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("a server");
+    let port = server.local_addr().expect("address").port();
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let (imgate, front) = imgate_up(port, &data, &[]);
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", front)).expect("forward");
+        std::io::Write::write_all(&mut client, b"hello\n").expect("a line");
+        drop(server.accept().expect("the session reached the server"));
+        drop(client);
+        let records = common::stop_and_read(imgate, &data);
+        names = records
+            .iter()
+            .filter(|r| r["type"] == "session_start")
+            .filter_map(|r| r["session"].as_str().map(str::to_owned))
+            .collect();
+    }
+    let all = names.len();
+    names.sort();
+    names.dedup();
+    assert!(
+        all >= 2 && names.len() == all && names.iter().all(|n| n.starts_with("local-0-")),
+        "each session of both runs has a name of its own: {names:?}"
+    );
+}
+
+#[test]
+fn what_imgate_writes_is_its_users_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let front = free_port();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_imgate"))
+        .args(["up", "--socks", "off", "--http", "off", "--metrics", "off"])
+        .args(["--seal-seconds", "1", "--tunnel", "127.0.0.1:0"])
+        .args(["--forward", &format!("127.0.0.1:{front}=127.0.0.1:9")])
+        .arg("--data")
+        .arg(&data);
+    let imgate = common::serve_logged(
+        &mut command,
+        front,
+        "imgate up",
+        &data.with_extension("log"),
+    );
+    let _ = common::stop_and_read(imgate, &data);
+    let mut pending = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path).expect("metadata");
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        seen += 1;
+        if meta.is_dir() {
+            pending.extend(
+                std::fs::read_dir(&path)
+                    .expect("a folder")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+    }
+    assert!(
+        seen > 10,
+        "the log, the archive, the CAs and the tunnel state: {seen}"
+    );
+}

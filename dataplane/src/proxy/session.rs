@@ -66,7 +66,7 @@ pub async fn serve<S: Client>(
     let span = tracing::info_span!(
         target: TRACE_TARGET,
         "session",
-        imgate.session = %format!("{}-{id}", shared.writer),
+        imgate.session = %shared.session_name(id),
         imgate.tenant = %shared.tenant,
         imgate.frontend = frontend.kind(),
         imgate.connector = Empty,
@@ -109,7 +109,7 @@ pub async fn serve<S: Client>(
 fn failed(span: &tracing::Span, shared: &Shared, id: u64, peer: SocketAddr, error: &SessionError) {
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", tracing::field::display(error));
-    tracing::info!(target: "imgate::session", parent: span, session = %format!("{}-{id}", shared.writer), %peer, "session ended: {error}");
+    tracing::info!(target: "imgate::session", parent: span, session = %shared.session_name(id), %peer, "session ended: {error}");
 }
 
 /// Every IPv4 and IPv6 address: where an operator's fixed port-forward may go.
@@ -130,7 +130,7 @@ async fn archive_refused(
     id: u64,
     why: &str,
 ) {
-    let session = format!("{}-{id}", shared.writer);
+    let session = shared.session_name(id);
     let start = Body::SessionStart {
         session: session.clone(),
         connector: target.connector.clone(),
@@ -316,7 +316,7 @@ async fn admit<S: Client>(
     };
     frontend.succeed(&mut client).await?;
     let peeked = Box::pin(identify(&mut client, shared.limits.handshake)).await?;
-    let session = format!("{}-{id}", shared.writer);
+    let session = shared.session_name(id);
     let (service, sni) = match &peeked.detected {
         Detected::Tls(hello) => (
             hello

@@ -68,8 +68,11 @@ pub struct Shared {
     directory: RwLock<Arc<crate::identity::Directory>>,
     /// Messages archived recently, so that carbon copies are archived once.
     pub copies: super::copies::Copies,
-    /// The number the next session gets (its name is `<writer>-<number>`).
+    /// The number the next session gets (its name is `<writer>-<run>-<number>`).
     next_session: std::sync::atomic::AtomicU64,
+    /// This process's start (milliseconds since the Unix epoch, base 36), which keeps session
+    /// names of different runs of one writer apart.
+    run: String,
 }
 
 impl Shared {
@@ -97,7 +100,18 @@ impl Shared {
             directory: RwLock::default(),
             copies: super::copies::Copies::default(),
             next_session: std::sync::atomic::AtomicU64::new(1),
+            run: base36(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
         }
+    }
+
+    /// The name of session number `id`: `<writer>-<run>-<id>`, unique across the runs of
+    /// this writer (which, with its data folder locked, never start in the same millisecond).
+    pub fn session_name(&self, id: u64) -> String {
+        format!("{}-{}-{id}", self.writer, self.run)
     }
 
     /// A number for a new session, unique in this dataplane whichever listener took it.
@@ -305,4 +319,17 @@ where
         upstream_read,
         upstream_write,
     )
+}
+
+/// `n` in base 36, lower case.
+fn base36(mut n: u64) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().collect()
 }
