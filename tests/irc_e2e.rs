@@ -320,16 +320,22 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
     let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
     peer.write_all(b"NICK tester\r\nUSER tester 0 * :Tester\r\n")
         .expect("register");
+    // A line of a megabyte: dropped whole, as one line, however many reads it takes.
     let mut line = b"PRIVMSG #desk :".to_vec();
-    line.extend(std::iter::repeat_n(b'a', 9000));
+    line.extend(std::iter::repeat_n(b'a', 1 << 20));
     line.extend_from_slice(b"\r\n");
     peer.write_all(&line).expect("oversized line");
+    // The server's answer to the next line shows that the long one was read to its end.
+    peer.write_all(b"PING :after-the-long-line\r\n")
+        .expect("next line");
     peer.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
-    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains(" 417 ") {
+    while Instant::now() < deadline
+        && !String::from_utf8_lossy(&seen).contains("after-the-long-line")
+    {
         if let Ok(n) = peer.read(&mut chunk) {
             seen.extend_from_slice(&chunk[..n]);
         }
@@ -341,11 +347,17 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
     );
     drop(peer);
     let records = stop_and_read(imgate, &data);
+    let dropped: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "system" && r["event"] == "irc-line-too-long")
+        .collect();
+    assert_eq!(dropped.len(), 1, "one record for one line: {dropped:?}");
+    let length = line.len();
     assert!(
-        records
-            .iter()
-            .any(|r| r["type"] == "system" && r["event"] == "irc-line-too-long"),
-        "{records:?}"
+        dropped[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("line of {length} bytes"))),
+        "{dropped:?}"
     );
 }
 

@@ -90,11 +90,27 @@ where
 {
     let mut buffer = Vec::new();
     let mut read_at = Instant::now();
+    // Bytes dropped so far of an oversized line whose end has not come yet: the rest of it,
+    // up to its end, is dropped too (never read as a line of its own), and the line is
+    // recorded once, with its length, when it ends.
+    let mut dropping: Option<u64> = None;
     loop {
         // Every complete line in the buffer is judged and recorded first; the batch is
         // forwarded once its records are durable (one fsync for all of them).
         let mut batch = Vec::new();
         loop {
+            if let Some(dropped) = dropping.as_mut() {
+                let Some(end) = buffer.iter().position(|b| *b == b'\n') else {
+                    *dropped += buffer.len() as u64;
+                    buffer.clear();
+                    break;
+                };
+                let total = *dropped + end as u64 + 1;
+                buffer.drain(..=end);
+                dropping = None;
+                record_dropped(&shared, &info, direction, total).await;
+                continue;
+            }
             match next_line(&buffer) {
                 Frame::Line { line, consumed } => {
                     // Boxed: an idle relay then does not carry a line's handling state.
@@ -109,15 +125,7 @@ where
                 }
                 Frame::Oversized { consumed } => {
                     let nick = state.lock().unwrap_or_else(|p| p.into_inner()).nick.clone();
-                    let _ = shared
-                        .archive(
-                            &info.session,
-                            Body::System {
-                                event: "irc-line-too-long".into(),
-                                detail: format!("{direction:?} line over {MAX_LINE} bytes dropped"),
-                            },
-                        )
-                        .await;
+                    dropping = Some(consumed as u64);
                     if direction == Direction::Outbound {
                         client
                             .lock()
@@ -146,11 +154,33 @@ where
         }
         let read = tokio::time::timeout(shared.limits.idle, read_into(&mut reader, &mut buffer));
         match read.await {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
             Ok(Ok(_)) => read_at = Instant::now(),
-            Ok(Err(error)) => return Err(error),
+            ended => {
+                // The connection ended in the middle of an oversized line: it is recorded
+                // with what came of it.
+                if let Some(dropped) = dropping {
+                    record_dropped(&shared, &info, direction, dropped).await;
+                }
+                return match ended {
+                    Ok(Err(error)) => Err(error),
+                    _ => Ok(()),
+                };
+            }
         }
     }
+}
+
+/// Records that a line of `bytes` bytes, over [`MAX_LINE`], was dropped.
+async fn record_dropped(shared: &Shared, info: &SessionInfo, direction: Direction, bytes: u64) {
+    let _ = shared
+        .archive(
+            &info.session,
+            Body::System {
+                event: "irc-line-too-long".into(),
+                detail: format!("{direction:?} line of {bytes} bytes (over {MAX_LINE}) dropped"),
+            },
+        )
+        .await;
 }
 
 fn is_channel(target: &str) -> bool {
