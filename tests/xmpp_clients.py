@@ -4,6 +4,10 @@ Usage: xmpp_clients.py HOST PORT CA_FILE chat   -> alice sends bob messages; pri
        xmpp_clients.py HOST PORT CA_FILE muc    -> alice and bob join desk@conference.localhost and
                                                   alice talks in the room; prints what each received
        xmpp_clients.py HOST PORT CA_FILE login  -> prints whether alice could log in at all
+       xmpp_clients.py HOST PORT CA_FILE alternatives -> alice sends bob a message whose body is
+                                                  harmless and whose second body (another
+                                                  language) and XHTML-IM markup name the deal;
+                                                  prints what each received, raw
        xmpp_clients.py HOST PORT CA_FILE direct -> chat, over direct TLS (XEP-0368, ALPN xmpp-client) only
        xmpp_clients.py HOST PORT CA_FILE carbons SERVER_PORT SERVER_CA
            -> alice's phone (through imgate, carbons on) and her laptop (straight to the
@@ -73,7 +77,7 @@ class Client(slixmpp.ClientXMPP):
         if carbon(msg):
             return
         entry = {"type": msg["type"], "from": str(msg["from"].bare), "body": msg["body"]}
-        if msg["type"] == "error":
+        if msg["type"] == "error" or mode == "alternatives":
             entry["raw"] = str(msg)
         received.setdefault(self.name, []).append(entry)
 
@@ -133,6 +137,25 @@ async def carbons():
         client.disconnect()
 
 
+async def alternatives():
+    alice, bob = Client("alice"), Client("bob")
+    for client in (alice, bob):
+        client.connect(host=host, port=port)
+    await asyncio.wait_for(asyncio.gather(alice.ready.wait(), bob.ready.wait()), 30)
+    msg = alice.make_message(mto="bob@localhost", mbody="hello bob", mtype="chat")
+    msg.append(slixmpp.ET.fromstring(
+        "<body xmlns='jabber:client' xml:lang='de'>project falcon is go</body>"))
+    msg.append(slixmpp.ET.fromstring(
+        "<html xmlns='http://jabber.org/protocol/xhtml-im'>"
+        "<body xmlns='http://www.w3.org/1999/xhtml'><p>project <b>falcon</b> is go</p></body></html>"))
+    msg.send()
+    alice.send_message(mto="bob@localhost", mbody="bye", mtype="chat")
+    await asyncio.sleep(2)
+    print(json.dumps(received))
+    for client in (alice, bob):
+        client.disconnect()
+
+
 async def login():
     alice = Client("alice")
     alice.connect(host=host, port=port)
@@ -145,5 +168,6 @@ async def login():
 
 
 asyncio.run(
-    {"chat": chat, "direct": chat, "muc": muc, "login": login, "carbons": carbons}[mode]()
+    {"chat": chat, "direct": chat, "muc": muc, "login": login, "carbons": carbons,
+     "alternatives": alternatives}[mode]()
 )

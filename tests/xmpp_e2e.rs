@@ -501,3 +501,29 @@ fn a_firms_own_interception_ca_below_its_root_works_with_real_clients() {
         "no CA was generated beside the firm's"
     );
 }
+
+#[test]
+fn message_text_policy_does_not_read_never_reaches_the_recipient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
+    let received = clients(front, &data.join("ca/ca.pem"), &["alternatives"]);
+    let bob: Vec<&Value> = received["bob"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["type"] == "chat")
+        .collect();
+    let raw: Vec<&str> = bob.iter().filter_map(|m| m["raw"].as_str()).collect();
+    assert!(
+        raw.iter().any(|r| r.contains("hello bob")),
+        "the message itself is delivered: {received}"
+    );
+    assert!(
+        raw.iter()
+            .all(|r| !r.contains("falcon") && !r.contains("xhtml-im")),
+        "its other-language body and its markup are not: {raw:?}"
+    );
+    let _ = stop_and_read(imgate, &data);
+}

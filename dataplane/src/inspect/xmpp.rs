@@ -2,14 +2,18 @@
 //! stream into the stream header, top-level elements (stanzas and nonzas) and the closing tag,
 //! with the consumed/needed contract; [`Stanza::parse`] reads what policy needs out of one
 //! element (messages and their bodies, carbons, MUC joins, out-of-band links, file-transfer
-//! offers of every kind, STARTTLS, SASL, stream management); [`Stanza::with_body`] and
+//! offers of every kind, STARTTLS, SASL, stream management); [`Stanza::forwardable`] and
 //! [`policy_error`] write stanzas back after a rule acted.
 //!
 //! Invariants: no element larger than [`MAX_STANZA`] is buffered (it is reported, so the
 //! session can end with a protocol-correct `<policy-violation/>` stream error); a malformed
 //! stream is reported with its offset, never skipped; parsing never panics; a rewritten body
-//! is XML-escaped and everything else in the stanza is kept byte for byte.
+//! is XML-escaped and everything else in the stanza is kept byte for byte, except the
+//! message's text that policy does not read, which never goes on: every `<body>` after the
+//! first (alternatives in other languages, RFC 6121 5.2.3) and XHTML-IM markup (XEP-0071),
+//! which a client may show instead of the body.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use quick_xml::escape::escape;
@@ -30,6 +34,7 @@ const NS_IBB: &str = "http://jabber.org/protocol/ibb";
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 
 /// What the framer found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +314,9 @@ pub struct Stanza {
     pub body: Option<String>,
     /// Where the body's text sits in the element's bytes.
     pub body_span: Option<Range<usize>>,
+    /// Where the message's other text sits (later `<body>` elements, XHTML-IM markup): whole
+    /// elements, left out of what is forwarded.
+    pub unread: Vec<Range<usize>>,
     /// A carbon copy, and which way.
     pub carbon: Option<Carbon>,
     /// For a carbon, the forwarded message's addressing.
@@ -346,6 +354,8 @@ impl Stanza {
         let mut path: Vec<(Vec<u8>, String)> = Vec::new();
         let mut body = String::new();
         let mut body_open: Option<usize> = None;
+        // An unread element being skipped: where it starts, and the depth it opened at.
+        let mut unread_open: Option<(usize, usize)> = None;
         loop {
             let before = reader.buffer_position() as usize;
             let event = reader.read_event().map_err(|e| XmppError {
@@ -357,7 +367,9 @@ impl Stanza {
                 Event::Start(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if start.local_name().as_ref() == b"body"
+                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
+                        unread_open = Some((before, path.len()));
+                    } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
                         && stanza.body.is_none()
                     {
@@ -369,7 +381,9 @@ impl Stanza {
                 Event::Empty(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if start.local_name().as_ref() == b"body"
+                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
+                        stanza.unread.push(before..after);
+                    } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
                         && stanza.body.is_none()
                     {
@@ -384,6 +398,10 @@ impl Stanza {
                         stanza.body_span = Some(open..before);
                     }
                     path.pop();
+                    if let Some((start, _)) = unread_open.take_if(|(_, depth)| *depth == path.len())
+                    {
+                        stanza.unread.push(start..after);
+                    }
                 }
                 Event::Text(text) if body_open.is_some() => {
                     body.push_str(&text.xml10_content().map_err(|e| XmppError {
@@ -423,6 +441,18 @@ impl Stanza {
             });
         }
         Ok(stanza)
+    }
+
+    /// True when `start`, in namespace `ns` at `path`, is message text policy does not read:
+    /// a `<body>` after the first, or XHTML-IM markup, where a body would be.
+    fn is_unread(&self, start: &BytesStart<'_>, ns: &str, path: &[(Vec<u8>, String)]) -> bool {
+        let name = start.local_name();
+        self.in_message_body_position(path)
+            && match name.as_ref() {
+                b"body" => self.body.is_some(),
+                b"html" => ns == NS_XHTML_IM,
+                _ => false,
+            }
     }
 
     /// True when a `<body>` at this depth is the message's body: a direct child of the root
@@ -532,21 +562,36 @@ impl Stanza {
         }
     }
 
-    /// The element's bytes with the body text replaced by `text` (escaped); unchanged when the
-    /// stanza has no body.
-    pub fn with_body(&self, bytes: &[u8], text: &str) -> Vec<u8> {
-        let Some(span) = self
-            .body_span
-            .clone()
-            .filter(|s| s.end <= bytes.len() && s.start <= s.end)
-        else {
-            return bytes.to_vec();
-        };
-        let mut out = Vec::with_capacity(bytes.len() + text.len());
-        out.extend_from_slice(&bytes[..span.start]);
-        out.extend_from_slice(escape(text).as_bytes());
-        out.extend_from_slice(&bytes[span.end..]);
-        out
+    /// The element's bytes as they may go on: without the text policy did not read
+    /// ([`Self::unread`]), and with the body's text replaced by `body` (escaped) when given
+    /// (a stanza without a body keeps none).
+    pub fn forwardable<'a>(&self, bytes: &'a [u8], body: Option<&str>) -> Cow<'a, [u8]> {
+        let escaped = body.map(|text| escape(text).into_owned());
+        let mut edits: Vec<(Range<usize>, &[u8])> = self
+            .unread
+            .iter()
+            .map(|range| (range.clone(), &b""[..]))
+            .collect();
+        if let (Some(span), Some(text)) = (&self.body_span, &escaped) {
+            edits.push((span.clone(), text.as_bytes()));
+        }
+        if edits.is_empty() {
+            return Cow::Borrowed(bytes);
+        }
+        edits.sort_by_key(|(range, _)| range.start);
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        for (range, with) in edits {
+            // The spans come from parsing these very bytes: in order, apart and within them.
+            if range.start < at || range.end > bytes.len() || range.start > range.end {
+                continue;
+            }
+            out.extend_from_slice(&bytes[at..range.start]);
+            out.extend_from_slice(with);
+            at = range.end;
+        }
+        out.extend_from_slice(&bytes[at..]);
+        Cow::Owned(out)
     }
 }
 
@@ -686,6 +731,52 @@ mod tests {
     }
 
     #[test]
+    fn text_policy_does_not_read_never_goes_on() {
+        let xhtml = "<html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><p>project <b>falcon</b></p></body></html>";
+        let bytes = format!(
+            "<message to='bob@chat.example' type='chat'><body>hi</body><body xml:lang='de'>project falcon</body>{xhtml}<active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        );
+        let stanza = Stanza::parse(bytes.as_bytes()).expect("parses");
+        assert_eq!(
+            stanza.body.as_deref(),
+            Some("hi"),
+            "policy reads the first body"
+        );
+        assert_eq!(stanza.unread.len(), 2);
+        let forwarded = stanza.forwardable(bytes.as_bytes(), None);
+        assert_eq!(
+            String::from_utf8_lossy(&forwarded),
+            "<message to='bob@chat.example' type='chat'><body>hi</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        );
+        let redacted = stanza.forwardable(bytes.as_bytes(), Some("h█"));
+        assert_eq!(
+            String::from_utf8_lossy(&redacted),
+            "<message to='bob@chat.example' type='chat'><body>h█</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        );
+
+        // Markup with no body at all, and an alternative before the body policy reads.
+        let markup_only = format!("<message to='bob@chat.example'>{xhtml}</message>");
+        let stanza = Stanza::parse(markup_only.as_bytes()).expect("parses");
+        assert_eq!(stanza.body, None);
+        assert_eq!(
+            stanza.forwardable(markup_only.as_bytes(), None).as_ref(),
+            b"<message to='bob@chat.example'></message>"
+        );
+        let carbon = "<message><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message to='bob@chat.example'><body>hi</body><body xml:lang='fr'>project falcon</body></message></forwarded></sent></message>";
+        let stanza = Stanza::parse(carbon.as_bytes()).expect("parses");
+        assert_eq!(stanza.body.as_deref(), Some("hi"));
+        assert!(
+            !String::from_utf8_lossy(&stanza.forwardable(carbon.as_bytes(), None))
+                .contains("falcon"),
+            "a carbon's alternatives are left out too"
+        );
+        // Elsewhere, a <body> is not message text and stays.
+        let iq = "<iq type='set'><query xmlns='jabber:iq:private'><body>note</body><body>two</body></query></iq>";
+        let stanza = Stanza::parse(iq.as_bytes()).expect("parses");
+        assert!(stanza.unread.is_empty());
+    }
+
+    #[test]
     fn reads_messages_and_rewrites_the_body() {
         let bytes = b"<message to='bob@chat.example' id='m1' type='chat'><body>card 4111 &lt;x&gt;</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>";
         let stanza = Stanza::parse(bytes).expect("parses");
@@ -698,9 +789,9 @@ mod tests {
             ("message", Some("chat"), Some("bob@chat.example"))
         );
         assert_eq!(stanza.body.as_deref(), Some("card 4111 <x>"));
-        let rewritten = stanza.with_body(bytes, "card ████ <x>");
+        let rewritten = stanza.forwardable(bytes, Some("card ████ <x>"));
         assert_eq!(
-            String::from_utf8(rewritten).expect("utf-8"),
+            String::from_utf8(rewritten.to_vec()).expect("utf-8"),
             "<message to='bob@chat.example' id='m1' type='chat'><body>card ████ &lt;x&gt;</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
         );
     }
@@ -814,7 +905,7 @@ mod tests {
             let bytes = format!("<message to='b@c'><body>{}</body></message>", escape(original.as_str()));
             let stanza = Stanza::parse(bytes.as_bytes()).expect("parses");
             prop_assert_eq!(stanza.body.as_deref(), Some(original.as_str()));
-            let rewritten = stanza.with_body(bytes.as_bytes(), &replacement);
+            let rewritten = stanza.forwardable(bytes.as_bytes(), Some(&replacement));
             let again = Stanza::parse(&rewritten).expect("rewritten parses");
             prop_assert_eq!(again.body.as_deref(), Some(replacement.as_str()));
         }

@@ -38,7 +38,9 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
         return Ok(forward.then_some(Cow::Borrowed(bytes)));
     }
     if stanza.sasl || stanza.starttls || (stanza.body.is_none() && stanza.file.is_none()) {
-        return Ok(Some(Cow::Borrowed(bytes)));
+        // Markup alone (XHTML-IM without a body) is text policy does not read: it does not
+        // go on.
+        return Ok(Some(stanza.forwardable(bytes, None)));
     }
     let (me, domain) = {
         let state = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -228,9 +230,9 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
             }
             let element = match (&stanza.body, action) {
                 (Some(text), Action::Redact) => {
-                    Cow::Owned(stanza.with_body(bytes, &verdict.delivered(text)))
+                    stanza.forwardable(bytes, Some(&verdict.delivered(text)))
                 }
-                _ => Cow::Borrowed(bytes),
+                _ => stanza.forwardable(bytes, None),
             };
             Ok(Some(match disclaimer {
                 None => element,
