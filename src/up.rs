@@ -68,7 +68,16 @@ pub struct UpArgs {
     /// Where the log and the archive live.
     #[arg(long, default_value = "imgate-data")]
     data: PathBuf,
-    /// Prometheus metrics and health endpoint (`/metrics`, `/healthz`; `off` for none).
+    /// The most client connections the listeners hold at once (each also takes an upstream
+    /// connection); by default as many as the descriptor limit leaves room for, keeping
+    /// descriptors for the archive and the rest. Connections over it are closed at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// The most client connections from one address at once.
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_source: u64,
+    /// Prometheus metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`; `off` for
+    /// none).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics: String,
     /// A network that SOCKS5, HTTP CONNECT and tunnel clients may reach although it is refused
@@ -324,6 +333,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
         shared.set_directory(directory);
         shared.forward_after = args.forward_after;
+        let most = connection_limit(args.max_connections);
+        shared.admission = imgate_dataplane::proxy::admission::Admission::new(most, usize::try_from(args.max_connections_per_source).unwrap_or(usize::MAX));
         shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone())
             .deny(args.deny_destinations.clone())
             .ports(args.allow_ports.clone());
@@ -505,6 +516,40 @@ fn lock_data_folder(data: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
+/// Descriptors kept for everything but client sessions: the archive log's files (one open,
+/// the next made ready, those being deleted), the shipper's, the tunnel, the metrics and
+/// health endpoint, DNS and TLS roots.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// The most client connections: `given`, or as many as the descriptor limit leaves room for
+/// once it is raised to its hard limit (each session holds two: its client and its upstream).
+fn connection_limit(given: Option<u64>) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || (limit.maximum.is_none() && limit.current.is_some()) {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the open-file limit to its hard limit");
+        }
+    }
+    let descriptors = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let room = descriptors.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    let most = match given {
+        Some(given) if given > room => {
+            tracing::warn!(
+                given,
+                room,
+                descriptors,
+                "--max-connections is more than the open-file limit leaves room for"
+            );
+            given
+        }
+        Some(given) => given,
+        None => room.clamp(1, imgate_dataplane::proxy::admission::DEFAULT_MOST as u64),
+    };
+    usize::try_from(most).unwrap_or(usize::MAX)
+}
+
 /// Adds what the tunnel folder recorded of connectors' certificates to the shared record and
 /// reads it, before the tunnel accepts connectors. While it cannot be read, connectors are
 /// refused ("unavailable", and they try again) until the follow delivers it.
@@ -631,8 +676,26 @@ fn tunnel_endpoint(
     })
 }
 
-/// Serves `/metrics` (Prometheus text format) and `/healthz`.
+/// Serves `/metrics` (Prometheus text format), and `/healthz` and `/readyz`, which fail while
+/// the archive log cannot write.
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shipping: Arc<ShipMonitor>) {
+    // Alive and ready while the archive log takes records: one that has failed refuses every
+    // record (and so, failing closed, every message) until the process starts again.
+    let health = {
+        let shared = shared.clone();
+        move || {
+            let shared = shared.clone();
+            async move {
+                match shared.archive.failure() {
+                    None => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+                    Some(why) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the archive log cannot write: {why}\n"),
+                    ),
+                }
+            }
+        }
+    };
     let metrics = move || {
         let (shared, shipping) = (shared.clone(), shipping.clone());
         async move {
@@ -647,7 +710,8 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shipping: Arc
     };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        .route("/healthz", axum::routing::get(health.clone()))
+        .route("/readyz", axum::routing::get(health));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "the metrics endpoint stopped");
     }

@@ -146,3 +146,60 @@ fn what_imgate_writes_is_its_users_alone_whatever_the_umask() {
         "the log, the archive, the CAs and the tunnel state: {seen}"
     );
 }
+
+#[test]
+fn connections_over_the_limit_from_one_source_are_closed_at_once_and_counted() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("a server");
+    let port = server.local_addr().expect("address").port();
+    let metrics = free_port();
+    // Silent sessions are relayed (not refused) under this policy: they stay open.
+    let (_imgate, front) = imgate_up(
+        port,
+        &data,
+        &[
+            "--max-connections-per-source",
+            "2",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
+            "--policy",
+            common::RELAY_UNIDENTIFIED,
+        ],
+    );
+    // From 127.0.0.2, apart from the readiness probe's 127.0.0.1.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let connect = || {
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.2:0".parse().expect("address"))
+                .expect("bind");
+            let stream = socket
+                .connect(format!("127.0.0.1:{front}").parse().expect("address"))
+                .await
+                .expect("connect");
+            stream.into_std().expect("std")
+        })
+    };
+    let (_first, _second) = (connect(), connect());
+    let mut third = connect();
+    third.set_nonblocking(false).expect("blocking");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        third.read(&mut byte).expect("closed, not reset"),
+        0,
+        "the third connection from one source is closed at once"
+    );
+    let text = common::scrape(metrics);
+    assert!(
+        text.contains("imgate_connections_refused_total{reason=\"connections_per_source\"} 1"),
+        "{text}"
+    );
+    for path in ["/healthz", "/readyz"] {
+        let answer = common::http_get(metrics, path);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+}

@@ -144,7 +144,16 @@ fn a_network_the_operator_allows_is_reached() {
     let _logs = LogsOnFailure(vec![data.with_extension("log")]);
     let server = TcpListener::bind("127.0.0.1:0").expect("a server");
     let port = server.local_addr().expect("its address").port();
-    let (_imgate, socks, _, _) = imgate_up(&data, &["--allow-destination", "127.0.0.0/8"]);
+    // The server speaks a protocol imgate does not know: a policy that lets it through.
+    let (_imgate, socks, _, _) = imgate_up(
+        &data,
+        &[
+            "--allow-destination",
+            "127.0.0.0/8",
+            "--policy",
+            common::RELAY_UNIDENTIFIED,
+        ],
+    );
     let (code, mut client) = socks5(socks, "127.0.0.1", port);
     assert_eq!(code, 0, "connected");
     let (mut accepted, _) = server.accept().expect("the session reached the server");

@@ -215,7 +215,13 @@ fn a_connection_through_a_connector_is_traced_at_both_ends() {
     });
     let data = dir.path().join("data");
     let tunnel = format!("127.0.0.1:{}", free_port());
-    let (dataplane, _) = imgate_up_with_env(9, &data, &["--tunnel", &tunnel], &env);
+    // The echo server speaks no protocol imgate knows: a policy that lets it through.
+    let (dataplane, _) = imgate_up_with_env(
+        9,
+        &data,
+        &["--tunnel", &tunnel, "--policy", common::RELAY_UNIDENTIFIED],
+        &env,
+    );
     let identity = enrolled(
         dir.path(),
         &data,

@@ -50,10 +50,24 @@ fn the_archive_goes_to_the_tenants_bucket_locked_and_named_by_the_pod() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let ca = dir.path().join("interception-ca");
+    // The echo server speaks no protocol imgate knows: a policy that lets it through.
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).expect("policy folder");
+    std::fs::write(
+        policy.join("policy.yaml"),
+        std::fs::read_to_string(
+            std::path::Path::new(common::RELAY_UNIDENTIFIED).join("policy.yaml"),
+        )
+        .expect("the fixture")
+        .replace("tenantRef: local", "tenantRef: acme"),
+    )
+    .expect("policy");
     let (imgate_up, front) = imgate_up_with_env(
         echo(),
         &data,
         &[
+            "--policy",
+            policy.to_str().expect("path"),
             "--tenant",
             "acme",
             "--s3-bucket",

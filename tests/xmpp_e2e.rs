@@ -527,3 +527,35 @@ fn message_text_policy_does_not_read_never_reaches_the_recipient() {
     );
     let _ = stop_and_read(imgate, &data);
 }
+
+#[test]
+fn a_client_that_says_nothing_is_not_relayed_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
+    // Silent past the identification deadline: the server cannot tell what it is either, and
+    // its port is not one an IM protocol is known at, so policy decides on `unknown`, which
+    // the embedded policy blocks.
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut peer, &mut rest).expect("the session ends");
+    assert!(rest.is_empty(), "nothing was relayed: {rest:?}");
+    let records = stop_and_read(imgate, &data);
+    let start = records
+        .iter()
+        .find(|r| r["type"] == "session_start" && r["protocol"] == "unknown")
+        .unwrap_or_else(|| panic!("no session of unknown protocol: {records:?}"));
+    let end = records
+        .iter()
+        .find(|r| r["type"] == "session_end" && r["session"] == start["session"])
+        .unwrap_or_else(|| panic!("the session has no end: {records:?}"));
+    assert!(
+        end["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused by policy")),
+        "{end}"
+    );
+}

@@ -58,6 +58,7 @@ pub struct Metrics {
     tunnel_refusals: Family<ReasonLabel, Counter>,
     tunnel_enrollments: Family<ReasonLabel, Counter>,
     tunnel_two_places: Counter,
+    connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +104,13 @@ impl Default for Metrics {
              else 0",
             shipping_failing.clone(),
         );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because a limit was reached, by limit \
+             (connections, connections_per_source)",
+            connections_refused.clone(),
+        );
         let tunnel_connections = Gauge::<i64, AtomicI64>::default();
         let tunnel_refusals = Family::<ReasonLabel, Counter>::default();
         let tunnel_enrollments = Family::<ReasonLabel, Counter>::default();
@@ -140,6 +148,7 @@ impl Default for Metrics {
             tunnel_refusals,
             tunnel_enrollments,
             tunnel_two_places,
+            connections_refused,
         }
     }
 }
@@ -200,6 +209,13 @@ impl Metrics {
     /// Counts a connection of a connector already connected from another address.
     pub fn tunnel_two_places(&self) {
         self.tunnel_two_places.inc();
+    }
+
+    /// Counts a client connection closed at once because the limit `reason` was reached.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a connector certificate signed, for `reason` (`token` or `renewal`).

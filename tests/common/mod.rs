@@ -279,6 +279,13 @@ const UP_DEFAULTS: [(&str, &str); 3] = [
     ("--allow-destination", "127.0.0.0/8"),
 ];
 
+/// A policy for tests of relaying itself, which lets traffic imgate cannot identify through
+/// (the embedded policy refuses it).
+pub const RELAY_UNIDENTIFIED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/relay-unidentified"
+);
+
 /// Runs `imgate` with `args` and the environment variables `env`; returns its exit code and
 /// its standard output followed by its standard error.
 pub fn imgate_output(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {

@@ -294,6 +294,11 @@ impl ArchiveLog {
         self.shared.lock().next_seq - 1
     }
 
+    /// Why the log refuses records, once it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
     /// The highest sequence number that is durable.
     pub fn durable_seq(&self) -> u64 {
         self.shared.lock().durable_seq

@@ -478,6 +478,11 @@ fn a_producer_writing_for_itself_on_a_full_disk_is_refused_and_corrupts_nothing(
         log.queue(&draft("more")),
         Err(ArchiveError::Failed(_))
     ));
+    assert!(
+        log.failure()
+            .is_some_and(|why| why.contains("No space left on device")),
+        "the failure is there for health checks to report"
+    );
     log.close();
     let (_, recovery) = ArchiveLog::open(StdFs, dir.path(), config()).expect("recovers");
     assert_eq!((recovery.records, recovery.truncated_bytes), (2, 0));

@@ -2,6 +2,7 @@
 //! the timestamp carried by each [`event::Event`]; bytes enter as slices.
 
 pub mod detect;
+pub mod detect_server;
 pub mod event;
 pub mod irc;
 pub mod irc_credentials;

@@ -2,6 +2,7 @@
 //! (SOCKS5, HTTP CONNECT, port-forwards), protocol identification, the per-session pipeline
 //! and the protocol relays.
 
+pub mod admission;
 pub mod copies;
 pub mod destination;
 pub mod frontend;

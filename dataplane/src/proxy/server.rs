@@ -1,4 +1,8 @@
-//! The listeners: each accepts connections and serves every one in a task of its own.
+//! The listeners: each accepts connections and serves every one in a task of its own, as long
+//! as the dataplane's connection limits ([`super::admission`]) leave room for it.
+//!
+//! Invariants: a connection over a limit is closed at once and counted, never served; a
+//! served connection holds its place until its task ends.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,9 +26,22 @@ pub async fn run(
             loop {
                 match listener.accept().await {
                     Ok((client, peer)) => {
+                        let slot = match shared.admission.admit(peer.ip()) {
+                            Ok(slot) => slot,
+                            Err(full) => {
+                                shared.metrics.connection_refused(full.label());
+                                tracing::debug!(%peer, reason = full.label(), "connection refused: at the limit");
+                                drop(client);
+                                continue;
+                            }
+                        };
                         let _ = client.set_nodelay(true);
                         let id = shared.next_session();
-                        tokio::spawn(serve(shared.clone(), frontend.clone(), client, peer, id));
+                        let session = serve(shared.clone(), frontend.clone(), client, peer, id);
+                        tokio::spawn(async move {
+                            session.await;
+                            drop(slot);
+                        });
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");

@@ -172,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + IntoPieces + Unpin + Send + 'static> Client for
 /// A session that policy let through: its two connections, who it is, and how to relay it.
 struct Admitted<S> {
     client: Prefixed<S>,
-    upstream: TcpStream,
+    upstream: Prefixed<TcpStream>,
     info: SessionInfo,
     route: Route,
 }
@@ -295,7 +295,7 @@ async fn admit<S: Client>(
         shared.limits.connect,
     )
     .await;
-    let upstream = match connected {
+    let mut upstream = match connected {
         Ok(upstream) => {
             // Messages are small and forwarded as soon as they are judged: no Nagle delay.
             let _ = upstream.set_nodelay(true);
@@ -315,7 +315,15 @@ async fn admit<S: Client>(
         }
     };
     frontend.succeed(&mut client).await?;
-    let peeked = Box::pin(identify(&mut client, shared.limits.handshake)).await?;
+    // Both sides' first bytes: an IRC server speaks first, and a client that waits must not
+    // turn into traffic nobody reads.
+    let peeked = Box::pin(identify(
+        &mut client,
+        &mut upstream,
+        target.port,
+        shared.limits.handshake,
+    ))
+    .await?;
     let session = shared.session_name(id);
     let (service, sni) = match &peeked.detected {
         Detected::Tls(hello) => (
@@ -415,7 +423,7 @@ async fn admit<S: Client>(
     };
     Ok(Some(Admitted {
         client: Prefixed::new(peeked.prefix, client),
-        upstream,
+        upstream: Prefixed::new(peeked.server_prefix, upstream),
         info,
         route,
     }))

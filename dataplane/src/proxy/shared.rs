@@ -68,6 +68,8 @@ pub struct Shared {
     directory: RwLock<Arc<crate::identity::Directory>>,
     /// Messages archived recently, so that carbon copies are archived once.
     pub copies: super::copies::Copies,
+    /// How many client connections the listeners may hold.
+    pub admission: Arc<super::admission::Admission>,
     /// The number the next session gets (its name is `<writer>-<run>-<number>`).
     next_session: std::sync::atomic::AtomicU64,
     /// This process's start (milliseconds since the Unix epoch, base 36), which keeps session
@@ -99,6 +101,10 @@ impl Shared {
             metrics: crate::telemetry::Metrics::default(),
             directory: RwLock::default(),
             copies: super::copies::Copies::default(),
+            admission: super::admission::Admission::new(
+                super::admission::DEFAULT_MOST,
+                super::admission::DEFAULT_MOST_PER_SOURCE,
+            ),
             next_session: std::sync::atomic::AtomicU64::new(1),
             run: base36(
                 std::time::SystemTime::now()

@@ -324,10 +324,13 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn probe(failures: i32) -> Probe {
+/// A probe of `path` on the metrics port, failing after `failures` misses: `/readyz` and
+/// `/healthz` fail while the dataplane's archive log cannot write, so that the pod is taken
+/// out of its Services and then restarted.
+fn probe(path: &str, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
+            path: Some(path.into()),
             port: IntOrString::String(METRICS_PORT_NAME.into()),
             ..HTTPGetAction::default()
         }),
@@ -395,8 +398,8 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
                 ..EnvFromSource::default()
             }]
         }),
-        readiness_probe: Some(probe(2)),
-        liveness_probe: Some(probe(6)),
+        readiness_probe: Some(probe("/readyz", 2)),
+        liveness_probe: Some(probe("/healthz", 6)),
         resources: Some(ResourceRequirements {
             requests: Some(quantities(&[
                 ("cpu", &settings.cpu_request),

@@ -274,6 +274,26 @@ impl CompiledPolicy {
                 entries.push(entry);
             }
         }
+        // What nobody could identify is relayed unread, with only its session archived: that
+        // must be a tenant's decision, not an oversight.
+        let decides_unknown = selected.iter().any(|(_, _, spec)| {
+            spec.protocols.as_ref().is_some_and(|p| {
+                p.default.is_some()
+                    || p.allow.contains(&Protocol::Unknown)
+                    || p.block.contains(&Protocol::Unknown)
+            })
+        });
+        if let (false, Some((namespace, name, _))) = (decides_unknown, selected.first()) {
+            compiler.policy = if namespace.is_empty() {
+                name.clone()
+            } else {
+                format!("{namespace}/{name}")
+            };
+            compiler.warn(
+                "spec.protocols",
+                format!("no policy of tenant {tenant} decides on traffic imgate cannot identify (protocol unknown), which is then relayed unread with only its session archived: block it (protocols.block: [unknown]), or allow it explicitly"),
+            );
+        }
         let keywords = keywords.build().map_err(|e| {
             compiler.policy = tenant.to_owned();
             compiler.error("spec.content", e.to_string());

@@ -1,0 +1,131 @@
+//! How many client connections the listeners hold: at most a global number, and at most a
+//! number per source address, so that one source cannot take every descriptor (and with them
+//! the archive log's next file) or every slot.
+//!
+//! Invariants: a connection is counted from its acceptance until its [`Slot`] is dropped,
+//! whatever ends it; a connection over either limit is closed at once, before anything is
+//! read from it, and counted; the per-source table holds only sources with connections
+//! open.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// The most connections by default, where the descriptor limit does not say fewer.
+pub const DEFAULT_MOST: usize = 50_000;
+/// The most connections from one address by default.
+pub const DEFAULT_MOST_PER_SOURCE: usize = 1_000;
+
+/// The limits, and what is open.
+#[derive(Debug)]
+pub struct Admission {
+    most: usize,
+    most_per_source: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The dataplane holds its most connections.
+    Global,
+    /// The source holds its most connections.
+    Source,
+}
+
+impl Full {
+    /// The label of the refusals metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Full::Global => "connections",
+            Full::Source => "connections_per_source",
+        }
+    }
+}
+
+/// An admitted connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    /// At most `most` connections, and `most_per_source` from one address.
+    pub fn new(most: usize, most_per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            most,
+            most_per_source,
+            open: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `source`, or why there is none.
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Full> {
+        let mut open = self.lock();
+        if open.total >= self.most {
+            return Err(Full::Global);
+        }
+        let from_source = open.by_source.entry(source).or_default();
+        if *from_source >= self.most_per_source {
+            return Err(Full::Source);
+        }
+        *from_source += 1;
+        open.total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            source,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.admission.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                open.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_limits_hold_and_a_dropped_slot_frees_its_place() {
+        let admission = Admission::new(3, 2);
+        let (a, b) = (
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        );
+        let first = admission.admit(a).expect("first");
+        let _second = admission.admit(a).expect("second");
+        assert_eq!(admission.admit(a).err(), Some(Full::Source));
+        let _third = admission.admit(b).expect("another source");
+        assert_eq!(admission.admit(b).err(), Some(Full::Global));
+        drop(first);
+        assert_eq!(admission.open(), 2);
+        let _again = admission.admit(a).expect("a place again");
+        assert_eq!(admission.lock().by_source.len(), 2);
+    }
+}
