@@ -2,7 +2,8 @@
 //! directory: list, verify, search, show, export and legal hold.
 //!
 //! Exit codes: 0 success, 1 `verify` found a problem or nothing matched a hold, 2 the command
-//! could not run (store unreachable, bad arguments).
+//! could not run (store unreachable, bad arguments), 141 the reader of its output stopped
+//! reading (as a process ended by SIGPIPE).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -18,11 +19,23 @@ use imgate_dataplane::archive::verify::verify;
 use imgate_dataplane::archive::{Record, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Writes a line to standard output, returning the error: a reader that stops reading (`|
-/// head`) ends the command quietly ([`crate::closed_pipe`]) instead of a panic.
+/// Standard output closed by its reader (`| head`): the command ends quietly, with the status
+/// of a process ended by SIGPIPE, as Unix tools do (see `main`).
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed by its reader")]
+pub struct StdoutClosed;
+
+/// Writes a line to standard output, returning the error: [`StdoutClosed`] when the reader
+/// stopped reading, instead of a panic.
 macro_rules! out {
     ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                anyhow::Error::new(StdoutClosed)
+            } else {
+                anyhow::Error::new(error)
+            }
+        })?
     };
 }
 

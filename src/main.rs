@@ -179,11 +179,7 @@ fn main() -> ExitCode {
 /// the command ends quietly, with the status a shell reports for a process ended by SIGPIPE
 /// (128 + 13), as Unix tools do.
 fn closed_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    error.downcast_ref::<archive::StdoutClosed>().is_some()
 }
 
 /// Logs to stderr as `RUST_LOG` (or [`default_log_filter`]) says; for a long-running

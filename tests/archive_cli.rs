@@ -56,6 +56,7 @@ fn message(
             room: None,
             kind: Kind::Direct,
             text: text.into(),
+            text_base64: None,
             delivered: delivered.map(Into::into),
             verdict,
         },

@@ -83,8 +83,10 @@ fn irc_chat_is_inspected_redacted_blocked_and_archived() {
         metrics.contains("imgate_verdicts_total{action=\"redact\"}"),
         "{metrics}"
     );
+    // The deal name, and the readiness probe's connection, which said nothing (unknown).
     assert!(
-        metrics.contains("imgate_verdicts_total{action=\"block\"} 1"),
+        metrics.contains("imgate_verdicts_total{action=\"block\"} 2")
+            && metrics.contains("imgate_sessions_total{protocol=\"unknown\"} 1"),
         "{metrics}"
     );
     assert!(
@@ -316,7 +318,12 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, irc_port) = ngircd(dir.path());
     let data = dir.path().join("data");
-    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let metrics = support::free_port();
+    let (imgate, front) = imgate_up(
+        irc_port,
+        &data,
+        &["--metrics", &format!("127.0.0.1:{metrics}")],
+    );
     let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
     peer.write_all(b"NICK tester\r\nUSER tester 0 * :Tester\r\n")
         .expect("register");
@@ -325,9 +332,12 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
     line.extend(std::iter::repeat_n(b'a', 1 << 20));
     line.extend_from_slice(b"\r\n");
     peer.write_all(&line).expect("oversized line");
-    // The server's answer to the next line shows that the long one was read to its end.
-    peer.write_all(b"PING :after-the-long-line\r\n")
-        .expect("next line");
+    // A shorter one with the next lines in the same write: those lines are kept.
+    let mut short = b"PRIVMSG #desk :".to_vec();
+    short.extend(std::iter::repeat_n(b'b', 9000));
+    short.extend_from_slice(b"\r\n");
+    peer.write_all(&[short.as_slice(), b"PING :after-the-long-line\r\n"].concat())
+        .expect("more lines");
     peer.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -346,19 +356,26 @@ fn an_oversized_line_is_refused_in_protocol_and_recorded() {
         String::from_utf8_lossy(&seen)
     );
     drop(peer);
+    // The session ends when its client does (it is not left open).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !scrape(metrics).contains("imgate_sessions_active 0") {
+        assert!(Instant::now() < deadline, "the session never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let records = stop_and_read(imgate, &data);
     let dropped: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "system" && r["event"] == "irc-line-too-long")
         .collect();
-    assert_eq!(dropped.len(), 1, "one record for one line: {dropped:?}");
-    let length = line.len();
-    assert!(
-        dropped[0]["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains(&format!("line of {length} bytes"))),
-        "{dropped:?}"
-    );
+    assert_eq!(dropped.len(), 2, "one record for each line: {dropped:?}");
+    for (record, length) in dropped.iter().zip([line.len(), short.len()]) {
+        assert!(
+            record["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("line of {length} bytes"))),
+            "{dropped:?}"
+        );
+    }
 }
 
 const POLICY_V1: &str = "apiVersion: imgate.io/v1alpha1\nkind: IMPolicy\nmetadata: {name: cards, namespace: imgate}\nspec:\n  tenantRef: local\n  content:\n    - {name: card-numbers, match: {detector: credit-card}, action: redact}\n";
@@ -639,4 +656,41 @@ fn formatting_codes_hide_nothing_and_passwords_to_services_are_not_archived() {
             "the password reached the archive: {record}"
         );
     }
+}
+
+#[test]
+fn text_that_is_not_utf8_is_archived_with_its_bytes_as_sent() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, irc_port) = ngircd(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_up(irc_port, &data, &[]);
+    let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+    peer.write_all(b"NICK latin\r\nUSER latin 0 * :Latin\r\nPRIVMSG bob :caf\xe9 cr\xe8me\r\n")
+        .expect("lines");
+    // The server's answer to the next line shows the message was handled.
+    peer.write_all(b"PING :handled\r\n").expect("ping");
+    peer.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&seen).contains("handled") {
+        if let Ok(n) = peer.read(&mut chunk) {
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+    drop(peer);
+    let records = stop_and_read(imgate, &data);
+    let message = records
+        .iter()
+        .find(|r| r["type"] == "message" && r["to"][0] == "bob")
+        .unwrap_or_else(|| panic!("no record of the message: {records:?}"));
+    assert_eq!(message["text"], "caf\u{fffd} cr\u{fffd}me");
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        message["text_base64"].as_str().expect("the bytes as sent"),
+    )
+    .expect("base64");
+    assert_eq!(bytes, b"caf\xe9 cr\xe8me");
 }

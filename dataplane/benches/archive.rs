@@ -58,6 +58,7 @@ fn records() -> Vec<Record> {
                     room: None,
                     kind: Kind::Direct,
                     text: event.text().unwrap_or_default().to_owned(),
+                    text_base64: None,
                     delivered: None,
                     verdict: RecordedVerdict::default(),
                 },

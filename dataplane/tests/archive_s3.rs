@@ -67,6 +67,7 @@ fn record(seq: u64, person: &str, text: String) -> Record {
             room: None,
             kind: Kind::Direct,
             text,
+            text_base64: None,
             delivered: None,
             verdict: RecordedVerdict::default(),
         },
@@ -340,8 +341,9 @@ async fn an_outage_delays_shipping_and_loses_nothing() {
         .expect("verify");
     assert!(report.is_intact(), "{:?}", report.problems);
     assert_eq!(
-        report.records, 401,
-        "everything shipped, once, with the record that marks when shipping began to fail"
+        report.records, 402,
+        "everything shipped, once, with the records that mark when shipping began to fail and \
+         when it worked again"
     );
     log.close();
 }

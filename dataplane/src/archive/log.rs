@@ -144,6 +144,13 @@ impl ArchiveLog {
         self.push(|seq| make(seq).to_json(), true)
     }
 
+    /// Queues a drafted record, stamped with the current time, for the writer thread, which is
+    /// woken to write it: for a caller that must not write itself (the shipper, at idle
+    /// priority, would hold the log's file while it waits for a CPU).
+    pub fn append_draft(&self, draft: &Draft) -> Result<u64, ArchiveError> {
+        self.push(|seq| draft.finish(seq, Utc::now()), true)
+    }
+
     /// Queues a drafted record, stamped with the current time, without waking the writer
     /// thread: the caller follows with [`write_now`](Self::write_now),
     /// [`written`](Self::written), [`synced`](Self::synced) or

@@ -87,6 +87,10 @@ pub enum Body {
         kind: Kind,
         /// The text as sent.
         text: String,
+        /// The text's bytes as sent, base64, when they were not UTF-8 (`text` then has
+        /// U+FFFD where they could not be read).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text_base64: Option<String>,
         /// The text as delivered, when a rule changed it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delivered: Option<String>,
@@ -291,6 +295,7 @@ pub(crate) mod tests {
                 room: None,
                 kind: Kind::Direct,
                 text: text.into(),
+                text_base64: None,
                 delivered: None,
                 verdict: RecordedVerdict::default(),
             },

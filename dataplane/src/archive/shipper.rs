@@ -387,11 +387,7 @@ impl<F: Filesystem> Shipper<F> {
         };
         let layout = &self.config.layout;
         let draft = Draft::new(&layout.tenant, &layout.writer, "archive", &body);
-        let appended = self
-            .log
-            .queue(&draft)
-            .and_then(|seq| self.log.write_now(seq));
-        if let Err(error) = appended {
+        if let Err(error) = self.log.append_draft(&draft) {
             tracing::error!(%error, event, "cannot record this in the archive log");
         }
     }
@@ -435,7 +431,22 @@ impl<F: Filesystem> Shipper<F> {
         let mut backoff = Backoff::default();
         loop {
             let error = match tokio::time::timeout_at(end, self.round(true)).await {
-                Ok(Ok(_)) => return Ok(()),
+                Ok(Ok(_)) if self.unshipped_records() == 0 => return Ok(()),
+                Ok(Ok(_)) => {
+                    // Records written meanwhile (this very round's marker that shipping works
+                    // again, sessions' last words): once durable, they go too.
+                    let last = self.log.last_seq();
+                    match tokio::time::timeout_at(end, self.log.synced(last)).await {
+                        Ok(Ok(())) if tokio::time::Instant::now() < end => continue,
+                        Ok(Err(error)) => return Err(error),
+                        _ => {
+                            return Err(ArchiveError::Store {
+                                key: self.store.describe(),
+                                message: "records were still being written when the time given to ship ended".into(),
+                            });
+                        }
+                    }
+                }
                 Ok(Err(error)) => error,
                 Err(_) => {
                     // The round was abandoned before it could say so.

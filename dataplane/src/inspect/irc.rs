@@ -144,6 +144,20 @@ pub enum IrcEvent {
     Other,
 }
 
+impl Message<'_> {
+    /// The bytes of a PRIVMSG's or NOTICE's text as sent (a CTCP ACTION's without its
+    /// wrapper), when they are not UTF-8: what [`IrcEvent::Text`] could only read with
+    /// U+FFFD in their place.
+    pub fn unreadable_text(&self) -> Option<&[u8]> {
+        let body = self.params.get(1).copied()?;
+        let body = match body.strip_prefix(b"\x01ACTION ") {
+            Some(action) => action.strip_suffix(b"\x01").unwrap_or(action),
+            None => body,
+        };
+        std::str::from_utf8(body).is_err().then_some(body)
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -512,6 +526,16 @@ mod tests {
             Message::parse(b"@a=b :src").err(),
             Some(IrcError::NoCommand)
         );
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_given_as_sent() {
+        let message = Message::parse(b"PRIVMSG #desk :caf\xe9 ol\xe9").expect("parses");
+        assert_eq!(message.unreadable_text(), Some(&b"caf\xe9 ol\xe9"[..]));
+        let action = Message::parse(b"PRIVMSG #desk :\x01ACTION caf\xe9\x01").expect("parses");
+        assert_eq!(action.unreadable_text(), Some(&b"caf\xe9"[..]));
+        let plain = Message::parse("PRIVMSG #desk :café".as_bytes()).expect("parses");
+        assert_eq!(plain.unreadable_text(), None);
     }
 
     #[test]

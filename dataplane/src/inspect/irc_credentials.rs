@@ -2,10 +2,12 @@
 //! `REGISTER`, `GHOST`, Undernet's `X LOGIN`, QuakeNet's `Q AUTH`), which must not reach a
 //! write-once archive where they could not be deleted before retention ends.
 //!
-//! Invariants: a message to a services nick whose command takes a credential keeps its
-//! command words and loses everything after them, in what is archived, judged and reported,
-//! so no argument of such a command (a password, or a nick that might be one) is kept; that a
-//! credential was sent stays visible; messages to anyone else are untouched.
+//! Invariants: a message to a services nick alone whose command takes a credential keeps its
+//! command words and loses everything after them in what is archived and reported, so no
+//! argument of such a command (a password, or a nick that might be one) is kept; that a
+//! credential was sent stays visible; policy still judges what was sent (a services nick may
+//! be an ordinary user's on another network); a message with more than one recipient, or to
+//! anyone else, is untouched.
 
 /// Nicks of the services that take credentials in messages, lower case.
 const SERVICES: [&str; 11] = [
@@ -38,13 +40,13 @@ const COMMANDS: [&str; 17] = [
 pub const WITHHELD: &str = "[credentials withheld]";
 
 /// The text to archive for `text` sent to `targets`: its command and [`WITHHELD`] when it
-/// is a credential command to a service, else `None` (keep the text).
+/// is a credential command to a service alone, else `None` (keep the text).
 pub fn withheld(targets: &[String], text: &str) -> Option<String> {
-    let to_service = targets.iter().any(|target| {
-        let nick = target.split('@').next().unwrap_or(target);
-        SERVICES.contains(&nick.to_ascii_lowercase().as_str())
-    });
-    if !to_service {
+    let [target] = targets else {
+        return None;
+    };
+    let nick = target.split('@').next().unwrap_or(target);
+    if !SERVICES.contains(&nick.to_ascii_lowercase().as_str()) {
         return None;
     }
     let mut words = text.split_whitespace();
@@ -107,5 +109,13 @@ mod tests {
         assert_eq!(to("bob", "identify hunter2"), None);
         assert_eq!(to("#desk", "register for the event"), None);
         assert_eq!(to("NickServ", ""), None);
+        assert_eq!(
+            withheld(
+                &["NickServ".to_owned(), "#desk".to_owned()],
+                "IDENTIFY project falcon"
+            ),
+            None,
+            "a message that also goes to people is kept whole"
+        );
     }
 }

@@ -34,7 +34,6 @@ const NS_IBB: &str = "http://jabber.org/protocol/ibb";
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 
 /// What the framer found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,7 +366,7 @@ impl Stanza {
                 Event::Start(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
+                    if unread_open.is_none() && stanza.is_unread(&start, &path) {
                         unread_open = Some((before, path.len()));
                     } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
@@ -381,7 +380,7 @@ impl Stanza {
                 Event::Empty(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
+                    if unread_open.is_none() && stanza.is_unread(&start, &path) {
                         stanza.unread.push(before..after);
                     } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
@@ -443,14 +442,15 @@ impl Stanza {
         Ok(stanza)
     }
 
-    /// True when `start`, in namespace `ns` at `path`, is message text policy does not read:
-    /// a `<body>` after the first, or XHTML-IM markup, where a body would be.
-    fn is_unread(&self, start: &BytesStart<'_>, ns: &str, path: &[(Vec<u8>, String)]) -> bool {
+    /// True when `start` at `path` is message text policy does not read: a `<body>` after the
+    /// first, or XHTML-IM markup (an `<html>` element in whatever namespace or prefix it is
+    /// given), where a body would be.
+    fn is_unread(&self, start: &BytesStart<'_>, path: &[(Vec<u8>, String)]) -> bool {
         let name = start.local_name();
         self.in_message_body_position(path)
             && match name.as_ref() {
                 b"body" => self.body.is_some(),
-                b"html" => ns == NS_XHTML_IM,
+                b"html" => true,
                 _ => false,
             }
     }
@@ -755,6 +755,13 @@ mod tests {
         );
 
         // Markup with no body at all, and an alternative before the body policy reads.
+        let prefixed = "<message><body>hi</body><h:html xmlns:h='http://jabber.org/protocol/xhtml-im'><b:body xmlns:b='http://www.w3.org/1999/xhtml'>project falcon</b:body></h:html></message>";
+        let stanza = Stanza::parse(prefixed.as_bytes()).expect("parses");
+        assert_eq!(
+            stanza.forwardable(prefixed.as_bytes(), None).as_ref(),
+            b"<message><body>hi</body></message>",
+            "markup under a prefix is left out too"
+        );
         let markup_only = format!("<message to='bob@chat.example'>{xhtml}</message>");
         let stanza = Stanza::parse(markup_only.as_bytes()).expect("parses");
         assert_eq!(stanza.body, None);

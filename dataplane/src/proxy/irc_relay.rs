@@ -22,6 +22,8 @@ use crate::inspect::event::{Content, ConversationKind, Event, FileOffer, Party};
 use crate::inspect::irc::{Frame, IrcEvent, MAX_LINE, Message, next_line, with_text};
 use crate::inspect::irc_credentials;
 use crate::inspect::policy::{Action, Verdict};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 struct State {
     nick: String,
@@ -123,9 +125,11 @@ where
                     }
                     buffer.drain(..consumed);
                 }
-                Frame::Oversized { consumed } => {
+                Frame::Oversized { .. } => {
+                    // Dropped from here to the line's end, which may already be in the buffer
+                    // with more lines after it.
                     let nick = state.lock().unwrap_or_else(|p| p.into_inner()).nick.clone();
-                    dropping = Some(consumed as u64);
+                    dropping = Some(0);
                     if direction == Direction::Outbound {
                         client
                             .lock()
@@ -136,7 +140,6 @@ where
                             )
                             .await?;
                     }
-                    buffer.drain(..consumed);
                 }
                 Frame::NeedMore => break,
             }
@@ -154,7 +157,7 @@ where
         }
         let read = tokio::time::timeout(shared.limits.idle, read_into(&mut reader, &mut buffer));
         match read.await {
-            Ok(Ok(_)) => read_at = Instant::now(),
+            Ok(Ok(read)) if read > 0 => read_at = Instant::now(),
             ended => {
                 // The connection ended in the middle of an oversized line: it is recorded
                 // with what came of it.
@@ -282,9 +285,13 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             Ok(recorded.then(|| pass(line)).flatten())
         }
         IrcEvent::Text { targets, text, .. } => {
-            // A password sent to a service is judged, archived and reported without its
-            // arguments; the line itself goes on unchanged unless a rule changes it.
-            let text = irc_credentials::withheld(&targets, &text).unwrap_or(text);
+            // A password sent to a service is judged as sent, and archived and reported
+            // without its arguments (nor its bytes, nor what a rule made of it).
+            let withheld = irc_credentials::withheld(&targets, &text);
+            let text_base64 = match withheld {
+                Some(_) => None,
+                None => message.unreadable_text().map(|raw| BASE64.encode(raw)),
+            };
             let (conv, room, recipients) = conversation(
                 host,
                 if direction == Direction::Outbound {
@@ -304,6 +311,10 @@ async fn handle_line<C: AsyncWrite + Unpin>(
             );
             let verdict = shared.evaluate(&event);
             let delivered = verdict.delivered(&text).into_owned();
+            let (archived, archived_delivered) = match withheld {
+                Some(withheld) => (withheld, None),
+                None => (text.clone(), (delivered != text).then(|| delivered.clone())),
+            };
             let body = Body::Message {
                 session: info.session.clone(),
                 dir: direction,
@@ -316,8 +327,9 @@ async fn handle_line<C: AsyncWrite + Unpin>(
                 } else {
                     Kind::Direct
                 },
-                text: text.clone(),
-                delivered: (delivered != text).then(|| delivered.clone()),
+                text: archived.clone(),
+                text_base64,
+                delivered: archived_delivered,
                 verdict: RecordedVerdict::from(&verdict),
             };
             let action = shared.archive_verdict(&conv, body, &verdict);
@@ -326,7 +338,7 @@ async fn handle_line<C: AsyncWrite + Unpin>(
                 direction,
                 &sender.handle,
                 &conv,
-                &text,
+                &archived,
                 &verdict,
                 action,
             );

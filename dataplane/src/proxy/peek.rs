@@ -84,8 +84,9 @@ pub async fn identify<C: AsyncRead + Unpin, S: AsyncRead + Unpin>(
         };
         match tokio::time::timeout_at(until, read).await {
             Err(_elapsed) => {
-                // A client that sent nothing: the destination says what is expected there.
-                if let Some(expected) = expected_at(port).filter(|_| peeked.prefix.is_empty()) {
+                // Neither side said anything: the destination says what is expected there.
+                let silent = peeked.prefix.is_empty() && peeked.server_prefix.is_empty();
+                if let Some(expected) = expected_at(port).filter(|_| silent) {
                     peeked.detected = expected;
                 }
                 return Ok(peeked);

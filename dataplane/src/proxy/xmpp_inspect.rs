@@ -298,7 +298,11 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
                     &self.client,
                 )))
             }
-            Err(_) => Judged::Now(Some(Cow::Borrowed(bytes))),
+            // What cannot be read cannot be judged: it does not go on.
+            Err(error) => {
+                tracing::warn!(target: "imgate::session", session = %self.info.session, "an element that cannot be read is dropped: {error}");
+                Judged::Now(None)
+            }
         }
     }
 

@@ -149,6 +149,8 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
                     Kind::Direct
                 },
                 text: text.clone(),
+                // An XML parser takes only UTF-8: what was read is what was sent.
+                text_base64: None,
                 delivered: (delivered != *text).then_some(delivered),
                 verdict: RecordedVerdict::from(&verdict),
             };

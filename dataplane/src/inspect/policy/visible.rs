@@ -31,9 +31,11 @@ pub struct Visible {
 /// Whether `c` is an invisible format character that clients display as nothing.
 fn invisible(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FE00}'..='\u{FE0F}'
-        | '\u{FEFF}')
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}'
+        | '\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Whether `c` is a control character clients do not display.
@@ -46,18 +48,29 @@ fn run(bytes: &[u8], most: usize, wanted: impl Fn(u8) -> bool) -> usize {
     bytes.iter().take(most).take_while(|b| wanted(**b)).count()
 }
 
-/// The length of an IRC colour code's arguments at the start of `rest`: `digits` of the
-/// kind `wanted` (2 decimal, or 6 hex), optionally a comma and as many again.
-fn colour_arguments(rest: &[u8], digits: usize, wanted: fn(&u8) -> bool) -> usize {
-    let first = run(rest, digits, |b| wanted(&b));
+/// The length of an IRC colour code's arguments at the start of `rest`: for `\x03`, one or
+/// two digits, optionally a comma and one or two more; for `\x04`, exactly six hex digits,
+/// optionally a comma and six more (fewer are not a colour, and clients show them as text).
+fn colour_arguments(rest: &[u8], hex: bool) -> usize {
+    let colour = |bytes: &[u8]| {
+        if hex {
+            let n = run(bytes, 6, |b| b.is_ascii_hexdigit());
+            if n == 6 { n } else { 0 }
+        } else {
+            run(bytes, 2, |b| b.is_ascii_digit())
+        }
+    };
+    let first = colour(rest);
     if first == 0 {
         return 0;
     }
     let after = &rest[first..];
-    if after.first() == Some(&b',') && after.get(1).is_some_and(wanted) {
-        first + 1 + run(&after[1..], digits, |b| wanted(&b))
-    } else {
-        first
+    match after.first() {
+        Some(b',') => match colour(&after[1..]) {
+            0 => first,
+            second => first + 1 + second,
+        },
+        _ => first,
     }
 }
 
@@ -74,8 +87,8 @@ impl Visible {
         let mut chars = input.char_indices();
         while let Some((at, c)) = chars.next() {
             let skip = match c {
-                '\u{03}' if irc => colour_arguments(&bytes[at + 1..], 2, u8::is_ascii_digit),
-                '\u{04}' if irc => colour_arguments(&bytes[at + 1..], 6, u8::is_ascii_hexdigit),
+                '\u{03}' if irc => colour_arguments(&bytes[at + 1..], false),
+                '\u{04}' if irc => colour_arguments(&bytes[at + 1..], true),
                 c if control(c) || invisible(c) => 0,
                 c => {
                     self.text.push(c);
@@ -138,6 +151,8 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(visible(input, true), expected, "{input:?}");
         }
+        // A hex colour is six digits: fewer are text.
+        assert_eq!(visible("\x044111 1111", true), "4111 1111");
         // Elsewhere a control character is removed, and digits after it are text.
         assert_eq!(visible("\x0304project", false), "04project");
         assert_eq!(
