@@ -73,6 +73,10 @@ pub struct UpArgs {
     /// descriptors for the archive and the rest. Connections over it are closed at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
+    /// The most bytes all sessions' read buffers may hold together beyond 16 KiB each (an
+    /// element being received, up to 256 KiB): a session that would take them over it ends.
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = |text: &str| imgate_crds::units::parse_size(text).map_err(|e| e.to_string()))]
+    max_buffered: u64,
     /// The most client connections from one address at once.
     #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_source: u64,
@@ -335,6 +339,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         shared.forward_after = args.forward_after;
         let most = connection_limit(args.max_connections);
         shared.admission = imgate_dataplane::proxy::admission::Admission::new(most, usize::try_from(args.max_connections_per_source).unwrap_or(usize::MAX));
+        shared.buffers = Arc::new(imgate_dataplane::proxy::budget::Budget::new(usize::try_from(args.max_buffered).unwrap_or(usize::MAX)));
         shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone())
             .deny(args.deny_destinations.clone())
             .ports(args.allow_ports.clone());

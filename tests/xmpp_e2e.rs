@@ -559,3 +559,56 @@ fn a_client_that_says_nothing_is_not_relayed_unread() {
         "{end}"
     );
 }
+
+#[test]
+fn sessions_that_would_take_the_buffers_over_their_budget_end() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = common::imgate_up(
+        port,
+        &data,
+        &[
+            "--extra-roots",
+            &server_cert.to_string_lossy(),
+            "--max-buffered",
+            "1Mi",
+        ],
+    );
+    // Ten clients each start a 200 KiB stanza and never finish it: 2 MB wanted, 1 MiB allowed.
+    let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    let mut clients: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut peer = TcpStream::connect(("127.0.0.1", front)).expect("connect");
+            peer.write_all(header.as_bytes()).expect("header");
+            let mut start = b"<message to='bob@localhost'><body>".to_vec();
+            start.extend(std::iter::repeat_n(b'a', 200 << 10));
+            peer.write_all(&start).expect("the start of a stanza");
+            peer.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            peer
+        })
+        .collect();
+    // Some are ended; the others wait for the rest of their stanza.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ended = 0;
+    while ended == 0 {
+        assert!(Instant::now() < deadline, "no session was ended");
+        for peer in &mut clients {
+            let mut chunk = [0u8; 4096];
+            if matches!(peer.read(&mut chunk), Ok(0)) {
+                ended += 1;
+            }
+        }
+    }
+    drop(clients);
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        records.iter().any(|r| r["type"] == "session_end"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("read buffers hold their limit"))),
+        "{records:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! and the protocol relays.
 
 pub mod admission;
+pub mod budget;
 pub mod copies;
 pub mod destination;
 pub mod frontend;

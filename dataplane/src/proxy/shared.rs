@@ -70,6 +70,8 @@ pub struct Shared {
     pub copies: super::copies::Copies,
     /// How many client connections the listeners may hold.
     pub admission: Arc<super::admission::Admission>,
+    /// How many bytes the sessions' read buffers may hold in all.
+    pub buffers: Arc<super::budget::Budget>,
     /// The number the next session gets (its name is `<writer>-<run>-<number>`).
     next_session: std::sync::atomic::AtomicU64,
     /// This process's start (milliseconds since the Unix epoch, base 36), which keeps session
@@ -101,6 +103,7 @@ impl Shared {
             metrics: crate::telemetry::Metrics::default(),
             directory: RwLock::default(),
             copies: super::copies::Copies::default(),
+            buffers: Arc::default(),
             admission: super::admission::Admission::new(
                 super::admission::DEFAULT_MOST,
                 super::admission::DEFAULT_MOST_PER_SOURCE,

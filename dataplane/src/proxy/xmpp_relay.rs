@@ -16,6 +16,7 @@ use rustls::client::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::budget::Budget;
 use super::lean_io::read_into;
 use super::pieces::Plain;
 use super::shared::{SessionInfo, Shared};
@@ -41,21 +42,40 @@ pub(super) struct Side {
     /// How many bytes at the front of `buffer` are handled.
     pub(super) done: usize,
     pub(super) framer: Framer,
+    /// The dataplane's read-buffer budget, and what this buffer is counted for in it.
+    counted: Option<(Arc<Budget>, usize)>,
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        if let Some((budget, counted)) = self.counted.take() {
+            budget.release(counted);
+        }
+    }
 }
 
 /// Drops the handled bytes and reads more; `false` when the peer closed or went quiet past
-/// the idle limit.
+/// the idle limit; an error when the buffer would take the dataplane's read buffers over
+/// their budget.
 pub(super) async fn fill<R: AsyncRead + Unpin>(
     reader: &mut R,
     side: &mut Side,
     shared: &Shared,
 ) -> std::io::Result<bool> {
     side.buffer.drain(..std::mem::take(&mut side.done));
-    match tokio::time::timeout(shared.limits.idle, read_into(reader, &mut side.buffer)).await {
-        Ok(Ok(0)) | Err(_) => Ok(false),
-        Ok(Ok(_)) => Ok(true),
-        Ok(Err(error)) => Err(error),
-    }
+    let read =
+        match tokio::time::timeout(shared.limits.idle, read_into(reader, &mut side.buffer)).await {
+            Ok(Ok(0)) | Err(_) => false,
+            Ok(Ok(_)) => true,
+            Ok(Err(error)) => return Err(error),
+        };
+    let (budget, counted) = side
+        .counted
+        .get_or_insert_with(|| (shared.buffers.clone(), 0));
+    budget
+        .count(counted, side.buffer.capacity())
+        .map_err(std::io::Error::other)?;
+    Ok(read)
 }
 
 /// What a negotiation read produced.
