@@ -313,18 +313,22 @@ async fn verify_command(archive: &Store, prefix: &str, tenant: &str) -> anyhow::
     for problem in &report.problems {
         out!("PROBLEM  {problem}");
     }
+    for gap in &report.gaps {
+        out!("GAP      {gap}");
+    }
     let verdict = if report.is_intact() {
         "intact"
     } else {
         "NOT intact"
     };
     out!(
-        "{verdict}: {} writer(s), {} segment(s), {} record(s) checked in {}; {} problem(s)",
+        "{verdict}: {} writer(s), {} segment(s), {} record(s) checked in {}; {} problem(s), {} recorded gap(s)",
         report.writers,
         report.segments,
         report.records,
         archive.describe(),
-        report.problems.len()
+        report.problems.len(),
+        report.gaps.len()
     );
     Ok(i32::from(!report.is_intact()))
 }

@@ -316,7 +316,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let _data_lock = lock_data_folder(&args.data)?;
         let wal = args.data.join("wal");
         let archive_dir = args.data.join("archive");
-        let (log, recovery) = ArchiveLog::open(StdFs, &wal, LogConfig::default()).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
+        let log_config = LogConfig {
+            origin: (args.tenant.clone(), args.writer.clone()),
+            forwards_refused: args.on_archive_failure == ArchiveFailure::Pass,
+            ..LogConfig::default()
+        };
+        let (log, recovery) = ArchiveLog::open(StdFs, &wal, log_config).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
         let layout = Layout { prefix: Layout::prefix(&args.s3_prefix), tenant: args.tenant.clone(), writer: args.writer.clone() };
         let mut shipper_config = ShipperConfig::new(layout);
         shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
@@ -463,6 +468,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         stop.notify_one();
         let flushed = tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))?;
         log.close();
+        if let Some(why) = log.failure() {
+            println!("the archive log still cannot write ({why}): {} record(s) refused since start, and the gap is not recorded", log.refused());
+        }
         match flushed {
             Ok(()) => {
                 println!("archive flushed: every record is in the object store");

@@ -54,6 +54,8 @@ pub struct Metrics {
     held: Family<DirectionLabel, Histogram>,
     unshipped: Gauge<u64, AtomicU64>,
     shipping_failing: Gauge<i64, AtomicI64>,
+    log_failing: Gauge<i64, AtomicI64>,
+    refused: Counter<u64, AtomicU64>,
     tunnel_connections: Gauge<i64, AtomicI64>,
     tunnel_refusals: Family<ReasonLabel, Counter>,
     tunnel_enrollments: Family<ReasonLabel, Counter>,
@@ -104,6 +106,19 @@ impl Default for Metrics {
              else 0",
             shipping_failing.clone(),
         );
+        let log_failing = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "archive_log_failing",
+            "1 while the local archive log cannot write (it refuses records and retries), else 0",
+            log_failing.clone(),
+        );
+        let refused = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "archive_records_refused",
+            "Records the archive log refused because it could not write or was full; each is \
+             counted in a gap record",
+            refused.clone(),
+        );
         let connections_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "connections_refused",
@@ -144,6 +159,8 @@ impl Default for Metrics {
             held,
             unshipped,
             shipping_failing,
+            log_failing,
+            refused,
             tunnel_connections,
             tunnel_refusals,
             tunnel_enrollments,
@@ -230,6 +247,10 @@ impl Metrics {
     pub fn render(&self, log: &ArchiveLog, shipping: &ShipMonitor) -> String {
         self.unshipped.set(log.unshipped_bytes());
         self.shipping_failing.set(i64::from(shipping.failing()));
+        self.log_failing.set(i64::from(log.failure().is_some()));
+        let refused = log.refused();
+        self.refused
+            .inc_by(refused.saturating_sub(self.refused.get()));
         encode(&self.registry)
     }
 }
@@ -283,6 +304,11 @@ mod tests {
         );
         assert!(text.contains("imgate_archive_unshipped_bytes 0"), "{text}");
         assert!(text.contains("imgate_archive_shipping_failing 0"), "{text}");
+        assert!(text.contains("imgate_archive_log_failing 0"), "{text}");
+        assert!(
+            text.contains("imgate_archive_records_refused_total 0"),
+            "{text}"
+        );
         assert!(text.contains("imgate_tunnel_connections 1"), "{text}");
         assert!(
             text.contains("imgate_tunnel_refusals_total{reason=\"revoked\"} 1"),

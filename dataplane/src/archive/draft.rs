@@ -121,6 +121,12 @@ mod tests {
                 event: "policy-reload".into(),
                 detail: String::new(),
             },
+            Body::Gap {
+                since: "2026-12-06T10:00:00.000Z".into(),
+                reason: "No space left on device".into(),
+                refused: 3,
+                forwarded: 0,
+            },
         ];
         for body in bodies {
             record.body = body;

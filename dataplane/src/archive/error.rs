@@ -41,8 +41,8 @@ pub enum ArchiveError {
         /// The configured limit.
         limit: u64,
     },
-    /// The log failed earlier and accepts nothing until it is reopened.
-    #[error("the archive log failed and accepts no records until restarted: {0}")]
+    /// The log failed and accepts nothing until its writer has reopened it.
+    #[error("the archive log cannot write and refuses records until it can again: {0}")]
     Failed(String),
     /// The log is shutting down.
     #[error("the archive log is closed")]

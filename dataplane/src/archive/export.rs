@@ -97,7 +97,7 @@ pub fn transcript_line(record: &Record) -> Option<String> {
             }
         }
         Body::SessionEnd { reason, .. } => format!("[{time}] session ended: {reason}"),
-        Body::Identity { .. } | Body::System { .. } => return None,
+        Body::Identity { .. } | Body::System { .. } | Body::Gap { .. } => return None,
     };
     Some(line)
 }

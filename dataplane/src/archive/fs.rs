@@ -161,6 +161,8 @@ pub(crate) mod faulty {
         pub space_left: Option<u64>,
         /// Make every fsync fail.
         pub fail_sync: bool,
+        /// Make every open for appending fail as at the open-file limit.
+        pub fail_open: bool,
         /// Make every fsync take this long.
         pub sync_delay: Option<std::time::Duration>,
         /// Hold every disk reservation until this gate opens.
@@ -288,6 +290,15 @@ pub(crate) mod faulty {
         }
 
         fn open_append(&self, path: &Path) -> io::Result<FaultyFile> {
+            if self
+                .faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fail_open
+            {
+                // EMFILE.
+                return Err(io::Error::from_raw_os_error(24));
+            }
             Ok(FaultyFile {
                 file: StdFs.open_append(path)?,
                 faults: self.faults.clone(),

@@ -29,9 +29,12 @@
 //! syncing another file (the writer syncs a full file itself before moving to the next); when
 //! the unshipped bytes plus the queue would exceed the limit, `append` refuses with
 //! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write or
-//! sync error the log refuses everything ([`ArchiveError::Failed`]) until it is reopened,
-//! because what follows a failed batch must not be acknowledged; a written record waits at most
-//! one `sync_interval` (plus one fsync) to become durable.
+//! sync error the log refuses everything ([`ArchiveError::Failed`]) until its writer has
+//! reopened it (see [`log_commit`](super::log_commit)), because what follows a failed batch
+//! must not be acknowledged; every record refused, for a failure or back-pressure, is counted
+//! in a gap, and the first record the log takes afterwards is preceded by a `gap` record
+//! saying since when, why and how many; a written record waits at most one `sync_interval`
+//! (plus one fsync) to become durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -43,7 +46,7 @@ use chrono::Utc;
 use super::draft::Draft;
 use super::error::ArchiveError;
 use super::fs::Filesystem;
-use super::log_commit::{Progress, Shared, State, sync_loop, write_loop, write_queued};
+use super::log_commit::{Progress, Reopen, Shared, State, sync_loop, write_loop, write_queued};
 use super::record::Record;
 use super::wal::{FRAME_HEADER, Recovery, Wal, WalWriter};
 
@@ -58,6 +61,14 @@ pub struct LogConfig {
     /// durable (the window a power loss can take from a dataplane that forwards once
     /// records are written).
     pub sync_interval: Duration,
+    /// How long the log waits, after a failure, before it tries to write again (the wait
+    /// doubles after each try that fails, up to 30 s).
+    pub retry: Duration,
+    /// The tenant and the writer named in the log's own records (`gap`).
+    pub origin: (String, String),
+    /// Whether the producers forward the events whose records the log refuses
+    /// (`onArchiveFailure: pass`), as `gap` records then say.
+    pub forwards_refused: bool,
 }
 
 impl Default for LogConfig {
@@ -66,6 +77,9 @@ impl Default for LogConfig {
             max_unshipped_bytes: 1 << 30,
             max_file_bytes: 64 << 20,
             sync_interval: Duration::from_millis(100),
+            retry: Duration::from_secs(1),
+            origin: (String::new(), String::new()),
+            forwards_refused: false,
         }
     }
 }
@@ -85,8 +99,18 @@ impl ArchiveLog {
         dir: &Path,
         config: LogConfig,
     ) -> Result<(Self, Recovery), ArchiveError> {
-        let (wal, recovery) = Wal::open(fs, dir, config.max_file_bytes)?;
-        let housekeeper = wal.housekeeper();
+        let (wal, recovery) = Wal::open(fs.clone(), dir, config.max_file_bytes)?;
+        let housekeeper = Box::new(wal.housekeeper());
+        let (folder, max_file_bytes) = (dir.to_owned(), config.max_file_bytes);
+        let reopen: Box<Reopen> = Box::new(move || {
+            let (wal, recovery) = Wal::open(fs.clone(), &folder, max_file_bytes)?;
+            let housekeeper = Box::new(wal.housekeeper());
+            Ok((
+                Box::new(wal) as Box<dyn super::wal::WalWriter>,
+                housekeeper as _,
+                recovery,
+            ))
+        });
         let last = wal.next_seq() - 1;
         let state = State {
             next_seq: wal.next_seq(),
@@ -110,12 +134,15 @@ impl ArchiveLog {
             committed: Condvar::new(),
             limit: config.max_unshipped_bytes,
             sync_interval: config.sync_interval,
+            retry: config.retry,
+            origin: config.origin,
+            forwards_refused: config.forwards_refused,
         });
         let (writer, syncer) = (shared.clone(), shared.clone());
         let threads = vec![
             std::thread::Builder::new()
                 .name("archive-write".into())
-                .spawn(move || write_loop(&writer, &housekeeper))
+                .spawn(move || write_loop(&writer, housekeeper, &*reopen))
                 .map_err(|e| ArchiveError::io(dir, e))?,
             std::thread::Builder::new()
                 .name("archive-sync".into())
@@ -165,19 +192,24 @@ impl ArchiveLog {
     /// all under the log's lock (so that records are queued in sequence and time order).
     fn push(&self, encode: impl FnOnce(u64) -> Vec<u8>, wake: bool) -> Result<u64, ArchiveError> {
         let mut state = self.shared.lock();
-        if let Some(reason) = &state.failed {
-            return Err(ArchiveError::Failed(reason.clone()));
-        }
         if state.closing {
             return Err(ArchiveError::Closed);
         }
+        if let Some(reason) = &state.failed {
+            let error = ArchiveError::Failed(reason.clone());
+            Shared::refused(&mut state, &error);
+            return Err(error);
+        }
         let unshipped = state.on_disk_bytes + state.queued_bytes;
         if unshipped >= self.shared.limit {
-            return Err(ArchiveError::Full {
+            let error = ArchiveError::Full {
                 unshipped,
                 limit: self.shared.limit,
-            });
+            };
+            Shared::refused(&mut state, &error);
+            return Err(error);
         }
+        self.shared.close_gap(&mut state);
         let seq = state.next_seq;
         let payload = encode(seq);
         state.next_seq += 1;
@@ -301,9 +333,14 @@ impl ArchiveLog {
         self.shared.lock().next_seq - 1
     }
 
-    /// Why the log refuses records, once it has failed.
+    /// Why the log refuses records, while it cannot write.
     pub fn failure(&self) -> Option<String> {
         self.shared.lock().failed.clone()
+    }
+
+    /// Records refused since the log opened (it could not write, or it was full).
+    pub fn refused(&self) -> u64 {
+        self.shared.lock().refused_total
     }
 
     /// The highest sequence number that is durable.
@@ -323,9 +360,16 @@ impl ArchiveLog {
         self.shared.queued.notify_one();
     }
 
-    /// Writes and syncs what is queued, stops the writer and the syncer and waits for them.
+    /// Writes and syncs what is queued (with the `gap` record of a gap still open; a failed
+    /// log is tried once more), stops the writer and the syncer and waits for them.
     pub fn close(&self) {
-        self.shared.lock().closing = true;
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+            if state.failed.is_none() {
+                self.shared.close_gap(&mut state);
+            }
+        }
         self.shared.queued.notify_all();
         self.shared.wanted.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));

@@ -15,12 +15,33 @@
 //! and deleting them, which can wait on the disk for many milliseconds, happen without it, so
 //! that producers writing for themselves do not wait for them. A full file keeps taking
 //! appends until the writer rotates it.
+//!
+//! After a failure the writer keeps what was queued and not written (the failed batch first)
+//! and tries, after one `retry` and then at doubling intervals up to [`MOST_RETRY`], to
+//! [`reopen`] the log: recovered from its files as at start, synced, and continued with
+//! what was kept, so no sequence number is ever given to two records and a record that was
+//! numbered is written or the log stays failed. The first record after the failure is a
+//! `gap` record. A sync that started before a reopen cannot fail the reopened log (the
+//! `generation` tells them apart).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
+use super::draft::Draft;
 use super::error::ArchiveError;
-use super::wal::{FRAME_HEADER, Housekeeping, SyncFile, WalWriter};
+use super::record::Body;
+use super::wal::{FRAME_HEADER, Housekeeping, Recovery, SyncFile, WalWriter};
+
+/// The longest wait between two tries to write again after a failure.
+pub(super) const MOST_RETRY: Duration = Duration::from_secs(30);
+
+/// Opens the log's files again after a failure: a fresh writer, its housekeeper, and what
+/// recovery found.
+pub(super) type Reopen = dyn Fn() -> Result<(Box<dyn WalWriter>, Box<dyn Housekeeping>, Recovery), ArchiveError>
+    + Send
+    + Sync;
 
 /// Unsynced bytes at which the syncer syncs without waiting for its interval.
 pub(super) const SYNC_BYTES: u64 = 1 << 20;
@@ -41,6 +62,13 @@ pub(super) struct State {
     /// The current file is full: the writer should rotate it.
     pub(super) rotation_wanted: bool,
     pub(super) failed: Option<String>,
+    /// Records refused since the log last recorded (a failure, or back-pressure), not yet
+    /// told in a `gap` record.
+    pub(super) gap: Option<Gap>,
+    /// Records refused since the log opened.
+    pub(super) refused_total: u64,
+    /// How many times the log was reopened after a failure.
+    pub(super) generation: u64,
     pub(super) closing: bool,
     /// Who sleeps, so that a notification is only sent (a system call) when someone is
     /// there to receive it.
@@ -49,6 +77,14 @@ pub(super) struct State {
     /// Bytes written since the syncer last took its target.
     pub(super) unsynced_bytes: u64,
     pub(super) blocked_waiters: usize,
+}
+
+/// A time when the log refused records, until the next record it takes.
+#[derive(Debug, Clone)]
+pub(super) struct Gap {
+    pub(super) since: DateTime<Utc>,
+    pub(super) reason: String,
+    pub(super) refused: u64,
 }
 
 /// What the syncer waits for on [`Shared::wanted`].
@@ -81,6 +117,12 @@ pub(super) struct Shared {
     pub(super) committed: Condvar,
     pub(super) limit: u64,
     pub(super) sync_interval: Duration,
+    /// The first wait before writing again after a failure.
+    pub(super) retry: Duration,
+    /// Whose records the log's own `gap` records are: tenant and writer.
+    pub(super) origin: (String, String),
+    /// Whether producers forward the events whose records the log refuses.
+    pub(super) forwards_refused: bool,
 }
 
 impl Shared {
@@ -88,6 +130,46 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a record refused (the log failed, or it is full) as part of the current gap,
+    /// which begins now for `reason` if none is open.
+    pub(super) fn refused(state: &mut State, reason: &ArchiveError) {
+        state.refused_total += 1;
+        state
+            .gap
+            .get_or_insert_with(|| Gap {
+                since: Utc::now(),
+                reason: reason.to_string(),
+                refused: 0,
+            })
+            .refused += 1;
+    }
+
+    /// Queues the `gap` record of the gap that ends now, if one is open: under the state
+    /// lock, with the next sequence number.
+    pub(super) fn close_gap(&self, state: &mut State) {
+        let Some(gap) = state.gap.take() else {
+            return;
+        };
+        let body = Body::Gap {
+            since: gap
+                .since
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            reason: gap.reason,
+            refused: gap.refused,
+            forwarded: if self.forwards_refused {
+                gap.refused
+            } else {
+                0
+            },
+        };
+        let (tenant, writer) = &self.origin;
+        let seq = state.next_seq;
+        let payload = Draft::new(tenant, writer, "archive", &body).finish(seq, Utc::now());
+        state.next_seq += 1;
+        state.queued_bytes += (payload.len() + FRAME_HEADER) as u64;
+        state.queue.push((seq, payload));
     }
 }
 
@@ -117,20 +199,157 @@ pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
     }
 }
 
-/// Records a failure: the log refuses everything from now on, and every waiter is woken.
+/// Records a failure: the log refuses everything until the writer reopens it, and every
+/// waiter is woken.
 fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError) {
-    tracing::error!(%error, "archive log failed; refusing further records");
+    tracing::error!(%error, "archive log failed; refusing records until it can write again");
     state.failed = Some(error.to_string());
+    let reason = error.to_string();
+    let gap = state.gap.get_or_insert_with(|| Gap {
+        since: Utc::now(),
+        reason: reason.clone(),
+        refused: 0,
+    });
+    gap.reason = reason;
+    // The writer reopens the log: wake it if the failure was another thread's.
+    let wake_writer = std::mem::take(&mut state.writer_asleep);
     notify(shared, state);
+    if wake_writer {
+        shared.queued.notify_one();
+    }
+}
+
+/// Waits out the retry interval (or until the log closes) and tries to reopen the log once.
+/// Returns the reopened log's housekeeper, or `None`: still failed (`retry` doubled), or
+/// closing with nothing more to try.
+fn try_reopen(
+    shared: &Shared,
+    reopen: &Reopen,
+    retry: &mut Duration,
+) -> Option<Box<dyn Housekeeping>> {
+    let due = Instant::now() + *retry;
+    let mut state = shared.lock();
+    while !state.closing {
+        let now = Instant::now();
+        if now >= due {
+            break;
+        }
+        state = shared
+            .queued
+            .wait_timeout(state, due - now)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
+    drop(state);
+    match reopen_log(shared, reopen) {
+        Ok(housekeeper) => {
+            *retry = shared.retry;
+            Some(housekeeper)
+        }
+        Err(error) => {
+            tracing::warn!(%error, retry = ?*retry, "the archive log still cannot write");
+            *retry = (*retry * 2).min(MOST_RETRY);
+            shared.lock().failed = Some(error.to_string());
+            None
+        }
+    }
+}
+
+/// Opens the log's files again, as at start, syncs what they hold, and continues the log
+/// with what was queued and not written followed by the `gap` record, written in one batch
+/// under the state lock (producers wait for it: it happens once per failure). Until that
+/// write succeeds the log stays failed and the gap open, so one failure, however many tries
+/// it takes, is one `gap` record.
+fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>, ArchiveError> {
+    let mut wal = shared.wal.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut fresh, housekeeper, recovery) = reopen()?;
+    fresh.sync()?;
+    let mut state = shared.lock();
+    let last = recovery.last_seq;
+    if last < state.written_seq {
+        return Err(ArchiveError::Failed(format!(
+            "records {}..={} were written before the failure and are no longer in the log; \
+             keep its folder for inspection and restart",
+            last + 1,
+            state.written_seq
+        )));
+    }
+    state.queue.retain(|(seq, _)| *seq > last);
+    if let Some((first, _)) = state.queue.first()
+        && *first != last + 1
+    {
+        return Err(ArchiveError::Sequence {
+            expected: last + 1,
+            got: *first,
+        });
+    }
+    state.next_seq = last + 1 + state.queue.len() as u64;
+    state.queued_bytes = state
+        .queue
+        .iter()
+        .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
+        .sum();
+    let gap = state.gap.clone();
+    shared.close_gap(&mut state);
+    let appended = fresh.append_batch(&state.queue);
+    let handle = appended.and_then(|_| fresh.sync_handle());
+    let handle = match handle {
+        Ok(handle) => handle,
+        Err(error) => {
+            // Kept for the next try, with the gap still open.
+            if gap.is_some()
+                && let Some((seq, record)) = state.queue.pop()
+            {
+                state.next_seq = seq;
+                state.queued_bytes -= (record.len() + FRAME_HEADER) as u64;
+            }
+            state.gap = gap;
+            return Err(error);
+        }
+    };
+    let written: u64 = state
+        .queue
+        .drain(..)
+        .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
+        .sum();
+    state.queued_bytes = 0;
+    state.written_seq = state.next_seq - 1;
+    state.durable_seq = last;
+    state.sync_file = handle;
+    state.unsynced_bytes = written;
+    state.on_disk_bytes = fresh.bytes();
+    state.rotation_wanted = fresh.rotation_due();
+    state.generation += 1;
+    state.failed = None;
+    if let Some(gap) = gap {
+        tracing::warn!(since = %gap.since, refused = gap.refused, "the archive log writes again; the gap is recorded");
+    }
+    *wal = fresh;
+    drop(wal);
+    notify(shared, state);
+    Ok(housekeeper)
 }
 
 /// The writer thread: writes what is queued whenever it is woken (by a producer that waits, a
-/// full file, a release or closing), rotates full files and deletes released ones; on
-/// closing, syncs and returns.
-pub(super) fn write_loop(shared: &Shared, housekeeper: &dyn Housekeeping) {
+/// full file, a release or closing), rotates full files and deletes released ones; after a
+/// failure, reopens the log when it can; on closing, syncs and returns (trying once more to
+/// reopen a failed log, so that its gap is recorded).
+pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>, reopen: &Reopen) {
+    let mut retry = shared.retry;
     loop {
         let mut state = shared.lock();
+        if state.failed.is_some() {
+            let closing = state.closing;
+            drop(state);
+            match try_reopen(shared, reopen, &mut retry) {
+                Some(fresh) => housekeeper = fresh,
+                None if closing => return,
+                None => {}
+            }
+            continue;
+        }
         while state.queue.is_empty()
+            && state.failed.is_none()
             && state.release_through.is_none()
             && !state.rotation_wanted
             && !state.closing
@@ -142,12 +361,15 @@ pub(super) fn write_loop(shared: &Shared, housekeeper: &dyn Housekeeping) {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         state.writer_asleep = false;
+        if state.failed.is_some() {
+            continue;
+        }
         let closed = state.queue.is_empty() && state.release_through.is_none() && state.closing;
         let rotate = std::mem::take(&mut state.rotation_wanted) && !closed;
         let release = state.release_through.take();
         drop(state);
-        if rotate && !prepare_rotation(shared, housekeeper) {
-            return;
+        if rotate && !prepare_rotation(shared, &*housekeeper) {
+            continue;
         }
         let mut wal = shared.wal.lock().unwrap_or_else(|p| p.into_inner());
         if closed {
@@ -156,26 +378,32 @@ pub(super) fn write_loop(shared: &Shared, housekeeper: &dyn Housekeeping) {
             let mut state = shared.lock();
             match synced {
                 Ok(()) => state.durable_seq = state.written_seq,
-                Err(error) => return fail(shared, state, &error),
+                Err(error) => {
+                    fail(shared, state, &error);
+                    continue;
+                }
             }
             notify(shared, state);
             return;
         }
         if rotate && !finish_rotation(shared, &mut **wal) {
-            return;
+            continue;
         }
         if !write_queued(shared, &mut **wal) {
-            return;
+            continue;
         }
         let detached = release.map_or_else(Vec::new, |seq| wal.detach_through(seq));
         if !detached.is_empty() {
             shared.lock().on_disk_bytes = wal.bytes();
         }
         drop(wal);
-        for path in detached {
-            if let Err(error) = housekeeper.remove(&path) {
-                return fail(shared, shared.lock(), &error);
-            }
+        // Oldest first: the first that cannot be deleted stops the rest.
+        if let Some(error) = detached
+            .iter()
+            .find_map(|path| housekeeper.remove(path).err())
+        {
+            fail(shared, shared.lock(), &error);
+            continue;
         }
         if rotate && let Err(error) = housekeeper.prepare_spare() {
             tracing::warn!(%error, "the next log file could not be made ready; the rotation will create it");
@@ -277,6 +505,14 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
             }
         }
         Err(error) => {
+            // Kept, to be written first when the log is reopened.
+            let mut batch = batch;
+            batch.append(&mut state.queue);
+            state.queued_bytes = batch
+                .iter()
+                .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
+                .sum();
+            state.queue = batch;
             fail(shared, state, &error);
             return false;
         }
@@ -291,11 +527,19 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
 pub(super) fn sync_loop(shared: &Shared) {
     let mut last_sync = Instant::now();
     loop {
-        let (target, mut file) = {
+        let (target, mut file, generation) = {
             let mut state = shared.lock();
             loop {
                 if state.failed.is_some() {
-                    return;
+                    // The writer reopens the log, or it closes.
+                    if state.closing {
+                        return;
+                    }
+                    state = shared
+                        .wanted
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    continue;
                 }
                 if state.written_seq > state.durable_seq && state.sync_file.is_some() {
                     let due = last_sync + shared.sync_interval;
@@ -328,22 +572,27 @@ pub(super) fn sync_loop(shared: &Shared) {
             }
             let file = state.sync_file.take();
             state.unsynced_bytes = 0;
-            (state.written_seq, file)
+            (state.written_seq, file, state.generation)
         };
         let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
         last_sync = Instant::now();
         let mut state = shared.lock();
+        if state.generation != generation {
+            // The log was reopened meanwhile (and synced whole): this sync is moot.
+            continue;
+        }
         if state.sync_file.is_none() {
             state.sync_file = file;
         }
         match synced {
             Ok(()) => state.durable_seq = state.durable_seq.max(target),
             Err(error) => {
-                return fail(
+                fail(
                     shared,
                     state,
                     &ArchiveError::Failed(format!("fsync failed: {error}")),
                 );
+                continue;
             }
         }
         notify(shared, state);

@@ -25,6 +25,8 @@ pub mod wal;
 #[cfg(test)]
 mod housekeeping_tests;
 #[cfg(test)]
+mod reopen_tests;
+#[cfg(test)]
 mod tests;
 
 pub use draft::Draft;

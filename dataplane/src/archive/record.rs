@@ -152,6 +152,19 @@ pub enum Body {
         /// Where the answer came from (`static`, `ldap`).
         source: String,
     },
+    /// A time when the log could not record: from `since` until this record's timestamp the
+    /// log refused the records it was given.
+    Gap {
+        /// When the log began refusing records (RFC 3339).
+        since: String,
+        /// Why.
+        reason: String,
+        /// Records refused meanwhile.
+        refused: u64,
+        /// Of the events behind them, how many were forwarded without a record
+        /// (`onArchiveFailure: pass`); the others were blocked.
+        forwarded: u64,
+    },
     /// Something the system did (policy reload, archive failure, legal hold).
     System {
         /// What.

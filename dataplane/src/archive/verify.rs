@@ -1,5 +1,6 @@
 //! `verify`: walks every writer's chain of manifests and segments and reports each missing,
-//! altered or reordered segment.
+//! altered or reordered segment, and every gap the writers recorded (times their logs
+//! refused records: `gap` records).
 //!
 //! Invariants: every manifest is checked against its predecessor (index, sequence numbers,
 //! `prev_sha256`) and against its segment (present, SHA-256, records and their sequence
@@ -10,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::ArchiveError;
+use super::record::{Body, Record};
 use super::segment::{GENESIS, Layout, Manifest, open_segment, sha256_hex};
 use super::store::Store;
 
@@ -24,6 +26,10 @@ pub struct VerifyReport {
     pub records: u64,
     /// Every problem found, each naming the object.
     pub problems: Vec<String>,
+    /// Every recorded gap: when a writer's log refused records, why and how many. A gap is
+    /// not a problem of the archive (nothing in it is missing or altered) but of what it
+    /// covers.
+    pub gaps: Vec<String>,
 }
 
 impl VerifyReport {
@@ -91,6 +97,28 @@ pub async fn verify(
     Ok(report)
 }
 
+/// A `gap` record, told: `writer W: from SINCE to TS, N record(s) refused (F forwarded
+/// unrecorded): REASON`.
+fn describe_gap(record: &Record) -> Option<String> {
+    let Body::Gap {
+        since,
+        reason,
+        refused,
+        forwarded,
+    } = &record.body
+    else {
+        return None;
+    };
+    Some(format!(
+        "writer {}: from {since} to {}, {refused} record(s) refused ({forwarded} of their events forwarded unrecorded, the others blocked): {reason} (record {})",
+        record.writer,
+        record
+            .ts
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        record.seq
+    ))
+}
+
 fn check_link(
     writer: &str,
     previous: Option<&Manifest>,
@@ -139,6 +167,7 @@ async fn check_segment(store: &Store, manifest: &Manifest, report: &mut VerifyRe
     match open_segment(&body) {
         Ok(records) => {
             report.records += records.len() as u64;
+            report.gaps.extend(records.iter().filter_map(describe_gap));
             let consecutive = records
                 .iter()
                 .enumerate()
