@@ -9,7 +9,7 @@ mod common;
 #[path = "../dataplane/tests/support/mod.rs"]
 mod support;
 
-use common::{Killed, imgate_up, presence_of, scrape, serve, slapd, stop_and_read, wait_for_line};
+use common::{Killed, imgate_up, ngircd, presence_of, scrape, slapd, stop_and_read, wait_for_line};
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -17,25 +17,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn ngircd(dir: &Path) -> (Killed, u16) {
-    let port = support::free_port();
-    let config = dir.join("ngircd.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "[Global]\nName = irc.test.local\nInfo = imgate test\nListen = 127.0.0.1\nPorts = {port}\nAdminInfo1 = imgate\nAdminInfo2 = test\nAdminEMail = admin@test.local\nPidFile = {}\n[Limits]\nMaxConnectionsIP = 0\n[Options]\nPAM = no\nDNS = no\nIdent = no\n",
-            dir.join("ngircd.pid").display()
-        ),
-    )
-    .expect("config");
-    let server = serve(
-        Command::new("ngircd").args(["-n", "-f", config.to_str().expect("utf-8")]),
-        port,
-        "ngircd (scripts/test installs it: apt-get install ngircd)",
-    );
-    (server, port)
-}
 
 fn clients(front: u16, mode: &str) -> Value {
     let output = Command::new("python3")

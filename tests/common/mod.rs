@@ -124,8 +124,6 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// Stops `imgate up` with SIGTERM (which flushes the archive) and returns every archived
-/// record of tenant `local` under `data`.
 /// GET /metrics from `imgate up`'s metrics endpoint on `port`.
 pub fn scrape(port: u16) -> String {
     let response = http_get(port, "/metrics");
@@ -417,6 +415,26 @@ pub fn prosody_in(dir: &Path, netns: Option<&str>, address: &str) -> (Killed, u1
         Some(netns) => wait_for_port_in(netns, address, tls_port, "prosody (direct TLS)"),
     }
     (server, port, tls_port, crt)
+}
+
+/// ngIRCd on a free loopback port, its files in `dir`; returns the server and its port.
+pub fn ngircd(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let config = dir.join("ngircd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[Global]\nName = irc.test.local\nInfo = imgate test\nListen = 127.0.0.1\nPorts = {port}\nAdminInfo1 = imgate\nAdminInfo2 = test\nAdminEMail = admin@test.local\nPidFile = {}\n[Limits]\nMaxConnectionsIP = 0\n[Options]\nPAM = no\nDNS = no\nIdent = no\n",
+            dir.join("ngircd.pid").display()
+        ),
+    )
+    .expect("config");
+    let server = serve(
+        Command::new("ngircd").args(["-n", "-f", config.to_str().expect("utf-8")]),
+        port,
+        "ngircd (scripts/test installs it: apt-get install ngircd)",
+    );
+    (server, port)
 }
 
 /// A free loopback port.

@@ -3,9 +3,10 @@
 //! never a mix), the sender tracker, the archive log and the timeouts.
 //!
 //! Invariants: a record is appended for every event before the event's effect is forwarded,
-//! and with `fail_closed` the effect waits (in [`Shared::settle`]) until the record is
-//! written to the log file, or fsynced with [`ForwardAfter::Synced`]; an archive failure in
-//! fail-closed mode blocks the event instead of forwarding it unrecorded.
+//! and the effect waits (in [`Shared::settle`]) until the record is written to the log file,
+//! or fsynced with [`ForwardAfter::Synced`]; an archive failure in fail-closed mode blocks
+//! the event instead of forwarding it unrecorded, and in fail-open mode lets it go on (the
+//! log counts the records it refused in its next `gap` record).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
@@ -211,21 +212,27 @@ impl Shared {
     }
 
     /// Writes the records this session queued (on the calling thread when the log file is
-    /// free, else by the log's writer thread) and, in fail-closed mode, waits until every
-    /// record appended so far is written (or synced, per [`ForwardAfter`]). Relays call it
-    /// once per batch of stanzas or lines, before forwarding the batch, so that one write (or
-    /// fsync) covers all the messages in flight. The wait holds no thread.
+    /// free, else by the log's writer thread) and waits until every record appended so far is
+    /// written (or synced, per [`ForwardAfter`]), so that what is forwarded is in the log
+    /// even if the process is killed next. Relays call it once per batch of stanzas or
+    /// lines, before forwarding the batch, so that one write (or fsync) covers all the
+    /// messages in flight. The wait holds no thread. When the log fails meanwhile, the
+    /// error is returned in fail-closed mode; in fail-open mode the batch goes on (its
+    /// records are kept and written when the log writes again).
     pub async fn settle(&self) -> Result<(), ArchiveError> {
         let seq = self.archive.last_seq();
-        let written = self.archive.write_now(seq);
-        if !self.fail_closed {
-            // A failed log refuses later appends, which `record_event` logs.
-            return Ok(());
-        }
-        match (self.forward_after, written?) {
-            (ForwardAfter::Written, true) => Ok(()),
-            (ForwardAfter::Written, false) => self.archive.written(seq).await,
-            (ForwardAfter::Synced, _) => self.archive.synced(seq).await,
+        let settled = match (self.forward_after, self.archive.write_now(seq)) {
+            (_, Err(error)) => Err(error),
+            (ForwardAfter::Written, Ok(true)) => Ok(()),
+            (ForwardAfter::Written, Ok(false)) => self.archive.written(seq).await,
+            (ForwardAfter::Synced, Ok(_)) => self.archive.synced(seq).await,
+        };
+        match settled {
+            Err(error) if !self.fail_closed => {
+                tracing::warn!(%error, "archive failed; forwarding (fail open)");
+                Ok(())
+            }
+            settled => settled,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Real parts for archive tests: a moto S3 server (Object Lock enforced) started per test,
-//! and a TCP relay that can cut the path to it to simulate an outage.
+//! and a TCP relay that can cut the path to it, or stall it, to simulate an outage.
 
 #![allow(dead_code)]
 
@@ -54,10 +54,18 @@ impl Drop for Moto {
     }
 }
 
-/// A TCP relay to `target` whose path can be cut (connections refused and reset) and restored.
+/// A TCP relay to `target` whose path can be cut (connections refused and reset) or stalled
+/// (connections taken, bytes read, nothing answered), and restored.
 pub struct Relay {
     pub port: u16,
     up: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
+}
+
+/// Reads and drops what `stream` sends until it closes.
+async fn swallow(mut stream: tokio::net::TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0) {}
 }
 
 impl Relay {
@@ -67,14 +75,19 @@ impl Relay {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let up = Arc::new(AtomicBool::new(true));
-        let flag = up.clone();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (flag, stall) = (up.clone(), stalled.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !flag.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let flag = flag.clone();
+                if stall.load(Ordering::SeqCst) {
+                    tokio::spawn(swallow(inbound));
+                    continue;
+                }
+                let (flag, stall) = (flag.clone(), stall.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) =
                         tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], target)))
@@ -84,19 +97,28 @@ impl Relay {
                     };
                     let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
                     let watch = async {
-                        while flag.load(Ordering::SeqCst) {
+                        while flag.load(Ordering::SeqCst) && !stall.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     };
-                    tokio::select! { _ = relay => {}, () = watch => {} }
+                    tokio::select! { _ = relay => return, () = watch => {} }
+                    if stall.load(Ordering::SeqCst) {
+                        swallow(inbound).await;
+                    }
                 });
             }
         });
-        Self { port, up }
+        Self { port, up, stalled }
     }
 
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// Stalls the path (`true`): connections open or opened meanwhile are taken and never
+    /// answered; `false` relays new connections again.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
     }
 
     pub fn endpoint(&self) -> String {
