@@ -21,6 +21,7 @@ use imgate_crds::tenant::ArchiveFailure;
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::segment::Layout;
 use imgate_dataplane::archive::store::{Encryption, LocalStore, S3Config, S3Store};
+use imgate_dataplane::archive::unended;
 use imgate_dataplane::archive::{
     ArchiveLog, LogConfig, ShipMonitor, Shipper, ShipperConfig, Store,
 };
@@ -77,6 +78,10 @@ pub struct UpArgs {
     /// element being received, up to 256 KiB): a session that would take them over it ends.
     #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = |text: &str| imgate_crds::units::parse_size(text).map_err(|e| e.to_string()))]
     max_buffered: u64,
+    /// The most bytes the read buffers of one client address's sessions may hold together
+    /// beyond 16 KiB each: a session that would take them over it ends.
+    #[arg(long, value_name = "SIZE", default_value = "32Mi", value_parser = |text: &str| imgate_crds::units::parse_size(text).map_err(|e| e.to_string()))]
+    max_buffered_per_source: u64,
     /// The most client connections from one address at once.
     #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_source: u64,
@@ -322,6 +327,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             ..LogConfig::default()
         };
         let (log, recovery) = ArchiveLog::open(StdFs, &wal, log_config).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
+        let unended = unended::find(&StdFs, &wal).with_context(|| format!("cannot read the archive log in {}", wal.display()))?;
+        let ended = unended::end(&log, &args.tenant, &args.writer, &unended).context("cannot end the sessions the last run left open")?;
+        if ended > 0 {
+            tracing::warn!(sessions = ended, stopped = unended.stopped, "sessions the last run left open are ended in the archive");
+        }
         let layout = Layout { prefix: Layout::prefix(&args.s3_prefix), tenant: args.tenant.clone(), writer: args.writer.clone() };
         let mut shipper_config = ShipperConfig::new(layout);
         shipper_config.max_segment_age = Duration::from_secs(args.seal_seconds.max(1));
@@ -344,7 +354,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         shared.forward_after = args.forward_after;
         let most = connection_limit(args.max_connections);
         shared.admission = imgate_dataplane::proxy::admission::Admission::new(most, usize::try_from(args.max_connections_per_source).unwrap_or(usize::MAX));
-        shared.buffers = Arc::new(imgate_dataplane::proxy::budget::Budget::new(usize::try_from(args.max_buffered).unwrap_or(usize::MAX)));
+        shared.buffers = Arc::new(imgate_dataplane::proxy::budget::Budget::new(
+            usize::try_from(args.max_buffered).unwrap_or(usize::MAX),
+            usize::try_from(args.max_buffered_per_source).unwrap_or(usize::MAX),
+        ));
         shared.destinations = imgate_dataplane::proxy::destination::Destinations::new(args.allow_destinations.clone())
             .deny(args.deny_destinations.clone())
             .ports(args.allow_ports.clone());
@@ -465,6 +478,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             renewing.abort();
         }
         println!("stopping: flushing the archive");
+        // No session starts any more: the marker, and a gap the log is still in, go out with
+        // the flush.
+        log.record_gap();
+        if let Err(error) = unended::mark_stopped(&log, &args.tenant, &args.writer) {
+            tracing::error!(%error, "cannot record that imgate stops; its open sessions will be ended as after a crash");
+        }
         stop.notify_one();
         let flushed = tokio::task::spawn_blocking(move || shipping.join()).await?.map_err(|_| anyhow::anyhow!("the archive shipper panicked"))?;
         log.close();
@@ -689,26 +708,28 @@ fn tunnel_endpoint(
     })
 }
 
-/// Serves `/metrics` (Prometheus text format), and `/healthz` and `/readyz`, which fail while
-/// the archive log cannot write.
+/// Serves `/metrics` (Prometheus text format), `/readyz`, which fails while the archive log
+/// cannot write (it refuses records, and so, failing closed, messages, and tries again by
+/// itself), and `/healthz`, which fails only when the log failed in a way that only a restart
+/// recovers from (an fsync failed).
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shipping: Arc<ShipMonitor>) {
-    // Alive and ready while the archive log takes records: one that has failed refuses every
-    // record (and so, failing closed, every message) until the process starts again.
-    let health = {
+    let check = |for_good_only: bool| {
         let shared = shared.clone();
         move || {
             let shared = shared.clone();
             async move {
-                match shared.archive.failure() {
-                    None => (axum::http::StatusCode::OK, "ok\n".to_owned()),
-                    Some(why) => (
+                let failure = shared.archive.failure();
+                match failure {
+                    Some(why) if !for_good_only || shared.archive.failed_for_good() => (
                         axum::http::StatusCode::SERVICE_UNAVAILABLE,
                         format!("the archive log cannot write: {why}\n"),
                     ),
+                    _ => (axum::http::StatusCode::OK, "ok\n".to_owned()),
                 }
             }
         }
     };
+    let (live, ready) = (check(true), check(false));
     let metrics = move || {
         let (shared, shipping) = (shared.clone(), shipping.clone());
         async move {
@@ -723,8 +744,8 @@ async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shipping: Arc
     };
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
-        .route("/healthz", axum::routing::get(health.clone()))
-        .route("/readyz", axum::routing::get(health));
+        .route("/healthz", axum::routing::get(live))
+        .route("/readyz", axum::routing::get(ready));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "the metrics endpoint stopped");
     }

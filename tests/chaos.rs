@@ -4,7 +4,8 @@
 //! filled and its file descriptors exhausted, in turn. Afterwards every message bob received
 //! is in the archive or counted in a recorded gap, `imgate archive verify` finds the archive
 //! intact and names the gap, and after each fault but the kill the same process serves new
-//! sessions again (after the kill, a restart on the same data folder).
+//! sessions again (after the kill, a restart on the same data folder, which ends the sessions
+//! the kill cut as a crash).
 //!
 //! The data folder is a 16 MiB tmpfs mounted for the test (root is needed, as for the rest of
 //! the suite), small enough to fill and too small for the log's preallocation, so that a full
@@ -118,6 +119,11 @@ impl Imgate {
     /// Whether `/healthz` answers 200.
     fn healthy(&self) -> bool {
         http_get(self.metrics, "/healthz").starts_with("HTTP/1.1 200")
+    }
+
+    /// Whether `/readyz` answers 200.
+    fn ready(&self) -> bool {
+        http_get(self.metrics, "/readyz").starts_with("HTTP/1.1 200")
     }
 
     /// The value of gauge `name` on `/metrics`.
@@ -246,7 +252,7 @@ fn kill_stall_full_disk_and_descriptor_exhaustion_lose_nothing_unrecorded() {
         common::s3_bucket(&moto.endpoint(), "archive", false).await;
         support::Relay::start(moto.port).await
     });
-    // Prosody keeps its accounts in the folder's `data`.
+    // Not `data`: Prosody keeps its accounts there.
     let data = dir.path().join("imgate");
     let _tmpfs = Tmpfs::mount(&data, "16m");
     let mut lab = Lab {
@@ -283,20 +289,23 @@ fn kill_stall_full_disk_and_descriptor_exhaustion_lose_nothing_unrecorded() {
     });
     delivered.push(("stall".into(), traffic.stop()));
 
-    // 3. A full disk: the log refuses records (forwarded unrecorded, counted), health
-    //    checks fail; then space again, and the log writes again by itself.
+    // 3. A full disk: the log refuses records (forwarded unrecorded, counted), the pod is not
+    //    ready (but alive: a restart would not help); then space again, and the log writes
+    //    again by itself.
     let traffic = Traffic::start(&imgate, &ca, "disk");
     let filler = data.join("filler");
     let mut file = std::fs::File::create(&filler).expect("filler");
     let filled = file.write_all(&vec![0u8; 32 << 20]);
     assert!(filled.is_err(), "the 16 MiB disk is full");
     drop(file);
-    wait_until("the log cannot write, and health checks say so", || {
-        !imgate.healthy() && imgate.gauge("imgate_archive_log_failing") == Some(1.0)
-    });
+    wait_until(
+        "the log cannot write, and the readiness check says so",
+        || !imgate.ready() && imgate.gauge("imgate_archive_log_failing") == Some(1.0),
+    );
+    assert!(imgate.healthy(), "alive: the log tries again by itself");
     std::fs::remove_file(&filler).expect("space again");
     wait_until("the log writes again", || {
-        imgate.healthy() && imgate.gauge("imgate_archive_log_failing") == Some(0.0)
+        imgate.ready() && imgate.gauge("imgate_archive_log_failing") == Some(0.0)
     });
     delivered.push(("disk".into(), traffic.stop()));
 
@@ -312,7 +321,7 @@ fn kill_stall_full_disk_and_descriptor_exhaustion_lose_nothing_unrecorded() {
     delivered.push(("fd".into(), traffic.stop()));
 
     // The same process serves new sessions.
-    assert!(imgate.healthy());
+    assert!(imgate.healthy() && imgate.ready());
     let traffic = Traffic::start(&imgate, &ca, "end");
     delivered.push(("end".into(), traffic.stop()));
 
@@ -323,7 +332,18 @@ fn kill_stall_full_disk_and_descriptor_exhaustion_lose_nothing_unrecorded() {
         .filter_map(|r| r["text"].as_str())
         .collect();
     let gaps: Vec<&Value> = records.iter().filter(|r| r["type"] == "gap").collect();
-    let forwarded: u64 = gaps.iter().filter_map(|g| g["forwarded"].as_u64()).sum();
+    assert!(
+        records.iter().any(|r| r["type"] == "session_end"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|why| why.starts_with("crash:"))),
+        "the sessions SIGKILL cut are ended, as a crash, by the next start"
+    );
+    let forwarded: u64 = gaps
+        .iter()
+        .filter(|g| g["on_failure"] == "pass")
+        .filter_map(|g| g["refused"].as_u64())
+        .sum();
     assert!(!gaps.is_empty(), "the full disk is a recorded gap");
     for (phase, texts) in &delivered {
         assert!(
@@ -342,7 +362,7 @@ fn kill_stall_full_disk_and_descriptor_exhaustion_lose_nothing_unrecorded() {
         if *phase == "disk" {
             assert!(
                 missing.len() as u64 <= forwarded,
-                "{phase}: {} delivered messages are not archived, more than the gaps forwarded ({forwarded}): {missing:?}",
+                "{phase}: {} delivered messages are not archived, more than the records the gaps say were refused and their events passed ({forwarded}): {missing:?}",
                 missing.len()
             );
         } else {

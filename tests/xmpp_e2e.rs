@@ -562,20 +562,31 @@ fn a_client_that_says_nothing_is_not_relayed_unread() {
 
 #[test]
 fn sessions_that_would_take_the_buffers_over_their_budget_end() {
+    buffers_over_budget(
+        &["--max-buffered", "1Mi"],
+        "the dataplane's read buffers hold their limit",
+    );
+}
+
+#[test]
+fn sessions_that_would_take_one_address_over_its_share_of_the_buffers_end() {
+    buffers_over_budget(
+        &["--max-buffered", "1Gi", "--max-buffered-per-source", "1Mi"],
+        "the read buffers of this client address's sessions hold their limit",
+    );
+}
+
+/// Ten clients from one address each start a 200 KiB stanza through `imgate up` with
+/// `options` (1 MiB allowed): some sessions end, for `reason`.
+fn buffers_over_budget(options: &[&str], reason: &str) {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());
     let data = dir.path().join("data");
-    let (imgate, front) = common::imgate_up(
-        port,
-        &data,
-        &[
-            "--extra-roots",
-            &server_cert.to_string_lossy(),
-            "--max-buffered",
-            "1Mi",
-        ],
-    );
+    let certificate = server_cert.to_string_lossy();
+    let mut args = vec!["--extra-roots", &certificate];
+    args.extend(options);
+    let (imgate, front) = common::imgate_up(port, &data, &args);
     // Ten clients each start a 200 KiB stanza and never finish it: 2 MB wanted, 1 MiB allowed.
     let header = "<?xml version='1.0'?><stream:stream to='localhost' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
     let mut clients: Vec<TcpStream> = (0..10)
@@ -606,9 +617,7 @@ fn sessions_that_would_take_the_buffers_over_their_budget_end() {
     let records = stop_and_read(imgate, &data);
     assert!(
         records.iter().any(|r| r["type"] == "session_end"
-            && r["reason"]
-                .as_str()
-                .is_some_and(|reason| reason.contains("read buffers hold their limit"))),
+            && r["reason"].as_str().is_some_and(|why| why.contains(reason))),
         "{records:?}"
     );
 }

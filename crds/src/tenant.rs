@@ -200,15 +200,16 @@ pub struct ArchiveSpec {
     /// `block` (fail closed: nothing is forwarded unarchived) or `pass` (fail open).
     #[serde(default)]
     pub on_archive_failure: ArchiveFailure,
-    /// With `block`, when a message may be forwarded: `written` (its record is in the
-    /// dataplane's log file, which survives a crash or restart of the dataplane; a node that
-    /// loses power can lose the last fsync window, about a millisecond) or `synced` (its
-    /// record is fsynced; adds an fsync in each direction to every message).
+    /// When a message may be forwarded: `written` (its record is in the dataplane's log file,
+    /// which survives a crash or restart of the dataplane; a node that loses power can lose
+    /// the last fsync window, about a millisecond) or `synced` (its record is fsynced; adds an
+    /// fsync in each direction to every message). With `pass`, a message goes on anyway once
+    /// the log fails or has not written its record within 5 s.
     #[serde(default)]
     pub forward_after: ForwardAfter,
 }
 
-/// How far a record must get before its message is forwarded (fail-closed mode).
+/// How far a record must get before its message is forwarded.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardAfter {

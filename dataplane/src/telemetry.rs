@@ -115,8 +115,8 @@ impl Default for Metrics {
         let refused = Counter::<u64, AtomicU64>::default();
         registry.register(
             "archive_records_refused",
-            "Records the archive log refused because it could not write or was full; each is \
-             counted in a gap record",
+            "Records the archive log refused because it could not write or was full (the gap \
+             record written when it records again counts them)",
             refused.clone(),
         );
         let connections_refused = Family::<ReasonLabel, Counter>::default();
@@ -248,9 +248,9 @@ impl Metrics {
         self.unshipped.set(log.unshipped_bytes());
         self.shipping_failing.set(i64::from(shipping.failing()));
         self.log_failing.set(i64::from(log.failure().is_some()));
-        let refused = log.refused();
         self.refused
-            .inc_by(refused.saturating_sub(self.refused.get()));
+            .inner()
+            .fetch_max(log.refused(), std::sync::atomic::Ordering::Relaxed);
         encode(&self.registry)
     }
 }

@@ -161,6 +161,8 @@ pub fn presence_of<'a>(records: &'a [Value], who: &str) -> Vec<(&'a str, &'a str
         .collect()
 }
 
+/// Stops `imgate up` with SIGTERM (which flushes the archive) and returns every archived
+/// record of tenant `local` under `data`.
 pub fn stop_and_read(imgate: Killed, data: &Path) -> Vec<Value> {
     stop_and_read_tenant(imgate, data, "local")
 }

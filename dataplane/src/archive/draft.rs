@@ -125,7 +125,8 @@ mod tests {
                 since: "2026-12-06T10:00:00.000Z".into(),
                 reason: "No space left on device".into(),
                 refused: 3,
-                forwarded: 0,
+                on_failure: "block".into(),
+                late: Some([7, 9]),
             },
         ];
         for body in bodies {

@@ -13,6 +13,14 @@ pub enum ArchiveError {
         /// The error.
         source: std::io::Error,
     },
+    /// An fsync failed: what was written may not be on disk, whatever reading it back shows.
+    #[error("{}: fsync failed: {source}; restart imgate (after a failed fsync the log cannot tell what reached the disk)", path.display())]
+    Sync {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Damaged data in the log or a segment.
     #[error("{} is corrupt at byte {offset}: {reason}; keep the file for inspection and restore it from a copy or move it aside, then restart", path.display())]
     Corrupt {
@@ -77,6 +85,7 @@ impl ArchiveError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Io { .. } => "io",
+            Self::Sync { .. } => "sync",
             Self::Corrupt { .. } => "corrupt",
             Self::Sequence { .. } => "sequence",
             Self::Full { .. } => "full",

@@ -209,7 +209,7 @@ impl ArchiveLog {
             Shared::refused(&mut state, &error);
             return Err(error);
         }
-        self.shared.close_gap(&mut state);
+        self.shared.close_gap(&mut state, None);
         let seq = state.next_seq;
         let payload = encode(seq);
         state.next_seq += 1;
@@ -322,9 +322,15 @@ impl ArchiveLog {
         if reached {
             return Ok(());
         }
-        match &self.shared.lock().failed {
+        let state = self.shared.lock();
+        match &state.failed {
             Some(reason) => Err(ArchiveError::Failed(reason.clone())),
-            None => Err(ArchiveError::Closed),
+            None if state.closing => Err(ArchiveError::Closed),
+            // It failed, and was reopened before this waiter looked: whether this record was
+            // kept is not known here; the caller treats it as failed.
+            None => Err(ArchiveError::Failed(
+                "the log failed while this record waited".into(),
+            )),
         }
     }
 
@@ -336,6 +342,21 @@ impl ArchiveLog {
     /// Why the log refuses records, while it cannot write.
     pub fn failure(&self) -> Option<String> {
         self.shared.lock().failed.clone()
+    }
+
+    /// Whether the log failed in a way only a restart recovers from (an fsync failed).
+    pub fn failed_for_good(&self) -> bool {
+        self.shared.lock().for_good
+    }
+
+    /// Closes the gap the log is in, if it writes again (back-pressure ended, or it was
+    /// reopened) and has not recorded it yet: its `gap` record is queued now, for a caller
+    /// about to flush the log.
+    pub fn record_gap(&self) {
+        let mut state = self.shared.lock();
+        if state.failed.is_none() {
+            self.shared.close_gap(&mut state, None);
+        }
     }
 
     /// Records refused since the log opened (it could not write, or it was full).
@@ -367,7 +388,7 @@ impl ArchiveLog {
             let mut state = self.shared.lock();
             state.closing = true;
             if state.failed.is_none() {
-                self.shared.close_gap(&mut state);
+                self.shared.close_gap(&mut state, None);
             }
         }
         self.shared.queued.notify_all();

@@ -8,7 +8,8 @@
 //! reach the file in sequence order; progress (`written_seq`, `durable_seq`, failure) changes
 //! only under the state lock and is published to every waiter, blocking or async, by
 //! [`notify`]; a sleeper marks itself under the state lock before it waits, and a
-//! notification is sent only to a marked sleeper; after a failure nothing more is written.
+//! notification is sent only to a marked sleeper; after a failure nothing more is written
+//! until the log is reopened (a batch already being written finishes, and fails or not).
 //! The WAL's lock is held only to append, to take files out of the log and for the last step
 //! of a rotation (syncing what was appended since the writer synced the full file without the
 //! lock, and renaming the next file, made ready beforehand, into place): making files ready
@@ -18,11 +19,15 @@
 //!
 //! After a failure the writer keeps what was queued and not written (the failed batch first)
 //! and tries, after one `retry` and then at doubling intervals up to [`MOST_RETRY`], to
-//! [`reopen`] the log: recovered from its files as at start, synced, and continued with
-//! what was kept, so no sequence number is ever given to two records and a record that was
-//! numbered is written or the log stays failed. The first record after the failure is a
-//! `gap` record. A sync that started before a reopen cannot fail the reopened log (the
-//! `generation` tells them apart).
+//! reopen the log ([`Reopen`]): recovered from its files as at start, synced, and continued
+//! with what was kept, so no sequence number is ever given to two records and a record that
+//! was numbered is written or the log stays failed. The kept records and then a `gap` record
+//! are the first written after the failure, in one batch; until that batch is written the log
+//! stays failed and the gap open, so a failure is one `gap` record however many tries it
+//! takes. A failed fsync is never recovered from in the process (`for_good`): the kernel may
+//! have dropped pages that reading the file back would still show. A sync that started before
+//! a reopen and succeeded is moot (the `generation` tells them apart); one that failed fails
+//! the log.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -62,6 +67,11 @@ pub(super) struct State {
     /// The current file is full: the writer should rotate it.
     pub(super) rotation_wanted: bool,
     pub(super) failed: Option<String>,
+    /// The failure cannot be recovered from in this process: an fsync failed, after which
+    /// the kernel may have dropped written pages that reading the file back would still
+    /// show, so what the log holds cannot be trusted until it is recovered from disk at the
+    /// next start.
+    pub(super) for_good: bool,
     /// Records refused since the log last recorded (a failure, or back-pressure), not yet
     /// told in a `gap` record.
     pub(super) gap: Option<Gap>,
@@ -148,7 +158,8 @@ impl Shared {
 
     /// Queues the `gap` record of the gap that ends now, if one is open: under the state
     /// lock, with the next sequence number.
-    pub(super) fn close_gap(&self, state: &mut State) {
+    /// `late`: the first and last records numbered before the failure and written only now.
+    pub(super) fn close_gap(&self, state: &mut State, late: Option<[u64; 2]>) {
         let Some(gap) = state.gap.take() else {
             return;
         };
@@ -158,11 +169,13 @@ impl Shared {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             reason: gap.reason,
             refused: gap.refused,
-            forwarded: if self.forwards_refused {
-                gap.refused
+            on_failure: if self.forwards_refused {
+                "pass"
             } else {
-                0
-            },
+                "block"
+            }
+            .into(),
+            late,
         };
         let (tenant, writer) = &self.origin;
         let seq = state.next_seq;
@@ -204,6 +217,7 @@ pub(super) fn notify(shared: &Shared, mut state: MutexGuard<'_, State>) {
 fn fail(shared: &Shared, mut state: MutexGuard<'_, State>, error: &ArchiveError) {
     tracing::error!(%error, "archive log failed; refusing records until it can write again");
     state.failed = Some(error.to_string());
+    state.for_good |= matches!(error, ArchiveError::Sync { .. });
     let reason = error.to_string();
     let gap = state.gap.get_or_insert_with(|| Gap {
         since: Utc::now(),
@@ -249,7 +263,9 @@ fn try_reopen(
         Err(error) => {
             tracing::warn!(%error, retry = ?*retry, "the archive log still cannot write");
             *retry = (*retry * 2).min(MOST_RETRY);
-            shared.lock().failed = Some(error.to_string());
+            let mut state = shared.lock();
+            state.failed = Some(error.to_string());
+            state.for_good |= matches!(error, ArchiveError::Sync { .. });
             None
         }
     }
@@ -290,23 +306,24 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
         .map(|(_, p)| (p.len() + FRAME_HEADER) as u64)
         .sum();
     let gap = state.gap.clone();
-    shared.close_gap(&mut state);
-    let appended = fresh.append_batch(&state.queue);
-    let handle = appended.and_then(|_| fresh.sync_handle());
-    let handle = match handle {
-        Ok(handle) => handle,
-        Err(error) => {
-            // Kept for the next try, with the gap still open.
-            if gap.is_some()
-                && let Some((seq, record)) = state.queue.pop()
-            {
-                state.next_seq = seq;
-                state.queued_bytes -= (record.len() + FRAME_HEADER) as u64;
-            }
-            state.gap = gap;
-            return Err(error);
+    let late = state
+        .queue
+        .first()
+        .zip(state.queue.last())
+        .map(|((first, _), (last, _))| [*first, *last]);
+    shared.close_gap(&mut state, late);
+    if let Err(error) = fresh.append_batch(&state.queue) {
+        // Kept for the next try, with the gap still open.
+        if gap.is_some()
+            && let Some((seq, record)) = state.queue.pop()
+        {
+            state.next_seq = seq;
+            state.queued_bytes -= (record.len() + FRAME_HEADER) as u64;
         }
-    };
+        state.gap = gap;
+        return Err(error);
+    }
+    // Written: from here on they are in the log, whatever fails next.
     let written: u64 = state
         .queue
         .drain(..)
@@ -315,7 +332,7 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
     state.queued_bytes = 0;
     state.written_seq = state.next_seq - 1;
     state.durable_seq = last;
-    state.sync_file = handle;
+    state.sync_file = None;
     state.unsynced_bytes = written;
     state.on_disk_bytes = fresh.bytes();
     state.rotation_wanted = fresh.rotation_due();
@@ -325,6 +342,14 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
         tracing::warn!(since = %gap.since, refused = gap.refused, "the archive log writes again; the gap is recorded");
     }
     *wal = fresh;
+    match wal.sync_handle() {
+        Ok(handle) => state.sync_file = handle,
+        Err(error) => {
+            drop(wal);
+            fail(shared, state, &error);
+            return Ok(housekeeper);
+        }
+    }
     drop(wal);
     notify(shared, state);
     Ok(housekeeper)
@@ -335,10 +360,19 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
 /// failure, reopens the log when it can; on closing, syncs and returns (trying once more to
 /// reopen a failed log, so that its gap is recorded).
 pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>, reopen: &Reopen) {
-    let mut retry = shared.retry;
+    let mut retry = shared.retry.max(Duration::from_millis(1));
     loop {
         let mut state = shared.lock();
         if state.failed.is_some() {
+            if state.for_good {
+                while !state.closing {
+                    state = shared
+                        .queued
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                return;
+            }
             let closing = state.closing;
             drop(state);
             match try_reopen(shared, reopen, &mut retry) {
@@ -397,13 +431,13 @@ pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>
             shared.lock().on_disk_bytes = wal.bytes();
         }
         drop(wal);
-        // Oldest first: the first that cannot be deleted stops the rest.
+        // Oldest first, so that what is left is always the log's oldest files, which the
+        // next start takes back into the log (their records are shipped) and deletes again.
         if let Some(error) = detached
             .iter()
             .find_map(|path| housekeeper.remove(path).err())
         {
-            fail(shared, shared.lock(), &error);
-            continue;
+            tracing::error!(%error, "a shipped log file could not be deleted; it is deleted again when imgate next starts");
         }
         if rotate && let Err(error) = housekeeper.prepare_spare() {
             tracing::warn!(%error, "the next log file could not be made ready; the rotation will create it");
@@ -425,8 +459,10 @@ fn prepare_rotation(shared: &Shared, housekeeper: &dyn Housekeeping) -> bool {
         .sync_handle();
     let synced = handle.and_then(|handle| {
         handle.map_or(Ok(()), |mut file| {
-            file.sync()
-                .map_err(|error| ArchiveError::Failed(format!("fsync failed: {error}")))
+            file.sync().map_err(|source| ArchiveError::Sync {
+                path: "the archive log's full file".into(),
+                source,
+            })
         })
     });
     match synced {
@@ -473,7 +509,8 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
         if state.queue.is_empty() {
             return true;
         }
-        state.queued_bytes = 0;
+        // Its bytes stay counted as queued until they are counted on disk, so that the
+        // back-pressure limit holds while the batch is written.
         std::mem::take(&mut state.queue)
     };
     let appended = wal.append_batch(&batch);
@@ -498,6 +535,7 @@ pub(super) fn write_queued(shared: &Shared, wal: &mut dyn WalWriter) -> bool {
             if let Some((last, _)) = batch.last() {
                 state.written_seq = *last;
             }
+            state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
             state.on_disk_bytes = wal.bytes();
             if wal.rotation_due() && !state.rotation_wanted {
                 state.rotation_wanted = true;
@@ -531,14 +569,17 @@ pub(super) fn sync_loop(shared: &Shared) {
             let mut state = shared.lock();
             loop {
                 if state.failed.is_some() {
-                    // The writer reopens the log, or it closes.
+                    // The writer reopens the log, or it closes; marked idle, so that the
+                    // first write after a reopen wakes it.
                     if state.closing {
                         return;
                     }
+                    state.syncer = SyncerWait::Idle;
                     state = shared
                         .wanted
                         .wait(state)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state.syncer = SyncerWait::Awake;
                     continue;
                 }
                 if state.written_seq > state.durable_seq && state.sync_file.is_some() {
@@ -577,7 +618,7 @@ pub(super) fn sync_loop(shared: &Shared) {
         let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
         last_sync = Instant::now();
         let mut state = shared.lock();
-        if state.generation != generation {
+        if state.generation != generation && synced.is_ok() {
             // The log was reopened meanwhile (and synced whole): this sync is moot.
             continue;
         }
@@ -586,12 +627,12 @@ pub(super) fn sync_loop(shared: &Shared) {
         }
         match synced {
             Ok(()) => state.durable_seq = state.durable_seq.max(target),
-            Err(error) => {
-                fail(
-                    shared,
-                    state,
-                    &ArchiveError::Failed(format!("fsync failed: {error}")),
-                );
+            Err(source) => {
+                let error = ArchiveError::Sync {
+                    path: "the archive log's current file".into(),
+                    source,
+                };
+                fail(shared, state, &error);
                 continue;
             }
         }

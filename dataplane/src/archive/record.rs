@@ -161,9 +161,14 @@ pub enum Body {
         reason: String,
         /// Records refused meanwhile.
         refused: u64,
-        /// Of the events behind them, how many were forwarded without a record
-        /// (`onArchiveFailure: pass`); the others were blocked.
-        forwarded: u64,
+        /// What the dataplane did with the events behind refused records, as the Tenant's
+        /// `onArchiveFailure` says: `pass` (they went on without a record) or `block`.
+        on_failure: String,
+        /// The first and last records numbered before the failure and written only when the
+        /// log wrote again: their events waited for them, and went on (`pass`) or were
+        /// blocked (`block`) if the failure reached them first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        late: Option<[u64; 2]>,
     },
     /// Something the system did (policy reload, archive failure, legal hold).
     System {

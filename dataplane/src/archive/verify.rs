@@ -97,20 +97,28 @@ pub async fn verify(
     Ok(report)
 }
 
-/// A `gap` record, told: `writer W: from SINCE to TS, N record(s) refused (F forwarded
-/// unrecorded): REASON`.
+/// A `gap` record, told: `writer W: from SINCE to TS, N record(s) refused (what became of
+/// their events)[, records A..=B written late]: REASON (record S)`.
 fn describe_gap(record: &Record) -> Option<String> {
     let Body::Gap {
         since,
         reason,
         refused,
-        forwarded,
+        on_failure,
+        late,
     } = &record.body
     else {
         return None;
     };
+    let events = match on_failure.as_str() {
+        "pass" => "their events went on unrecorded",
+        _ => "their events were blocked",
+    };
+    let late = late.map_or_else(String::new, |[first, last]| {
+        format!(", records {first}..={last} written late")
+    });
     Some(format!(
-        "writer {}: from {since} to {}, {refused} record(s) refused ({forwarded} of their events forwarded unrecorded, the others blocked): {reason} (record {})",
+        "writer {}: from {since} to {}, {refused} record(s) refused ({events}){late}: {reason} (record {})",
         record.writer,
         record
             .ts

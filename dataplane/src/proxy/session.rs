@@ -342,7 +342,7 @@ async fn admit<S: Client>(
     // verified): it selects no policy and names no person. It is archived as claimed, in the
     // session's start record; the session is judged as its client address.
     let handle = peer.ip().to_string();
-    let info = SessionInfo::new(session.clone(), server.clone());
+    let info = SessionInfo::new(session.clone(), server.clone(), peer.ip());
     let sender = shared.party(&info, None, handle.clone()).await;
     let event = Event {
         tenant: shared.tenant.clone(),

@@ -21,6 +21,10 @@ use crate::inspect::policy::{Action, CompiledPolicy, PolicyState, Verdict};
 use crate::inspect::services::ServiceCatalogue;
 use imgate_crds::policy::Protocol;
 
+/// Failing open, the longest a batch waits for its records to be written (or synced) before
+/// it goes on.
+pub const PASS_WAIT: Duration = Duration::from_secs(5);
+
 /// Timeouts and limits of a dataplane.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -54,7 +58,7 @@ pub struct Shared {
     pub archive: ArchiveLog,
     /// Forward nothing that is not durably archived (`onArchiveFailure: block`).
     pub fail_closed: bool,
-    /// In fail-closed mode, how far a record must get before its effect is forwarded.
+    /// How far a record must get before its effect is forwarded.
     pub forward_after: ForwardAfter,
     /// Services recognised by TLS server name.
     pub services: ServiceCatalogue,
@@ -198,8 +202,8 @@ impl Shared {
         policy.evaluate(event, &mut state)
     }
 
-    /// Archives one record of conversation `conv`; in fail-closed mode, waits until it is
-    /// durable.
+    /// Archives one record of conversation `conv` and waits as [`settle`](Self::settle)
+    /// does.
     pub async fn archive(&self, conv: &str, body: Body) -> Result<u64, ArchiveError> {
         let seq = self.append(conv, &body)?;
         self.settle().await?;
@@ -214,18 +218,36 @@ impl Shared {
     /// Writes the records this session queued (on the calling thread when the log file is
     /// free, else by the log's writer thread) and waits until every record appended so far is
     /// written (or synced, per [`ForwardAfter`]), so that what is forwarded is in the log
-    /// even if the process is killed next. Relays call it once per batch of stanzas or
+    /// even if the process is killed next; failing open, for [`PASS_WAIT`] at most. Relays call it once per batch of stanzas or
     /// lines, before forwarding the batch, so that one write (or fsync) covers all the
     /// messages in flight. The wait holds no thread. When the log fails meanwhile, the
     /// error is returned in fail-closed mode; in fail-open mode the batch goes on (its
     /// records are kept and written when the log writes again).
     pub async fn settle(&self) -> Result<(), ArchiveError> {
         let seq = self.archive.last_seq();
-        let settled = match (self.forward_after, self.archive.write_now(seq)) {
+        let wait = match (self.forward_after, self.archive.write_now(seq)) {
             (_, Err(error)) => Err(error),
-            (ForwardAfter::Written, Ok(true)) => Ok(()),
-            (ForwardAfter::Written, Ok(false)) => self.archive.written(seq).await,
-            (ForwardAfter::Synced, Ok(_)) => self.archive.synced(seq).await,
+            (ForwardAfter::Written, Ok(true)) => return Ok(()),
+            (ForwardAfter::Written, Ok(false)) => Ok(false),
+            (ForwardAfter::Synced, Ok(_)) => Ok(true),
+        };
+        let waiting = async {
+            match wait? {
+                false => self.archive.written(seq).await,
+                true => self.archive.synced(seq).await,
+            }
+        };
+        let settled = if self.fail_closed {
+            waiting.await
+        } else {
+            // Failing open, a disk that stops answering does not stop the traffic.
+            tokio::time::timeout(PASS_WAIT, waiting)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ArchiveError::Failed(format!(
+                        "the archive log took over {PASS_WAIT:?} to write"
+                    )))
+                })
         };
         match settled {
             Err(error) if !self.fail_closed => {
@@ -275,16 +297,19 @@ pub struct SessionInfo {
     pub session: String,
     /// The server, `host:port`.
     pub server: String,
+    /// The client's address.
+    pub client: std::net::IpAddr,
     /// Handles resolved so far in this session (lower case), each archived once.
     pub resolved: Arc<Mutex<HashSet<String>>>,
 }
 
 impl SessionInfo {
-    /// A session with nothing resolved yet.
-    pub fn new(session: String, server: String) -> Self {
+    /// A session from `client` with nothing resolved yet.
+    pub fn new(session: String, server: String, client: std::net::IpAddr) -> Self {
         Self {
             session,
             server,
+            client,
             resolved: Arc::default(),
         }
     }

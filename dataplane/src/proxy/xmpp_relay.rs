@@ -10,6 +10,7 @@
 //! STARTTLS `<failure/>` to the client and a record of why, before any client data flows;
 //! oversized or malformed input ends the session with a stream error and a record.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::ClientConfig;
@@ -35,21 +36,35 @@ pub struct TlsContext {
 }
 
 /// A direction's read bytes and framer.
-#[derive(Default)]
 pub(super) struct Side {
     /// Bytes read; the first `done` are handled.
     pub(super) buffer: Vec<u8>,
     /// How many bytes at the front of `buffer` are handled.
     pub(super) done: usize,
     pub(super) framer: Framer,
+    /// The session's client address, which its buffers are counted for.
+    source: IpAddr,
     /// The dataplane's read-buffer budget, and what this buffer is counted for in it.
     counted: Option<(Arc<Budget>, usize)>,
+}
+
+impl Side {
+    /// An empty side of a session from `source`.
+    pub(super) fn of(source: IpAddr) -> Self {
+        Self {
+            buffer: Vec::new(),
+            done: 0,
+            framer: Framer::default(),
+            source,
+            counted: None,
+        }
+    }
 }
 
 impl Drop for Side {
     fn drop(&mut self) {
         if let Some((budget, counted)) = self.counted.take() {
-            budget.release(counted);
+            budget.release(self.source, counted);
         }
     }
 }
@@ -73,7 +88,7 @@ pub(super) async fn fill<R: AsyncRead + Unpin>(
         .counted
         .get_or_insert_with(|| (shared.buffers.clone(), 0));
     budget
-        .count(counted, side.buffer.capacity())
+        .count(side.source, counted, side.buffer.capacity())
         .map_err(std::io::Error::other)?;
     Ok(read)
 }
@@ -257,13 +272,14 @@ where
                     let Some((client, upstream)) = streams else {
                         return Ok(ended());
                     };
+                    let source = info.client;
                     Box::pin(super::xmpp_inspect::inspect(
                         shared,
                         info,
                         client,
                         upstream,
-                        Side::default(),
-                        Side::default(),
+                        Side::of(source),
+                        Side::of(source),
                     ))
                 }
                 None => {
@@ -321,7 +337,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut from_client, mut from_server) = (Side::default(), Side::default());
+    let (mut from_client, mut from_server) = (Side::of(info.client), Side::of(info.client));
     let Some((header, to)) =
         client_item(&mut client, &mut from_client, shared, info, false).await?
     else {

@@ -324,9 +324,10 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// A probe of `path` on the metrics port, failing after `failures` misses: `/readyz` and
-/// `/healthz` fail while the dataplane's archive log cannot write, so that the pod is taken
-/// out of its Services and then restarted.
+/// A probe of `path` on the metrics port, failing after `failures` misses: `/readyz` fails
+/// while the dataplane's archive log cannot write (it tries again by itself), so that the pod
+/// is taken out of its Services, and `/healthz` when only a restart helps (an fsync failed),
+/// so that the pod is restarted.
 fn probe(path: &str, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
