@@ -327,10 +327,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             ..LogConfig::default()
         };
         let (log, recovery) = ArchiveLog::open(StdFs, &wal, log_config).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
-        let unended = unended::find(&StdFs, &wal).with_context(|| format!("cannot read the archive log in {}", wal.display()))?;
-        let ended = unended::end(&log, &args.tenant, &args.writer, &unended).context("cannot end the sessions the last run left open")?;
-        if ended > 0 {
-            tracing::warn!(sessions = ended, stopped = unended.stopped, "sessions the last run left open are ended in the archive");
+        // Best effort: a log that is full or cannot write must not keep the dataplane (and so
+        // the shipper that would free it) from starting; the next start tries again.
+        match unended::find(&StdFs, &wal).and_then(|unended| Ok((unended::end(&log, &args.tenant, &args.writer, &unended)?, unended.stopped))) {
+            Ok((0, _)) => {}
+            Ok((ended, stopped)) => tracing::warn!(sessions = ended, stopped, "sessions the last run left open are ended in the archive"),
+            Err(error) => tracing::error!(%error, "the sessions the last run left open could not be ended in the archive; the next start tries again"),
         }
         let layout = Layout { prefix: Layout::prefix(&args.s3_prefix), tenant: args.tenant.clone(), writer: args.writer.clone() };
         let mut shipper_config = ShipperConfig::new(layout);

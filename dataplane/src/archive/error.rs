@@ -73,6 +73,20 @@ impl ArchiveError {
         }
     }
 
+    /// What a failed sync of `path` is: [`Sync`](Self::Sync), unless it failed before it
+    /// synced anything because no file descriptor was left (opening the folder to sync its
+    /// entries), which another try recovers from.
+    pub(crate) fn sync(path: &Path, source: std::io::Error) -> Self {
+        // EMFILE, ENFILE.
+        if matches!(source.raw_os_error(), Some(23 | 24)) {
+            return Self::io(path, source);
+        }
+        Self::Sync {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
     pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Self {
         Self::Corrupt {
             path: path.to_owned(),

@@ -28,10 +28,10 @@
 //! file handle and its target are published together, so a target is never claimed durable by
 //! syncing another file (the writer syncs a full file itself before moving to the next); when
 //! the unshipped bytes plus the queue would exceed the limit, `append` refuses with
-//! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write or
-//! sync error the log refuses everything ([`ArchiveError::Failed`]) until its writer has
-//! reopened it (see [`log_commit`](super::log_commit)), because what follows a failed batch
-//! must not be acknowledged; every record refused, for a failure or back-pressure, is counted
+//! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write error
+//! the log refuses everything ([`ArchiveError::Failed`]) until its writer has reopened it (see
+//! [`log_commit`](super::log_commit)), and after a failed fsync until the process restarts,
+//! because what follows a failed batch must not be acknowledged; every record refused, for a failure or back-pressure, is counted
 //! in a gap, and the first record the log takes afterwards is preceded by a `gap` record
 //! saying since when, why and how many; a written record waits at most one `sync_interval`
 //! (plus one fsync) to become durable.
@@ -381,8 +381,9 @@ impl ArchiveLog {
         self.shared.queued.notify_one();
     }
 
-    /// Writes and syncs what is queued (with the `gap` record of a gap still open; a failed
-    /// log is tried once more), stops the writer and the syncer and waits for them.
+    /// Writes and syncs what is queued (with the `gap` record of a gap still open; a log that
+    /// failed, unless for good, is tried once more), stops the writer and the syncer and
+    /// waits for them.
     pub fn close(&self) {
         {
             let mut state = self.shared.lock();

@@ -77,6 +77,8 @@ pub(super) struct State {
     pub(super) gap: Option<Gap>,
     /// Records refused since the log opened.
     pub(super) refused_total: u64,
+    /// A shipped file could not be deleted: none is deleted any more in this process.
+    pub(super) deletes_held: bool,
     /// How many times the log was reopened after a failure.
     pub(super) generation: u64,
     pub(super) closing: bool,
@@ -257,7 +259,7 @@ fn try_reopen(
     drop(state);
     match reopen_log(shared, reopen) {
         Ok(housekeeper) => {
-            *retry = shared.retry;
+            *retry = shared.retry.max(Duration::from_millis(1));
             Some(housekeeper)
         }
         Err(error) => {
@@ -265,7 +267,13 @@ fn try_reopen(
             *retry = (*retry * 2).min(MOST_RETRY);
             let mut state = shared.lock();
             state.failed = Some(error.to_string());
-            state.for_good |= matches!(error, ArchiveError::Sync { .. });
+            // What only a restart (or a person) can repair.
+            state.for_good |= matches!(
+                error,
+                ArchiveError::Sync { .. }
+                    | ArchiveError::Corrupt { .. }
+                    | ArchiveError::Sequence { .. }
+            );
             None
         }
     }
@@ -281,8 +289,15 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
     let (mut fresh, housekeeper, recovery) = reopen()?;
     fresh.sync()?;
     let mut state = shared.lock();
+    if state.for_good {
+        // An fsync failed while this reopen waited.
+        return Err(ArchiveError::Failed(
+            state.failed.clone().unwrap_or_default(),
+        ));
+    }
     let last = recovery.last_seq;
     if last < state.written_seq {
+        state.for_good = true;
         return Err(ArchiveError::Failed(format!(
             "records {}..={} were written before the failure and are no longer in the log; \
              keep its folder for inspection and restart",
@@ -400,7 +415,10 @@ pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>
         }
         let closed = state.queue.is_empty() && state.release_through.is_none() && state.closing;
         let rotate = std::mem::take(&mut state.rotation_wanted) && !closed;
-        let release = state.release_through.take();
+        // Once a shipped file could not be deleted, none newer is: the files left are always
+        // the log's oldest, so the log stays whole for the next start to open.
+        let held = state.deletes_held;
+        let release = state.release_through.take().filter(|_| !held);
         drop(state);
         if rotate && !prepare_rotation(shared, &*housekeeper) {
             continue;
@@ -437,7 +455,8 @@ pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>
             .iter()
             .find_map(|path| housekeeper.remove(path).err())
         {
-            tracing::error!(%error, "a shipped log file could not be deleted; it is deleted again when imgate next starts");
+            tracing::error!(%error, "a shipped log file could not be deleted; no newer one is deleted until imgate restarts, which deletes them once it ships again");
+            shared.lock().deletes_held = true;
         }
         if rotate && let Err(error) = housekeeper.prepare_spare() {
             tracing::warn!(%error, "the next log file could not be made ready; the rotation will create it");
@@ -459,9 +478,8 @@ fn prepare_rotation(shared: &Shared, housekeeper: &dyn Housekeeping) -> bool {
         .sync_handle();
     let synced = handle.and_then(|handle| {
         handle.map_or(Ok(()), |mut file| {
-            file.sync().map_err(|source| ArchiveError::Sync {
-                path: "the archive log's full file".into(),
-                source,
+            file.sync().map_err(|source| {
+                ArchiveError::sync(std::path::Path::new("the archive log's full file"), source)
             })
         })
     });
@@ -628,10 +646,10 @@ pub(super) fn sync_loop(shared: &Shared) {
         match synced {
             Ok(()) => state.durable_seq = state.durable_seq.max(target),
             Err(source) => {
-                let error = ArchiveError::Sync {
-                    path: "the archive log's current file".into(),
+                let error = ArchiveError::sync(
+                    std::path::Path::new("the archive log's current file"),
                     source,
-                };
+                );
                 fail(shared, state, &error);
                 continue;
             }

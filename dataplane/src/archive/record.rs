@@ -163,6 +163,7 @@ pub enum Body {
         refused: u64,
         /// What the dataplane did with the events behind refused records, as the Tenant's
         /// `onArchiveFailure` says: `pass` (they went on without a record) or `block`.
+        #[serde(default)]
         on_failure: String,
         /// The first and last records numbered before the failure and written only when the
         /// log wrote again: their events waited for them, and went on (`pass`) or were

@@ -1,6 +1,7 @@
 //! The log after a failure: it refuses records while it cannot write, writes again by itself
-//! once it can (a full disk with space again, descriptors free again, an fsync that works
-//! again), loses nothing it had numbered, and records each gap once, with what it refused.
+//! once it can (a full disk with space again, descriptors free again), loses nothing it had
+//! numbered, and records each gap once, with what it refused; after a failed fsync it stays
+//! failed until imgate restarts.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -192,13 +193,16 @@ fn a_failed_fsync_stops_the_log_until_imgate_restarts() {
     assert_eq!(refused(&log, 3), 3);
     fs.faults.lock().expect("lock").fail_sync = false;
     // After a failed fsync the kernel may have dropped pages that reading the file would still
-    // show, so the log does not reopen itself: the failure says to restart.
+    // show, so the log does not reopen itself, however many retries pass: it says to restart.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(log.failed_for_good());
     assert!(
         log.failure()
             .is_some_and(|why| why.contains("restart imgate")),
         "{:?}",
         log.failure()
     );
+    assert_eq!(refused(&log, 1), 1, "still refusing");
     log.close();
     let (log, recovery) = ArchiveLog::open(StdFs, dir.path(), config(Duration::from_millis(2)))
         .expect("a restart opens the log again");
@@ -322,4 +326,17 @@ fn verify_lists_a_shipped_gap_and_the_archive_is_still_intact() {
         "{gap}"
     );
     log.close();
+}
+
+#[test]
+fn a_sync_that_found_no_descriptor_is_tried_again_and_a_failed_fsync_is_not() {
+    let path = Path::new("wal");
+    assert!(matches!(
+        ArchiveError::sync(path, std::io::Error::from_raw_os_error(24)),
+        ArchiveError::Io { .. }
+    ));
+    assert!(matches!(
+        ArchiveError::sync(path, std::io::Error::from_raw_os_error(5)),
+        ArchiveError::Sync { .. }
+    ));
 }

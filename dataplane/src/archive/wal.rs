@@ -597,12 +597,8 @@ impl<F: Filesystem> Wal<F> {
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
         match (self.current.as_mut(), self.files.last()) {
             (Some(file), Some(segment)) => {
-                sync_with_name(&self.fs, &self.dir, &self.name_unsynced, file).map_err(|e| {
-                    ArchiveError::Sync {
-                        path: segment.path.clone(),
-                        source: e,
-                    }
-                })
+                sync_with_name(&self.fs, &self.dir, &self.name_unsynced, file)
+                    .map_err(|e| ArchiveError::sync(&segment.path, e))
             }
             _ => Ok(()),
         }
