@@ -329,9 +329,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let (log, recovery) = ArchiveLog::open(StdFs, &wal, log_config).with_context(|| format!("cannot open the archive log in {}", wal.display()))?;
         // Best effort: a log that is full or cannot write must not keep the dataplane (and so
         // the shipper that would free it) from starting; the next start tries again.
-        match unended::find(&StdFs, &wal).and_then(|unended| Ok((unended::end(&log, &args.tenant, &args.writer, &unended)?, unended.stopped))) {
-            Ok((0, _)) => {}
-            Ok((ended, stopped)) => tracing::warn!(sessions = ended, stopped, "sessions the last run left open are ended in the archive"),
+        match unended::find(&StdFs, &wal).and_then(|open| unended::end(&log, &args.tenant, &args.writer, &open)) {
+            Ok(0) => {}
+            Ok(ended) => tracing::warn!(sessions = ended, "sessions earlier runs left open are ended in the archive"),
             Err(error) => tracing::error!(%error, "the sessions the last run left open could not be ended in the archive; the next start tries again"),
         }
         let layout = Layout { prefix: Layout::prefix(&args.s3_prefix), tenant: args.tenant.clone(), writer: args.writer.clone() };
@@ -465,6 +465,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             }
             _ => None,
         };
+        let run = shared.run().to_owned();
         server::run(shared, listeners, shutdown_signal()).await;
         if let Some((task, stop)) = reporting {
             stop.notify_one();
@@ -483,7 +484,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         // No session starts any more: the marker, and a gap the log is still in, go out with
         // the flush.
         log.record_gap();
-        if let Err(error) = unended::mark_stopped(&log, &args.tenant, &args.writer) {
+        if let Err(error) = unended::mark_stopped(&log, &args.tenant, &args.writer, &run) {
             tracing::error!(%error, "cannot record that imgate stops; its open sessions will be ended as after a crash");
         }
         stop.notify_one();

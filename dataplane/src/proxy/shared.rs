@@ -128,6 +128,11 @@ impl Shared {
         format!("{}-{}-{id}", self.writer, self.run)
     }
 
+    /// This process's run, as session names carry it.
+    pub fn run(&self) -> &str {
+        &self.run
+    }
+
     /// A number for a new session, unique in this dataplane whichever listener took it.
     pub fn next_session(&self) -> u64 {
         self.next_session
