@@ -586,21 +586,12 @@ pub(super) fn sync_loop(shared: &Shared) {
         let (target, mut file, generation) = {
             let mut state = shared.lock();
             loop {
-                if state.failed.is_some() {
-                    // The writer reopens the log, or it closes; marked idle, so that the
-                    // first write after a reopen wakes it.
-                    if state.closing {
-                        return;
-                    }
-                    state.syncer = SyncerWait::Idle;
-                    state = shared
-                        .wanted
-                        .wait(state)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    state.syncer = SyncerWait::Awake;
-                    continue;
-                }
-                if state.written_seq > state.durable_seq && state.sync_file.is_some() {
+                // A failed log is waited out as an idle one: the writer reopens it (and the
+                // first write after that wakes this thread) or it closes.
+                if state.failed.is_none()
+                    && state.written_seq > state.durable_seq
+                    && state.sync_file.is_some()
+                {
                     let due = last_sync + shared.sync_interval;
                     let now = Instant::now();
                     if state.closing
