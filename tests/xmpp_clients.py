@@ -13,6 +13,12 @@ Usage: xmpp_clients.py HOST PORT CA_FILE chat   -> alice sends bob messages; pri
            -> alice's phone (through imgate, carbons on) and her laptop (straight to the
               server on SERVER_PORT, trusting SERVER_CA) and bob (through imgate): bob writes
               to the laptop and the laptop to bob; prints what each received, carbons included
+       xmpp_clients.py HOST PORT CA_FILE sm SERVER_PORT SERVER_CA
+           -> stream management (XEP-0198): alice's laptop asks for it straight from the
+              server; alice, through imgate, asks for it too, then writes bob five messages
+              policy lets through and five it blocks, asks for an acknowledgement, and says
+              bye; prints whether the laptop got it, imgate's answer, any acknowledgements
+              alice received, and what bob and alice received
 """
 import asyncio
 import json
@@ -20,6 +26,8 @@ import ssl
 import sys
 
 import slixmpp
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 host, port, cafile, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 received = {"alice": [], "bob": []}
@@ -34,7 +42,7 @@ def carbon(msg):
 
 
 class Client(slixmpp.ClientXMPP):
-    def __init__(self, name, resource=None, trust=None):
+    def __init__(self, name, resource=None, trust=None, sm=False):
         jid = f"{name}@localhost" + (f"/{resource}" if resource else "")
         super().__init__(jid, f"{name}pw")
         self.name = resource or name
@@ -53,6 +61,20 @@ class Client(slixmpp.ClientXMPP):
         self.register_plugin("xep_0280")
         self.add_event_handler("carbon_received", self.on_carbon)
         self.add_event_handler("carbon_sent", self.on_carbon)
+        self.bye = asyncio.Event()
+        if sm:
+            self.register_plugin("xep_0198")
+            self.register_plugin("xep_0199")
+            self.sm_answer = asyncio.Queue()
+            self.acks = []
+            self.add_event_handler("sm_enabled", lambda _: self.sm_answer.put_nowait("enabled"))
+            self.add_event_handler("sm_failed", self.on_sm_failed)
+            self.register_handler(Callback(
+                "acks", MatchXPath("{urn:xmpp:sm:3}a"), lambda a: self.acks.append(a.xml.get("h"))))
+
+    def on_sm_failed(self, failed):
+        conditions = [child.tag.split("}")[-1] for child in failed.xml]
+        self.sm_answer.put_nowait("failed: " + ",".join(conditions))
 
     async def start(self, _event):
         self.send_presence()
@@ -77,6 +99,8 @@ class Client(slixmpp.ClientXMPP):
         if carbon(msg):
             return
         entry = {"type": msg["type"], "from": str(msg["from"].bare), "body": msg["body"]}
+        if msg["body"] == "bye":
+            self.bye.set()
         if msg["type"] == "error" or mode == "alternatives":
             entry["raw"] = str(msg)
         received.setdefault(self.name, []).append(entry)
@@ -156,6 +180,36 @@ async def alternatives():
         client.disconnect()
 
 
+async def stream_management():
+    server_port, server_ca = int(sys.argv[5]), sys.argv[6]
+    laptop = Client("alice", "laptop", trust=server_ca, sm=True)
+    laptop.enable_direct_tls = False
+    laptop.connect(host=host, port=server_port)
+    alice, bob = Client("alice", "phone", sm=True), Client("bob")
+    for client in (alice, bob):
+        client.connect(host=host, port=port)
+    await asyncio.wait_for(
+        asyncio.gather(laptop.ready.wait(), alice.ready.wait(), bob.ready.wait()), 30
+    )
+    result = {"laptop": await asyncio.wait_for(laptop.sm_answer.get(), 10)}
+    # Through imgate the offer is not seen, so alice's client does not ask by itself: ask.
+    alice.send_raw("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    result["answer"] = await asyncio.wait_for(alice.sm_answer.get(), 10)
+    for n in range(5):
+        alice.send_message(mto="bob@localhost", mbody=f"hello bob {n}", mtype="chat")
+        alice.send_message(mto="bob@localhost", mbody=f"project falcon is go {n}", mtype="chat")
+    alice.send_raw("<r xmlns='urn:xmpp:sm:3'/>")
+    await alice.plugin["xep_0199"].ping(jid="localhost", timeout=10)
+    alice.send_message(mto="bob@localhost", mbody="bye", mtype="chat")
+    await asyncio.wait_for(bob.bye.wait(), 30)
+    result["acks"] = alice.acks
+    result["bob"] = [m["body"] for m in received["bob"]]
+    result["alice"] = [m["type"] for m in received.get("phone", [])]
+    print(json.dumps(result))
+    for client in (laptop, alice, bob):
+        client.disconnect()
+
+
 async def login():
     alice = Client("alice")
     alice.connect(host=host, port=port)
@@ -169,5 +223,5 @@ async def login():
 
 asyncio.run(
     {"chat": chat, "direct": chat, "muc": muc, "login": login, "carbons": carbons,
-     "alternatives": alternatives}[mode]()
+     "alternatives": alternatives, "sm": stream_management}[mode]()
 )

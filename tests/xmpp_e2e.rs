@@ -242,6 +242,61 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
 }
 
 #[test]
+fn stream_management_does_not_cross_imgate_so_no_count_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, port, server_cert) = prosody(dir.path());
+    let data = dir.path().join("data");
+    let (imgate, front) = imgate_trusting(port, &server_cert, &data);
+    let seen = clients(
+        front,
+        &data.join("ca/ca.pem"),
+        &["sm", &port.to_string(), &server_cert.to_string_lossy()],
+    );
+    assert_eq!(
+        seen["laptop"], "enabled",
+        "the server offers stream management to a client that reaches it directly: {seen}"
+    );
+    assert_eq!(
+        seen["answer"], "failed: feature-not-implemented",
+        "through imgate, asking for it is refused: {seen}"
+    );
+    assert_eq!(
+        seen["acks"],
+        serde_json::json!([]),
+        "no acknowledgement counts what imgate blocked as sent: {seen}"
+    );
+    let delivered: Vec<&str> = seen["bob"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|body| body.starts_with("hello bob") || body.contains("falcon"))
+        .collect();
+    assert_eq!(
+        delivered,
+        (0..5).map(|n| format!("hello bob {n}")).collect::<Vec<_>>(),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["alice"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|kind| *kind == "error")
+            .count(),
+        5,
+        "each blocked message bounced: {seen}"
+    );
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.to_string().contains("urn:xmpp:sm")),
+        "stream management is no message"
+    );
+}
+
+#[test]
 fn carbon_copies_are_judged_and_archived_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, port, server_cert) = prosody(dir.path());

@@ -200,3 +200,48 @@ fn a_file_renamed_into_place_has_its_name_synced_before_its_records_count_as_dur
         [1, 2, 3].map(|seq| dir.path().join(format!("{seq:020}.wal")))
     );
 }
+
+#[test]
+fn shipped_records_stop_counting_as_unshipped_though_their_file_is_still_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = || LogConfig {
+        max_file_bytes: 1 << 20,
+        ..config()
+    };
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    let mut last = 0;
+    for i in 0..10 {
+        last = log
+            .append(|seq| message(seq, &format!("record {i}")))
+            .expect("append");
+    }
+    log.wait_durable(last).expect("durable");
+    let all = log.unshipped_bytes();
+    let mut first_five = 0;
+    Wal::read_range(&StdFs, dir.path(), 1, 5, &mut |_, payload| {
+        first_five += (payload.len() + wal::FRAME_HEADER) as u64;
+        true
+    })
+    .expect("readable");
+    assert_eq!(log_files(dir.path()).len(), 1, "one file, still written");
+    // Closing has the writer thread take the release in first.
+    log.release_through(5);
+    log.close();
+    assert_eq!(log.unshipped_bytes(), all - first_five);
+
+    // After a restart, the first release measures the file from its start.
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open again");
+    assert_eq!(
+        log.unshipped_bytes(),
+        all,
+        "nothing released yet in this run"
+    );
+    log.release_through(last);
+    log.close();
+    assert_eq!(log.unshipped_bytes(), 0);
+    assert_eq!(
+        log_files(dir.path()).len(),
+        1,
+        "the file is kept until it is full"
+    );
+}

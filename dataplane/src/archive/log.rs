@@ -200,7 +200,7 @@ impl ArchiveLog {
             Shared::refused(&mut state, &error);
             return Err(error);
         }
-        let unshipped = state.on_disk_bytes + state.queued_bytes;
+        let unshipped = state.unshipped();
         if unshipped >= self.shared.limit {
             let error = ArchiveError::Full {
                 unshipped,
@@ -369,10 +369,10 @@ impl ArchiveLog {
         self.shared.lock().durable_seq
     }
 
-    /// Bytes in the log not yet released by the shipper.
+    /// Bytes in the log not yet released by the shipper: queued, or on disk and not yet
+    /// shipped (a release is measured by the writer thread, so it shows a moment later).
     pub fn unshipped_bytes(&self) -> u64 {
-        let state = self.shared.lock();
-        state.on_disk_bytes + state.queued_bytes
+        self.shared.lock().unshipped()
     }
 
     /// Lets the log delete files holding only records at or below `seq` (shipped).

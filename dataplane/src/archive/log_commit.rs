@@ -63,6 +63,9 @@ pub(super) struct State {
     /// What the syncer should sync next: a handle to the file holding `written_seq`.
     pub(super) sync_file: Option<Box<dyn SyncFile>>,
     pub(super) on_disk_bytes: u64,
+    /// Bytes at the start of the oldest file whose records are shipped: on disk until the
+    /// file is deleted, yet no longer unshipped. Only ever an underestimate.
+    pub(super) released_bytes: u64,
     pub(super) release_through: Option<u64>,
     /// The current file is full: the writer should rotate it.
     pub(super) rotation_wanted: bool,
@@ -89,6 +92,13 @@ pub(super) struct State {
     /// Bytes written since the syncer last took its target.
     pub(super) unsynced_bytes: u64,
     pub(super) blocked_waiters: usize,
+}
+
+impl State {
+    /// Bytes written or queued that are not shipped yet.
+    pub(super) fn unshipped(&self) -> u64 {
+        self.on_disk_bytes.saturating_sub(self.released_bytes) + self.queued_bytes
+    }
 }
 
 /// A time when the log refused records, until the next record it takes.
@@ -350,6 +360,7 @@ fn reopen_log(shared: &Shared, reopen: &Reopen) -> Result<Box<dyn Housekeeping>,
     state.sync_file = None;
     state.unsynced_bytes = written;
     state.on_disk_bytes = fresh.bytes();
+    state.released_bytes = 0;
     state.rotation_wanted = fresh.rotation_due();
     state.generation += 1;
     state.failed = None;
@@ -446,9 +457,18 @@ pub(super) fn write_loop(shared: &Shared, mut housekeeper: Box<dyn Housekeeping>
         }
         let detached = release.map_or_else(Vec::new, |seq| wal.detach_through(seq));
         if !detached.is_empty() {
-            shared.lock().on_disk_bytes = wal.bytes();
+            let mut state = shared.lock();
+            state.on_disk_bytes = wal.bytes();
+            state.released_bytes = 0;
         }
+        let oldest = release.zip(wal.oldest());
         drop(wal);
+        // Read without the WAL's lock: the records read are shipped, so durable and
+        // unchanging, and only this thread changes which file is the oldest.
+        if let Some((seq, (path, first_seq))) = oldest {
+            let released = housekeeper.released_bytes(&path, first_seq, seq);
+            shared.lock().released_bytes = released;
+        }
         // Oldest first, so that what is left is always the log's oldest files, which the
         // next start takes back into the log (their records are shipped) and deletes again.
         if let Some(error) = detached

@@ -95,6 +95,8 @@ pub trait WalWriter: Send {
     fn detach_through(&mut self, seq: u64) -> Vec<PathBuf>;
     /// See [`Wal::bytes`].
     fn bytes(&self) -> u64;
+    /// See [`Wal::oldest`].
+    fn oldest(&self) -> Option<(PathBuf, u64)>;
 }
 
 impl<F: Filesystem> WalWriter for Wal<F> {
@@ -125,6 +127,10 @@ impl<F: Filesystem> WalWriter for Wal<F> {
     fn bytes(&self) -> u64 {
         Wal::bytes(self)
     }
+
+    fn oldest(&self) -> Option<(PathBuf, u64)> {
+        Wal::oldest(self)
+    }
 }
 
 /// The file work the log's writer thread does without holding the log's lock, so that
@@ -135,6 +141,11 @@ pub trait Housekeeping: Send {
     fn prepare_spare(&self) -> Result<(), ArchiveError>;
     /// Deletes a file that [`Wal::detach_through`] took out of the log.
     fn remove(&self, path: &Path) -> Result<(), ArchiveError>;
+    /// The bytes at the start of `file` (the log's oldest, see [`Wal::oldest`], whose first
+    /// record is `first_seq`) that hold records at or below `through`. Each byte is read once:
+    /// a call goes on from where the last one on the same file stopped. What cannot be read
+    /// counts as not released (the figure only ever errs high).
+    fn released_bytes(&mut self, file: &Path, first_seq: u64, through: u64) -> u64;
 }
 
 /// [`Housekeeping`] for a [`Wal`] on filesystem `F`.
@@ -143,6 +154,35 @@ pub struct Housekeeper<F: Filesystem> {
     dir: PathBuf,
     max_file_bytes: u64,
     spare: Arc<Mutex<Option<F::File>>>,
+    /// How far [`Housekeeping::released_bytes`] has read: the file, the record next, and
+    /// where it starts.
+    released: Option<(PathBuf, u64, u64)>,
+}
+
+impl<F: Filesystem> Housekeeper<F> {
+    /// Reads on from `(next_seq, offset)` in `file` past the records at or below `through`;
+    /// returns where it stopped.
+    fn read_released(
+        &self,
+        file: &Path,
+        (mut next_seq, mut offset): (u64, u64),
+        through: u64,
+    ) -> std::io::Result<(u64, u64)> {
+        let mut handle = self.fs.open_read(file)?;
+        let len = handle.metadata()?.len();
+        std::io::Seek::seek(&mut handle, std::io::SeekFrom::Start(offset))?;
+        let mut frames = FrameReader::starting_at(handle, len, offset);
+        while next_seq <= through {
+            match frames.read_frame()? {
+                Some(Frame::Good { seq, len, .. }) if seq == next_seq => {
+                    next_seq += 1;
+                    offset += len as u64;
+                }
+                _ => break,
+            }
+        }
+        Ok((next_seq, offset))
+    }
 }
 
 impl<F: Filesystem> Housekeeping for Housekeeper<F> {
@@ -161,6 +201,23 @@ impl<F: Filesystem> Housekeeping for Housekeeper<F> {
 
     fn remove(&self, path: &Path) -> Result<(), ArchiveError> {
         self.fs.remove(path).map_err(|e| ArchiveError::io(path, e))
+    }
+
+    fn released_bytes(&mut self, file: &Path, first_seq: u64, through: u64) -> u64 {
+        let from = match &self.released {
+            Some((path, next_seq, offset)) if path == file => (*next_seq, *offset),
+            _ => (first_seq, 0),
+        };
+        match self.read_released(file, from, through) {
+            Ok((next_seq, offset)) => {
+                self.released = Some((file.to_owned(), next_seq, offset));
+                offset
+            }
+            Err(error) => {
+                tracing::warn!(file = %file.display(), %error, "the shipped part of the oldest log file could not be measured; it counts as unshipped");
+                from.1
+            }
+        }
     }
 }
 
@@ -300,10 +357,16 @@ const READ_BUFFER: usize = 256 << 10;
 impl<R: Read> FrameReader<R> {
     /// Reads `file`, whose length is `len`, from its start.
     pub fn new(file: R, len: u64) -> Self {
+        Self::starting_at(file, len, 0)
+    }
+
+    /// Reads `file`, whose length is `len`, from `offset`, where it is positioned and a frame
+    /// starts.
+    pub fn starting_at(file: R, len: u64, offset: u64) -> Self {
         Self {
             reader: std::io::BufReader::with_capacity(READ_BUFFER, file),
             len,
-            offset: 0,
+            offset,
             payload: Vec::new(),
         }
     }
@@ -468,7 +531,9 @@ impl<F: Filesystem> Wal<F> {
                 next_seq,
                 max_file_bytes,
                 spare: Arc::default(),
-                name_unsynced: Arc::default(),
+                // The last run may have renamed the current file into place and stopped
+                // before syncing the folder: the first sync syncs it too.
+                name_unsynced: Arc::new(AtomicBool::new(true)),
             },
             recovery,
         ))
@@ -615,6 +680,11 @@ impl<F: Filesystem> Wal<F> {
         detached
     }
 
+    /// The log's oldest file and its first record's sequence number.
+    pub fn oldest(&self) -> Option<(PathBuf, u64)> {
+        self.files.first().map(|f| (f.path.clone(), f.first_seq))
+    }
+
     /// What makes the next file ready and deletes shipped ones, without the log's lock.
     pub fn housekeeper(&self) -> Housekeeper<F> {
         Housekeeper {
@@ -622,6 +692,7 @@ impl<F: Filesystem> Wal<F> {
             dir: self.dir.clone(),
             max_file_bytes: self.max_file_bytes,
             spare: self.spare.clone(),
+            released: None,
         }
     }
 

@@ -31,7 +31,8 @@ const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 const NS_JINGLE_FT: &str = "urn:xmpp:jingle:apps:file-transfer:5";
 const NS_SI_FT: &str = "http://jabber.org/protocol/si/profile/file-transfer";
 const NS_IBB: &str = "http://jabber.org/protocol/ibb";
-const NS_SM: &str = "urn:xmpp:sm:3";
+/// Stream management (XEP-0198), both versions in use.
+const NS_SM: [&str; 2] = ["urn:xmpp:sm:3", "urn:xmpp:sm:2"];
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
@@ -281,19 +282,14 @@ pub struct FileHint {
     pub size: Option<u64>,
 }
 
-/// Stream management (XEP-0198) elements.
+/// A stream-management (XEP-0198) element. Stream management does not cross imgate: its
+/// counts would ignore what imgate injects and blocks, so a client would resend or drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamManagement {
-    /// `<enable/>`.
-    Enable,
-    /// `<enabled/>`.
-    Enabled,
-    /// `<r/>`: please acknowledge.
-    Request,
-    /// `<a h='n'/>`: n stanzas handled.
-    Ack(u32),
-    /// `<resume/>`.
-    Resume,
+    /// `<enable/>` or `<resume/>`, in this namespace: answered with [`stream_management_refused`].
+    Start(&'static str),
+    /// Any other element of it (`<r/>`, `<a/>`, `<enabled/>`, ...).
+    Other,
 }
 
 /// What policy needs from one top-level element.
@@ -366,7 +362,7 @@ impl Stanza {
                 Event::Start(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if unread_open.is_none() && stanza.is_unread(&start, &path) {
+                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
                         unread_open = Some((before, path.len()));
                     } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
@@ -380,7 +376,7 @@ impl Stanza {
                 Event::Empty(start) => {
                     let ns = namespace(&start, &path);
                     stanza.visit(&start, &ns, &path);
-                    if unread_open.is_none() && stanza.is_unread(&start, &path) {
+                    if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
                         stanza.unread.push(before..after);
                     } else if start.local_name().as_ref() == b"body"
                         && stanza.in_message_body_position(&path)
@@ -442,10 +438,17 @@ impl Stanza {
         Ok(stanza)
     }
 
-    /// True when `start` at `path` is message text policy does not read: a `<body>` after the
-    /// first, or XHTML-IM markup (an `<html>` element in whatever namespace or prefix it is
-    /// given), where a body would be.
-    fn is_unread(&self, start: &BytesStart<'_>, path: &[(Vec<u8>, String)]) -> bool {
+    /// True when `start` (in namespace `ns`) at `path` is left out of what is forwarded:
+    /// message text policy does not read (a `<body>` after the first, or XHTML-IM markup, an
+    /// `<html>` element in whatever namespace or prefix it is given, where a body would be),
+    /// or a stream-management offer among stream features.
+    fn is_unread(&self, start: &BytesStart<'_>, ns: &str, path: &[(Vec<u8>, String)]) -> bool {
+        if let [(root, _)] = path
+            && root == b"features"
+            && NS_SM.contains(&ns)
+        {
+            return true;
+        }
         let name = start.local_name();
         self.in_message_body_position(path)
             && match name.as_ref() {
@@ -480,21 +483,13 @@ impl Stanza {
             match ns {
                 NS_TLS => self.starttls = name == b"starttls" || name == b"proceed",
                 NS_SASL => self.sasl = true,
-                NS_SM => {
-                    self.stream_management = match name {
-                        b"enable" => Some(StreamManagement::Enable),
-                        b"enabled" => Some(StreamManagement::Enabled),
-                        b"r" => Some(StreamManagement::Request),
-                        b"a" => Some(StreamManagement::Ack(
-                            attribute(start, b"h")
-                                .and_then(|h| h.parse().ok())
-                                .unwrap_or(0),
-                        )),
-                        b"resume" => Some(StreamManagement::Resume),
-                        _ => None,
-                    }
-                }
                 _ => {}
+            }
+            if let Some(sm) = NS_SM.into_iter().find(|sm| *sm == ns) {
+                self.stream_management = Some(match name {
+                    b"enable" | b"resume" => StreamManagement::Start(sm),
+                    _ => StreamManagement::Other,
+                });
             }
             return;
         }
@@ -595,7 +590,20 @@ impl Stanza {
     }
 }
 
+/// The namespace of `start`: its own declaration, or its parent's. A prefixed name is
+/// resolved only by a declaration on the element itself (as `<sm:enable xmlns:sm='...'/>`);
+/// otherwise it gets a namespace no known one equals.
 fn namespace(start: &BytesStart<'_>, path: &[(Vec<u8>, String)]) -> String {
+    let name = start.name();
+    if let Some(prefix) = name.prefix() {
+        let declaration = [b"xmlns:", prefix.as_ref()].concat();
+        return attribute(start, &declaration).unwrap_or_else(|| {
+            format!(
+                "(undeclared prefix {})",
+                String::from_utf8_lossy(prefix.as_ref())
+            )
+        });
+    }
     attribute(start, b"xmlns")
         .unwrap_or_else(|| path.last().map(|(_, ns)| ns.clone()).unwrap_or_default())
 }
@@ -628,6 +636,15 @@ pub fn policy_error(stanza: &Stanza, reason: &str) -> Vec<u8> {
         escape(reason)
     ));
     out.into_bytes()
+}
+
+/// The answer to a client's `<enable/>` or `<resume/>` (XEP-0198 §3, §5): stream
+/// management is not available through imgate.
+pub fn stream_management_refused(namespace: &str) -> Vec<u8> {
+    format!(
+        "<failed xmlns='{namespace}'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    )
+    .into_bytes()
 }
 
 /// The stream error that ends a session whose peer sent something it must not (an oversized
@@ -859,11 +876,50 @@ mod tests {
                 .starttls
         );
         assert!(Stanza::parse(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGphbmUAc2VjcmV0</auth>").expect("parses").sasl);
+        for (element, read) in [
+            ("<a xmlns='urn:xmpp:sm:3' h='42'/>", StreamManagement::Other),
+            (
+                "<enable xmlns='urn:xmpp:sm:3' resume='true'/>",
+                StreamManagement::Start("urn:xmpp:sm:3"),
+            ),
+            (
+                "<sm:enable xmlns:sm='urn:xmpp:sm:2'/>",
+                StreamManagement::Start("urn:xmpp:sm:2"),
+            ),
+            (
+                "<resume xmlns='urn:xmpp:sm:3' h='1' previd='x'/>",
+                StreamManagement::Start("urn:xmpp:sm:3"),
+            ),
+        ] {
+            let stanza = Stanza::parse(element.as_bytes()).expect("parses");
+            assert_eq!(stanza.stream_management, Some(read), "{element}");
+        }
         assert_eq!(
-            Stanza::parse(b"<a xmlns='urn:xmpp:sm:3' h='42'/>")
+            Stanza::parse(b"<enable xmlns='urn:xmpp:sm:4'/>")
                 .expect("parses")
                 .stream_management,
-            Some(StreamManagement::Ack(42))
+            None
+        );
+    }
+
+    #[test]
+    fn stream_management_offers_are_left_out_of_features_however_they_are_written() {
+        let features = b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:2'><optional/></sm><sm\n xmlns=\"urn:xmpp:sm:3\" ><optional/></sm ><x:sm xmlns:x='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>";
+        let stanza = Stanza::parse(features).expect("parses");
+        assert_eq!(
+            String::from_utf8_lossy(&stanza.forwardable(features, None)),
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
+        );
+        let message = b"<message><sm xmlns='urn:xmpp:sm:3'/><body>hi</body></message>";
+        let stanza = Stanza::parse(message).expect("parses");
+        assert_eq!(stanza.forwardable(message, None).as_ref(), &message[..]);
+    }
+
+    #[test]
+    fn stream_management_is_refused_in_its_own_namespace() {
+        assert_eq!(
+            String::from_utf8_lossy(&stream_management_refused("urn:xmpp:sm:2")),
+            "<failed xmlns='urn:xmpp:sm:2'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
         );
     }
 

@@ -5,7 +5,8 @@
 //! Invariants: a connection is counted from its acceptance until its [`Slot`] is dropped,
 //! whatever ends it; a connection over either limit is closed at once, before anything is
 //! read from it, and counted; the per-source table holds only sources with connections
-//! open.
+//! open. A connection a connector carries through the tunnel counts against the global
+//! limit only: its connector's address stands for a whole site.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -53,7 +54,7 @@ impl Full {
 #[derive(Debug)]
 pub struct Slot {
     admission: Arc<Admission>,
-    source: IpAddr,
+    source: Option<IpAddr>,
 }
 
 impl Admission {
@@ -84,7 +85,20 @@ impl Admission {
         open.total += 1;
         Ok(Slot {
             admission: self.clone(),
-            source,
+            source: Some(source),
+        })
+    }
+
+    /// A place for a connection a connector carries, or [`Full::Global`].
+    pub fn admit_carried(self: &Arc<Self>) -> Result<Slot, Full> {
+        let mut open = self.lock();
+        if open.total >= self.most {
+            return Err(Full::Global);
+        }
+        open.total += 1;
+        Ok(Slot {
+            admission: self.clone(),
+            source: None,
         })
     }
 
@@ -98,10 +112,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.admission.lock();
         open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.by_source.get_mut(&self.source) {
+        if let Some(source) = self.source
+            && let Some(count) = open.by_source.get_mut(&source)
+        {
             *count -= 1;
             if *count == 0 {
-                open.by_source.remove(&self.source);
+                open.by_source.remove(&source);
             }
         }
     }
@@ -125,7 +141,13 @@ mod tests {
         assert_eq!(admission.admit(b).err(), Some(Full::Global));
         drop(first);
         assert_eq!(admission.open(), 2);
-        let _again = admission.admit(a).expect("a place again");
+        let again = admission.admit(a).expect("a place again");
         assert_eq!(admission.lock().by_source.len(), 2);
+        drop(again);
+        let carried = admission.admit_carried().expect("a carried connection");
+        assert_eq!(admission.lock().by_source.len(), 2, "not counted by source");
+        assert_eq!(admission.admit_carried().err(), Some(Full::Global));
+        drop(carried);
+        assert_eq!(admission.open(), 2);
     }
 }

@@ -102,27 +102,38 @@ pub async fn identify<C: AsyncRead + Unpin, S: AsyncRead + Unpin>(
 }
 
 /// A stream that yields `prefix` before reading from `inner`; writes go straight through.
+/// Once the prefix is read (or when there is none) it adds one pointer to the stream, which
+/// an idle session keeps for its whole life.
 #[derive(Debug)]
 pub struct Prefixed<S> {
+    replay: Option<Box<Replay>>,
+    inner: S,
+}
+
+/// Prefix bytes, and how many of them have been read.
+#[derive(Debug)]
+struct Replay {
     prefix: Vec<u8>,
     offset: usize,
-    inner: S,
 }
 
 impl<S> Prefixed<S> {
     /// Replays `prefix`, then reads `inner`.
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
-            prefix,
-            offset: 0,
+            replay: (!prefix.is_empty()).then(|| Box::new(Replay { prefix, offset: 0 })),
             inner,
         }
     }
 
     /// The prefix's bytes not yet read, and the wrapped stream.
-    pub fn into_parts(mut self) -> (Vec<u8>, S) {
-        self.prefix.drain(..self.offset);
-        (self.prefix, self.inner)
+    pub fn into_parts(self) -> (Vec<u8>, S) {
+        let rest = self.replay.map_or_else(Vec::new, |replay| {
+            let Replay { mut prefix, offset } = *replay;
+            prefix.drain(..offset);
+            prefix
+        });
+        (rest, self.inner)
     }
 }
 
@@ -132,14 +143,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.offset < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.offset);
-            let start = self.offset;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.offset += n;
-            if self.offset == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.offset = 0;
+        if let Some(replay) = self.replay.as_mut() {
+            let n = buf.remaining().min(replay.prefix.len() - replay.offset);
+            let start = replay.offset;
+            buf.put_slice(&replay.prefix[start..start + n]);
+            replay.offset += n;
+            if replay.offset == replay.prefix.len() {
+                self.replay = None;
             }
             return Poll::Ready(Ok(()));
         }

@@ -37,11 +37,9 @@ pub async fn run(
                         };
                         let _ = client.set_nodelay(true);
                         let id = shared.next_session();
-                        let session = serve(shared.clone(), frontend.clone(), client, peer, id);
-                        tokio::spawn(async move {
-                            session.await;
-                            drop(slot);
-                        });
+                        // The session holds its slot: a wrapping future would hold the
+                        // session's future twice for its whole life.
+                        tokio::spawn(serve(shared.clone(), frontend.clone(), client, peer, id, slot));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");

@@ -54,14 +54,17 @@ pub enum SessionError {
 }
 
 /// Serves one accepted connection (a TCP connection, or a tunnel stream); errors are logged,
-/// never propagated.
-pub async fn serve<S: Client>(
+/// never propagated. `hold` (the connection's admission slot, ...) is dropped when the session
+/// ends.
+pub async fn serve<S: Client, H: Send + 'static>(
     shared: Arc<Shared>,
     frontend: Frontend,
     mut client: S,
     peer: SocketAddr,
     id: u64,
+    hold: H,
 ) {
+    let _hold = hold;
     let _open = shared.metrics.session_open();
     let span = tracing::info_span!(
         target: TRACE_TARGET,

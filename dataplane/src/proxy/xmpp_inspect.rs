@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::shared::{ClientWriter, SessionInfo, Shared, send, split_for_relay};
 use super::xmpp_judge::judge;
-use super::xmpp_relay::{Side, broken, fill, record_stream_error, strip_stream_management};
+use super::xmpp_relay::{Side, broken, fill, record_stream_error};
 use crate::inspect::xmpp::{Framer, Item, Stanza, stream_error};
 
 /// The longest a judged element waits for the rest of its read to be judged.
@@ -281,7 +281,8 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
     fn judging<'a>(&'a self, wire: Direction, bytes: &'a [u8], framer: &mut Framer) -> Judged<'a> {
         match Stanza::parse(bytes) {
             Ok(stanza) if wire == Direction::Inbound && stanza.name == "features" => {
-                Judged::Now(Some(Cow::Owned(strip_stream_management(bytes))))
+                // Without stream management: see `inspect::xmpp::StreamManagement`.
+                Judged::Now(Some(stanza.forwardable(bytes, None)))
             }
             Ok(stanza) => {
                 if wire == Direction::Inbound {

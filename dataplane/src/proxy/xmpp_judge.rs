@@ -1,8 +1,10 @@
 //! Policy on one XMPP element: a message, carbon or file offer becomes an [`Event`], is
 //! evaluated, recorded, and its effect decided: forwarded as it is, with its body rewritten,
 //! preceded by the conversation's disclaimer, or bounced to the sender as a
-//! `<policy-violation/>` error. Presence goes to [`super::xmpp_rooms`]; everything else
-//! passes untouched.
+//! `<policy-violation/>` error. Presence goes to [`super::xmpp_rooms`]. Stream management
+//! goes no further: a client's request to start it is answered with `<failed/>` and any
+//! other of its elements is dropped, from either side, since its counts would ignore what
+//! imgate injects and blocks. Everything else passes untouched.
 //!
 //! Invariants: an element is archived at most once, even when it also arrives as a carbon
 //! ([`super::copies`]); the disclaimer goes once per conversation per session; the bytes
@@ -20,7 +22,9 @@ use super::xmpp_inspect::{State, bare};
 use crate::archive::record::{Body, Kind, Participant, RecordedVerdict};
 use crate::inspect::event::{Content, ConversationKind, Event, FileOffer};
 use crate::inspect::policy::{Action, Verdict};
-use crate::inspect::xmpp::{Carbon, Forwarded, Stanza, policy_error};
+use crate::inspect::xmpp::{
+    Carbon, Forwarded, Stanza, StreamManagement, policy_error, stream_management_refused,
+};
 
 /// Applies policy to one element, already parsed as `stanza`; returns the bytes to pass on,
 /// if any: `bytes` themselves unless policy rewrites them.
@@ -33,6 +37,17 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
     bytes: &'a [u8],
     client: &ClientWriter<C>,
 ) -> std::io::Result<Option<Cow<'a, [u8]>>> {
+    if let Some(sm) = stanza.stream_management {
+        if let (StreamManagement::Start(namespace), Direction::Outbound) = (sm, wire) {
+            tracing::debug!(target: "imgate::session", session = %info.session, "stream management refused: it does not cross imgate");
+            send(
+                &mut *client.lock().await,
+                &stream_management_refused(namespace),
+            )
+            .await?;
+        }
+        return Ok(None);
+    }
     if stanza.name == "presence" && wire == Direction::Outbound {
         let forward = super::xmpp_rooms::presence(shared, info, state, &stanza).await;
         return Ok(forward.then_some(Cow::Borrowed(bytes)));

@@ -202,28 +202,6 @@ async fn server_item<U: AsyncRead + Unpin>(
     }
 }
 
-/// Removes stream-management offers from a features element.
-pub(super) fn strip_stream_management(features: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(features);
-    let mut out = text.into_owned();
-    for version in ["2", "3"] {
-        for quote in ['\'', '"'] {
-            out = out.replace(
-                &format!("<sm xmlns={quote}urn:xmpp:sm:{version}{quote}/>"),
-                "",
-            );
-            let open = format!("<sm xmlns={quote}urn:xmpp:sm:{version}{quote}>");
-            while let Some(start) = out.find(&open) {
-                let Some(end) = out[start..].find("</sm>") else {
-                    break;
-                };
-                out.replace_range(start..start + end + 5, "");
-            }
-        }
-    }
-    out.into_bytes()
-}
-
 /// Follows an XMPP client session until its stream is readable (or relayed unread), and
 /// gives the stage that relays it from then on. The caller awaits the stage once this future
 /// is dropped, so that an idle session holds only the stage, not what led to it.
@@ -355,15 +333,17 @@ where
     else {
         return Ok(Negotiated::Ended);
     };
-    let offered = Stanza::parse(&features)
-        .map(|f| {
-            String::from_utf8_lossy(&features).contains("urn:ietf:params:xml:ns:xmpp-tls")
-                && f.name == "features"
-        })
-        .unwrap_or(false);
-    client
-        .write_all(&strip_stream_management(&features))
-        .await?;
+    let parsed = Stanza::parse(&features);
+    let offered = parsed.as_ref().is_ok_and(|f| {
+        String::from_utf8_lossy(&features).contains("urn:ietf:params:xml:ns:xmpp-tls")
+            && f.name == "features"
+    });
+    // Without stream management: it does not cross imgate (see `inspect::xmpp::StreamManagement`).
+    let forward = match &parsed {
+        Ok(f) => f.forwardable(&features, None),
+        Err(_) => features.as_slice().into(),
+    };
+    client.write_all(&forward).await?;
     if offered {
         let Some((request, _)) =
             client_item(&mut client, &mut from_client, shared, info, true).await?

@@ -408,14 +408,23 @@ async fn streams(
             Err(error) => return error,
         };
         if tunnel.draining.load(Ordering::SeqCst) {
-            let reply = Reply {
-                status: Status::Draining,
-                reason: "this dataplane is shutting down".into(),
-            };
-            let _ = send.write_all(&reply.encode()).await;
-            let _ = send.finish();
+            refuse_stream(
+                &mut send,
+                Status::Draining,
+                "this dataplane is shutting down",
+            )
+            .await;
             continue;
         }
+        let slot = match tunnel.shared.admission.admit_carried() {
+            Ok(slot) => slot,
+            Err(full) => {
+                tunnel.shared.metrics.connection_refused(full.label());
+                let reason = "this dataplane holds its most connections (--max-connections)";
+                refuse_stream(&mut send, Status::Refused, reason).await;
+                continue;
+            }
+        };
         let frontend = Frontend::Tunnel {
             connector: id.to_owned(),
         };
@@ -423,12 +432,35 @@ async fn streams(
         let shared = tunnel.shared.clone();
         let session = shared.next_session();
         tunnel.sessions.fetch_add(1, Ordering::SeqCst);
-        let tunnel = tunnel.clone();
-        tokio::spawn(async move {
-            serve(shared, frontend, stream, remote, session).await;
-            if tunnel.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
-                tunnel.ended.notify_waiters();
-            }
-        });
+        let open = OpenSession(tunnel.clone());
+        tokio::spawn(serve(
+            shared,
+            frontend,
+            stream,
+            remote,
+            session,
+            (slot, open),
+        ));
+    }
+}
+
+/// Answers a stream that is not served with why, and ends it.
+async fn refuse_stream(send: &mut quinn::SendStream, status: Status, reason: &str) {
+    let reply = Reply {
+        status,
+        reason: reason.into(),
+    };
+    let _ = send.write_all(&reply.encode()).await;
+    let _ = send.finish();
+}
+
+/// A tunnel session counted open until it is dropped, when the session ends.
+struct OpenSession(Arc<Tunnel>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        if self.0.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ended.notify_waiters();
+        }
     }
 }
