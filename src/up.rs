@@ -78,11 +78,11 @@ pub struct UpArgs {
     /// element being received, up to 256 KiB): a session that would take them over it ends.
     #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = |text: &str| imgate_crds::units::parse_size(text).map_err(|e| e.to_string()))]
     max_buffered: u64,
-    /// The most bytes the read buffers of one client address's sessions may hold together
-    /// beyond 16 KiB each: a session that would take them over it ends.
+    /// The most bytes the read buffers of one source's sessions (an IPv4 address, an IPv6
+    /// /64) may hold together beyond 16 KiB each: a session that would take them over it ends.
     #[arg(long, value_name = "SIZE", default_value = "32Mi", value_parser = |text: &str| imgate_crds::units::parse_size(text).map_err(|e| e.to_string()))]
     max_buffered_per_source: u64,
-    /// The most client connections from one address at once.
+    /// The most client connections from one source (an IPv4 address, an IPv6 /64) at once.
     #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_source: u64,
     /// Prometheus metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`; `off` for

@@ -544,7 +544,7 @@ impl<F: Filesystem> Wal<F> {
         self.next_seq
     }
 
-    /// Bytes on disk (records not yet released).
+    /// Bytes of the log's files on disk (shipped records in the oldest file included).
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.bytes).sum()
     }

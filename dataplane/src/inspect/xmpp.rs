@@ -34,6 +34,7 @@ const NS_IBB: &str = "http://jabber.org/protocol/ibb";
 /// Stream management (XEP-0198), both versions in use.
 const NS_SM: [&str; 2] = ["urn:xmpp:sm:3", "urn:xmpp:sm:2"];
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 /// What the framer found at the start of a buffer.
@@ -351,6 +352,7 @@ impl Stanza {
         let mut body_open: Option<usize> = None;
         // An unread element being skipped: where it starts, and the depth it opened at.
         let mut unread_open: Option<(usize, usize)> = None;
+        let mut prefixes = Prefixes::default();
         loop {
             let before = reader.buffer_position() as usize;
             let event = reader.read_event().map_err(|e| XmppError {
@@ -360,7 +362,8 @@ impl Stanza {
             let after = reader.buffer_position() as usize;
             match event {
                 Event::Start(start) => {
-                    let ns = namespace(&start, &path);
+                    prefixes.declare(&start, path.len());
+                    let ns = prefixes.namespace(&start, &path, before)?;
                     stanza.visit(&start, &ns, &path);
                     if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
                         unread_open = Some((before, path.len()));
@@ -374,7 +377,9 @@ impl Stanza {
                     path.push((start.local_name().as_ref().to_vec(), ns));
                 }
                 Event::Empty(start) => {
-                    let ns = namespace(&start, &path);
+                    prefixes.declare(&start, path.len());
+                    let ns = prefixes.namespace(&start, &path, before)?;
+                    prefixes.close(path.len());
                     stanza.visit(&start, &ns, &path);
                     if unread_open.is_none() && stanza.is_unread(&start, &ns, &path) {
                         stanza.unread.push(before..after);
@@ -393,6 +398,7 @@ impl Stanza {
                         stanza.body_span = Some(open..before);
                     }
                     path.pop();
+                    prefixes.close(path.len());
                     if let Some((start, _)) = unread_open.take_if(|(_, depth)| *depth == path.len())
                     {
                         stanza.unread.push(start..after);
@@ -590,22 +596,60 @@ impl Stanza {
     }
 }
 
-/// The namespace of `start`: its own declaration, or its parent's. A prefixed name is
-/// resolved only by a declaration on the element itself (as `<sm:enable xmlns:sm='...'/>`);
-/// otherwise it gets a namespace no known one equals.
-fn namespace(start: &BytesStart<'_>, path: &[(Vec<u8>, String)]) -> String {
-    let name = start.name();
-    if let Some(prefix) = name.prefix() {
-        let declaration = [b"xmlns:", prefix.as_ref()].concat();
-        return attribute(start, &declaration).unwrap_or_else(|| {
-            format!(
-                "(undeclared prefix {})",
-                String::from_utf8_lossy(prefix.as_ref())
-            )
-        });
+/// The namespace prefixes declared in an element being read: (depth of the declaring
+/// element, prefix, namespace), innermost last.
+#[derive(Default)]
+struct Prefixes(Vec<(usize, Vec<u8>, String)>);
+
+impl Prefixes {
+    /// Takes in the prefixes `start`, at `depth`, declares.
+    fn declare(&mut self, start: &BytesStart<'_>, depth: usize) {
+        for attribute in start.attributes().flatten() {
+            if let Some(prefix) = attribute.key.as_ref().strip_prefix(b"xmlns:") {
+                let ns = attribute
+                    .normalized_value(XmlVersion::Implicit1_0)
+                    .map(|v| v.into_owned())
+                    .unwrap_or_default();
+                self.0.push((depth, prefix.to_vec(), ns));
+            }
+        }
     }
-    attribute(start, b"xmlns")
-        .unwrap_or_else(|| path.last().map(|(_, ns)| ns.clone()).unwrap_or_default())
+
+    /// Forgets the prefixes of elements at `depth` and deeper, once they end.
+    fn close(&mut self, depth: usize) {
+        while self.0.last().is_some_and(|(at, _, _)| *at >= depth) {
+            self.0.pop();
+        }
+    }
+
+    /// The namespace of `start`: by its prefix, or its own default declaration, or its
+    /// parent's. Only `stream:` may be declared outside the element (on the stream header):
+    /// any other prefix the element does not declare, a server would resolve from the
+    /// stream header, where imgate does not read it, so the element cannot be read.
+    fn namespace(
+        &self,
+        start: &BytesStart<'_>,
+        path: &[(Vec<u8>, String)],
+        at: usize,
+    ) -> Result<String, XmppError> {
+        let name = start.name();
+        let Some(prefix) = name.prefix() else {
+            return Ok(attribute(start, b"xmlns")
+                .unwrap_or_else(|| path.last().map(|(_, ns)| ns.clone()).unwrap_or_default()));
+        };
+        let prefix = prefix.as_ref();
+        match self.0.iter().rev().find(|(_, p, _)| p == prefix) {
+            Some((_, _, ns)) => Ok(ns.clone()),
+            None if prefix == b"stream" => Ok(NS_STREAM.to_owned()),
+            None => Err(XmppError {
+                at,
+                reason: format!(
+                    "the prefix {:?} is not declared in the element",
+                    String::from_utf8_lossy(prefix)
+                ),
+            }),
+        }
+    }
 }
 
 fn resolve(reference: &quick_xml::events::BytesRef<'_>) -> Option<String> {
@@ -887,6 +931,10 @@ mod tests {
                 StreamManagement::Start("urn:xmpp:sm:2"),
             ),
             (
+                "<s:enable xmlns:sm='urn:xmpp:sm:3' xmlns:s='urn:xmpp:sm:3'/>",
+                StreamManagement::Start("urn:xmpp:sm:3"),
+            ),
+            (
                 "<resume xmlns='urn:xmpp:sm:3' h='1' previd='x'/>",
                 StreamManagement::Start("urn:xmpp:sm:3"),
             ),
@@ -900,6 +948,19 @@ mod tests {
                 .stream_management,
             None
         );
+        // A prefix the server would take from the stream header is not read by guess.
+        for element in [
+            "<sm:enable resume='true'/>",
+            "<iq type='set'><u:request filename='q3.xlsx' size='9'/></iq>",
+        ] {
+            assert!(Stanza::parse(element.as_bytes()).is_err(), "{element}");
+        }
+        // One an ancestor in the element declares is resolved.
+        let oob = Stanza::parse(
+            b"<message xmlns:o='jabber:x:oob'><body>see</body><o:x><o:url>https://example.com/f</o:url></o:x></message>",
+        )
+        .expect("parses");
+        assert_eq!(oob.urls, ["https://example.com/f"]);
     }
 
     #[test]

@@ -17,6 +17,20 @@ pub const DEFAULT_MOST: usize = 50_000;
 /// The most connections from one address by default.
 pub const DEFAULT_MOST_PER_SOURCE: usize = 1_000;
 
+/// What a source is: its address, or for IPv6 its /64 network, which one host or customer
+/// usually holds whole (an IPv4 address mapped into IPv6 is that IPv4 address).
+pub fn source_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// The limits, and what is open.
 #[derive(Debug)]
 pub struct Admission {
@@ -71,8 +85,10 @@ impl Admission {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A place for a connection from `source`, or why there is none.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Full> {
+    /// A place for a connection from `address` (counted with its [source](source_of)), or
+    /// why there is none.
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Full> {
+        let source = source_of(address);
         let mut open = self.lock();
         if open.total >= self.most {
             return Err(Full::Global);
@@ -149,5 +165,28 @@ mod tests {
         assert_eq!(admission.admit_carried().err(), Some(Full::Global));
         drop(carried);
         assert_eq!(admission.open(), 2);
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_slash_64() {
+        let admission = Admission::new(10, 1);
+        let host: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
+        let _held = admission.admit(host).expect("first");
+        for same in ["2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"] {
+            let same: IpAddr = same.parse().expect("ip");
+            assert_eq!(admission.admit(same).err(), Some(Full::Source), "{same}");
+        }
+        let _other = admission
+            .admit("2001:db8:1:3::1".parse().expect("ip"))
+            .expect("another /64");
+        let v4: IpAddr = "10.0.0.1".parse().expect("ip");
+        let _v4 = admission.admit(v4).expect("an IPv4 address");
+        assert_eq!(
+            admission
+                .admit("::ffff:10.0.0.1".parse().expect("ip"))
+                .err(),
+            Some(Full::Source),
+            "the same IPv4 address, mapped"
+        );
     }
 }

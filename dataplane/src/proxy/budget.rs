@@ -58,9 +58,11 @@ impl Budget {
         }
     }
 
-    /// Counts a buffer of `length` bytes of a session from `source` that was counted for
-    /// `*counted`; on success `*counted` is what it is counted for now.
-    pub fn count(&self, source: IpAddr, counted: &mut usize, length: usize) -> Result<(), Spent> {
+    /// Counts a buffer of `length` bytes of a session from `address` (counted with its
+    /// [source](super::admission::source_of)) that was counted for `*counted`; on success
+    /// `*counted` is what it is counted for now.
+    pub fn count(&self, address: IpAddr, counted: &mut usize, length: usize) -> Result<(), Spent> {
+        let source = super::admission::source_of(address);
         let wanted = length.saturating_sub(FREE);
         if wanted == *counted {
             return Ok(());

@@ -247,7 +247,8 @@ impl<C: AsyncWrite + Unpin + Send> Flow<C> {
                 to.forward(&bytes).await?;
             }
             if need_more {
-                let filled = fill(&mut reader, &mut side, &self.shared).await;
+                let (idle, budget) = (self.shared.limits.idle, &self.shared.buffers);
+                let filled = fill(&mut reader, &mut side, idle, budget).await;
                 let more = filled.map_err(|error| {
                     let from = match wire {
                         Direction::Outbound => "the client",

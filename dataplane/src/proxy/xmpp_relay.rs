@@ -70,23 +70,28 @@ impl Drop for Side {
 }
 
 /// Drops the handled bytes and reads more; `false` when the peer closed or went quiet past
-/// the idle limit; an error when the buffer would take the dataplane's read buffers over
-/// their budget.
+/// `idle`; an error when the buffer would take the read buffers over their `budget`.
 pub(super) async fn fill<R: AsyncRead + Unpin>(
     reader: &mut R,
     side: &mut Side,
-    shared: &Shared,
+    idle: std::time::Duration,
+    budget: &Arc<Budget>,
 ) -> std::io::Result<bool> {
     side.buffer.drain(..std::mem::take(&mut side.done));
-    let read =
-        match tokio::time::timeout(shared.limits.idle, read_into(reader, &mut side.buffer)).await {
-            Ok(Ok(0)) | Err(_) => false,
-            Ok(Ok(_)) => true,
-            Ok(Err(error)) => return Err(error),
-        };
-    let (budget, counted) = side
-        .counted
-        .get_or_insert_with(|| (shared.buffers.clone(), 0));
+    if side.buffer.is_empty() {
+        // Handled whole: a session waiting to read holds no buffer, and is counted for none.
+        side.buffer = Vec::new();
+        if let Some((budget, counted)) = side.counted.as_mut() {
+            // Counting down never fails.
+            let _ = budget.count(side.source, counted, 0);
+        }
+    }
+    let read = match tokio::time::timeout(idle, read_into(reader, &mut side.buffer)).await {
+        Ok(Ok(0)) | Err(_) => false,
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => return Err(error),
+    };
+    let (budget, counted) = side.counted.get_or_insert_with(|| (budget.clone(), 0));
     budget
         .count(side.source, counted, side.buffer.capacity())
         .map_err(std::io::Error::other)?;
@@ -129,7 +134,7 @@ async fn next_item<R: AsyncRead + Unpin>(
             | Item::Whitespace { consumed }
             | Item::Close { consumed } => (consumed, None),
             _ => {
-                if !fill(reader, side, shared).await? {
+                if !fill(reader, side, shared.limits.idle, &shared.buffers).await? {
                     return Ok(Next::End);
                 }
                 continue;
@@ -457,4 +462,42 @@ where
     let client = Box::pin(tls_stream::accept(config, client, shared.limits.handshake)).await?;
     tracing::info!(target: "imgate::session", session = %info.session, "TLS intercepted for {domain}");
     Ok(Some((client, upstream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_buffer_handled_whole_is_freed_and_uncounted_while_the_next_read_waits() {
+        let budget = Arc::new(Budget::new(1 << 20, 1 << 20));
+        let idle = Duration::from_secs(3600);
+        let (mut peer, mut reader) = tokio::io::duplex(1 << 20);
+        let mut side = Side::of("10.0.0.1".parse().expect("ip"));
+        peer.write_all(&vec![b'a'; 200 << 10]).await.expect("write");
+        while side.buffer.len() < 200 << 10 {
+            assert!(
+                fill(&mut reader, &mut side, idle, &budget)
+                    .await
+                    .expect("read")
+            );
+        }
+        assert!(budget.used() > 100 << 10, "a large stanza is counted");
+        side.done = side.buffer.len();
+        let mut read = Box::pin(fill(&mut reader, &mut side, idle, &budget));
+        tokio::select! {
+            biased;
+            _ = &mut read => panic!("nothing was sent to read"),
+            () = std::future::ready(()) => {}
+        }
+        assert_eq!(budget.used(), 0, "an idle session is counted for nothing");
+        peer.write_all(b"<r/>").await.expect("write");
+        assert!((&mut read).await.expect("read"));
+        drop(read);
+        assert_eq!(side.buffer, b"<r/>");
+    }
 }

@@ -401,6 +401,11 @@ impl Connector {
                     self.metrics.stream("retried");
                     continue;
                 }
+                Status::Busy => {
+                    tracing::info!(target: "imgate::tunnel", dataplane = %live.dataplane, "the dataplane is full, trying another connection: {}", reply.reason);
+                    self.metrics.stream("retried");
+                    continue;
+                }
                 Status::Refused => Some(Refusal::NotAllowed),
                 Status::Unreachable | Status::TimedOut | Status::BadRequest => {
                     Some(Refusal::Unreachable)

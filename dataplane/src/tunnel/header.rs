@@ -106,6 +106,8 @@ pub enum Status {
     BadRequest,
     /// The dataplane is shutting down and takes no new streams: open them elsewhere.
     Draining,
+    /// The dataplane holds its most connections: open this stream elsewhere.
+    Busy,
 }
 
 impl Status {
@@ -117,6 +119,7 @@ impl Status {
             Status::TimedOut => 3,
             Status::BadRequest => 4,
             Status::Draining => 5,
+            Status::Busy => 6,
         }
     }
 
@@ -128,6 +131,7 @@ impl Status {
             3 => Status::TimedOut,
             4 => Status::BadRequest,
             5 => Status::Draining,
+            6 => Status::Busy,
             _ => return None,
         })
     }

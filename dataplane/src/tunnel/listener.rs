@@ -407,6 +407,10 @@ async fn streams(
             Ok(streams) => streams,
             Err(error) => return error,
         };
+        // Counted before the drain is checked, so that a drain that finds no session open
+        // never misses one that started as it began.
+        tunnel.sessions.fetch_add(1, Ordering::SeqCst);
+        let open = OpenSession(tunnel.clone());
         if tunnel.draining.load(Ordering::SeqCst) {
             refuse_stream(
                 &mut send,
@@ -421,7 +425,7 @@ async fn streams(
             Err(full) => {
                 tunnel.shared.metrics.connection_refused(full.label());
                 let reason = "this dataplane holds its most connections (--max-connections)";
-                refuse_stream(&mut send, Status::Refused, reason).await;
+                refuse_stream(&mut send, Status::Busy, reason).await;
                 continue;
             }
         };
@@ -431,8 +435,6 @@ async fn streams(
         let stream = tokio::io::join(receive, send);
         let shared = tunnel.shared.clone();
         let session = shared.next_session();
-        tunnel.sessions.fetch_add(1, Ordering::SeqCst);
-        let open = OpenSession(tunnel.clone());
         tokio::spawn(serve(
             shared,
             frontend,
