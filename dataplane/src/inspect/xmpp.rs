@@ -35,6 +35,7 @@ const NS_IBB: &str = "http://jabber.org/protocol/ibb";
 const NS_SM: [&str; 2] = ["urn:xmpp:sm:3", "urn:xmpp:sm:2"];
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+const NS_CLIENT: &str = "jabber:client";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
 /// What the framer found at the start of a buffer.
@@ -129,6 +130,14 @@ impl Framer {
             match reader.read_event() {
                 Ok(Event::Decl(_) | Event::Text(_) | Event::Comment(_)) => {}
                 Ok(Event::Start(start)) if start.local_name().as_ref() == b"stream" => {
+                    // Elements are read in the client namespace: a stream that names another
+                    // would have the server read them otherwise than imgate does.
+                    if attribute(&start, b"xmlns").is_some_and(|ns| ns != NS_CLIENT) {
+                        return Item::Malformed {
+                            at: 0,
+                            reason: "the stream's content namespace is not jabber:client".into(),
+                        };
+                    }
                     self.in_stream = true;
                     let to = attribute(&start, b"to");
                     return Item::Header {
@@ -772,6 +781,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stream_in_another_content_namespace_is_not_read() {
+        let header = b"<stream:stream to='chat.example' xmlns='urn:xmpp:sm:3' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+        assert!(matches!(
+            Framer::default().next(header),
+            Item::Malformed { .. }
+        ));
     }
 
     #[test]

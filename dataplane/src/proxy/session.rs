@@ -54,7 +54,7 @@ pub enum SessionError {
 }
 
 /// Serves one accepted connection (a TCP connection, or a tunnel stream); errors are logged,
-/// never propagated. `hold` (the connection's admission slot, ...) is dropped when the session
+/// never propagated. `_hold` (the connection's admission slot, ...) is dropped when the session
 /// ends.
 pub async fn serve<S: Client, H: Send + 'static>(
     shared: Arc<Shared>,
@@ -62,9 +62,8 @@ pub async fn serve<S: Client, H: Send + 'static>(
     mut client: S,
     peer: SocketAddr,
     id: u64,
-    hold: H,
+    _hold: H,
 ) {
-    let _hold = hold;
     let _open = shared.metrics.session_open();
     let span = tracing::info_span!(
         target: TRACE_TARGET,
@@ -210,7 +209,6 @@ async fn serve_session<S: Client>(
     else {
         return Ok(());
     };
-    let session = info.session.clone();
     let outcome = match route {
         Route::DirectXmpp(domain, context) => {
             let relaying = Box::pin(xmpp_direct_tls::relaying(
@@ -250,6 +248,8 @@ async fn serve_session<S: Client>(
         Ok(()) => "closed".to_owned(),
         Err(error) => error.to_string(),
     };
+    // Named again rather than kept: an idle session carries no copy of its name here.
+    let session = shared.session_name(id);
     // Boxed: the session's task does not carry this last step's state while it relays.
     let end = Body::SessionEnd {
         session: session.clone(),
