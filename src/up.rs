@@ -140,6 +140,11 @@ pub struct UpArgs {
     /// dataplanes (seconds).
     #[arg(long, default_value_t = 20)]
     drain_seconds: u64,
+    /// On stop, how long the archive may take to ship what is left to the object store
+    /// (seconds); what is not shipped by then stays in the log and ships at the next start.
+    /// A pod's termination grace period should cover the drain and this.
+    #[arg(long, default_value_t = 30)]
+    flush_seconds: u64,
     /// Threads that carry sessions (default: one per CPU this process may use). A pod with
     /// one CPU runs best with one: tasks that wake one another on one thread spend a fifth
     /// less CPU per byte than across threads.
@@ -455,7 +460,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let archive_health = shipper.health();
         let shipping = {
             let stop = stop.clone();
-            shipper.spawn(async move { stop.notified().await }, Duration::from_secs(30)).context("cannot start the archive shipper")?
+            shipper.spawn(async move { stop.notified().await }, Duration::from_secs(args.flush_seconds)).context("cannot start the archive shipper")?
         };
         let reporting = match (&args.report_lease, client) {
             (Some(name), Some(client)) => {

@@ -94,6 +94,8 @@ impl Lab {
             .args(["--on-archive-failure", "pass"])
             .args(["--s3-bucket", "archive", "--s3-endpoint", &self.store])
             .args(["--store-timeout", "2s"])
+            // The last stop ships everything, however slow a loaded machine makes the store.
+            .args(["--flush-seconds", "100"])
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("RUST_LOG", "info");
