@@ -502,13 +502,24 @@ fn a_stolen_connector_certificate_stops_working_once_the_real_connector_renews()
     let said = String::from_utf8_lossy(&renewed.stderr);
     assert!(said.contains("a newer one replaced"), "{said}");
 
-    // The real connector is served.
+    // The real connector is served. Its certificate is due at once, so it renews on start;
+    // with no grace, the dataplane then closes the connections the previous certificate
+    // made, and the connector makes new ones with the new certificate.
     let connector = run_connector(&identity, &[tunnel], &server, &[]);
+    wait_for_line(&connector.log, &["certificate renewed, valid until"]);
     wait_until_connected(&connector);
-    let answer = probe(connector.port);
+    // A connection the previous certificate made may still look usable for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut answer = probe(connector.port);
+    while !answer.contains("stream:stream") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answer = probe(connector.port);
+    }
     assert!(
         answer.contains("stream:stream"),
-        "the renewed connector carries its sessions: {answer:?}"
+        "the renewed connector carries its sessions: {answer:?}\n--- connector ---\n{}\n--- imgate ---\n{}",
+        std::fs::read_to_string(&connector.log).unwrap_or_default(),
+        std::fs::read_to_string(&up_log).unwrap_or_default()
     );
     drop(connector);
 
