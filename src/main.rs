@@ -14,6 +14,7 @@ mod policy_watch;
 mod traces;
 mod tunnel_admin;
 mod up;
+mod up_alerts;
 mod up_follow;
 mod up_identity;
 mod up_report;

@@ -145,6 +145,22 @@ pub struct UpArgs {
     /// A pod's termination grace period should cover the drain and this.
     #[arg(long, default_value_t = 30)]
     flush_seconds: u64,
+    /// Deliver alerts as this file says: a Tenant's `spec.alerts` (receivers: Alertmanager,
+    /// a signed webhook, syslog over TLS, e-mail; severities; the grouping window). Alerts
+    /// are read from the archive log, so none is lost to a restart or a receiver that is down.
+    #[arg(long, value_name = "FILE")]
+    alerts: Option<PathBuf>,
+    /// The folder holding the Secrets the alerts file names, one folder per Secret with a
+    /// file per key (as Kubernetes mounts them); the alerts file's folder's `secrets/` when
+    /// not given.
+    #[arg(long, value_name = "DIR", requires = "alerts")]
+    secrets: Option<PathBuf>,
+    /// The longest wait between tries to deliver alerts to a receiver that fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "alerts")]
+    alert_retry_max: Duration,
+    /// How long a receiver fails before a `system` record `alert-receiver-down` is archived.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, requires = "alerts")]
+    alert_down_after: Duration,
     /// Threads that carry sessions (default: one per CPU this process may use). A pod with
     /// one CPU runs best with one: tasks that wake one another on one thread spend a fifth
     /// less CPU per byte than across threads.
@@ -357,6 +373,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
         let fail_closed = args.on_archive_failure == ArchiveFailure::Block;
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
+        // Before the shipper runs: the outbox holds the records it has not read.
+        let alerting = match &args.alerts {
+            Some(file) => {
+                let options = crate::up_alerts::AlertOptions { file, secrets: args.secrets.as_deref(), retry_max: args.alert_retry_max, down_after: args.alert_down_after };
+                Some(crate::up_alerts::open(&options, (&args.tenant, &args.writer), &args.data, &log, &mut shared.metrics)?)
+            }
+            None => None,
+        };
         shared.set_directory(directory);
         shared.forward_after = args.forward_after;
         let most = connection_limit(args.max_connections);
@@ -462,6 +486,11 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             let stop = stop.clone();
             shipper.spawn(async move { stop.notified().await }, Duration::from_secs(args.flush_seconds)).context("cannot start the archive shipper")?
         };
+        let (stop_alerts, alerts_stopped) = tokio::sync::watch::channel(false);
+        let alerts = alerting.map(|alerting| {
+            println!("  alerts                       {} receiver(s), from {}", alerting.receivers(), args.alerts.as_deref().unwrap_or(Path::new("")).display());
+            tokio::spawn(alerting.run(alerts_stopped))
+        });
         let reporting = match (&args.report_lease, client) {
             (Some(name), Some(client)) => {
                 println!("  reports to the operator in   Lease {name}");
@@ -484,6 +513,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             stop_tunnel.notify_one();
             tunnel.await?;
             renewing.abort();
+        }
+        let _ = stop_alerts.send(true);
+        if let Some(alerts) = alerts {
+            let _ = alerts.await;
         }
         println!("stopping: flushing the archive");
         // No session starts any more: the marker, and a gap the log is still in, go out with

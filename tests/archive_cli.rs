@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::imgate_output as imgate;
-use imgate_crds::policy::{Direction, Protocol};
+use imgate_crds::policy::{Direction, Protocol, Severity};
 use imgate_dataplane::archive::fs::StdFs;
 use imgate_dataplane::archive::record::{Kind, Participant, RecordedVerdict};
 use imgate_dataplane::archive::segment::Layout;
@@ -80,6 +80,7 @@ async fn build_archive(store: Store, dir: &Path) {
         action: Action::Redact,
         monitor: Action::Allow,
         rules: vec!["firm-wide/card-numbers".into()],
+        severities: vec![Severity::High],
     };
     let script: Vec<Box<dyn Fn(u64) -> Record + Send>> = vec![
         Box::new(|seq| {

@@ -384,3 +384,36 @@ fn the_operator_will_not_run_without_the_api_servers_range() {
         "{output}"
     );
 }
+
+#[test]
+fn invalid_alerts_are_refused_with_file_line_and_field() {
+    let dir = tempdir("alerts");
+    std::fs::write(
+        dir.join("t.yaml"),
+        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  alerts:\n    receivers:\n      - name: meta\n        webhook: {url: 'http://169.254.169.254/hook', secretRef: {name: k}}\n      - name: mail\n        email: {smtp: 'smtp.example:587', from: nobody, to: [compliance@acme.example]}\n",
+    )
+    .expect("write");
+    let (code, output) = imgate(&["policy", "lint", dir.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("error: Tenant acme: spec.alerts.receivers[0].webhook.url: 169.254.169.254 is link-local")
+            && output.contains("allowPrivateNetwork: true"),
+        "{output}"
+    );
+    assert!(
+        output.contains("error: Tenant acme: spec.alerts.receivers[1].email.from: \"nobody\" is not an e-mail address"),
+        "{output}"
+    );
+
+    std::fs::write(
+        dir.join("t.yaml"),
+        "apiVersion: imgate.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme}\nspec:\n  archive:\n    s3: {bucket: acme-archive, region: eu-west-2}\n    retention: {days: 30}\n  alerts:\n    receivers:\n      - name: both\n        alertmanager: {url: 'http://am:9093'}\n        syslog: {address: 'siem:6514'}\n",
+    )
+    .expect("write");
+    let (code, output) = imgate(&["policy", "lint", dir.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{output}");
+    assert_line(
+        &output,
+        "t.yaml:10: error: Tenant acme: spec.alerts.receivers[0]: a receiver needs exactly one of alertmanager, webhook, syslog or email",
+    );
+}

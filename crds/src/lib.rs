@@ -12,6 +12,7 @@
 //!   what lints clean here is accepted by a cluster.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod conditions;
 mod generate;
 pub mod policy;

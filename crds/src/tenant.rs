@@ -100,6 +100,10 @@ pub struct TenantSpec {
     /// which are revoked.
     #[serde(default)]
     pub tunnel: TunnelSpec,
+    /// Where alerts go (Alertmanager, a webhook, a SIEM over syslog, e-mail) and how hits
+    /// are grouped; none are sent when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<crate::alerts::AlertsSpec>,
 }
 
 /// The tenant's connectors.

@@ -14,6 +14,7 @@
 /// endpoint is configured (a session, its admission); disabled otherwise.
 pub const TRACE_TARGET: &str = "imgate::trace";
 
+pub mod alerts;
 pub mod archive;
 pub mod identity;
 pub mod inspect;

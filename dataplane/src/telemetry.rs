@@ -242,6 +242,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for metrics kept elsewhere (alerts) to register in.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The exposition text, with the archive's gauges read from `log` and the shipper's
     /// `shipping` health.
     pub fn render(&self, log: &ArchiveLog, shipping: &ShipMonitor) -> String {

@@ -248,6 +248,15 @@ impl Workspace {
                                 self.problem(&document, Level::Error, &path, why);
                             }
                         }
+                        for (path, why) in tenant
+                            .spec
+                            .alerts
+                            .iter()
+                            .flat_map(imgate_dataplane::alerts::config::check)
+                        {
+                            let path = format!("spec.alerts.{path}");
+                            self.problem(&document, Level::Error, &path, why);
+                        }
                         self.tenants.push(tenant);
                     }
                     Err(error) => self.problem(&document, Level::Error, "", error.to_string()),

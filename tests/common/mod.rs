@@ -218,7 +218,8 @@ pub fn stop_and_read_s3(imgate: Killed, endpoint: &str, bucket: &str) -> Vec<Val
 
 /// Stops `imgate up` with SIGTERM and waits for it (two minutes at most: a guard against a
 /// shutdown that never ends, not a time limit).
-fn stop(imgate: Killed) {
+/// Stops a process with SIGTERM and waits (up to two minutes) until it has exited.
+pub fn stop(imgate: Killed) {
     let mut imgate = imgate;
     assert!(
         Command::new("kill")
@@ -231,7 +232,8 @@ fn stop(imgate: Killed) {
     while imgate.0.try_wait().expect("wait").is_none() {
         assert!(
             Instant::now() < deadline,
-            "imgate up did not stop within two minutes of SIGTERM"
+            "{:?} did not stop within two minutes of SIGTERM",
+            imgate.0
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -245,3 +245,40 @@ fn shipped_records_stop_counting_as_unshipped_though_their_file_is_still_written
         "the file is kept until it is full"
     );
 }
+
+#[test]
+fn a_hold_keeps_shipped_records_in_the_log_until_the_reader_moves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = ArchiveLog::open(StdFs, dir.path(), config()).expect("open");
+    log.hold_after(0);
+    let mut last = 0;
+    for i in 0..60 {
+        last = log
+            .append(|seq| message(seq, &format!("record {i}")))
+            .expect("append");
+        log.wait_durable(last).expect("durable");
+    }
+    let files = log_files(dir.path()).len();
+    assert!(files > 3, "the records fill several files: {files}");
+    let all = log.unshipped_bytes();
+
+    log.release_through(last);
+    // A release is taken in by the writer thread: a durable wait is ordered after it.
+    let next = log.append(|seq| message(seq, "after")).expect("append");
+    log.wait_durable(next).expect("durable");
+    assert_eq!(seqs(dir.path()).first(), Some(&1), "everything is held");
+    assert!(
+        log.unshipped_bytes() >= all,
+        "held records count as unshipped"
+    );
+
+    log.hold_after(30);
+    log.close();
+    let kept = seqs(dir.path());
+    let first = kept.first().copied().unwrap_or_default();
+    assert!(
+        first > 1 && first <= 31,
+        "files before the hold went, record 31 stayed: {first}"
+    );
+    assert_eq!(kept.last(), Some(&next));
+}

@@ -27,7 +27,9 @@
 //! <= written_seq`, both only grow, and neither passes what was written or synced; the syncer's
 //! file handle and its target are published together, so a target is never claimed durable by
 //! syncing another file (the writer syncs a full file itself before moving to the next); when
-//! the unshipped bytes plus the queue would exceed the limit, `append` refuses with
+//! files are deleted only through records both shipped and not held by a reader that follows
+//! the log ([`ArchiveLog::hold_after`], the alert outbox), and held records count as
+//! unshipped; when the unshipped bytes plus the queue would exceed the limit, `append` refuses with
 //! [`ArchiveError::Full`] (back-pressure) instead of growing without bound; after a write error
 //! the log refuses everything ([`ArchiveError::Failed`]) until its writer has reopened it (see
 //! [`log_commit`](super::log_commit)), and after a failed fsync until the process restarts,
@@ -375,10 +377,43 @@ impl ArchiveLog {
         self.shared.lock().unshipped()
     }
 
-    /// Lets the log delete files holding only records at or below `seq` (shipped).
+    /// Lets the log delete files holding only records at or below `seq` (shipped), and not
+    /// past what a [hold](Self::hold_after) keeps.
     pub fn release_through(&self, seq: u64) {
-        self.shared.lock().release_through = Some(seq);
+        let mut state = self.shared.lock();
+        state.shipped_seq = state.shipped_seq.max(seq);
+        state.release_through = Some(state.releasable());
+        drop(state);
         self.shared.queued.notify_one();
+    }
+
+    /// Keeps every record after `seq` in the log, shipped or not, until a later call moves
+    /// the hold on: a reader that follows the log (the alert outbox) holds what it has not
+    /// read yet. Held records count as unshipped, so a reader that stops holds back the log.
+    pub fn hold_after(&self, seq: u64) {
+        let mut state = self.shared.lock();
+        state.hold = Some(seq);
+        if state.shipped_seq > 0 {
+            state.release_through = Some(state.releasable());
+            drop(state);
+            self.shared.queued.notify_one();
+        }
+    }
+
+    /// Waits, without blocking a thread and without asking for an fsync, until a record
+    /// after `seq` is durable; returns the highest durable record. While the log has failed
+    /// it waits on, for the records written once it writes again.
+    pub async fn durable_after(&self, seq: u64) -> u64 {
+        let mut progress = self.shared.progress.subscribe();
+        let durable = progress
+            .wait_for(|p| p.durable > seq)
+            .await
+            .map(|p| p.durable);
+        match durable {
+            Ok(durable) => durable,
+            // The log is gone: nothing more becomes durable.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Writes and syncs what is queued (with the `gap` record of a gap still open; a log that

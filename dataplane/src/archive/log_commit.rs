@@ -67,6 +67,10 @@ pub(super) struct State {
     /// file is deleted, yet no longer unshipped. Only ever an underestimate.
     pub(super) released_bytes: u64,
     pub(super) release_through: Option<u64>,
+    /// The last record the shipper released.
+    pub(super) shipped_seq: u64,
+    /// Records after this one stay in the log whatever is shipped (a reader follows them).
+    pub(super) hold: Option<u64>,
     /// The current file is full: the writer should rotate it.
     pub(super) rotation_wanted: bool,
     pub(super) failed: Option<String>,
@@ -95,6 +99,12 @@ pub(super) struct State {
 }
 
 impl State {
+    /// How far files may be deleted: what is shipped and not held.
+    pub(super) fn releasable(&self) -> u64 {
+        self.hold
+            .map_or(self.shipped_seq, |hold| hold.min(self.shipped_seq))
+    }
+
     /// Bytes written or queued that are not shipped yet.
     pub(super) fn unshipped(&self) -> u64 {
         self.on_disk_bytes.saturating_sub(self.released_bytes) + self.queued_bytes

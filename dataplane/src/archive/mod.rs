@@ -19,6 +19,7 @@ pub mod segment;
 pub mod ship_health;
 pub mod shipper;
 pub mod store;
+pub mod tail;
 pub mod unended;
 pub mod verify;
 pub mod wal;

@@ -7,7 +7,7 @@
 //! them).
 
 use chrono::{DateTime, Utc};
-use imgate_crds::policy::{Direction, Protocol};
+use imgate_crds::policy::{Direction, Protocol, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::inspect::event::{ConversationKind, Party};
@@ -256,6 +256,20 @@ pub struct RecordedVerdict {
     /// Every rule that matched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
+    /// How serious each match in `rules` is, in the same order (records written before
+    /// severities were recorded have none: read them as `medium`, the rules' default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub severities: Vec<Severity>,
+}
+
+impl RecordedVerdict {
+    /// Each matched rule with its severity.
+    pub fn matches(&self) -> impl Iterator<Item = (&str, Severity)> {
+        self.rules.iter().enumerate().map(|(i, rule)| {
+            let severity = self.severities.get(i).copied().unwrap_or_default();
+            (rule.as_str(), severity)
+        })
+    }
 }
 
 fn is_allow(action: &Action) -> bool {
@@ -268,6 +282,7 @@ impl From<&Verdict> for RecordedVerdict {
             action: verdict.action,
             monitor: verdict.monitor,
             rules: verdict.rule_names().map(str::to_owned).collect(),
+            severities: verdict.alerts.iter().map(|a| a.severity).collect(),
         }
     }
 }

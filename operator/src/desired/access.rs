@@ -149,6 +149,12 @@ pub fn policy_config_map(tenant: &Tenant, policy: &PolicySet) -> ConfigMap {
             }),
         );
     }
+    if let Some(alerts) = &tenant.spec.alerts {
+        data.insert(
+            super::alerts::ALERTS_FILE.into(),
+            super::alerts::alerts_yaml(alerts),
+        );
+    }
     let revoked = &tenant.spec.tunnel.revoked_connectors;
     if !revoked.is_empty() {
         let lines: String = revoked.iter().map(|id| format!("{id}\n")).collect();

@@ -11,6 +11,7 @@
 //! their keys are made once by the operator and never replaced.
 
 mod access;
+mod alerts;
 mod network;
 mod workload;
 

@@ -734,3 +734,101 @@ fn every_desired_object_passes_the_api_servers_validation() {
     }
     assert!(checked >= 70, "{checked} objects checked");
 }
+
+#[test]
+fn alerts_reach_the_dataplane_with_their_secrets_and_a_change_rolls_the_pods() {
+    let (mut broker, set) = broker();
+    let plain = desired(&broker, Some(&set), &Settings::default());
+    let plain_pod = dataplane_pod(&plain);
+    assert!(
+        !plain_pod.containers[0]
+            .args
+            .as_ref()
+            .expect("args")
+            .contains(&"--alerts".to_owned()),
+        "no alerts, no options"
+    );
+    broker.spec.alerts = Some(
+        serde_saphyr::from_str(
+            "groupWindow: 5m\nreceivers:\n- name: hook\n  webhook: {url: 'https://hooks.example/imgate', secretRef: {name: hook-key}}\n- name: mail\n  email: {smtp: 'smtp.example:587', from: imgate@example.com, to: [compliance@example.com], credentialsSecretRef: {name: smtp}, caSecretRef: {name: hook-key}}\n",
+        )
+        .expect("alerts"),
+    );
+    let objects = desired(&broker, Some(&set), &Settings::default());
+    for object in &objects {
+        let problems = check_object(&object.to_json());
+        assert!(problems.is_empty(), "{}: {problems:?}", object.describe());
+    }
+    let Object::ConfigMap(map) = find(&objects, "ConfigMap/policy") else {
+        panic!("not a ConfigMap")
+    };
+    let delivered: imgate_crds::alerts::AlertsSpec =
+        serde_saphyr::from_str(&map.data.as_ref().expect("data")[alerts::ALERTS_FILE])
+            .expect("an AlertsSpec");
+    assert_eq!(Some(&delivered), broker.spec.alerts.as_ref());
+    let pod = dataplane_pod(&objects);
+    let args = pod.containers[0].args.as_ref().expect("args").join(" ");
+    assert!(
+        args.contains(
+            "--alerts /etc/imgate/policy/alerts.yaml --secrets /etc/imgate/alert-secrets"
+        ),
+        "{args}"
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "alert-secrets")
+        .expect("the Secrets' volume");
+    let projected: Vec<(String, Vec<String>)> = volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.secret.as_ref())
+        .map(|s| {
+            let paths = s.items.iter().flatten().map(|i| i.path.clone()).collect();
+            (s.name.clone(), paths)
+        })
+        .collect();
+    assert_eq!(
+        projected,
+        [
+            (
+                "hook-key".to_owned(),
+                vec!["hook-key/secret".to_owned(), "hook-key/ca.crt".to_owned()]
+            ),
+            (
+                "smtp".to_owned(),
+                vec!["smtp/username".to_owned(), "smtp/password".to_owned()]
+            ),
+        ],
+        "each Secret once, with the keys used, where `imgate up --secrets` looks"
+    );
+    assert!(
+        pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "alert-secrets" && m.mount_path == alerts::ALERT_SECRETS_DIR)
+    );
+    let revision = |objects: &[Object]| {
+        let Object::StatefulSet(set) = find(objects, "StatefulSet/dataplane") else {
+            panic!("not a StatefulSet")
+        };
+        set.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(alerts::ALERTS_REVISION))
+            .cloned()
+    };
+    let before = revision(&objects).expect("annotated");
+    if let Some(alerts) = broker.spec.alerts.as_mut() {
+        alerts.group_window = "15m".into();
+    }
+    let after = revision(&desired(&broker, Some(&set), &Settings::default()));
+    assert_ne!(Some(before), after, "a change rolls the pods");
+    assert_eq!(revision(&plain), None);
+}

@@ -148,6 +148,14 @@ pub fn dataplane_args(tenant: &Tenant, settings: &Settings) -> Vec<String> {
     if tenant.spec.identity.is_some() {
         args.extend(["--identity".into(), format!("{POLICY_DIR}/{IDENTITY_FILE}")]);
     }
+    if tenant.spec.alerts.is_some() {
+        args.extend([
+            "--alerts".into(),
+            format!("{POLICY_DIR}/{}", super::alerts::ALERTS_FILE),
+            "--secrets".into(),
+            super::alerts::ALERT_SECRETS_DIR.into(),
+        ]);
+    }
     if extra_roots(tenant).is_some() {
         args.extend([
             "--extra-roots".into(),
@@ -429,6 +437,10 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
             ]
             .into_iter()
             .chain(extra_roots(tenant).map(|_| mount("extra-roots", EXTRA_ROOTS_DIR, true)))
+            .chain(
+                super::alerts::secrets_volume(tenant)
+                    .map(|v| mount(&v.name, super::alerts::ALERT_SECRETS_DIR, true)),
+            )
             .collect(),
         ),
         ..Container::default()
@@ -478,6 +490,7 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
             &[(EXTRA_ROOTS_KEY, EXTRA_ROOTS_KEY)],
         ));
     }
+    volumes.extend(super::alerts::secrets_volume(tenant));
     let claim = PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some("data".into()),
@@ -510,6 +523,13 @@ pub fn stateful_set(tenant: &Tenant, settings: &Settings) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(names::pod_labels(name)),
+                    // The dataplane reads its alerts at start: a change rolls the pods.
+                    annotations: tenant.spec.alerts.as_ref().map(|alerts| {
+                        BTreeMap::from([(
+                            super::alerts::ALERTS_REVISION.into(),
+                            super::alerts::revision(alerts),
+                        )])
+                    }),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
