@@ -487,6 +487,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             shipper.spawn(async move { stop.notified().await }, Duration::from_secs(args.flush_seconds)).context("cannot start the archive shipper")?
         };
         let (stop_alerts, alerts_stopped) = tokio::sync::watch::channel(false);
+        let alert_health = alerting.as_ref().map(|alerting| alerting.health());
         let alerts = alerting.map(|alerting| {
             println!("  alerts                       {} receiver(s), from {}", alerting.receivers(), args.alerts.as_deref().unwrap_or(Path::new("")).display());
             tokio::spawn(alerting.run(alerts_stopped))
@@ -494,7 +495,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let reporting = match (&args.report_lease, client) {
             (Some(name), Some(client)) => {
                 println!("  reports to the operator in   Lease {name}");
-                let sources = up_report::Sources { shared: shared.clone(), tunnel: connectors, archive: archive_health, revision: enforced };
+                let sources = up_report::Sources { shared: shared.clone(), tunnel: connectors, archive: archive_health, revision: enforced, alerts: alert_health };
                 Some(up_report::spawn(client, name, args.pod_uid.clone(), &args.tenant, sources))
             }
             _ => None,

@@ -29,6 +29,8 @@ pub struct Sources {
     pub archive: Arc<ShipMonitor>,
     /// The revision of the delivered policy set in force.
     pub revision: Arc<Mutex<Option<String>>>,
+    /// The alert receivers' health, when alerts are on.
+    pub alerts: Option<imgate_dataplane::alerts::runner::Health>,
 }
 
 impl Sources {
@@ -47,6 +49,12 @@ impl Sources {
                 .map(|tunnel| tunnel.connectors())
                 .unwrap_or_default(),
             archive: self.archive.get(),
+            alerts: self.alerts.as_ref().map(|health| {
+                health
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone()
+            }),
         }
     }
 }

@@ -455,7 +455,7 @@ pub struct TenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `TunnelReady`, `ArchiveReachable`, `PolicyApplied`, `PolicyEnforced`,
-    /// `ConnectorEnrollment`.
+    /// `ConnectorEnrollment`, `AlertsDelivered`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::conditions::schema")]
     pub conditions: Vec<Condition>,

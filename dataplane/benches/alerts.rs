@@ -141,6 +141,7 @@ fn start(dir: &std::path::Path, port: u16) -> ArchiveLog {
                 secret: b"bench".to_vec(),
             },
         }],
+        broken: Vec::new(),
     };
     let alerting = Alerting::open(
         settings,

@@ -1,9 +1,10 @@
 //! A tenant's `spec.alerts`, checked and with its credentials read: what the outbox and the
 //! receivers run on.
 //!
-//! Invariants: a configuration that loads has, for every receiver, a parsed address, the
-//! credentials it names, and (unless `allowPrivateNetwork`) no literal address outside the
-//! public internet; [`check`] finds the same faults without reading Secrets, for
+//! Invariants: a configuration that loads has, for every receiver, a parsed address and
+//! (unless `allowPrivateNetwork`) no literal address outside the public internet; a receiver
+//! whose Secret cannot be read is set aside as broken (reported, while the others run);
+//! a webhook key is used without the line end a file may give it; [`check`] finds the same faults without reading Secrets, for
 //! `imgate policy lint`, each with the field it is at.
 
 use std::net::IpAddr;
@@ -53,6 +54,9 @@ pub struct Settings {
     pub window: Duration,
     /// The receivers.
     pub receivers: Vec<Receiver>,
+    /// Receivers that cannot run, and why (a Secret they name cannot be read): reported as
+    /// failing, while the others run.
+    pub broken: Vec<(String, String)>,
 }
 
 /// One receiver.
@@ -134,12 +138,23 @@ pub fn load(spec: &AlertsSpec, secrets: &Path) -> Result<Settings, ConfigError> 
             path: "groupWindow".into(),
             why: e.to_string(),
         })?;
-    let receivers = spec
-        .receivers
-        .iter()
-        .map(|receiver| load_receiver(receiver, secrets))
-        .collect::<Result<_, _>>()?;
-    Ok(Settings { window, receivers })
+    let mut receivers = Vec::new();
+    let mut broken = Vec::new();
+    for receiver in &spec.receivers {
+        match load_receiver(receiver, secrets) {
+            Ok(loaded) => receivers.push(loaded),
+            Err(error @ ConfigError::Secret { .. }) => {
+                tracing::error!(%error, "an alert receiver cannot run; the others do");
+                broken.push((receiver.name.clone(), error.to_string()));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Settings {
+        window,
+        receivers,
+        broken,
+    })
 }
 
 fn load_receiver(receiver: &AlertReceiver, secrets: &Path) -> Result<Receiver, ConfigError> {
@@ -162,7 +177,7 @@ fn load_receiver(receiver: &AlertReceiver, secrets: &Path) -> Result<Receiver, C
     } else if let Some(hook) = &receiver.webhook {
         Kind::Webhook {
             url: parse_url(&hook.url, "webhook.url")?,
-            secret: read(&hook.secret_ref, "secret")?,
+            secret: trim_line_end(read(&hook.secret_ref, "secret")?),
         }
     } else if let Some(syslog) = &receiver.syslog {
         let (host, port) = split_address(&syslog.address, "syslog.address")?;
@@ -209,6 +224,14 @@ fn load_receiver(receiver: &AlertReceiver, secrets: &Path) -> Result<Receiver, C
         allow_private: receiver.allow_private_network,
         kind,
     })
+}
+
+/// `bytes` without a line end at its end (a Secret made from a file often has one).
+fn trim_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    bytes
 }
 
 /// Every fault in `spec` that the schema cannot see, as (field path under `spec.alerts`,
@@ -362,18 +385,20 @@ mod tests {
         assert_eq!(faults[0].0, "receivers[0].email.from");
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let error = load(
-            &spec("receivers:\n- name: hook\n  webhook: {url: 'https://h.example/x', secretRef: {name: hook-key}}\n"),
+        let settings = load(
+            &spec("receivers:\n- name: hook\n  webhook: {url: 'https://h.example/x', secretRef: {name: hook-key}}\n- name: am\n  alertmanager: {url: 'https://am.example'}\n"),
             dir.path(),
         )
-        .expect_err("no secret");
-        let text = error.to_string();
+        .expect("the others run");
+        assert_eq!(settings.receivers.len(), 1, "only the Alertmanager runs");
+        let (name, why) = &settings.broken[0];
+        assert_eq!(name, "hook");
         assert!(
-            text.contains("receiver hook") && text.contains("hook-key/secret"),
-            "{text}"
+            why.contains("receiver hook") && why.contains("hook-key/secret"),
+            "{why}"
         );
         std::fs::create_dir(dir.path().join("hook-key")).expect("mkdir");
-        std::fs::write(dir.path().join("hook-key/secret"), "s3cret").expect("write");
+        std::fs::write(dir.path().join("hook-key/secret"), "s3cret\n").expect("write");
         let settings = load(
             &spec("receivers:\n- name: hook\n  webhook: {url: 'https://h.example/x', secretRef: {name: hook-key}}\n"),
             dir.path(),

@@ -32,6 +32,10 @@ pub enum DeliveryError {
     /// The receiver spoke, but not as expected.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// The receiver refused what it was sent, and would again (an HTTP 4xx other than 408
+    /// and 429, an SMTP 5xx).
+    #[error("refused for good with {0}: {1}")]
+    Rejected(u16, String),
 }
 
 impl DeliveryError {
@@ -44,7 +48,13 @@ impl DeliveryError {
             DeliveryError::Timeout(_) => "timeout",
             DeliveryError::Tls(_) => "tls",
             DeliveryError::Protocol(_) => "protocol",
+            DeliveryError::Rejected(..) => "rejected",
         }
+    }
+
+    /// Whether sending the same again would fail the same way.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Rejected(..))
     }
 
     /// From a hyper client error, naming a refused address as such.
@@ -134,10 +144,11 @@ impl Delivery {
         &self.receiver
     }
 
-    /// The most notices sent at once.
+    /// The most notices sent at once (one a mail: a mail refused after others were taken
+    /// must not send those again).
     pub fn batch(&self) -> usize {
         match self.receiver.kind {
-            Kind::Email { .. } => 20,
+            Kind::Email { .. } => 1,
             _ => 100,
         }
     }

@@ -153,7 +153,12 @@ pub async fn send(
 fn smtp_error(error: &lettre::transport::smtp::Error) -> DeliveryError {
     let text = super::deliver::with_causes(error);
     if let Some(code) = error.status() {
-        DeliveryError::Status(u16::from(code), text)
+        let code = u16::from(code);
+        if error.is_permanent() {
+            DeliveryError::Rejected(code, text)
+        } else {
+            DeliveryError::Status(code, text)
+        }
     } else if error.is_tls() {
         DeliveryError::Tls(text)
     } else if error.is_timeout() {

@@ -158,13 +158,12 @@ impl HttpClient {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(DeliveryError::Status(
-                    status.as_u16(),
-                    String::from_utf8_lossy(&body).chars().take(200).collect(),
-                ))
+            let text = String::from_utf8_lossy(&body).chars().take(200).collect();
+            match status.as_u16() {
+                200..=299 => Ok(()),
+                408 | 429 => Err(DeliveryError::Status(status.as_u16(), text)),
+                400..=499 => Err(DeliveryError::Rejected(status.as_u16(), text)),
+                _ => Err(DeliveryError::Status(status.as_u16(), text)),
             }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)

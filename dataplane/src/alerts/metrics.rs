@@ -45,30 +45,30 @@ pub struct AlertMetrics {
 }
 
 impl AlertMetrics {
-    /// Registers them in `registry`.
+    /// Registers them in `registry`, whose prefix is `imgate`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "imgate_alert_hits",
+            "alert_hits",
             "Rule matches read from the archive log, by rule",
             self.hits.clone(),
         );
         registry.register(
-            "imgate_alert_notices_sent",
+            "alert_notices_sent",
             "Alert notices a receiver acknowledged, by receiver and status (firing, resolved)",
             self.sent.clone(),
         );
         registry.register(
-            "imgate_alert_delivery_failures",
+            "alert_delivery_failures",
             "Deliveries to a receiver that failed and will be retried, by receiver and reason",
             self.failures.clone(),
         );
         registry.register(
-            "imgate_alert_receiver_up",
+            "alert_receiver_up",
             "1 while a receiver takes deliveries, 0 from its first failure until it takes one again",
             self.up.clone(),
         );
         registry.register(
-            "imgate_alert_backlog",
+            "alert_backlog",
             "Alert notices waiting for a receiver",
             self.backlog.clone(),
         );
@@ -117,5 +117,29 @@ impl AlertMetrics {
                 receiver: receiver.into(),
             })
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_and_receivers_render_with_their_labels() {
+        let metrics = AlertMetrics::default();
+        let mut registry = Registry::with_prefix("imgate");
+        metrics.register(&mut registry);
+        metrics.failed("hook", "timeout");
+        metrics.failed("hook", "timeout");
+        metrics.set_up("hook", false);
+        metrics.sent("siem", "firing", 3);
+        let text = crate::telemetry::encode(&registry);
+        for line in [
+            "imgate_alert_delivery_failures_total{receiver=\"hook\",reason=\"timeout\"} 2",
+            "imgate_alert_receiver_up{receiver=\"hook\"} 0",
+            "imgate_alert_notices_sent_total{receiver=\"siem\",status=\"firing\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
     }
 }

@@ -15,8 +15,12 @@
 //!   alert late (it was down), once the alert has been firing there for a window's length, so
 //!   that a receiver which only notifies of what it saw firing (Alertmanager) sees it firing;
 //!   an alert leaves the outbox only when every such receiver has its resolution;
-//! - no more than [`MOST_ALERTS`] alerts are kept: past that, a rule's hits from further
-//!   senders are counted in one alert for the rule (sender `*`), so no hit is lost.
+//! - past [`MOST_ALERTS`] alerts kept, a hit that opens no window of its own is counted in
+//!   its rule's alert for every sender (`*`), so no hit is lost and the outbox grows by one
+//!   alert per rule and window at most; an alert's text is cut to [`MOST_TEXT`] bytes;
+//! - alerts are retired only when the caller takes a snapshot ([`Outbox::retire`]), so
+//!   reading the log again from a snapshot makes the same decisions the running outbox
+//!   made.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -222,18 +226,23 @@ impl Outbox {
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
         for (n, (rule, severity)) in verdict.matches().enumerate() {
             let mut key = (rule.to_owned(), sender_key(from));
-            if !self.open.contains_key(&key) && self.alerts.len() >= MOST_ALERTS {
+            let open = |outbox: &Self, key: &(String, String)| {
+                outbox
+                    .open
+                    .get(key)
+                    .copied()
+                    .filter(|&i| record.ts < outbox.alerts[i].closes)
+            };
+            if open(self, &key).is_none() && self.alerts.len() >= MOST_ALERTS {
                 key.1 = MANY_SENDERS.to_owned();
             }
-            if let Some(&i) = self.open.get(&key) {
+            if let Some(i) = open(self, &key) {
                 let alert = &mut self.alerts[i];
-                if record.ts < alert.closes {
-                    alert.count += 1;
-                    alert.last = alert.last.max(record.ts);
-                    alert.severity = alert.severity.max(severity);
-                    alert.action = alert.action.max(verdict.action);
-                    continue;
-                }
+                alert.count += 1;
+                alert.last = alert.last.max(record.ts);
+                alert.severity = alert.severity.max(severity);
+                alert.action = alert.action.max(verdict.action);
+                continue;
             }
             let sender = if key.1 == MANY_SENDERS {
                 Participant {
@@ -256,7 +265,7 @@ impl Outbox {
                 closes: record.ts.checked_add_signed(window).unwrap_or(record.ts),
                 count: 1,
                 action: verdict.action,
-                text: text.filter(|_| keep_text).map(str::to_owned),
+                text: text.filter(|_| keep_text).map(clip),
                 sent: BTreeMap::new(),
             });
             let i = self.alerts.len() - 1;
@@ -291,9 +300,16 @@ impl Outbox {
             .collect()
     }
 
-    /// How many notices `receiver` has not been sent.
+    /// How many notices `receiver` has not been sent (firing, or resolved and due at `now`).
     pub fn backlog(&self, receiver: &Wants, now: DateTime<Utc>) -> usize {
-        self.pending(receiver, now, usize::MAX).len()
+        self.alerts
+            .iter()
+            .filter(|alert| receiver.takes(alert))
+            .filter(|alert| {
+                let sent = alert.sent.get(&receiver.name).copied().unwrap_or_default();
+                !sent.firing || (!sent.resolved && now >= alert.resolves_at(sent.fired_at))
+            })
+            .count()
     }
 
     /// Records that `receiver` took `notices` at `now`.
@@ -352,6 +368,21 @@ impl Outbox {
             .filter(|due| *due > now)
             .min()
     }
+}
+
+/// The most of a message's text an alert carries.
+pub const MOST_TEXT: usize = 4096;
+
+/// `text`, cut to [`MOST_TEXT`] bytes (on a character boundary, marked with `…`).
+fn clip(text: &str) -> String {
+    if text.len() <= MOST_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MOST_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Who a hit is attributed to: the person when known, else the handle.
@@ -597,5 +628,32 @@ pub(crate) mod tests {
         let many = outbox.alerts.last().expect("one more");
         assert_eq!(many.sender.handle, MANY_SENDERS);
         assert_eq!(many.count, 5, "no hit is lost");
+        // A sender already kept whose window has closed opens no alert of its own either.
+        let mut late = hit(MOST_ALERTS as u64 + 6, 601, "firm/worm", Severity::High);
+        if let Body::Message { from, .. } = &mut late.body {
+            from.person = Some("person-1".into());
+        }
+        outbox.read(late.seq, &late, WINDOW, false);
+        assert_eq!(
+            outbox.alerts.len(),
+            MOST_ALERTS + 2,
+            "one more window for the rule"
+        );
+        assert_eq!(
+            outbox.alerts.last().map(|a| a.sender.handle.as_str()),
+            Some(MANY_SENDERS)
+        );
+    }
+
+    #[test]
+    fn text_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(MOST_TEXT);
+        let cut = clip(&long);
+        assert!(
+            cut.len() <= MOST_TEXT + '…'.len_utf8() && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(clip("short"), "short");
     }
 }

@@ -126,10 +126,13 @@ impl Keeper {
 
     /// Replaces the snapshot with `outbox` and empties the journal.
     pub fn snapshot(&mut self, outbox: &Outbox) -> Result<(), KeepError> {
+        self.snapshot_json(&outbox.to_json())
+    }
+
+    /// Replaces the snapshot with `json` (an outbox's) and empties the journal.
+    pub fn snapshot_json(&mut self, json: &[u8]) -> Result<(), KeepError> {
         let state = self.dir.join(STATE_FILE);
-        StdFs
-            .write_atomic(&state, &outbox.to_json())
-            .map_err(io(&state))?;
+        StdFs.write_atomic(&state, json).map_err(io(&state))?;
         let journal = self.dir.join(JOURNAL_FILE);
         self.journal.set_len(0).map_err(io(&journal))?;
         self.journal.sync_data().map_err(io(&journal))

@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use super::config::Settings;
-use super::deliver::Delivery;
+use super::deliver::{Delivery, DeliveryError};
 use super::metrics::AlertMetrics;
 use super::outbox::{Notice, Outbox, Status, Wants};
 use super::persist::{KeepError, Keeper};
@@ -56,12 +56,18 @@ impl Default for Timing {
 }
 
 /// How one receiver is doing, for status reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiverHealth {
     /// Since when deliveries have failed, while they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<DateTime<Utc>>,
     /// The latest failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// It has failed for `down_after` (and is archived as down): what status reports count
+    /// as failing, so that one failed try does not flip the Tenant's condition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
 }
 
 /// Every receiver's health, by name.
@@ -139,13 +145,34 @@ impl Alerting {
         }
         keeper.snapshot(&outbox)?;
         log.hold_after(outbox.cursor);
-        let health = settings
+        let mut health: BTreeMap<String, ReceiverHealth> = settings
             .receivers
             .iter()
-            .map(|r| (r.name.clone(), ReceiverHealth::default()))
+            .map(|r| {
+                let state = match outbox.down.get(&r.name) {
+                    Some(since) => ReceiverHealth {
+                        failing_since: Some(*since),
+                        error: Some("down when the dataplane last ran".into()),
+                        down: true,
+                    },
+                    None => ReceiverHealth::default(),
+                };
+                (r.name.clone(), state)
+            })
             .collect();
+        for (name, why) in &settings.broken {
+            health.insert(
+                name.clone(),
+                ReceiverHealth {
+                    failing_since: Some(Utc::now()),
+                    error: Some(why.clone()),
+                    down: true,
+                },
+            );
+            metrics.set_up(name, false);
+        }
         for receiver in &settings.receivers {
-            metrics.set_up(&receiver.name, true);
+            metrics.set_up(&receiver.name, !outbox.down.contains_key(&receiver.name));
         }
         let inner = Arc::new(Inner {
             settings,
@@ -190,8 +217,8 @@ impl Alerting {
         for task in tasks {
             let _ = task.await;
         }
-        let outbox = self.inner.outbox.lock().await;
-        snapshot(&self.inner, &outbox).await;
+        let mut outbox = self.inner.outbox.lock().await;
+        snapshot(&self.inner, &mut outbox).await;
     }
 }
 
@@ -208,17 +235,18 @@ fn wants(inner: &Inner) -> Vec<Wants> {
         .collect()
 }
 
-/// Takes a snapshot of `outbox` (on a blocking thread; the caller holds the outbox's lock,
-/// so snapshots and journal entries happen in order) and lets the log go of what it covers;
-/// whether it was taken.
-async fn snapshot(inner: &Inner, outbox: &Outbox) -> bool {
-    let copy = outbox.clone();
+/// Retires what is done, takes a snapshot of `outbox` (written on a blocking thread; the
+/// caller holds the outbox's lock, so snapshots and journal entries happen in order) and lets
+/// the log go of what it covers; whether it was taken.
+async fn snapshot(inner: &Inner, outbox: &mut Outbox) -> bool {
+    outbox.retire(&wants(inner), Utc::now());
+    let json = outbox.to_json();
     let keeper = inner.keeper.clone();
     let taken = tokio::task::spawn_blocking(move || {
         keeper
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .snapshot(&copy)
+            .snapshot_json(&json)
     })
     .await;
     match taken {
@@ -290,8 +318,8 @@ async fn read_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|stop| *stop) => return,
         };
         let Some(durable) = durable else {
-            let outbox = inner.outbox.lock().await;
-            unsaved = !snapshot(&inner, &outbox).await;
+            let mut outbox = inner.outbox.lock().await;
+            unsaved = !snapshot(&inner, &mut outbox).await;
             last_snapshot = tokio::time::Instant::now();
             continue;
         };
@@ -337,7 +365,7 @@ async fn read_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
         cursor = outbox.cursor;
         unsaved = true;
         if last_snapshot.elapsed() >= SNAPSHOT_EVERY {
-            unsaved = !snapshot(&inner, &outbox).await;
+            unsaved = !snapshot(&inner, &mut outbox).await;
             last_snapshot = tokio::time::Instant::now();
         }
         drop(outbox);
@@ -378,113 +406,156 @@ fn report_unrecorded(error: &ArchiveError, event: &str) {
     tracing::error!(%error, event, "cannot record this in the archive log");
 }
 
-/// Delivers to one receiver until `stop`.
-async fn send_loop(inner: Arc<Inner>, delivery: Delivery, mut stop: watch::Receiver<bool>) {
+/// Delivers to one receiver until `stop`. A delivery under way when `stop` comes is let
+/// finish (it is bounded by its timeout) and recorded, so a rollout sends nothing twice.
+async fn send_loop(inner: Arc<Inner>, delivery: Delivery, stop: watch::Receiver<bool>) {
     let name = delivery.receiver().name.clone();
     let me = wants(&inner)
         .into_iter()
         .find(|w| w.name == name)
         .unwrap_or_else(|| unreachable!("the delivery's receiver is configured"));
-    let everyone = wants(&inner);
     let mut wait = inner.timing.retry_first;
+    // After a batch was refused for good, notices go one at a time to find the one refused.
+    let mut one_at_a_time = false;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let changed = inner.changed.notified();
         let now = Utc::now();
-        let (notices, next_close) = {
+        let batch = if one_at_a_time { 1 } else { delivery.batch() };
+        let (notices, next_due) = {
             let outbox = inner.outbox.lock().await;
             inner.metrics.set_backlog(&name, outbox.backlog(&me, now));
-            (
-                outbox.pending(&me, now, delivery.batch()),
-                outbox.next_due(&me, now),
-            )
+            (outbox.pending(&me, now, batch), outbox.next_due(&me, now))
         };
+        let mut stopped = stop.clone();
         if notices.is_empty() {
-            let until_close = next_close
+            let until_due = next_due
                 .and_then(|at| (at - now).to_std().ok())
                 .map_or(Duration::from_secs(3600), |d| d + Duration::from_millis(10));
             tokio::select! {
                 _ = changed => {}
-                _ = tokio::time::sleep(until_close) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(until_due) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
             }
             continue;
         }
-        let sent = tokio::select! {
-            sent = delivery.send(&notices) => sent,
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        match sent {
+        match delivery.send(&notices).await {
             Ok(()) => {
                 wait = inner.timing.retry_first;
+                one_at_a_time = false;
+                delivered(&inner, &name, &notices).await;
+            }
+            Err(error) if error.is_permanent() && notices.len() == 1 => {
+                // Refused for good: kept in the archive, never sent here; the rest go on.
+                inner.metrics.failed(&name, error.reason());
+                tracing::error!(receiver = %name, alert = %notices[0].alert.id, %error, "the receiver refused an alert for good");
+                mark(
+                    &inner,
+                    "alert-rejected",
+                    format!(
+                        "receiver {name} refused alert {} ({}) for good: {error}; it is not sent there again",
+                        notices[0].alert.id,
+                        notices[0].status.as_str()
+                    ),
+                );
                 let mut outbox = inner.outbox.lock().await;
                 outbox.mark(&name, &notices, Utc::now());
                 journal(&inner, &name, &notices).await;
-                outbox.retire(&everyone, Utc::now());
-                let recovered = outbox.down.remove(&name);
-                if recovered.is_some() {
-                    snapshot(&inner, &outbox).await;
-                }
-                drop(outbox);
-                for status in [Status::Firing, Status::Resolved] {
-                    let count = notices.iter().filter(|n| n.status == status).count() as u64;
-                    if count > 0 {
-                        inner.metrics.sent(&name, status.as_str(), count);
-                    }
-                }
-                inner.metrics.set_up(&name, true);
-                inner
-                    .health
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone(), ReceiverHealth::default());
-                if let Some(since) = recovered {
-                    tracing::info!(receiver = %name, "the alert receiver takes deliveries again");
-                    mark(
-                        &inner,
-                        "alert-receiver-recovered",
-                        format!(
-                            "receiver {name} takes alerts again; deliveries had failed since {}",
-                            since.to_rfc3339()
-                        ),
-                    );
-                }
+            }
+            Err(error) if error.is_permanent() => {
+                inner.metrics.failed(&name, error.reason());
+                tracing::warn!(receiver = %name, %error, "a batch of alerts was refused; sending them one at a time");
+                one_at_a_time = true;
             }
             Err(error) => {
-                inner.metrics.failed(&name, error.reason());
-                inner.metrics.set_up(&name, false);
-                let now = Utc::now();
-                let since = {
-                    let mut health = inner.health.lock().unwrap_or_else(|p| p.into_inner());
-                    let entry = health.entry(name.clone()).or_default();
-                    entry.error = Some(error.to_string());
-                    *entry.failing_since.get_or_insert(now)
-                };
-                let long = (now - since)
-                    .to_std()
-                    .is_ok_and(|d| d >= inner.timing.down_after);
-                tracing::warn!(receiver = %name, %error, retry_in = ?wait, "an alert delivery failed");
-                if long {
-                    // On record first: the outbox never says down without the record.
-                    let mut outbox = inner.outbox.lock().await;
-                    if !outbox.down.contains_key(&name) {
-                        mark(
-                            &inner,
-                            "alert-receiver-down",
-                            format!(
-                                "receiver {name} has refused alerts since {}: {error}; they are kept and sent once it takes them",
-                                since.to_rfc3339()
-                            ),
-                        );
-                        outbox.down.insert(name.clone(), since);
-                        snapshot(&inner, &outbox).await;
-                    }
-                }
+                failed(&inner, &name, &error, wait).await;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|stop| *stop) => return,
+                    _ = stopped.wait_for(|stop| *stop) => return,
                 }
                 wait = (wait * 2).min(inner.timing.retry_max);
             }
         }
+    }
+}
+
+/// Records that `name` took `notices`, and that it works again if it was down.
+async fn delivered(inner: &Inner, name: &str, notices: &[Notice]) {
+    let mut outbox = inner.outbox.lock().await;
+    outbox.mark(name, notices, Utc::now());
+    journal(inner, name, notices).await;
+    let recovered = outbox.down.remove(name);
+    if recovered.is_some() {
+        snapshot(inner, &mut outbox).await;
+    }
+    drop(outbox);
+    for status in [Status::Firing, Status::Resolved] {
+        let count = notices.iter().filter(|n| n.status == status).count() as u64;
+        if count > 0 {
+            inner.metrics.sent(name, status.as_str(), count);
+        }
+    }
+    inner.metrics.set_up(name, true);
+    inner
+        .health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_owned(), ReceiverHealth::default());
+    if let Some(since) = recovered {
+        tracing::info!(receiver = %name, "the alert receiver takes deliveries again");
+        mark(
+            inner,
+            "alert-receiver-recovered",
+            format!(
+                "receiver {name} takes alerts again; deliveries had failed since {}",
+                since.to_rfc3339()
+            ),
+        );
+    }
+}
+
+/// Records that a delivery to `name` failed with `error`, and archives it as down once it
+/// has failed for `down_after`.
+async fn failed(inner: &Inner, name: &str, error: &DeliveryError, wait: Duration) {
+    inner.metrics.failed(name, error.reason());
+    inner.metrics.set_up(name, false);
+    let now = Utc::now();
+    let since = {
+        let mut health = inner.health.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = health.entry(name.to_owned()).or_default();
+        entry.error = Some(error.to_string());
+        *entry.failing_since.get_or_insert(now)
+    };
+    tracing::warn!(receiver = %name, %error, retry_in = ?wait, "an alert delivery failed");
+    let long = (now - since)
+        .to_std()
+        .is_ok_and(|d| d >= inner.timing.down_after);
+    if !long {
+        return;
+    }
+    let mut outbox = inner.outbox.lock().await;
+    if !outbox.down.contains_key(name) {
+        // On record first: the outbox never says down without the record.
+        mark(
+            inner,
+            "alert-receiver-down",
+            format!(
+                "receiver {name} has refused alerts since {}: {error}; they are kept and sent once it takes them",
+                since.to_rfc3339()
+            ),
+        );
+        outbox.down.insert(name.to_owned(), since);
+        snapshot(inner, &mut outbox).await;
+    }
+    drop(outbox);
+    if let Some(entry) = inner
+        .health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(name)
+    {
+        entry.down = true;
     }
 }

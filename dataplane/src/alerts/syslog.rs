@@ -3,14 +3,15 @@
 //! Invariants: each notice is one octet-counted frame (`LEN SP MSG`), so a text with line
 //! breaks stays one message; the alert's fields are structured data (`[imgate@32473 …]`, with
 //! `"`, `\` and `]` escaped as RFC 5424 says), the text is in the message only when the
-//! receiver takes text; a delivery succeeds only when every frame was written and the
-//! connection closed cleanly (syslog has no acknowledgement of its own); the collector's
+//! receiver takes text; a delivery succeeds only when every frame was written, imgate closed
+//! its side and the collector then closed its own (syslog has no acknowledgement of its
+//! own); the collector's
 //! certificate is checked against the receiver's roots or the system's, and its address
 //! against the same rule as every receiver's.
 
 use rustls_pki_types::ServerName;
 use std::fmt::Write as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::deliver::DeliveryError;
 use super::http::{REQUEST_TIMEOUT, checked};
@@ -129,7 +130,17 @@ pub async fn send(
         stream
             .shutdown()
             .await
-            .map_err(|e| DeliveryError::Connect(format!("{host}:{port}: {e}")))
+            .map_err(|e| DeliveryError::Connect(format!("{host}:{port}: {e}")))?;
+        // The collector closes once it has read everything: only then is the delivery done.
+        let mut rest = [0u8; 512];
+        loop {
+            match stream.read(&mut rest).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(DeliveryError::Connect(format!("{host}:{port}: {e}"))),
+            }
+        }
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await

@@ -78,10 +78,16 @@ impl<F: Filesystem> LogTail<F> {
                     (path, first, 0)
                 }
             };
-            let file = self
-                .fs
-                .open_read(&path)
-                .map_err(|e| ArchiveError::io(&path, e))?;
+            let file = match self.fs.open_read(&path) {
+                Ok(file) => file,
+                // The file was read to its end, shipped and deleted: what follows is in a
+                // later one.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound && self.at.is_some() => {
+                    self.at = None;
+                    continue;
+                }
+                Err(error) => return Err(ArchiveError::io(&path, error).into()),
+            };
             let len = file
                 .metadata()
                 .map_err(|e| ArchiveError::io(&path, e))?
@@ -215,6 +221,31 @@ mod tests {
         assert_eq!(seen, expected);
         let files = StdFs.list(dir.path()).expect("list").len();
         assert!(files > 3, "the test crosses files: {files}");
+    }
+
+    #[test]
+    fn a_file_read_to_its_end_may_be_deleted_before_the_next_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(StdFs, dir.path(), 100).expect("open");
+        let mut tail = LogTail::new(StdFs, dir.path(), 1);
+        let mut seen = Vec::new();
+        let mut seq = 0;
+        while !wal.rotation_due() {
+            seq += 1;
+            wal.append_batch(&[(seq, payload(seq))]).expect("append");
+        }
+        wal.sync().expect("sync");
+        tail.read(seq, &mut |s, _| seen.push(s)).expect("read");
+        wal.rotate().expect("rotate");
+        for path in wal.detach_through(seq) {
+            std::fs::remove_file(path).expect("remove");
+        }
+        wal.append_batch(&[(seq + 1, payload(seq + 1))])
+            .expect("append");
+        wal.sync().expect("sync");
+        tail.read(seq + 1, &mut |s, _| seen.push(s))
+            .expect("read on");
+        assert_eq!(seen, (1..=seq + 1).collect::<Vec<_>>());
     }
 
     #[test]

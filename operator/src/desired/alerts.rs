@@ -4,8 +4,10 @@
 //! start).
 //!
 //! Invariants: each Secret is mounted once, with only the keys the receivers use, under
-//! [`ALERT_SECRETS_DIR`]`/<secret>/<key>`, where `imgate up --secrets` looks for them; a
-//! Tenant without `spec.alerts` gets none of this, so its pods do not change.
+//! [`ALERT_SECRETS_DIR`]`/<secret>/<key>`, where `imgate up --secrets` looks for them; the
+//! Secrets are optional, so one missing keeps its receiver from running (reported in
+//! `AlertsDelivered`) rather than the pod from starting; a Tenant without `spec.alerts` gets
+//! none of this, so its pods do not change.
 
 use std::collections::BTreeMap;
 
@@ -88,7 +90,7 @@ pub fn secrets_volume(tenant: &Tenant) -> Option<Volume> {
                         .collect(),
                 ),
                 name: name.clone(),
-                optional: Some(false),
+                optional: Some(true),
             }),
             ..VolumeProjection::default()
         })

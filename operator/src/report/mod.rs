@@ -4,7 +4,7 @@
 //! Each dataplane keeps a Lease named after its pod in the tenant's namespace ([`lease`]), the
 //! heartbeat convention of Kubernetes: `spec.renewTime` says it is alive, and the annotation
 //! [`REPORT`] carries a [`Report`] as JSON (the policy revision it enforces, the sessions it
-//! proxies, the connectors connected to it, and its archive shipping). The operator watches
+//! proxies, the connectors connected to it, its archive shipping and its alert receivers). The operator watches
 //! those Leases ([`gather`]) and writes the report fields of each Tenant's status
 //! ([`summary`]) with a field manager of its own, so they never clash with the fields its
 //! reconciles own.
@@ -26,6 +26,9 @@ mod tests;
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use imgate_dataplane::alerts::runner::ReceiverHealth;
 use imgate_dataplane::archive::ShipHealth;
 use serde::{Deserialize, Serialize};
 
@@ -58,14 +61,29 @@ pub struct Report {
     pub connectors: Vec<String>,
     /// Its archive shipping.
     pub archive: ShipHealth,
+    /// Its alert receivers' health, by receiver, when it has alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<BTreeMap<String, ReceiverHealth>>,
 }
 
 impl Report {
     /// Whether `other` differs from this report in what must be told at once: the policy
-    /// revision, the connectors, or whether the archive ships (not when it last did).
+    /// revision, the connectors, whether the archive ships (not when it last did), or which
+    /// alert receivers fail.
     pub fn differs_significantly(&self, other: &Report) -> bool {
         self.policy_revision != other.policy_revision
             || self.connectors != other.connectors
             || std::mem::discriminant(&self.archive) != std::mem::discriminant(&other.archive)
+            || failing(&self.alerts) != failing(&other.alerts)
     }
+}
+
+/// The receivers down in `alerts` (failing for longer than the dataplane's `down_after`).
+fn failing(alerts: &Option<BTreeMap<String, ReceiverHealth>>) -> Vec<&str> {
+    alerts
+        .iter()
+        .flatten()
+        .filter(|(_, health)| health.down)
+        .map(|(name, _)| name.as_str())
+        .collect()
 }

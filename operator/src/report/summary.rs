@@ -1,6 +1,6 @@
 //! The report fields of a Tenant's status, as a pure function of its dataplanes' report
 //! Leases and the policy revision delivered: `dataplanes`, `connectors`, `activeSessions`, and
-//! the `ArchiveReachable` and `PolicyEnforced` conditions.
+//! the `ArchiveReachable`, `PolicyEnforced` and `AlertsDelivered` conditions.
 //!
 //! Invariants: only current Leases count (renewed within their duration); a Lease whose report
 //! does not parse is left out, never guessed at; `connectors` counts distinct connector ids
@@ -8,7 +8,9 @@
 //! any dataplane's shipping or probe of the store fails, `True` when some shipped or found the
 //! store answering and none fails, and `Unknown` otherwise; `PolicyEnforced` is `True` when every reporting dataplane enforces the delivered
 //! revision, `False` naming those that do not, and `Unknown` without reports or a delivered
-//! revision; the fields come out in pod order, so equal reports give an equal summary.
+//! revision; `AlertsDelivered` is `False` naming each failing receiver of each dataplane,
+//! `True` when receivers are configured and none fails, and `Unknown` without reports or
+//! receivers; the fields come out in pod order, so equal reports give an equal summary.
 
 use imgate_crds::TenantStatus;
 use imgate_crds::tenant::DataplaneReport;
@@ -24,6 +26,8 @@ use crate::reconcile::conditions::{State, Wanted, find, merge};
 pub const ARCHIVE_REACHABLE: &str = "ArchiveReachable";
 /// Whether every dataplane enforces the policy revision delivered.
 pub const POLICY_ENFORCED: &str = "PolicyEnforced";
+/// Whether the tenant's alert receivers take its alerts.
+pub const ALERTS_DELIVERED: &str = "AlertsDelivered";
 
 /// The report fields of a Tenant's status.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +117,51 @@ fn archive(reports: &[(String, Report)]) -> Wanted {
     condition(State::Unknown, "NothingShippedYet", message)
 }
 
+/// `AlertsDelivered` as `reports` show it.
+fn alerts(reports: &[(String, Report)]) -> Wanted {
+    let condition = |state, reason, message| Wanted::new(ALERTS_DELIVERED, state, reason, message);
+    if reports.is_empty() {
+        let message = "no dataplane of this tenant reports: none is running, or they cannot reach the API server (see their logs)".into();
+        return condition(State::Unknown, "NoReports", message);
+    }
+    let mut receivers: Vec<&str> = reports
+        .iter()
+        .flat_map(|(_, r)| r.alerts.iter().flatten().map(|(name, _)| name.as_str()))
+        .collect();
+    receivers.sort_unstable();
+    receivers.dedup();
+    if receivers.is_empty() {
+        let message = "spec.alerts names no receivers: rule matches are in the archive only".into();
+        return condition(State::Unknown, "NotConfigured", message);
+    }
+    let failing: Vec<String> = reports
+        .iter()
+        .flat_map(|(pod, report)| {
+            report
+                .alerts
+                .iter()
+                .flatten()
+                .filter_map(move |(name, health)| {
+                    let since = health.failing_since.filter(|_| health.down)?;
+                    let error = health.error.as_deref().unwrap_or("no detail");
+                    Some(format!("{pod}: {name}: {error} (failing since {since})"))
+                })
+        })
+        .collect();
+    if !failing.is_empty() {
+        let message = format!(
+            "alerts wait in the dataplanes' outboxes and are sent once their receivers take them: {}; check the receiver, its credentials and the network policy's egress",
+            failing.join("; ")
+        );
+        return condition(State::False, "ReceiverFailing", message);
+    }
+    let message = format!(
+        "every dataplane delivers to its receivers ({})",
+        receivers.join(", ")
+    );
+    condition(State::True, "Delivering", message)
+}
+
 /// `PolicyEnforced` as `reports` show it, when revision `delivered` is the one delivered.
 fn enforced(reports: &[(String, Report)], delivered: Option<&str>) -> Wanted {
     let condition = |state, reason, message| Wanted::new(POLICY_ENFORCED, state, reason, message);
@@ -163,7 +212,11 @@ pub fn summarize(
     connectors.sort_unstable();
     connectors.dedup();
     let sessions: u64 = reports.iter().map(|(_, r)| r.active_sessions).sum();
-    let wanted = vec![archive(reports), enforced(reports, delivered)];
+    let wanted = vec![
+        archive(reports),
+        enforced(reports, delivered),
+        alerts(reports),
+    ];
     let conditions = merge(previous, wanted, generation, now);
     Summary {
         dataplanes: reports
@@ -189,7 +242,7 @@ impl Summary {
             dataplanes: status.dataplanes.clone(),
             connectors: status.connectors.unwrap_or(0),
             active_sessions: status.active_sessions.unwrap_or(0),
-            conditions: [ARCHIVE_REACHABLE, POLICY_ENFORCED]
+            conditions: [ARCHIVE_REACHABLE, POLICY_ENFORCED, ALERTS_DELIVERED]
                 .into_iter()
                 .filter_map(|type_| find(&status.conditions, type_).cloned())
                 .collect(),

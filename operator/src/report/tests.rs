@@ -32,6 +32,7 @@ fn report(revision: &str, sessions: u64, connectors: &[&str], archive: ShipHealt
         active_sessions: sessions,
         connectors: connectors.iter().map(|c| c.to_string()).collect(),
         archive,
+        alerts: None,
     }
 }
 
@@ -460,7 +461,11 @@ async fn the_operator_writes_report_fields_with_its_own_manager_and_only_when_th
     let types: Vec<&serde_json::Value> = conditions.iter().map(|c| &c["type"]).collect();
     assert_eq!(
         types,
-        [ARCHIVE_REACHABLE, POLICY_ENFORCED],
+        [
+            ARCHIVE_REACHABLE,
+            POLICY_ENFORCED,
+            super::summary::ALERTS_DELIVERED
+        ],
         "only the reports' conditions: {status}"
     );
     assert!(
@@ -509,4 +514,97 @@ async fn session_counts_alone_wait_while_news_goes_at_once() {
     );
     let behind = find(&summary.conditions, POLICY_ENFORCED).expect("PolicyEnforced");
     assert_eq!(behind.reason, "NotEnforced", "{}", behind.message);
+}
+
+#[test]
+fn alerts_delivered_names_each_failing_receiver_and_a_change_is_told_at_once() {
+    use imgate_dataplane::alerts::runner::ReceiverHealth;
+    let healthy = || {
+        let mut report = report("aaa", 0, &[], shipped());
+        report.alerts = Some(
+            [
+                ("siem", ReceiverHealth::default()),
+                ("hook", ReceiverHealth::default()),
+            ]
+            .into_iter()
+            .map(|(name, health)| (name.to_owned(), health))
+            .collect(),
+        );
+        report
+    };
+    let mut failing = healthy();
+    if let Some(alerts) = failing.alerts.as_mut() {
+        alerts.insert(
+            "siem".into(),
+            ReceiverHealth {
+                failing_since: Some(Utc::now()),
+                error: Some("cannot connect: siem.example:6514: connection refused".into()),
+                down: true,
+            },
+        );
+    }
+    let mut one_try_failed = healthy();
+    if let Some(alerts) = one_try_failed.alerts.as_mut() {
+        alerts.insert(
+            "hook".into(),
+            ReceiverHealth {
+                failing_since: Some(Utc::now()),
+                error: Some("no answer within 10s".into()),
+                down: false,
+            },
+        );
+    }
+    assert!(
+        !one_try_failed.differs_significantly(&healthy()),
+        "one failed try is not news"
+    );
+    assert!(
+        failing.differs_significantly(&healthy()),
+        "a receiver failing is told at once"
+    );
+    let no_alerts = report("aaa", 0, &[], shipped());
+    let cases = [
+        (vec![], "Unknown", "NoReports"),
+        (
+            vec![("dataplane-0".to_owned(), no_alerts)],
+            "Unknown",
+            "NotConfigured",
+        ),
+        (
+            vec![
+                ("dataplane-0".to_owned(), healthy()),
+                ("dataplane-1".to_owned(), one_try_failed),
+            ],
+            "True",
+            "Delivering",
+        ),
+        (
+            vec![
+                ("dataplane-0".to_owned(), healthy()),
+                ("dataplane-1".to_owned(), failing),
+            ],
+            "False",
+            "ReceiverFailing",
+        ),
+    ];
+    for (reports, status, reason) in cases {
+        let summary = summarize(&reports, Some("aaa"), &[], Some(2), &now());
+        let condition =
+            find(&summary.conditions, super::summary::ALERTS_DELIVERED).expect("a condition");
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (status, reason),
+            "{}",
+            condition.message
+        );
+        if status == "False" {
+            assert!(
+                condition.message.contains(
+                    "dataplane-1: siem: cannot connect: siem.example:6514: connection refused"
+                ),
+                "{}",
+                condition.message
+            );
+        }
+    }
 }
