@@ -8,7 +8,9 @@ With SECRET_FILE `-` it checks no signature and keeps each alert of any JSON bod
 `alerts` list (Alertmanager's own notifications, for instance).
 
 MODE_FILE holds how it answers, read at each request, so a test can change it while it
-runs: `ok`, `500` (an error), `hang` (never answers), `garbage` (bytes that are not HTTP).
+runs: `ok`, `500` (an error), `hang` (never answers), `garbage` (bytes that are not HTTP),
+`refuse:WORD` (400 to a request whose body holds WORD, as a receiver that will never take
+it; the rest as `ok`).
 Requests that fail the signature check are answered 401 and counted in OUT_FILE.rejected.
 """
 
@@ -47,6 +49,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"\x00\xffnot http at all\r\n\r\n")
             self.wfile.flush()
             self.close_connection = True
+            return
+        if behaviour.startswith("refuse:") and behaviour[len("refuse:"):].encode() in body:
+            self.answer(400, b"this receiver does not take that alert")
             return
         if behaviour == "500":
             self.answer(500, b"receiver broken")

@@ -784,3 +784,78 @@ fn a_receiver_outside_the_public_internet_is_refused_unless_allowed() {
         "nothing reached the loopback receiver"
     );
 }
+
+#[test]
+fn a_notice_refused_for_good_is_archived_and_holds_up_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _logs = LogsOnFailure(vec![data.with_extension("log")]);
+    let (_irc_server, irc_port) = ngircd(dir.path());
+    let webhook = free_port();
+    std::fs::create_dir_all(dir.path().join("secrets/k")).expect("secret");
+    std::fs::write(dir.path().join("secrets/k/secret"), "s").expect("secret");
+    let mode = dir.path().join("mode");
+    std::fs::write(&mode, "refuse:card-numbers").expect("mode");
+    let got = dir.path().join("got.jsonl");
+    let _receiver = serve(
+        Command::new("python3").args([
+            WEBHOOK,
+            &webhook.to_string(),
+            &dir.path().join("secrets/k/secret").to_string_lossy(),
+            &got.to_string_lossy(),
+            &mode.to_string_lossy(),
+        ]),
+        webhook,
+        "the webhook receiver",
+    );
+    let alerts = dir.path().join("alerts.yaml");
+    std::fs::write(
+        &alerts,
+        format!("groupWindow: 2s\nreceivers:\n- name: hook\n  allowPrivateNetwork: true\n  webhook: {{url: 'http://127.0.0.1:{webhook}/', secretRef: {{name: k}}}}\n"),
+    )
+    .expect("alerts");
+    let (imgate, front) = imgate_up(
+        irc_port,
+        &data,
+        &[
+            "--policy",
+            POLICY,
+            "--alerts",
+            alerts.to_str().expect("utf-8"),
+        ],
+    );
+    let mut alice = Irc::connect(front, "alice");
+    alice.join("#desk");
+    // One message, two rules: two alerts in one request, which the receiver refuses.
+    alice.say("#desk", "a guaranteed return on card 4111 1111 1111 1111");
+    alice.sync();
+    wait_until("the promissory alert fires and resolves", || {
+        let statuses: Vec<String> = jsonl(&got)
+            .iter()
+            .filter(|a| a["rule"] == "supervision/promissory")
+            .map(|a| a["status"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (statuses == ["firing", "resolved"]).then_some(())
+    });
+    let records = stop_and_read(imgate, &data);
+    assert!(
+        jsonl(&got)
+            .iter()
+            .all(|a| a["rule"] != "supervision/card-numbers"),
+        "the refused alert never reached it"
+    );
+    let rejected: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "system" && r["event"] == "alert-rejected")
+        .filter_map(|r| r["detail"].as_str())
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "refused once, then never sent again: {rejected:?}"
+    );
+    assert!(
+        rejected[0].contains("receiver hook refused alert") && rejected[0].contains("400"),
+        "{rejected:?}"
+    );
+}

@@ -460,9 +460,12 @@ async fn send_loop(inner: Arc<Inner>, delivery: Delivery, stop: watch::Receiver<
                         notices[0].status.as_str()
                     ),
                 );
+                // Neither it nor its resolution is sent there again.
+                let mut given_up = notices;
+                given_up[0].status = Status::Resolved;
                 let mut outbox = inner.outbox.lock().await;
-                outbox.mark(&name, &notices, Utc::now());
-                journal(&inner, &name, &notices).await;
+                outbox.mark(&name, &given_up, Utc::now());
+                journal(&inner, &name, &given_up).await;
             }
             Err(error) if error.is_permanent() => {
                 inner.metrics.failed(&name, error.reason());
