@@ -486,6 +486,33 @@ fn every_alert_reaches_every_receiver_once_through_outages_and_a_kill() {
             .all(|line| !line.contains("guaranteed return")),
         "no text reaches the SIEM unless asked for"
     );
+    // Alice's alerts resolve everywhere before the receivers go (one taken and not yet
+    // acknowledged when a receiver is killed would rightly be sent again).
+    wait_showing("alice's alerts resolve at every receiver", || {
+        let resolved = |lines: Vec<String>| {
+            lines
+                .iter()
+                .filter(|l| l.contains("status=\"resolved\""))
+                .count()
+        };
+        let hook = jsonl(&webhook_file)
+            .iter()
+            .filter(|a| a["status"] == "resolved")
+            .count();
+        let syslog = resolved(receivers.syslog_lines());
+        let sink = jsonl(&dir.path().join("sink.jsonl"))
+            .iter()
+            .filter(|a| a["status"] == "resolved")
+            .count();
+        let mails = receivers.mails().len();
+        if hook >= 2 && syslog >= 2 && sink >= 2 && mails >= 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "resolved: webhook {hook}, syslog {syslog}, Alertmanager {sink}; {mails} mails"
+            ))
+        }
+    });
 
     // Everything down: the webhook hangs, then answers garbage, then errors; the others stop.
     // Alertmanager stops as it should (keeping what it notified of); the others are killed.
@@ -498,8 +525,8 @@ fn every_alert_reaches_every_receiver_once_through_outages_and_a_kill() {
     bob.say("#desk", "is project falcon on?");
     bob.say("#desk", "a guaranteed return, trust me");
     bob.sync();
-    // Killed at once, before the outbox may have taken a snapshot of what bob said: it is
-    // read again from the log.
+    // Killed at once, most often before the outbox has taken a snapshot of what bob said,
+    // which is then read again from the log.
     let mut imgate = imgate;
     imgate.0.kill().expect("kill");
     let _ = imgate.0.wait();
@@ -792,8 +819,10 @@ fn a_notice_refused_for_good_is_archived_and_holds_up_no_other() {
     let _logs = LogsOnFailure(vec![data.with_extension("log")]);
     let (_irc_server, irc_port) = ngircd(dir.path());
     let webhook = free_port();
+    // The receiver's key; imgate starts with another.
+    std::fs::write(dir.path().join("receiver-key"), "s").expect("key");
     std::fs::create_dir_all(dir.path().join("secrets/k")).expect("secret");
-    std::fs::write(dir.path().join("secrets/k/secret"), "s").expect("secret");
+    std::fs::write(dir.path().join("secrets/k/secret"), "not the key").expect("secret");
     let mode = dir.path().join("mode");
     std::fs::write(&mode, "refuse:card-numbers").expect("mode");
     let got = dir.path().join("got.jsonl");
@@ -801,7 +830,7 @@ fn a_notice_refused_for_good_is_archived_and_holds_up_no_other() {
         Command::new("python3").args([
             WEBHOOK,
             &webhook.to_string(),
-            &dir.path().join("secrets/k/secret").to_string_lossy(),
+            &dir.path().join("receiver-key").to_string_lossy(),
             &got.to_string_lossy(),
             &mode.to_string_lossy(),
         ]),
@@ -814,30 +843,67 @@ fn a_notice_refused_for_good_is_archived_and_holds_up_no_other() {
         format!("groupWindow: 2s\nreceivers:\n- name: hook\n  allowPrivateNetwork: true\n  webhook: {{url: 'http://127.0.0.1:{webhook}/', secretRef: {{name: k}}}}\n"),
     )
     .expect("alerts");
-    let (imgate, front) = imgate_up(
-        irc_port,
-        &data,
-        &[
-            "--policy",
-            POLICY,
-            "--alerts",
-            alerts.to_str().expect("utf-8"),
-        ],
-    );
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let args = [
+        "--policy",
+        POLICY,
+        "--alerts",
+        alerts.to_str().expect("utf-8"),
+        "--alert-retry-max",
+        "1s",
+        "--alert-down-after",
+        "1s",
+        "--metrics",
+        &metrics,
+    ];
+    // A wrong key: every request is refused (401), which is the receiver's settings, not the
+    // alerts: retried and reported, nothing given up.
+    let (imgate, front) = imgate_up(irc_port, &data, &args);
+    let mut alice = Irc::connect(front, "alice");
+    alice.join("#desk");
+    alice.say("#desk", "a guaranteed return, before the key is right");
+    alice.sync();
+    wait_until("the refusals are counted as failures", || {
+        let text = scrape(metrics_port);
+        let failures: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "imgate_alert_delivery_failures_total{receiver=\"hook\",reason=\"status\"} ",
+                )
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        (failures > 4 && text.contains("imgate_alert_receiver_up{receiver=\"hook\"} 0"))
+            .then_some(())
+    });
+    drop(alice);
+    common::stop(imgate);
+    std::fs::write(dir.path().join("secrets/k/secret"), "s\n").expect("secret");
+    let (imgate, front) = imgate_up(irc_port, &data, &args);
     let mut alice = Irc::connect(front, "alice");
     alice.join("#desk");
     // One message, two rules: two alerts in one request, which the receiver refuses.
     alice.say("#desk", "a guaranteed return on card 4111 1111 1111 1111");
     alice.sync();
     wait_until("the promissory alert fires and resolves", || {
-        let statuses: Vec<String> = jsonl(&got)
+        let mut statuses: Vec<String> = jsonl(&got)
             .iter()
             .filter(|a| a["rule"] == "supervision/promissory")
             .map(|a| a["status"].as_str().unwrap_or_default().to_owned())
             .collect();
-        (statuses == ["firing", "resolved"]).then_some(())
+        statuses.sort();
+        // The one from before the key was right, and the one after.
+        (statuses == ["firing", "firing", "resolved", "resolved"]).then_some(())
     });
     let records = stop_and_read(imgate, &data);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "system" && r["event"] == "alert-receiver-down"),
+        "the wrong key is on record"
+    );
     assert!(
         jsonl(&got)
             .iter()

@@ -238,8 +238,16 @@ fn trim_line_end(mut bytes: Vec<u8>) -> Vec<u8> {
 /// what is wrong).
 pub fn check(spec: &AlertsSpec) -> Vec<(String, String)> {
     let mut faults = Vec::new();
-    if let Err(error) = imgate_crds::units::parse_duration(&spec.group_window) {
-        faults.push(("groupWindow".into(), error.to_string()));
+    match imgate_crds::units::parse_duration(&spec.group_window) {
+        Err(error) => faults.push(("groupWindow".into(), error.to_string())),
+        Ok(window) if window < Duration::from_secs(1) => faults.push((
+            "groupWindow".into(),
+            format!(
+                "{:?} is shorter than a second: hits of one rule by one sender within it are one alert, so give it at least 1s (10m is usual)",
+                spec.group_window
+            ),
+        )),
+        Ok(_) => {}
     }
     for (i, receiver) in spec.receivers.iter().enumerate() {
         let at = |field: &str| format!("receivers[{i}].{field}");
@@ -374,6 +382,16 @@ mod tests {
         assert!(faults[0].1.contains("loopback"), "{faults:?}");
         assert!(faults[1].1.contains("link-local"), "{faults:?}");
         assert!(faults[1].1.contains("allowPrivateNetwork"), "{faults:?}");
+    }
+
+    #[test]
+    fn a_window_shorter_than_a_second_is_refused() {
+        let faults = check(&spec(
+            "groupWindow: 500ms\nreceivers:\n- name: am\n  alertmanager: {url: 'https://am.example'}\n",
+        ));
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert_eq!(faults[0].0, "groupWindow");
+        assert!(faults[0].1.contains("at least 1s"), "{faults:?}");
     }
 
     #[test]

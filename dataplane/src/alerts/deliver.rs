@@ -32,8 +32,8 @@ pub enum DeliveryError {
     /// The receiver spoke, but not as expected.
     #[error("unexpected answer: {0}")]
     Protocol(String),
-    /// The receiver refused what it was sent, and would again (an HTTP 4xx other than 408
-    /// and 429, an SMTP 5xx).
+    /// The receiver refused what it was sent, and would again (HTTP 400, 413, 415, 422; SMTP
+    /// 552, 554).
     #[error("refused for good with {0}: {1}")]
     Rejected(u16, String),
 }

@@ -154,7 +154,9 @@ fn smtp_error(error: &lettre::transport::smtp::Error) -> DeliveryError {
     let text = super::deliver::with_causes(error);
     if let Some(code) = error.status() {
         let code = u16::from(code);
-        if error.is_permanent() {
+        // The message itself refused (too large, or its content); a refused login, relay or
+        // recipient is the receiver's settings, retried and reported.
+        if error.is_permanent() && matches!(code, 552 | 554) {
             DeliveryError::Rejected(code, text)
         } else {
             DeliveryError::Status(code, text)

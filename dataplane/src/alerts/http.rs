@@ -161,8 +161,9 @@ impl HttpClient {
             let text = String::from_utf8_lossy(&body).chars().take(200).collect();
             match status.as_u16() {
                 200..=299 => Ok(()),
-                408 | 429 => Err(DeliveryError::Status(status.as_u16(), text)),
-                400..=499 => Err(DeliveryError::Rejected(status.as_u16(), text)),
+                // Refusals of what was sent; any other answer (401, 403, 404, 5xx…) says
+                // the receiver or its settings are wrong, which is retried and reported.
+                400 | 413 | 415 | 422 => Err(DeliveryError::Rejected(status.as_u16(), text)),
                 _ => Err(DeliveryError::Status(status.as_u16(), text)),
             }
         };

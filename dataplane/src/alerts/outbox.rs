@@ -16,8 +16,8 @@
 //!   that a receiver which only notifies of what it saw firing (Alertmanager) sees it firing;
 //!   an alert leaves the outbox only when every such receiver has its resolution;
 //! - past [`MOST_ALERTS`] alerts kept, a hit that opens no window of its own is counted in
-//!   its rule's alert for every sender (`*`), so no hit is lost and the outbox grows by one
-//!   alert per rule and window at most; an alert's text is cut to [`MOST_TEXT`] bytes;
+//!   its rule's alert for every sender (`*`), whose window is at least ten minutes, so no hit
+//!   is lost and the outbox grows by six alerts per rule and hour at most; an alert's text is cut to [`MOST_TEXT`] bytes;
 //! - alerts are retired only when the caller takes a snapshot ([`Outbox::retire`]), so
 //!   reading the log again from a snapshot makes the same decisions the running outbox
 //!   made.
@@ -37,6 +37,9 @@ pub const MOST_ALERTS: usize = 10_000;
 
 /// The sender of an alert that counts many senders' hits, once [`MOST_ALERTS`] are kept.
 pub const MANY_SENDERS: &str = "*";
+
+/// The least window of an alert for every sender.
+const MANY_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
 
 /// One alert: a rule's hits by one sender within a window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +190,28 @@ impl Outbox {
         Ok(outbox)
     }
 
+    /// The outbox to persist as [`retire`](Self::retire) would leave it, without changing it
+    /// (so that it is changed only once the snapshot is saved).
+    pub fn to_json_retired(&self, receivers: &[Wants], now: DateTime<Utc>) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            cursor: u64,
+            alerts: Vec<&'a Alert>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            down: &'a BTreeMap<String, DateTime<Utc>>,
+        }
+        let view = View {
+            cursor: self.cursor,
+            alerts: self
+                .alerts
+                .iter()
+                .filter(|alert| !done(alert, receivers, now))
+                .collect(),
+            down: &self.down,
+        };
+        serde_json::to_vec(&view).unwrap_or_else(|e| unreachable!("the outbox serializes: {e}"))
+    }
+
     /// The outbox to persist.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_else(|e| unreachable!("the outbox serializes: {e}"))
@@ -244,13 +269,20 @@ impl Outbox {
                 alert.action = alert.action.max(verdict.action);
                 continue;
             }
-            let sender = if key.1 == MANY_SENDERS {
+            let many = key.1 == MANY_SENDERS;
+            let sender = if many {
                 Participant {
                     handle: MANY_SENDERS.into(),
                     person: None,
                 }
             } else {
                 from.clone()
+            };
+            // Past the cap, a rule's alert for every sender spans at least MANY_WINDOW.
+            let span = if many {
+                window.max(MANY_WINDOW)
+            } else {
+                window
             };
             self.alerts.push(Alert {
                 id: format!("{}-{seq}.{n}", record.writer),
@@ -262,7 +294,7 @@ impl Outbox {
                 record: format!("{}/{seq}", record.writer),
                 first: record.ts,
                 last: record.ts,
-                closes: record.ts.checked_add_signed(window).unwrap_or(record.ts),
+                closes: record.ts.checked_add_signed(span).unwrap_or(record.ts),
                 count: 1,
                 action: verdict.action,
                 text: text.filter(|_| keep_text).map(clip),
@@ -342,13 +374,7 @@ impl Outbox {
     /// resolved; returns how many.
     pub fn retire(&mut self, receivers: &[Wants], now: DateTime<Utc>) -> usize {
         let before = self.alerts.len();
-        self.alerts.retain(|alert| {
-            !alert.closed(now)
-                || receivers.iter().any(|receiver| {
-                    receiver.takes(alert)
-                        && !alert.sent.get(&receiver.name).is_some_and(|s| s.resolved)
-                })
-        });
+        self.alerts.retain(|alert| !done(alert, receivers, now));
         let retired = before - self.alerts.len();
         if retired > 0 {
             self.reindex();
@@ -368,6 +394,15 @@ impl Outbox {
             .filter(|due| *due > now)
             .min()
     }
+}
+
+/// Whether `alert` is over: its window closed and every receiver taking it has seen it
+/// resolved.
+fn done(alert: &Alert, receivers: &[Wants], now: DateTime<Utc>) -> bool {
+    alert.closed(now)
+        && receivers.iter().all(|receiver| {
+            !receiver.takes(alert) || alert.sent.get(&receiver.name).is_some_and(|s| s.resolved)
+        })
 }
 
 /// The most of a message's text an alert carries.
@@ -643,6 +678,25 @@ pub(crate) mod tests {
             outbox.alerts.last().map(|a| a.sender.handle.as_str()),
             Some(MANY_SENDERS)
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_what_retiring_would_leave_without_retiring() {
+        let mut outbox = Outbox::default();
+        outbox.read(1, &hit(1, 0, "firm/a", Severity::High), WINDOW, false);
+        outbox.read(2, &hit(2, 0, "firm/b", Severity::High), WINDOW, false);
+        let siem = wants("siem", Severity::Low, false);
+        let now = outbox.alerts[0].first;
+        let later = outbox.alerts[0].closes + chrono::Duration::from_std(WINDOW).expect("w");
+        let first = outbox.pending(&siem, now, 1);
+        outbox.mark("siem", &first, now);
+        outbox.mark("siem", &outbox.pending(&siem, later, 1), later);
+        let receivers = [siem];
+        let json = outbox.to_json_retired(&receivers, later);
+        assert_eq!(outbox.alerts.len(), 2, "nothing changed yet");
+        let mut retired = outbox.clone();
+        assert_eq!(retired.retire(&receivers, later), 1);
+        assert_eq!(json, retired.to_json());
     }
 
     #[test]

@@ -34,6 +34,9 @@ use crate::archive::record::{Body, Record};
 use crate::archive::tail::{LogTail, TailError};
 use crate::archive::{ArchiveError, ArchiveLog, Draft};
 
+/// Notices a receiver may refuse for good in a row before it is taken to be failing.
+const MOST_REFUSED: usize = 3;
+
 /// How the runner retries and reports.
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -189,6 +192,15 @@ impl Alerting {
         if let Some((wanted, first)) = not_read {
             not_read_record(&inner, wanted, first);
         }
+        for (name, why) in &inner.settings.broken {
+            mark(
+                &inner,
+                "alert-receiver-down",
+                format!(
+                    "receiver {name} cannot run: {why}; alerts raised until the dataplane starts with it are not sent to it"
+                ),
+            );
+        }
         Ok(Self { inner })
     }
 
@@ -239,8 +251,8 @@ fn wants(inner: &Inner) -> Vec<Wants> {
 /// caller holds the outbox's lock, so snapshots and journal entries happen in order) and lets
 /// the log go of what it covers; whether it was taken.
 async fn snapshot(inner: &Inner, outbox: &mut Outbox) -> bool {
-    outbox.retire(&wants(inner), Utc::now());
-    let json = outbox.to_json();
+    let (receivers, now) = (wants(inner), Utc::now());
+    let json = off_runtime(|| outbox.to_json_retired(&receivers, now));
     let keeper = inner.keeper.clone();
     let taken = tokio::task::spawn_blocking(move || {
         keeper
@@ -251,6 +263,7 @@ async fn snapshot(inner: &Inner, outbox: &mut Outbox) -> bool {
     .await;
     match taken {
         Ok(Ok(())) => {
+            outbox.retire(&receivers, now);
             inner.log.hold_after(outbox.cursor);
             true
         }
@@ -262,6 +275,15 @@ async fn snapshot(inner: &Inner, outbox: &mut Outbox) -> bool {
             tracing::error!(%error, "the alert outbox could not be saved");
             false
         }
+    }
+}
+
+/// Runs `work` (serializing a large outbox) without holding up the tasks of the runtime's
+/// thread, where the runtime can hand them to another.
+fn off_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -415,15 +437,23 @@ async fn send_loop(inner: Arc<Inner>, delivery: Delivery, stop: watch::Receiver<
         .find(|w| w.name == name)
         .unwrap_or_else(|| unreachable!("the delivery's receiver is configured"));
     let mut wait = inner.timing.retry_first;
-    // After a batch was refused for good, notices go one at a time to find the one refused.
-    let mut one_at_a_time = false;
+    // After a batch was refused for good, this many notices go one at a time, to find the
+    // ones refused.
+    let mut one_at_a_time = 0usize;
+    // Notices refused for good in a row: past a few, the receiver, not the notices, is
+    // wrong, and it is treated as failing instead of giving them up.
+    let mut refused_in_row = 0usize;
     loop {
         if *stop.borrow() {
             return;
         }
         let changed = inner.changed.notified();
         let now = Utc::now();
-        let batch = if one_at_a_time { 1 } else { delivery.batch() };
+        let batch = if one_at_a_time > 0 {
+            1
+        } else {
+            delivery.batch()
+        };
         let (notices, next_due) = {
             let outbox = inner.outbox.lock().await;
             inner.metrics.set_backlog(&name, outbox.backlog(&me, now));
@@ -444,10 +474,15 @@ async fn send_loop(inner: Arc<Inner>, delivery: Delivery, stop: watch::Receiver<
         match delivery.send(&notices).await {
             Ok(()) => {
                 wait = inner.timing.retry_first;
-                one_at_a_time = false;
+                one_at_a_time = one_at_a_time.saturating_sub(1);
+                refused_in_row = 0;
                 delivered(&inner, &name, &notices).await;
             }
-            Err(error) if error.is_permanent() && notices.len() == 1 => {
+            Err(error)
+                if error.is_permanent() && notices.len() == 1 && refused_in_row < MOST_REFUSED =>
+            {
+                one_at_a_time = one_at_a_time.saturating_sub(1);
+                refused_in_row += 1;
                 // Refused for good: kept in the archive, never sent here; the rest go on.
                 inner.metrics.failed(&name, error.reason());
                 tracing::error!(receiver = %name, alert = %notices[0].alert.id, %error, "the receiver refused an alert for good");
@@ -467,10 +502,10 @@ async fn send_loop(inner: Arc<Inner>, delivery: Delivery, stop: watch::Receiver<
                 outbox.mark(&name, &given_up, Utc::now());
                 journal(&inner, &name, &given_up).await;
             }
-            Err(error) if error.is_permanent() => {
+            Err(error) if error.is_permanent() && notices.len() > 1 => {
                 inner.metrics.failed(&name, error.reason());
                 tracing::warn!(receiver = %name, %error, "a batch of alerts was refused; sending them one at a time");
-                one_at_a_time = true;
+                one_at_a_time = notices.len();
             }
             Err(error) => {
                 failed(&inner, &name, &error, wait).await;
@@ -489,8 +524,19 @@ async fn delivered(inner: &Inner, name: &str, notices: &[Notice]) {
     let mut outbox = inner.outbox.lock().await;
     outbox.mark(name, notices, Utc::now());
     journal(inner, name, notices).await;
-    let recovered = outbox.down.remove(name);
-    if recovered.is_some() {
+    let recovered = outbox.down.get(name).copied();
+    if let Some(since) = recovered {
+        // On record first: an outage on record always ends on record.
+        tracing::info!(receiver = %name, "the alert receiver takes deliveries again");
+        mark(
+            inner,
+            "alert-receiver-recovered",
+            format!(
+                "receiver {name} takes alerts again; deliveries had failed since {}",
+                since.to_rfc3339()
+            ),
+        );
+        outbox.down.remove(name);
         snapshot(inner, &mut outbox).await;
     }
     drop(outbox);
@@ -506,17 +552,6 @@ async fn delivered(inner: &Inner, name: &str, notices: &[Notice]) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(name.to_owned(), ReceiverHealth::default());
-    if let Some(since) = recovered {
-        tracing::info!(receiver = %name, "the alert receiver takes deliveries again");
-        mark(
-            inner,
-            "alert-receiver-recovered",
-            format!(
-                "receiver {name} takes alerts again; deliveries had failed since {}",
-                since.to_rfc3339()
-            ),
-        );
-    }
 }
 
 /// Records that a delivery to `name` failed with `error`, and archives it as down once it

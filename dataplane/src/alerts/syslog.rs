@@ -3,9 +3,9 @@
 //! Invariants: each notice is one octet-counted frame (`LEN SP MSG`), so a text with line
 //! breaks stays one message; the alert's fields are structured data (`[imgate@32473 …]`, with
 //! `"`, `\` and `]` escaped as RFC 5424 says), the text is in the message only when the
-//! receiver takes text; a delivery succeeds only when every frame was written, imgate closed
-//! its side and the collector then closed its own (syslog has no acknowledgement of its
-//! own); the collector's
+//! receiver takes text; a delivery succeeds only when every frame was written and imgate
+//! closed its side, and the collector then closed its own or, keeping it open, did not
+//! reset it within two seconds (syslog has no acknowledgement of its own); the collector's
 //! certificate is checked against the receiver's roots or the system's, and its address
 //! against the same rule as every receiver's.
 
@@ -20,6 +20,8 @@ use imgate_crds::policy::Severity;
 
 /// The structured-data id: `imgate` under the documentation enterprise number (RFC 5612).
 pub const SD_ID: &str = "imgate@32473";
+/// How long the collector has to close its side once imgate closed its own.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Facility 13, log audit.
 const FACILITY: u8 = 13;
 
@@ -131,14 +133,24 @@ pub async fn send(
             .shutdown()
             .await
             .map_err(|e| DeliveryError::Connect(format!("{host}:{port}: {e}")))?;
-        // The collector closes once it has read everything: only then is the delivery done.
+        // The collector closes once it has read everything. One that keeps its side open
+        // is trusted after CLOSE_WAIT: everything was written and imgate's side closed.
         let mut rest = [0u8; 512];
-        loop {
-            match stream.read(&mut rest).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(DeliveryError::Connect(format!("{host}:{port}: {e}"))),
+        let closed = async {
+            loop {
+                match stream.read(&mut rest).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(DeliveryError::Connect(format!("{host}:{port}: {e}"))),
+                }
+            }
+        };
+        match tokio::time::timeout(CLOSE_WAIT, closed).await {
+            Ok(closed) => closed,
+            Err(_) => {
+                tracing::debug!(%host, port, "the syslog collector kept its side open; the frames were all written");
+                Ok(())
             }
         }
     };
