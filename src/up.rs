@@ -374,12 +374,18 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         let fail_closed = args.on_archive_failure == ArchiveFailure::Block;
         let mut shared = Shared::new(&args.tenant, &args.writer, policy, log.clone(), fail_closed);
         // Before the shipper runs: the outbox holds the records it has not read.
-        let alerting = match &args.alerts {
+        let (alerting, alerts_unstarted) = match &args.alerts {
             Some(file) => {
                 let options = crate::up_alerts::AlertOptions { file, secrets: args.secrets.as_deref(), retry_max: args.alert_retry_max, down_after: args.alert_down_after };
-                Some(crate::up_alerts::open(&options, (&args.tenant, &args.writer), &args.data, &log, &mut shared.metrics)?)
+                match crate::up_alerts::open(&options, (&args.tenant, &args.writer), &args.data, &log, &mut shared.metrics) {
+                    Ok(alerting) => (Some(alerting), None),
+                    // In a cluster an alert setting must not stop the tenant's traffic: the
+                    // dataplane runs without alerts and says why in the Tenant's status.
+                    Err(error) if args.report_lease.is_some() => (None, Some(crate::up_alerts::unstarted(&error, (&args.tenant, &args.writer), &log))),
+                    Err(error) => return Err(error),
+                }
             }
-            None => None,
+            None => (None, None),
         };
         shared.set_directory(directory);
         shared.forward_after = args.forward_after;
@@ -487,7 +493,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             shipper.spawn(async move { stop.notified().await }, Duration::from_secs(args.flush_seconds)).context("cannot start the archive shipper")?
         };
         let (stop_alerts, alerts_stopped) = tokio::sync::watch::channel(false);
-        let alert_health = alerting.as_ref().map(|alerting| alerting.health());
+        let alert_health = alerting.as_ref().map(|alerting| alerting.health()).or(alerts_unstarted);
         let alerts = alerting.map(|alerting| {
             println!("  alerts                       {} receiver(s), from {}", alerting.receivers(), args.alerts.as_deref().unwrap_or(Path::new("")).display());
             tokio::spawn(alerting.run(alerts_stopped))

@@ -2,8 +2,11 @@
 //! delivers it), its Secrets read from a folder holding one folder per Secret (as Kubernetes
 //! mounts them), and the outbox opened in the data folder.
 //!
-//! Invariants: alerts either start with every receiver configured, or `imgate up` refuses to
-//! start with what to fix; the outbox is opened (and holds the log) before the shipper runs.
+//! Invariants: alerts either start (a receiver whose Secret cannot be read is reported down
+//! while the others run), or `imgate up` refuses to start with what to fix, except in a
+//! cluster (`--report-lease`), where it runs on without alerts, archives
+//! `alerts-not-started` and reports why in the Tenant's `AlertsDelivered`; the outbox is
+//! opened (and holds the log) before the shipper runs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +26,35 @@ pub struct AlertOptions<'a> {
     pub retry_max: Duration,
     /// How long a receiver fails before it is archived as down.
     pub down_after: Duration,
+}
+
+/// The health reported, and the `system` record archived, when alerts could not start with
+/// `error` (in a cluster, where the dataplane runs on without them).
+pub fn unstarted(
+    error: &anyhow::Error,
+    (tenant, writer): (&str, &str),
+    log: &ArchiveLog,
+) -> imgate_dataplane::alerts::runner::Health {
+    let why = format!("{error:#}");
+    tracing::error!(error = %why, "alerts cannot start; the dataplane runs without them");
+    let body = imgate_dataplane::archive::Body::System {
+        event: "alerts-not-started".into(),
+        detail: format!(
+            "no alert is sent until the dataplane starts with a working spec.alerts: {why}"
+        ),
+    };
+    let draft = imgate_dataplane::archive::Draft::new(tenant, writer, "alerts", &body);
+    if let Err(error) = log.append_draft(&draft) {
+        tracing::error!(%error, "cannot record that alerts did not start");
+    }
+    let health = imgate_dataplane::alerts::runner::ReceiverHealth {
+        failing_since: Some(chrono::Utc::now()),
+        error: Some(why),
+        down: true,
+    };
+    std::sync::Arc::new(std::sync::Mutex::new(
+        [("spec.alerts".to_owned(), health)].into_iter().collect(),
+    ))
 }
 
 /// Reads a Tenant's `spec.alerts` from `path`.

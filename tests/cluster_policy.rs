@@ -185,3 +185,72 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     assert_eq!(archive["reason"], "NoReports", "{gone}");
     assert!(object(api, "leases", Some(&namespace(TENANT)), "dataplane-0").is_none());
 }
+
+/// In a cluster an alert setting must not stop a tenant's traffic: a dataplane whose alerts
+/// cannot start runs on without them, archives why, and the Tenant's `AlertsDelivered` says
+/// so through the operator.
+#[test]
+fn a_dataplane_whose_alerts_cannot_start_runs_and_the_tenant_says_why() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let cluster = runtime.block_on(Cluster::start(
+        dir.path(),
+        FakeApi::new(),
+        TENANT,
+        policy(Some("project falcon")),
+    ));
+    let (api, operator_log) = (&cluster.api, &cluster.operator_log);
+    let data = dir.path().join("dataplane");
+    let log = data.with_extension("log");
+    let _logs = LogsOnFailure(vec![operator_log.clone(), log.clone()]);
+    let alerts = dir.path().join("alerts.yaml");
+    std::fs::write(
+        &alerts,
+        "groupWindow: 100ms\nreceivers:\n- name: am\n  alertmanager: {url: 'https://am.example'}\n",
+    )
+    .expect("alerts");
+    let kubeconfig_text = cluster.kubeconfig.to_string_lossy();
+    // The port accepts: the dataplane runs.
+    let (dataplane, _) = imgate_up_with_env(
+        free_port(),
+        &data,
+        &[
+            "--tenant",
+            TENANT,
+            "--policy-config-map",
+            "policy",
+            "--report-lease",
+            "dataplane-0",
+            "--alerts",
+            alerts.to_str().expect("utf-8"),
+        ],
+        &[("KUBECONFIG", &kubeconfig_text), ("RUST_LOG", "info")],
+    );
+    let show = || {
+        format!(
+            "the Tenant: {}",
+            object(api, "tenants", None, TENANT).unwrap_or_default()
+        )
+    };
+    let condition = wait_until_showing("AlertsDelivered in the Tenant's status", show, || {
+        let status = object(api, "tenants", None, TENANT)?["status"].clone();
+        status["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "AlertsDelivered" && c["status"] == "False")
+            .cloned()
+    });
+    assert_eq!(condition["reason"], "ReceiverFailing", "{condition}");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("dataplane-0: spec.alerts:") && message.contains("groupWindow"),
+        "{condition}"
+    );
+    let records = common::stop_and_read_tenant(dataplane, &data, TENANT);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "system" && r["event"] == "alerts-not-started"),
+        "why is archived"
+    );
+}
