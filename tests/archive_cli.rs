@@ -59,6 +59,7 @@ fn message(
             text_base64: None,
             delivered: delivered.map(Into::into),
             verdict,
+            msgid: None,
         },
     }
 }

@@ -217,11 +217,22 @@ fn group_chat_in_a_muc_room_is_inspected_and_archived() {
         )
     );
     assert_eq!(sent("project falcon is go")["verdict"]["action"], "block");
-    let copies = records
+    let copies: Vec<&serde_json::Value> = records
         .iter()
-        .filter(|r| r["type"] == "message" && r["dir"] == "inbound" && r["text"] == "hello room")
-        .count();
-    assert_eq!(copies, 2, "each member's copy is archived with its session");
+        .filter(|r| r["type"] == "message" && r["text"] == "hello room")
+        .collect();
+    let inbound = copies.iter().filter(|r| r["dir"] == "inbound").count();
+    assert_eq!(
+        inbound, 2,
+        "each member's copy is archived with its session"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        copies.iter().filter_map(|r| r["msgid"].as_str()).collect();
+    assert_eq!(
+        (ids.len(), copies.len()),
+        (1, 3),
+        "the sender's capture and each member's copy carry the message's one id: {copies:?}"
+    );
     let room = "desk@conference.localhost";
     assert_eq!(
         presence_of(&records, "alice@localhost"),

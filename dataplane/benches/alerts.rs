@@ -120,6 +120,7 @@ fn hit(seq: u64, i: usize) -> Record {
                 rules: vec!["firm/promissory".into()],
                 severities: vec![Severity::High],
             },
+            msgid: None,
         },
     }
 }

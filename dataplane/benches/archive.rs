@@ -61,6 +61,7 @@ fn records() -> Vec<Record> {
                     text_base64: None,
                     delivered: None,
                     verdict: RecordedVerdict::default(),
+                    msgid: None,
                 },
             }
         })

@@ -70,6 +70,7 @@ fn record(seq: u64, person: &str, text: String) -> Record {
             text_base64: None,
             delivered: None,
             verdict: RecordedVerdict::default(),
+            msgid: None,
         },
     }
 }

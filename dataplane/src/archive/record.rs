@@ -96,6 +96,10 @@ pub enum Body {
         delivered: Option<String>,
         /// The policy verdict.
         verdict: RecordedVerdict,
+        /// The protocol's id for the message, when it has one (XMPP's `id`, IRC's `msgid`
+        /// tag): the same in each copy captured of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msgid: Option<String>,
     },
     /// A file-transfer offer.
     FileOffer {
@@ -332,6 +336,7 @@ pub(crate) mod tests {
                 text_base64: None,
                 delivered: None,
                 verdict: RecordedVerdict::default(),
+                msgid: None,
             },
         }
     }

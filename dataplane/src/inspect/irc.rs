@@ -156,6 +156,38 @@ impl Message<'_> {
         };
         std::str::from_utf8(body).is_err().then_some(body)
     }
+
+    /// The value of IRCv3 tag `name` (unescaped), when the message carries it with one.
+    pub fn tag(&self, name: &str) -> Option<String> {
+        self.tags?.split(|b| *b == b';').find_map(|tag| {
+            let (key, value) = match tag.iter().position(|b| *b == b'=') {
+                Some(at) => (&tag[..at], &tag[at + 1..]),
+                None => (tag, &b""[..]),
+            };
+            (key == name.as_bytes() && !value.is_empty()).then(|| unescape_tag(value))
+        })
+    }
+}
+
+/// A tag value with IRCv3's escapes (`\:` `\s` `\\` `\r` `\n`) undone.
+fn unescape_tag(value: &[u8]) -> String {
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b':') => out.push(b';'),
+            Some(b's') => out.push(b' '),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(&other) => out.push(other),
+            None => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -382,6 +414,18 @@ mod tests {
 
     fn event(line: &str) -> IrcEvent {
         Message::parse(line.as_bytes()).expect("parses").event()
+    }
+
+    #[test]
+    fn a_tags_value_is_read_unescaped_and_an_empty_or_missing_one_is_none() {
+        let line = r"@time=2026-11-22T08:00:00Z;msgid=a\:b\sc\d;+draft/reply :jane!j@host PRIVMSG #desk :hi";
+        let message = Message::parse(line.as_bytes()).expect("parses");
+        // `\d` is no escape: its backslash goes.
+        assert_eq!(message.tag("msgid").as_deref(), Some("a;b cd"));
+        assert_eq!(message.tag("+draft/reply"), None, "a tag without a value");
+        assert_eq!(message.tag("label"), None);
+        let plain = Message::parse(b":jane!j@host PRIVMSG #desk :hi").expect("parses");
+        assert_eq!(plain.tag("msgid"), None);
     }
 
     #[test]

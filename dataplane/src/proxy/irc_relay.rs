@@ -331,6 +331,7 @@ async fn handle_line<C: AsyncWrite + Unpin>(
                 text_base64,
                 delivered: archived_delivered,
                 verdict: RecordedVerdict::from(&verdict),
+                msgid: message.tag("msgid"),
             };
             let action = shared.archive_verdict(&conv, body, &verdict);
             report(

@@ -168,6 +168,7 @@ pub(super) async fn judge<'a, C: AsyncWrite + Unpin>(
                 text_base64: None,
                 delivered: (delivered != *text).then_some(delivered),
                 verdict: RecordedVerdict::from(&verdict),
+                msgid: address.id.clone(),
             };
             (record, text.clone())
         }
