@@ -51,6 +51,22 @@ fn wait_showing<T>(what: &str, mut ready: impl FnMut() -> Result<T, String>) -> 
     }
 }
 
+/// `tests/alert_webhook.py` on `port`: checking signatures under the key in `secret` (none
+/// when it is `-`), keeping what it takes in `out`, answering as `mode` says.
+fn webhook_receiver(port: u16, secret: &Path, out: &Path, mode: &Path) -> Killed {
+    serve(
+        Command::new("python3").args([
+            WEBHOOK,
+            &port.to_string(),
+            &secret.to_string_lossy(),
+            &out.to_string_lossy(),
+            &mode.to_string_lossy(),
+        ]),
+        port,
+        "the webhook receiver (tests/alert_webhook.py)",
+    )
+}
+
 /// A CA, and a certificate for `localhost` it signed: (ca.pem, cert.pem, key.pem).
 fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -133,17 +149,11 @@ impl Receivers {
 
     /// A receiver of Alertmanager's own notifications.
     fn start_sink(&self) -> Killed {
-        let mode = self.dir.join("sink.mode");
-        serve(
-            Command::new("python3").args([
-                WEBHOOK,
-                &self.sink.to_string(),
-                "-",
-                &self.dir.join("sink.jsonl").to_string_lossy(),
-                &mode.to_string_lossy(),
-            ]),
+        webhook_receiver(
             self.sink,
-            "Alertmanager's notification sink",
+            Path::new("-"),
+            &self.dir.join("sink.jsonl"),
+            &self.dir.join("sink.mode"),
         )
     }
 
@@ -152,17 +162,11 @@ impl Receivers {
     }
 
     fn start_webhook(&self, secret: &Path) -> Killed {
-        serve_logged(
-            Command::new("python3").args([
-                WEBHOOK,
-                &self.webhook.to_string(),
-                &secret.to_string_lossy(),
-                &self.dir.join("webhook.jsonl").to_string_lossy(),
-                &self.dir.join("webhook.mode").to_string_lossy(),
-            ]),
+        webhook_receiver(
             self.webhook,
-            "the webhook receiver",
-            &self.dir.join("webhook.log"),
+            secret,
+            &self.dir.join("webhook.jsonl"),
+            &self.dir.join("webhook.mode"),
         )
     }
 
@@ -379,7 +383,6 @@ fn every_alert_reaches_every_receiver_once_through_outages_and_a_kill() {
         dir.path().join("alertmanager-1.log"),
         dir.path().join("rsyslog.log"),
         dir.path().join("smtp.log"),
-        dir.path().join("webhook.log"),
     ]);
     let secrets = dir.path().join("secrets");
     for (secret, key, contents) in [
@@ -770,17 +773,11 @@ fn a_receiver_outside_the_public_internet_is_refused_unless_allowed() {
     .expect("alerts");
     std::fs::create_dir_all(dir.path().join("secrets/k")).expect("secret");
     std::fs::write(dir.path().join("secrets/k/secret"), "s").expect("secret");
-    let mode = dir.path().join("mode");
-    let _receiver = serve(
-        Command::new("python3").args([
-            WEBHOOK,
-            &webhook.to_string(),
-            &dir.path().join("secrets/k/secret").to_string_lossy(),
-            &dir.path().join("got.jsonl").to_string_lossy(),
-            &mode.to_string_lossy(),
-        ]),
+    let _receiver = webhook_receiver(
         webhook,
-        "the webhook receiver",
+        &dir.path().join("secrets/k/secret"),
+        &dir.path().join("got.jsonl"),
+        &dir.path().join("mode"),
     );
     let metrics_port = free_port();
     let data = dir.path().join("data2");
@@ -826,17 +823,7 @@ fn a_notice_refused_for_good_is_archived_and_holds_up_no_other() {
     let mode = dir.path().join("mode");
     std::fs::write(&mode, "refuse:card-numbers").expect("mode");
     let got = dir.path().join("got.jsonl");
-    let _receiver = serve(
-        Command::new("python3").args([
-            WEBHOOK,
-            &webhook.to_string(),
-            &dir.path().join("receiver-key").to_string_lossy(),
-            &got.to_string_lossy(),
-            &mode.to_string_lossy(),
-        ]),
-        webhook,
-        "the webhook receiver",
-    );
+    let _receiver = webhook_receiver(webhook, &dir.path().join("receiver-key"), &got, &mode);
     let alerts = dir.path().join("alerts.yaml");
     std::fs::write(
         &alerts,

@@ -36,6 +36,23 @@ fn policy(keyword: Option<&str>) -> Value {
     })
 }
 
+/// `imgate up` as the operator runs it for the tenant (following its policy ConfigMap and
+/// reporting in Lease `dataplane-0`), with its data in `data` and the `extra` options.
+fn dataplane(cluster: &Cluster, data: &std::path::Path, extra: &[&str]) -> common::Killed {
+    let kubeconfig = cluster.kubeconfig.to_string_lossy();
+    let mut args = vec![
+        "--tenant",
+        TENANT,
+        "--policy-config-map",
+        "policy",
+        "--report-lease",
+        "dataplane-0",
+    ];
+    args.extend_from_slice(extra);
+    let env = [("KUBECONFIG", &*kubeconfig), ("RUST_LOG", "info")];
+    imgate_up_with_env(free_port(), data, &args, &env).0
+}
+
 #[test]
 fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     let dir = tempfile::tempdir().expect("temporary folder");
@@ -52,20 +69,7 @@ fn a_policy_applied_to_the_api_server_is_in_force_in_a_running_dataplane() {
     let data = dir.path().join("dataplane");
     let log = data.with_extension("log");
     let _logs = LogsOnFailure(vec![operator_log.clone(), log.clone()]);
-    let kubeconfig_text = cluster.kubeconfig.to_string_lossy();
-    let (dataplane, _) = imgate_up_with_env(
-        free_port(),
-        &data,
-        &[
-            "--tenant",
-            TENANT,
-            "--policy-config-map",
-            "policy",
-            "--report-lease",
-            "dataplane-0",
-        ],
-        &[("KUBECONFIG", &kubeconfig_text), ("RUST_LOG", "info")],
-    );
+    let dataplane = dataplane(&cluster, &data, &[]);
     wait_for_line(
         &log,
         &[&format!(
@@ -209,22 +213,11 @@ fn a_dataplane_whose_alerts_cannot_start_runs_and_the_tenant_says_why() {
         "groupWindow: 100ms\nreceivers:\n- name: am\n  alertmanager: {url: 'https://am.example'}\n",
     )
     .expect("alerts");
-    let kubeconfig_text = cluster.kubeconfig.to_string_lossy();
     // The port accepts: the dataplane runs.
-    let (dataplane, _) = imgate_up_with_env(
-        free_port(),
+    let dataplane = dataplane(
+        &cluster,
         &data,
-        &[
-            "--tenant",
-            TENANT,
-            "--policy-config-map",
-            "policy",
-            "--report-lease",
-            "dataplane-0",
-            "--alerts",
-            alerts.to_str().expect("utf-8"),
-        ],
-        &[("KUBECONFIG", &kubeconfig_text), ("RUST_LOG", "info")],
+        &["--alerts", alerts.to_str().expect("utf-8")],
     );
     let show = || {
         format!(

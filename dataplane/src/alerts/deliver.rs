@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::config::{Kind, Receiver};
-use super::http::HttpClient;
+use super::http::{HttpClient, REQUEST_TIMEOUT};
 use super::outbox::Notice;
 use super::{alertmanager, email, syslog, webhook};
 
@@ -117,24 +117,47 @@ pub fn tls_config(
     Ok(std::sync::Arc::new(config))
 }
 
+/// `exchange`, failed with [`DeliveryError::Timeout`] past [`REQUEST_TIMEOUT`].
+pub async fn within<T>(
+    exchange: impl std::future::Future<Output = Result<T, DeliveryError>>,
+) -> Result<T, DeliveryError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| DeliveryError::Timeout(REQUEST_TIMEOUT))?
+}
+
+/// What a receiver's deliveries share, made once: its HTTP client, or its TLS settings (a
+/// `ca.crt` that cannot be read fails each delivery with why).
+enum Prepared {
+    Http(Box<HttpClient>),
+    Syslog(Result<std::sync::Arc<rustls::ClientConfig>, String>),
+    Email(Result<lettre::transport::smtp::client::TlsParameters, String>),
+}
+
 /// A receiver, ready to send to.
 pub struct Delivery {
     receiver: Receiver,
-    http: Option<HttpClient>,
+    prepared: Prepared,
     tenant: String,
 }
 
 impl Delivery {
     /// A delivery for `receiver`, for `tenant`'s alerts.
     pub fn new(receiver: Receiver, tenant: &str) -> Self {
-        let http = matches!(
-            receiver.kind,
-            Kind::Alertmanager { .. } | Kind::Webhook { .. }
-        )
-        .then(|| HttpClient::new(receiver.allow_private));
+        let prepared = match &receiver.kind {
+            Kind::Alertmanager { .. } | Kind::Webhook { .. } => {
+                Prepared::Http(Box::new(HttpClient::new(receiver.allow_private)))
+            }
+            Kind::Syslog { roots, .. } => {
+                Prepared::Syslog(tls_config(roots.as_deref()).map_err(|e| e.to_string()))
+            }
+            Kind::Email { host, roots, .. } => Prepared::Email(
+                email::tls_parameters(host, roots.as_deref()).map_err(|e| e.to_string()),
+            ),
+        };
         Self {
             receiver,
-            http,
+            prepared,
             tenant: tenant.to_owned(),
         }
     }
@@ -155,11 +178,11 @@ impl Delivery {
 
     /// Sends `notices`; `Ok` once the receiver took them all.
     pub async fn send(&self, notices: &[Notice]) -> Result<(), DeliveryError> {
-        let http = || {
-            self.http
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("HTTP receivers have a client"))
+        let http = || match &self.prepared {
+            Prepared::Http(client) => client,
+            _ => unreachable!("HTTP receivers have a client"),
         };
+        let prepared_tls = |why: &String| DeliveryError::Tls(why.clone());
         match &self.receiver.kind {
             Kind::Alertmanager { url } => {
                 let body = alertmanager::body(&self.tenant, notices, chrono::Utc::now());
@@ -175,18 +198,27 @@ impl Delivery {
                 ];
                 http().post(url, &headers, body).await
             }
-            Kind::Syslog { host, port, roots } => {
+            Kind::Syslog { host, port, .. } => {
+                let Prepared::Syslog(tls) = &self.prepared else {
+                    unreachable!("syslog receivers have TLS settings")
+                };
+                let tls = tls.as_ref().map_err(prepared_tls)?.clone();
                 syslog::send(
                     &self.tenant,
-                    host,
-                    *port,
-                    roots.as_deref(),
+                    (host, *port),
+                    tls,
                     self.receiver.allow_private,
                     notices,
                 )
                 .await
             }
-            Kind::Email { .. } => email::send(&self.tenant, &self.receiver, notices).await,
+            Kind::Email { .. } => {
+                let Prepared::Email(tls) = &self.prepared else {
+                    unreachable!("e-mail receivers have TLS settings")
+                };
+                let tls = tls.as_ref().map_err(prepared_tls)?.clone();
+                email::send(&self.tenant, &self.receiver, tls, notices).await
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::config::{Kind, Receiver};
-use super::deliver::DeliveryError;
+use super::deliver::{DeliveryError, within};
 use super::http::{REQUEST_TIMEOUT, checked};
 use super::outbox::{Notice, Status};
 
@@ -71,24 +71,10 @@ pub fn text(tenant: &str, notice: &Notice) -> String {
     body
 }
 
-/// Sends each notice as one message.
-pub async fn send(
-    tenant: &str,
-    receiver: &Receiver,
-    notices: &[Notice],
-) -> Result<(), DeliveryError> {
-    let Kind::Email {
-        host,
-        port,
-        from,
-        to,
-        credentials,
-        roots,
-    } = &receiver.kind
-    else {
-        unreachable!("only e-mail receivers are sent e-mail")
-    };
-    let mut tls = TlsParameters::builder(host.clone());
+/// The TLS settings for the server `host`: its certificate checked against `roots` (PEM), or
+/// the system's roots without them.
+pub fn tls_parameters(host: &str, roots: Option<&[u8]>) -> Result<TlsParameters, DeliveryError> {
+    let mut tls = TlsParameters::builder(host.to_owned());
     if let Some(pem) = roots {
         tls = tls
             .certificate_store(CertificateStore::None)
@@ -97,9 +83,28 @@ pub async fn send(
                     .map_err(|e| DeliveryError::Tls(format!("the receiver's ca.crt: {e}")))?,
             );
     }
-    let tls = tls
-        .build_rustls()
-        .map_err(|e| DeliveryError::Tls(e.to_string()))?;
+    tls.build_rustls()
+        .map_err(|e| DeliveryError::Tls(e.to_string()))
+}
+
+/// Sends each notice as one message, with the TLS settings `tls`.
+pub async fn send(
+    tenant: &str,
+    receiver: &Receiver,
+    tls: TlsParameters,
+    notices: &[Notice],
+) -> Result<(), DeliveryError> {
+    let Kind::Email {
+        host,
+        port,
+        from,
+        to,
+        credentials,
+        ..
+    } = &receiver.kind
+    else {
+        unreachable!("only e-mail receivers are sent e-mail")
+    };
     let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
         .await
         .map_err(|e| DeliveryError::Connect(format!("{host}: {e}")))?
@@ -140,12 +145,7 @@ pub async fn send(
         let message = message
             .body(text(tenant, notice))
             .map_err(|e| DeliveryError::Protocol(e.to_string()))?;
-        let sent = tokio::time::timeout(REQUEST_TIMEOUT, transport.send(message))
-            .await
-            .map_err(|_| DeliveryError::Timeout(REQUEST_TIMEOUT))?;
-        if let Err(error) = sent {
-            return Err(smtp_error(&error));
-        }
+        within(async { transport.send(message).await.map_err(|e| smtp_error(&e)) }).await?;
     }
     Ok(())
 }

@@ -167,9 +167,7 @@ impl HttpClient {
                 _ => Err(DeliveryError::Status(status.as_u16(), text)),
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| DeliveryError::Timeout(REQUEST_TIMEOUT))?
+        super::deliver::within(exchange).await
     }
 }
 

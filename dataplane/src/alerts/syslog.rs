@@ -13,8 +13,10 @@ use rustls_pki_types::ServerName;
 use std::fmt::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::deliver::DeliveryError;
-use super::http::{REQUEST_TIMEOUT, checked};
+use std::sync::Arc;
+
+use super::deliver::{DeliveryError, within};
+use super::http::checked;
 use super::outbox::{Notice, Status};
 use imgate_crds::policy::Severity;
 
@@ -87,13 +89,11 @@ fn escape(value: &str) -> String {
 /// Sends `notices` to the collector at `host:port`.
 pub async fn send(
     tenant: &str,
-    host: &str,
-    port: u16,
-    roots: Option<&[u8]>,
+    (host, port): (&str, u16),
+    tls: Arc<rustls::ClientConfig>,
     allow_private: bool,
     notices: &[Notice],
 ) -> Result<(), DeliveryError> {
-    let tls = super::deliver::tls_config(roots)?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         DeliveryError::Tls(format!(
             "{host:?} cannot be checked against a certificate: {e}"
@@ -154,9 +154,7 @@ pub async fn send(
             }
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| DeliveryError::Timeout(REQUEST_TIMEOUT))?
+    within(exchange).await
 }
 
 #[cfg(test)]
